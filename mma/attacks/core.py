@@ -1,0 +1,168 @@
+"""The small shared core of every attack: norms, losses, model state.
+
+Everything here works on batches: ``x`` has shape (B, C, H, W) (or (B, D)), pixels
+in [0, 1]; per-example quantities have shape (B,).  ε is in pixel units.
+
+A norm supplies exactly three things (the only places Linf and L2 PGD differ):
+the random start inside the ball, the steepest-ascent direction of a gradient,
+and the projection back onto the ball.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "margin", "soft_margin", "cw")
+
+
+# --------------------------------------------------------------------------- shapes
+def per_example(value: float | Tensor, x: Tensor) -> Tensor:
+    """ε (a float or a (B,) tensor) as a (B,) tensor on x's device and dtype."""
+    if isinstance(value, Tensor):
+        value = value.to(device=x.device, dtype=x.dtype)
+        if value.dim() == 0:
+            value = value.expand(x.shape[0])
+        if value.shape != (x.shape[0],):
+            raise ValueError(f"per-example eps must have shape ({x.shape[0]},), got {tuple(value.shape)}")
+        return value
+    return torch.full((x.shape[0],), float(value), device=x.device, dtype=x.dtype)
+
+
+def expand_like(v: Tensor, x: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, ...) so it broadcasts against x."""
+    return v.view(-1, *([1] * (x.dim() - 1)))
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}: expected one of {', '.join(NORMS)}")
+    return norm
+
+
+# --------------------------------------------------------------------------- norms
+def lp_norm(delta: Tensor, norm: str) -> Tensor:
+    """Per-example norm of a perturbation, shape (B,)."""
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1)
+    return flat.norm(p=2, dim=1)
+
+
+def random_delta(shape: torch.Size, eps: Tensor, norm: str, *, device, dtype) -> Tensor:
+    """A random start inside the ε-ball, drawn for the whole batch from torch's RNG.
+
+    Linf: uniform in [-ε, ε]^d.  L2: a uniformly random direction with a length
+    uniform in [0, ε] (as torchattacks' PGDL2).  Drawing for the whole batch and
+    indexing afterwards keeps example i's start independent of which other
+    examples are still attacked (early exit stays exact).
+    """
+    e = eps.view(-1, *([1] * (len(shape) - 1)))
+    if norm == "linf":
+        return (torch.rand(shape, device=device, dtype=dtype) * 2 - 1) * e
+    direction = torch.randn(shape, device=device, dtype=dtype)
+    direction = direction / expand_like(direction.flatten(1).norm(dim=1).clamp_min(1e-12), direction)
+    radius = torch.rand(shape[0], device=device, dtype=dtype) * eps
+    return direction * radius.view(-1, *([1] * (len(shape) - 1)))
+
+
+def ascent_direction(grad: Tensor, norm: str) -> Tensor:
+    """Steepest ascent of unit norm: sign(g) for Linf, g/‖g‖₂ for L2."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / expand_like(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+
+
+def project(x_adv: Tensor, x: Tensor, eps: Tensor, norm: str) -> Tensor:
+    """Project x_adv onto {x + δ : ‖δ‖ ≤ ε} and then the image box [0, 1].
+
+    Linf: the clamp is the exact projection onto the intersection (it is separable).
+    L2: exact radial projection onto the ball; the box clamp afterwards only
+    shrinks |δ_i| (x itself is in the box), so the result stays in both sets.
+    """
+    delta = x_adv - x
+    e = expand_like(eps, x)
+    if norm == "linf":
+        delta = torch.maximum(torch.minimum(delta, e), -e)
+    else:
+        n = expand_like(delta.flatten(1).norm(dim=1), delta)
+        delta = delta * torch.clamp(e / n.clamp_min(1e-12), max=1.0)
+    return (x + delta).clamp_(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- losses
+def _other_classes(logits: Tensor, y: Tensor) -> Tensor:
+    """Logits with the true class masked to -inf (so max/logsumexp skip it)."""
+    return logits.scatter(1, y[:, None], float("-inf"))
+
+
+def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """The logit margin max_{j≠y} f_j − f_y; ≥ 0 exactly where the example is misclassified
+    (ties count as misclassified). Its zero set is the decision boundary."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    return _other_classes(logits, y).amax(dim=1) - true
+
+
+def soft_margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """logsumexp_{j≠y} f_j − f_y: a smooth upper bound of the margin (the authors' choice)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    return torch.logsumexp(_other_classes(logits, y), dim=1) - true
+
+
+def cw_loss(logits: Tensor, y: Tensor, kappa: float = 0.0) -> Tensor:
+    """Carlini–Wagner: the margin clamped at κ (no reward for going further past the boundary)."""
+    return margin_loss(logits, y).clamp(max=kappa)
+
+
+def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+_LOSS_FNS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "ce": ce_loss,
+    "margin": margin_loss,
+    "soft_margin": soft_margin_loss,
+    "cw": cw_loss,
+}
+
+
+def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """Per-example attack loss (higher = more adversarial) by name."""
+    try:
+        return _LOSS_FNS[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}: expected one of {', '.join(LOSSES)}") from None
+
+
+# --------------------------------------------------------------------------- model state
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients for the duration of an attack.
+
+    Turning requires_grad off on the weights keeps autograd from building (and
+    computing) weight gradients we never use; both settings are restored after.
+    """
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def input_grad(model: nn.Module, x: Tensor, y: Tensor, loss_fn) -> tuple[Tensor, Tensor]:
+    """(logits, ∂ Σ loss / ∂x) at x, one forward and one backward."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(loss_fn(logits, y).sum(), x)
+    return logits.detach(), grad

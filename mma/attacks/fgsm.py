@@ -1,0 +1,16 @@
+"""Fast gradient (sign) method (Goodfellow et al., 2015): one step of size ε from x."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .pgd import pgd
+
+
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: str = "linf", loss: str = "ce") -> Tensor:
+    """x + ε·sign(∇ loss) for Linf (x + ε·∇/‖∇‖₂ for L2), clipped to [0, 1].
+
+    Exactly PGD with one step, step size ε and no random start; shapes and
+    ranges as in :func:`mma.attacks.pgd`.
+    """
+    return pgd(model, x, y, eps, norm=norm, steps=1, step_size=eps, restarts=1, random_init=False, loss=loss, select="loss")

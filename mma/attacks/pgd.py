@@ -1,0 +1,165 @@
+"""Projected gradient descent (Madry et al., 2018), Linf and L2, with restarts.
+
+One loop serves both norms: the norm supplies the random start, the ascent
+direction and the projection (see ``core``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .core import (
+    ascent_direction,
+    attack_mode,
+    check_norm,
+    expand_like,
+    get_loss,
+    input_grad,
+    per_example,
+    project,
+    random_delta,
+)
+
+SELECTS = ("target", "loss")
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    *,
+    norm: str = "linf",
+    steps: int = 40,
+    step_size: float | Tensor | None = None,
+    restarts: int = 1,
+    random_init: bool = True,
+    loss: str = "ce",
+    select: str = "target",
+    early_exit: bool = True,
+) -> Tensor:
+    """PGD adversarial examples for a batch.
+
+    Args:
+        model: any classifier returning logits; put in eval mode (and its weights
+            frozen) for the attack, restored afterwards.
+        x: clean inputs (B, ...) in [0, 1].  y: labels (B,).
+        eps: ball radius in pixel units, a float or a per-example (B,) tensor.
+        norm: "linf" or "l2".
+        steps: gradient steps per restart.
+        step_size: per step; None means 2.5·ε/steps (a float or (B,) tensor).
+        restarts: independent random starts.
+        random_init: start uniformly inside the ball (else at x).
+        loss: "ce", "margin", "soft_margin" or "cw" (maximised).
+        select: how restarts are combined.
+            "target" (white-box evaluation): per example, an iterate that fools the
+            model if any iterate of any restart does; an example is robust only if
+            every restart fails.  Examples already fooled need no more steps or
+            restarts when ``early_exit`` (the default).
+            "loss" (transfer sets, adversarial training): per example the final
+            iterate of the restart with the highest loss on this model; every
+            example runs every step.
+        early_exit: with select="target", stop attacking fooled examples.  The
+            result is the same as without it (random starts are drawn for the full
+            batch, then indexed); it only saves work.
+
+    Returns:
+        x_adv (B, ...), inside the ε-ball around x and inside [0, 1].  Where nothing
+        fools the model: the last iterate (never the clean input).
+    """
+    check_norm(norm)
+    if select not in SELECTS:
+        raise ValueError(f"unknown select {select!r}: expected one of {', '.join(SELECTS)}")
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+    loss_fn = get_loss(loss)
+    x = x.detach()
+    eps_t = per_example(eps, x)
+    alpha = per_example(2.5 * eps_t / steps if step_size is None else step_size, x)
+
+    with attack_mode(model):
+        if select == "loss":
+            return _select_by_loss(model, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn)
+        return _select_target(model, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn, early_exit)
+
+
+def _start(x: Tensor, eps: Tensor, norm: str, random_init: bool) -> Tensor:
+    if not random_init:
+        return x.clone()
+    return (x + random_delta(x.shape, eps, norm, device=x.device, dtype=x.dtype)).clamp_(0.0, 1.0)
+
+
+def _step(x_adv: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, norm: str) -> Tensor:
+    return project(x_adv + expand_like(alpha, x) * ascent_direction(grad, norm), x, eps, norm)
+
+
+def _select_by_loss(model, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn) -> Tensor:
+    best, best_loss = None, None
+    for _ in range(restarts):
+        x_adv = _start(x, eps, norm, random_init)
+        for _ in range(steps):
+            _, grad = input_grad(model, x_adv, y, loss_fn)
+            x_adv = _step(x_adv, grad, x, eps, alpha, norm)
+        if restarts == 1:
+            return x_adv
+        with torch.no_grad():
+            value = loss_fn(model(x_adv), y)
+        if best is None:
+            best, best_loss = x_adv, value
+        else:
+            better = value > best_loss
+            best[better] = x_adv[better]
+            best_loss = torch.where(better, value, best_loss)
+    return best
+
+
+def _select_target(model, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, early_exit) -> Tensor:
+    result = torch.empty_like(x)
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(restarts):
+        start = _start(x, eps, norm, random_init)  # drawn for the full batch: exactness of early exit
+        rows = (~fooled).nonzero().squeeze(1) if early_exit else torch.arange(x.shape[0], device=x.device)
+        if rows.numel() == 0:
+            break
+        x_adv, hit = _run_until_fooled(
+            model, x[rows], y[rows], eps[rows], alpha[rows], start[rows], norm, steps, loss_fn, early_exit
+        )
+        # a first success is kept; the last iterate of the last restart fills the rest
+        new = hit & ~fooled[rows]
+        keep_old = fooled[rows]
+        result[rows] = torch.where(expand_like(keep_old, x_adv), result[rows], x_adv)
+        fooled[rows] |= new
+    return result
+
+
+def _run_until_fooled(model, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit):
+    """One restart.  Returns (per example: the first fooling iterate, else the last
+    iterate; fooled mask).  With early_exit, a fooled example leaves the batch."""
+    n = x.shape[0]
+    out = x_adv.clone()
+    hit = torch.zeros(n, dtype=torch.bool, device=x.device)
+    live = torch.arange(n, device=x.device)  # rows still being attacked
+    for t in range(steps + 1):
+        xa, ya = x_adv[live], y[live]
+        if t < steps:
+            logits, grad = input_grad(model, xa, ya, loss_fn)
+        else:  # the last iterate only needs a check
+            with torch.no_grad():
+                logits = model(xa)
+        now = (logits.argmax(dim=1) != ya) & ~hit[live]
+        out[live[now]] = xa[now]
+        hit[live[now]] = True
+        if t == steps:
+            break
+        stepped = _step(xa, grad, x[live], eps[live], alpha[live], norm)
+        if early_exit:
+            go = ~now
+            live, stepped = live[go], stepped[go]
+            if live.numel() == 0:
+                break
+        x_adv[live] = stepped
+    # rows never fooled: their last iterate
+    never = ~hit
+    out[never] = x_adv[never]
+    return out, hit

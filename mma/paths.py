@@ -1,0 +1,38 @@
+"""Where every stage reads and writes: one place, so the CLI, dvc.yaml and the
+Snakefile agree (a test checks the pipeline files against these)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path("results")
+
+
+def model_dir(name: str) -> Path:
+    """results/models/NAME/: model.pt (best on validation), metrics.json."""
+    return RESULTS / "models" / name
+
+
+def model_file(name: str) -> Path:
+    return model_dir(name) / "model.pt"
+
+
+def resume_file(name: str) -> Path:
+    """Outside the declared outputs (DVC deletes outputs before a rerun; a resume
+    checkpoint must survive a crash)."""
+    return RESULTS / "checkpoints" / name / "resume.pt"
+
+
+def transfer_dir(source: str) -> Path:
+    """results/transfer/SOURCE/: one adversarial set per (setting, ε)."""
+    return RESULTS / "transfer" / source
+
+
+def eval_dir(name: str) -> Path:
+    """results/eval/NAME/: metrics.json and per-example results."""
+    return RESULTS / "eval" / name
+
+
+def report_dir() -> Path:
+    """results/report/: table1.md, table1.csv, figure3.png, summary.json, margins.png."""
+    return RESULTS / "report"

@@ -1,0 +1,224 @@
+"""The one training loop.  STD, PGD, PGDLS and MMA differ only in the batch step.
+
+Reads top to bottom: build → resume → for each step (learning rate → batch →
+batch step → finite check → backward → optimiser step → log → validate and keep
+the best → checkpoint).  Batches are a pure function of (seed, step) and the RNG
+states are checkpointed, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..attacks import an_pgd, pgd
+from ..io import load_tensors, save_tensors
+from ..models import build_model
+from ..progress import progress
+from .config import ModelSpec
+from .steps import make_step
+
+NUM_CLASSES = 10
+IN_CHANNELS = {"mnist": 1, "cifar10": 3}
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best_step: int
+    best_value: float
+    selection_metric: str
+    history: list[dict] = field(default_factory=list)  # validation results
+
+
+def new_model(spec: ModelSpec) -> nn.Module:
+    return build_model(spec.arch, num_classes=NUM_CLASSES, in_channels=IN_CHANNELS[spec.dataset])
+
+
+def make_optimizer(spec: ModelSpec, model: nn.Module) -> torch.optim.Optimizer:
+    o = spec.optimizer
+    if o.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+# --------------------------------------------------------------------------- model selection
+def selection_metric(spec: ModelSpec) -> str:
+    """What "best on validation" means: the authors pick MMA models by mean margin."""
+    return {"std": "val_clean_acc", "pgd": "val_pgd_acc", "mma": "val_mean_margin"}[spec.method]
+
+
+def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, batch_size: int = 500) -> dict:
+    """Clean accuracy, plus PGD robust accuracy at the training ε (PGD models) or the
+    mean AN-PGD margin (MMA models; misclassified examples count 0)."""
+    was_training = model.training
+    model.eval()
+    n = x_val.shape[0]
+    clean = robust = margin = 0.0
+    for i in range(0, n, batch_size):
+        x, y = x_val[i : i + batch_size], y_val[i : i + batch_size]
+        with torch.no_grad():
+            ok = model(x).argmax(1) == y
+        clean += ok.sum().item()
+        if spec.method == "pgd":
+            s = spec.pgd
+            x_adv = pgd(model, x, y, s.eps, norm=spec.norm, steps=s.steps, step_size=s.step_size, loss=s.loss)
+            with torch.no_grad():
+                robust += (model(x_adv).argmax(1) == y).sum().item()
+        elif spec.method == "mma" and ok.any():
+            m = spec.mma
+            eps_max = m.resolved_eps_max
+            _, length = an_pgd(model, x[ok], y[ok], eps_max / 2, norm=spec.norm, eps_max=eps_max, steps=m.steps,
+                               bisection_steps=m.bisection_steps, attack_loss=m.attack_loss)
+            margin += length.sum().item()
+    model.train(was_training)
+    out = {"val_clean_acc": clean / n}
+    if spec.method == "pgd":
+        out["val_pgd_acc"] = robust / n
+    if spec.method == "mma":
+        out["val_mean_margin"] = margin / n
+    return out
+
+
+# --------------------------------------------------------------------------- checkpoints
+def rng_state() -> dict:
+    """Every RNG a run touches, as plain tensors/numbers (weights-only loadable)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def model_record(spec: ModelSpec, model: nn.Module, **meta) -> dict:
+    """What a model file holds: the weights (a state_dict) and what is needed to
+    rebuild it, nothing that needs code to unpickle."""
+    return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "spec": spec.model_dump(mode="json"), **meta}
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild a model saved by :func:`train` (weights-only load)."""
+    record = load_tensors(path)
+    spec = ModelSpec.model_validate(record["spec"])
+    model = new_model(spec)
+    model.load_state_dict(record["state_dict"])
+    return model.to(device).eval(), spec, {k: v for k, v in record.items() if k not in ("state_dict", "spec")}
+
+
+# --------------------------------------------------------------------------- the loop
+def train(
+    spec: ModelSpec,
+    batcher,
+    val: tuple[Tensor, Tensor],
+    *,
+    model_path: str | Path,
+    resume_path: str | Path,
+    device: str | torch.device = "cpu",
+    log: Optional[Callable[[dict, int], None]] = None,
+    flush: Optional[Callable[[], None]] = None,
+    show_progress: bool = True,
+    model: Optional[nn.Module] = None,
+) -> TrainResult:
+    """Train ``spec`` on ``batcher`` (``batch(step) -> (x, y, idx)``), validating on
+    ``val`` every ``spec.eval_every`` steps and keeping the best model at
+    ``model_path``; a resume checkpoint at ``resume_path`` every
+    ``spec.checkpoint_every`` steps.  ``log(metrics, step)`` receives per-step
+    metrics; ``flush()`` is called right after each checkpoint is in place (metrics
+    up to that step are then safe: a resumed run never logs a step twice).
+    ``model`` replaces the registry's ``spec.arch`` (any classifier; for research
+    and tests).
+    """
+    device = torch.device(device)
+    torch.manual_seed(spec.seed)
+    np.random.seed(spec.seed % 2**32)
+    random.seed(spec.seed)
+    model = (new_model(spec) if model is None else model).to(device)
+    optimizer = make_optimizer(spec, model)
+    step_fn = make_step(spec, batcher.num_examples, device)
+    metric = selection_metric(spec)
+    result = TrainResult(step=0, best_step=-1, best_value=-math.inf, selection_metric=metric)
+    x_val, y_val = val[0].to(device), val[1].to(device)
+
+    if Path(resume_path).exists():
+        state = load_tensors(resume_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step_fn.load_state_dict(state["step_fn"])
+        set_rng_state(state["rng"])
+        result = TrainResult(**state["result"])
+
+    def checkpoint() -> None:
+        save_tensors(resume_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step_fn": step_fn.state_dict(),
+            "rng": rng_state(), "result": result.__dict__, "spec": spec.model_dump(mode="json"),
+        })
+        if flush:
+            flush()
+
+    model.train()
+    with progress(spec.train_steps, f"train {spec.name}", start=result.step, enabled=show_progress) as advance:
+        while result.step < spec.train_steps:
+            step = result.step
+            for group in optimizer.param_groups:
+                group["lr"] = spec.optimizer.lr_at(step)
+            x, y, idx = batcher.batch(step)
+            loss, metrics = step_fn(model, x, y, idx, step)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"{spec.name}: non-finite loss ({loss.item()}) at step {step}; "
+                                       f"the last good checkpoint is {resume_path}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if not torch.isfinite(torch.stack([g.abs().max() for g in grads])).all():
+                raise TrainingDiverged(f"{spec.name}: non-finite gradient at step {step}; "
+                                       f"the last good checkpoint is {resume_path}")
+            optimizer.step()
+            result.step = step + 1
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            if log:
+                log(metrics, result.step)
+            advance(1, loss=metrics["loss"])
+
+            if result.step % spec.eval_every == 0 or result.step == spec.train_steps:
+                values = validate(spec, model, x_val, y_val)
+                if hasattr(step_fn, "eps_summary"):
+                    values.update(step_fn.eps_summary())
+                values["step"] = result.step
+                result.history.append(values)
+                if log:
+                    log({k: v for k, v in values.items() if k != "step"}, result.step)
+                if values[metric] > result.best_value:
+                    result.best_value, result.best_step = values[metric], result.step
+                    save_tensors(model_path, model_record(spec, model, step=result.step, selection_metric=metric,
+                                                          selection_value=values[metric]))
+            if result.step % spec.checkpoint_every == 0 or result.step == spec.train_steps:
+                checkpoint()
+    return result

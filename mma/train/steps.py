@@ -1,0 +1,74 @@
+"""What each batch trains on: STD, PGD / PGDLS.  (MMA, Algorithm 2, is in ``mma.py``.)
+
+A batch step is called as ``step_fn(model, x, y, idx, step) -> (loss, metrics)``
+with the model in train mode; ``idx`` are the examples' positions in the training
+split (MMA's per-example ε store is indexed by them).  Steps that hold state
+(MMA) expose ``state_dict()`` / ``load_state_dict()`` for checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attacks import pgd
+from .config import ModelSpec, PGDTrainSpec
+
+
+class StdStep:
+    """Plain training: clean cross-entropy."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": loss.item(), "train_acc": (logits.argmax(1) == y).float().mean().item()}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class PGDStep:
+    """Madry et al.'s adversarial training on PGD(ε) examples; PGDLS ramps ε from 0
+    to its final value over ``ramp_fraction`` of the training steps."""
+
+    def __init__(self, spec: PGDTrainSpec, norm: str, total_steps: int):
+        self.spec, self.norm, self.total_steps = spec, norm, total_steps
+
+    def eps_at(self, step: int) -> float:
+        ramp = self.spec.ramp_fraction * self.total_steps
+        if ramp <= 0:
+            return self.spec.eps
+        return self.spec.eps * min(1.0, step / ramp)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int):
+        eps = self.eps_at(step)
+        s = self.spec
+        if eps > 0:
+            # step_size scales with the ramped ε (2.5·ε/steps) unless fixed in params
+            step_size = None if s.step_size is None else s.step_size * eps / s.eps
+            x = pgd(model, x, y, eps, norm=self.norm, steps=s.steps, step_size=step_size,
+                    random_init=s.random_init, loss=s.loss, select="loss")
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": loss.item(), "adv_acc": (logits.argmax(1) == y).float().mean().item(), "eps": eps}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def make_step(spec: ModelSpec, num_train: int, device: torch.device | str):
+    """The batch step named by ``spec.method``."""
+    if spec.method == "std":
+        return StdStep()
+    if spec.method == "pgd":
+        return PGDStep(spec.pgd, spec.norm, spec.train_steps)
+    from .mma import MMAStep
+
+    return MMAStep(spec.mma, spec.norm, num_train, device=device)
