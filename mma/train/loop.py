@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -211,6 +212,9 @@ def train(
                 values = validate(spec, model, x_val, y_val)
                 if hasattr(step_fn, "eps_summary"):
                     values.update(step_fn.eps_summary())
+                    if values["warn_eps_collapsed"]:
+                        warnings.warn(f"{spec.name}: every per-example MMA epsilon is 0 at step {result.step} "
+                                      "(no training example is classified correctly)", RuntimeWarning, stacklevel=1)
                 values["step"] = result.step
                 result.history.append(values)
                 if log:

@@ -84,8 +84,11 @@ class MMAStep:
     def eps_summary(self) -> dict:
         """The store's statistics (an all-zero store after warm-up means ε collapsed)."""
         seen = self.eps[self.eps > 0]
+        frac_zero = (self.eps == 0).float().mean().item()
         return {
             "eps_store_mean": self.eps.mean().item(),
-            "eps_store_frac_zero": (self.eps == 0).float().mean().item(),
+            "eps_store_frac_zero": frac_zero,
             "eps_store_median_nonzero": seen.median().item() if seen.numel() else 0.0,
+            # every stored ε at 0: no example is correct any more, MMA has nothing to maximise
+            "warn_eps_collapsed": float(frac_zero == 1.0),
         }
