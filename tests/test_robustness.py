@@ -133,3 +133,58 @@ def test_mma_epsilon_collapse_is_reported(tmp_path):
         train(spec, b, (b.x[:32], b.y[:32]), model_path=tmp_path / "m.pt", resume_path=tmp_path / "r.pt",
               model=AlwaysWrong(), show_progress=False, log=lambda m, s: logged.append(m))
     assert any(m.get("warn_eps_collapsed") == 1.0 for m in logged)
+
+
+# --------------------------------------------------------------------------- crash and resume
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TOY = Path(__file__).parent / "helpers" / "train_toy.py"
+
+
+def _run_toy(out: Path, method: str, steps: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, str(TOY), str(out), method, str(steps)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mma", "pgd"])
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, method):
+    steps = 200
+    ref, crash = tmp_path / "ref", tmp_path / "crash"
+    ref.mkdir(), crash.mkdir()
+    p = _run_toy(ref, method, steps)
+    assert p.wait(timeout=600) == 0, p.stderr.read().decode()
+
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(3):  # kill it up to three times at random points, then let it finish
+        p = _run_toy(crash, method, steps)
+        deadline = time.monotonic() + 120
+        while not (crash / "resume.pt").exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.1, 1.5))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills += 1
+    p = _run_toy(crash, method, steps)
+    assert p.wait(timeout=600) == 0, p.stderr.read().decode()
+    assert kills >= 1, "the run finished before it could be killed; make it longer"
+
+    want, got = load_tensors(ref / "final.pt"), load_tensors(crash / "final.pt")
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    a, b = load_tensors(ref / "model.pt"), load_tensors(crash / "model.pt")
+    assert a["step"] == b["step"] and a["selection_value"] == b["selection_value"]
+    ra, rb = load_tensors(ref / "resume.pt"), load_tensors(crash / "resume.pt")
+    assert ra["result"] == rb["result"]
+    if method == "mma":
+        assert torch.equal(ra["step_fn"]["eps"], rb["step_fn"]["eps"])
+        assert (ra["step_fn"]["eps"] > 0).any()
