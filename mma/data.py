@@ -1,0 +1,414 @@
+"""Datasets: prepared once and verified, then kept whole on the device as uint8 tensors.
+
+Preparation fills a temporary sibling folder, checks every file's checksum, writes a
+completion marker (``prepared.json``: source, checksums, sizes) and renames the folder
+into place: a dataset folder is complete and verified, or refused / rebuilt, never
+partial.  Under ``root``: ``MNIST/raw/`` and ``cifar-10-batches-py/`` (the layouts
+torchvision reads) and ``cifar10-synthetic/`` (a learnable stand-in for CIFAR-10).
+``TensorBatcher``'s batches are a pure function of (seed, step), so a run resumes
+exactly at any step without saving sampler state.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mma.io import write_json
+
+PathLike = str | os.PathLike
+MNIST_SHA256: dict[str, str] = {  # of the decompressed IDX files
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+DATASETS = ("mnist", "cifar10", "cifar10-synthetic")
+SPLITS = ("train", "val", "test")
+FOLDERS = {"mnist": "MNIST", "cifar10": "cifar-10-batches-py", "cifar10-synthetic": "cifar10-synthetic"}
+MARKER = "prepared.json"
+SOURCE_HINT = "pass source=<local folder holding the files> (e.g. from MMA_DATA_SOURCE)"
+SYNTHETIC_VERSION = 1  # bump when the generator changes: older copies are then rebuilt
+CROP_PAD = 4  # CIFAR-10 augmentation: reflect-pad 4, random crop back to size, random h-flip
+
+
+class DataError(Exception):
+    """A dataset that is missing, incomplete or corrupt; the message names the file and a fix."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # one line, whatever a cause said
+
+
+# ---------------------------------------------------------------- preparation
+
+
+def prepare_mnist(root: PathLike, source: PathLike | None = None, *, verify: bool = True) -> dict:
+    """Make ``root/MNIST/raw/`` hold the four verified IDX files (torchvision.datasets.MNIST layout).
+
+    source: a folder holding the four files, each as ``NAME.gz`` or plain ``NAME``; None
+    downloads with torchvision (needs internet).  An existing complete copy is reused
+    after re-hashing every file (``verify=False``: marker and sizes only, for speed).
+    A bad existing copy is rebuilt from ``source``, or refused when there is none.
+    Returns {"dataset": "mnist", "source": str, "files": {name: sha256}}.
+    """
+    if source is None:
+        fill = partial(_download, "MNIST", "MNIST/raw", into="raw")
+    else:
+        fill = partial(_copy_files, Path(source), MNIST_SHA256, into="raw")
+    expected = {f"raw/{name}": digest for name, digest in MNIST_SHA256.items()}
+    return _prepare(Path(root), "mnist", source, fill, "sha256", expected, verify=verify)
+
+
+def prepare_cifar10(root: PathLike, source: PathLike | None = None, *, synthetic_train: int = 2000,
+                    synthetic_test: int = 500, seed: int = 0, verify: bool = True) -> dict:
+    """Prepare CIFAR-10 under ``root``; reuse, verification and rebuilds as in ``prepare_mnist``.
+
+    source=None: torchvision download (needs internet); a folder holding torchvision's
+    ``cifar-10-batches-py`` (or that folder itself): copied, checked against
+    torchvision's md5s; "synthetic": ``synthetic_cifar10`` data in ``cifar10-synthetic/``,
+    regenerated when sizes or seed differ from the prepared ones.  Returns {"dataset",
+    "source", "files": {name: md5 (real) or sha256 (synthetic)}} (+ "params" if synthetic).
+    """
+    if source == "synthetic":
+        params = {"n_train": synthetic_train, "n_test": synthetic_test, "seed": seed,
+                  "version": SYNTHETIC_VERSION}
+        fill = partial(_write_synthetic, params=params)
+        return _prepare(Path(root), "cifar10-synthetic", source, fill, "sha256", params=params, verify=verify)
+    from torchvision.datasets import CIFAR10
+
+    meta = CIFAR10.meta
+    expected = dict(CIFAR10.train_list + CIFAR10.test_list + [[meta["filename"], meta["md5"]]])
+    if source is None:
+        fill = partial(_download, "CIFAR10", FOLDERS["cifar10"])
+    else:
+        nested = Path(source) / FOLDERS["cifar10"]
+        fill = partial(_copy_files, nested if nested.is_dir() else Path(source), expected)
+    return _prepare(Path(root), "cifar10", source, fill, "md5", expected, verify=verify)
+
+
+def _prepare(root: Path, dataset: str, source: PathLike | None, fill: Callable[[Path], list | None],
+             algo: str, expected: dict | None = None, *, params: dict | None = None,
+             verify: bool) -> dict:
+    """Reuse ``root/FOLDERS[dataset]`` if complete and intact, else (re)build it; returns the summary.
+
+    expected: known checksums {relative path: digest} (None: those recorded at generation).
+    """
+    folder = root / FOLDERS[dataset]
+    if folder.exists():
+        try:
+            found = _check(folder, expected, verify)
+            if found.get("params") != params:
+                raise DataError(f"{folder}: prepared with {found.get('params')}, wanted {params}")
+            return _summary(found)
+        except DataError as e:
+            if source is None:  # refused rather than silently re-downloaded
+                raise DataError(f"{e}; {SOURCE_HINT} to rebuild it, or delete {folder} to download "
+                                "again") from None
+    marker = {"dataset": dataset, "source": str(source or "download"), "hash": algo}
+    return _summary(_build(folder, fill, {**marker, "params": params} if params else marker, expected))
+
+
+def _check(folder: Path, expected: dict | None, verify: bool) -> dict:
+    """The marker of a complete, intact dataset folder, else DataError naming what is wrong.
+
+    expected: checksums the marker must record (None: trust its list).  verify: re-hash
+    every file; otherwise compare sizes only (catches truncation, not a flipped byte).
+    """
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        files, sizes, algo = marker["files"], marker["sizes"], marker["hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{folder}: no valid completion marker {MARKER} (interrupted?)") from None
+    if expected is not None and files != expected:
+        raise DataError(f"{folder / MARKER}: records other files or checksums than expected")
+    for rel, digest in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise DataError(f"{path}: missing from the prepared dataset")
+        if path.stat().st_size != sizes.get(rel):
+            raise DataError(f"{path}: size differs from the prepared {sizes.get(rel)} bytes (truncated?)")
+        if verify and (got := _digest(path, algo)) != digest:
+            raise DataError(f"{path}: {algo} {got[:16]}… differs from the prepared {digest[:16]}… "
+                            "(corrupted)")
+    return marker
+
+
+def _build(folder: Path, fill: Callable[[Path], list | None], marker: dict,
+           expected: dict | None) -> dict:
+    """Build ``folder`` atomically and return its marker.  fill(tmp) writes the files into
+    the empty temporary folder and returns their relative paths when ``expected`` is None."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a killed earlier build
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        written, files, algo = fill(tmp), {}, marker["hash"]
+        for rel in expected if expected is not None else written:
+            files[rel] = got = _digest(tmp / rel, algo)
+            if expected is not None and got != expected[rel]:
+                raise DataError(f"{Path(rel).name} from {marker['source']}: {algo} of the content is "
+                                f"{got[:16]}…, expected {expected[rel][:16]}…; corrupt or not the genuine "
+                                "file: replace it")
+        marker = {**marker, "files": files, "sizes": {rel: (tmp / rel).stat().st_size for rel in files}}
+        write_json(tmp / MARKER, marker)  # last: only a finished folder has one
+        if folder.exists():
+            shutil.rmtree(folder)  # an invalid earlier copy (checked by the caller)
+        os.replace(tmp, folder)  # atomic: the dataset appears complete or not at all
+        return marker
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a successful rename
+
+
+def _summary(marker: dict) -> dict:
+    files = {Path(rel).name: digest for rel, digest in marker["files"].items()}
+    extra = {"params": marker["params"]} if "params" in marker else {}
+    return {"dataset": marker["dataset"], "source": marker["source"], "files": files, **extra}
+
+
+def _digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:  # chunked (hashlib.file_digest needs Python 3.11)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _copy_files(source: Path, names, tmp: Path, into: str = "") -> None:
+    """Copy each of ``names`` from ``source`` (NAME.gz decompressed, or plain NAME) to ``tmp/into``."""
+    if not source.is_dir():
+        raise DataError(f"{source}: source folder not found; {SOURCE_HINT}")
+    (tmp / into).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src = next((p for p in (source / f"{name}.gz", source / name) if p.is_file()), None)
+        if src is None:
+            raise DataError(f"{source}: {name} (or {name}.gz) is missing; put the genuine file there")
+        try:
+            opener = gzip.open if src.suffix == ".gz" else open
+            with opener(src, "rb") as fin, open(tmp / into / name, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{src}: cannot be read ({e}); replace it") from None
+
+
+def _download(dataset: str, subdir: str, tmp: Path, into: str = "") -> None:
+    """Download with torchvision into ``tmp/download``; move ``subdir``'s files to ``tmp/into``."""
+    import torchvision.datasets
+
+    try:
+        getattr(torchvision.datasets, dataset)(tmp / "download", train=True, download=True)
+    except Exception as e:  # offline, mirror down, bad archive: all mean "no dataset this way"
+        raise DataError(f"could not download {dataset} ({type(e).__name__}: {e}); without internet, "
+                        f"{SOURCE_HINT}") from None
+    (tmp / into).mkdir(exist_ok=True)
+    for path in (tmp / "download" / subdir).iterdir():
+        if not path.name.endswith(".gz"):  # the archives are not needed once extracted
+            os.replace(path, tmp / into / path.name)
+    shutil.rmtree(tmp / "download")
+
+
+# ---------------------------------------------------------------- synthetic CIFAR-10
+
+# Spatial frequencies (cycles per 32 px) of the class templates: low, so templates are smooth.
+_FREQS = np.array([(fx, fy) for fx in range(3) for fy in range(-2, 3) if (fx, fy) > (0, 0)], np.float32)
+
+
+def synthetic_cifar10(n_train: int, n_test: int, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """CIFAR-10-shaped data that is learnable but not trivially (a small CNN: ~60% test
+    accuracy after one epoch on 2000 images, ~90% after ten; nearest class mean ~60%).
+
+    Each class is a fixed random smooth colour template (a sum of low-frequency
+    sinusoids per channel).  An image is its class template, randomly shifted (±8 px,
+    circularly) and scaled, plus another class's template at up to 0.9x weight, a
+    brightness offset and Gaussian pixel noise.  Classes are balanced.  Returns
+    ((x_train, y_train), (x_test, y_test)): x uint8 (N, 3, 32, 32), y int64 (N,) in
+    0..9, deterministic from ``seed``; ~12 kB of working memory per image.
+    """
+    rng = np.random.default_rng(seed)
+    k = len(_FREQS)
+    amp = rng.normal(size=(10, 3, k)) / np.sqrt(k)
+    phase = rng.uniform(0, 2 * np.pi, size=(10, 3, k))
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    theta = 2 * np.pi * (_FREQS[:, 0, None, None] * xx + _FREQS[:, 1, None, None] * yy) / 32
+    cos, sin = np.cos(theta).reshape(k, -1), np.sin(theta).reshape(k, -1)  # (k, 1024)
+
+    def templates(classes, weight, shift_phase):  # cos/sin coefficients (n, 3, k) of shifted templates
+        ph = phase[classes] + shift_phase[:, None, :]
+        w = weight[:, None, None] * amp[classes]
+        return (w * np.cos(ph)).astype(np.float32), (-w * np.sin(ph)).astype(np.float32)
+
+    splits = []
+    for n in (n_train, n_test):
+        y = rng.permutation(np.arange(n) % 10)
+        other = (y + rng.integers(1, 10, size=n)) % 10
+        # a circular shift by (dx, dy) is a phase change of each sinusoid
+        shift_phase = 2 * np.pi * rng.integers(-8, 9, size=(n, 2)) @ _FREQS.T / 32
+        a1, b1 = templates(y, rng.uniform(0.7, 1.3, size=n), shift_phase)
+        a2, b2 = templates(other, rng.uniform(0, 0.9, size=n), shift_phase)
+        img = (a1 + a2) @ cos + (b1 + b2) @ sin  # (n, 3, 1024)
+        img += rng.uniform(-0.25, 0.25, size=(n, 1, 1)).astype(np.float32)
+        img += 0.4 * rng.standard_normal(img.shape, dtype=np.float32)
+        x = np.clip(np.round((0.5 + 0.25 * img) * 255), 0, 255).astype(np.uint8).reshape(n, 3, 32, 32)
+        splits.append((x, y.astype(np.int64)))
+    return tuple(splits)
+
+
+def _write_synthetic(tmp: Path, params: dict) -> list[str]:
+    splits = synthetic_cifar10(params["n_train"], params["n_test"], params["seed"])
+    for part, (x, y) in zip(("train", "test"), splits, strict=True):
+        np.save(tmp / f"{part}_x.npy", x, allow_pickle=False)  # .npy: loads without unpickling
+        np.save(tmp / f"{part}_y.npy", y, allow_pickle=False)
+    return [f"{part}_{v}.npy" for part in ("train", "test") for v in "xy"]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def resolve_dataset(dataset: str, root: PathLike) -> str:
+    """The dataset ``load_split`` reads: "cifar10" is the real set if prepared, else the synthetic one."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if dataset != "cifar10":
+        return dataset
+    for name in ("cifar10", "cifar10-synthetic"):
+        if (Path(root) / FOLDERS[name] / MARKER).is_file():
+            return name
+    raise DataError(f"{root}: no prepared CIFAR-10 (real or synthetic); run prepare_cifar10 first")
+
+
+def load_split(dataset: str, root: PathLike, split: str, *, val_size: int = 5000,
+               limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of a prepared dataset: x uint8 (N, C, H, W) in 0..255, y int64 (N,).
+
+    dataset: "mnist" (C=1, 28x28), "cifar10" (C=3, 32x32; see ``resolve_dataset``) or
+    "cifar10-synthetic".  As in the authors' code the first ``val_size`` training
+    images are "val" and the rest "train"; "test" is the test set.  ``limit`` keeps
+    the first ``limit`` examples of the split (smoke runs).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    x, y = _load(resolve_dataset(dataset, root), Path(root), train=split != "test")
+    if split != "test":
+        if not 0 <= val_size < len(x):
+            raise ValueError(f"val_size must be in [0, {len(x)}), got {val_size}")
+        part = slice(0, val_size) if split == "val" else slice(val_size, None)
+        x, y = x[part], y[part]
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+def _load(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    folder = root / FOLDERS[name]
+    try:
+        _check(folder, None, verify=False)  # cheap: refuses an unprepared, half-written or truncated copy
+    except DataError as e:
+        raise DataError(f"{e}; prepare the dataset first") from None
+    if name == "cifar10-synthetic":
+        part = "train" if train else "test"
+        return tuple(torch.from_numpy(np.load(folder / f"{part}_{v}.npy", allow_pickle=False)) for v in "xy")
+    import torchvision.datasets
+
+    if name == "mnist":
+        ds = torchvision.datasets.MNIST(root, train=train, download=False)
+        return ds.data.unsqueeze(1), ds.targets
+    ds = torchvision.datasets.CIFAR10(root, train=train, download=False)  # checks torchvision's md5s
+    return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+
+# ---------------------------------------------------------------- batching
+
+
+def to_float(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1] on ``device`` (moved as uint8: 4x less to copy)."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {x.dtype}")
+    return x.to(device).float().div_(255)
+
+
+def _generator(*key) -> torch.Generator:
+    """A CPU generator seeded by a hash of ``key``: independent streams per (seed, purpose, index)."""
+    seed = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
+    return torch.Generator().manual_seed(seed)
+
+
+class TensorBatcher:
+    """A split resident on ``device`` (uint8), served as random-permutation batches.
+
+    Epoch e uses a permutation drawn from (seed, e); the last N % batch_size examples of
+    each permutation are dropped.  ``batch(step)`` is thus a pure function of (seed,
+    step): resuming at any step reproduces the same batches.  augment=True applies the
+    CIFAR-10 augmentation (reflect-pad 4, random crop, random horizontal flip), drawn
+    from (seed, step) and vectorised over the batch.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int,
+                 device: str | torch.device = "cpu", augment: bool = False):
+        if x.dtype != torch.uint8 or x.dim() != 4 or len(x) != len(y):
+            raise ValueError(f"expected uint8 x (N, C, H, W) and y (N,), got {x.dtype} {tuple(x.shape)}, "
+                             f"{tuple(y.shape)}")
+        if not 1 <= batch_size <= len(x):
+            raise ValueError(f"batch_size must be in [1, {len(x)}], got {batch_size}")
+        self.x, self.y, self.device = x.to(device), y.to(device), torch.device(device)
+        self.batch_size, self.seed, self.augment = batch_size, int(seed), augment
+        self._epoch, self._perm = -1, None
+
+    @property
+    def num_examples(self) -> int:
+        """N, the size of the split (MMA's per-example ε store has one entry per example)."""
+        return len(self.x)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.x) // self.batch_size
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x float32 (B, C, H, W) in [0, 1], y (B,), idx (B,) int64 positions within the split."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        epoch, i = divmod(int(step), self.steps_per_epoch)
+        if epoch != self._epoch:  # cached: one permutation per epoch, not per step
+            perm = torch.randperm(len(self.x), generator=_generator(self.seed, "epoch", epoch))
+            self._epoch, self._perm = epoch, perm.to(self.device)
+        idx = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+        x = self._crop_flip(self.x[idx], int(step)) if self.augment else self.x[idx]
+        return to_float(x, self.device), self.y[idx], idx
+
+    def _crop_flip(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """Random crop of the reflect-padded images plus h-flip, as one gather (no padded copy)."""
+        b, c, h, w = x.shape
+        g = _generator(self.seed, "augment", step)
+        offset = torch.randint(0, 2 * CROP_PAD + 1, (2, b, 1), generator=g)  # crop corner in the padded image
+        flip = torch.randint(0, 2, (b, 1), generator=g, dtype=torch.bool)
+        rows = _reflect(offset[0] + torch.arange(h) - CROP_PAD, h).to(self.device)  # (b, h) source rows
+        cols = _reflect(offset[1] + torch.arange(w) - CROP_PAD, w)  # (b, w) source columns
+        cols = torch.where(flip, cols.flip(1), cols).to(self.device)
+        batch = torch.arange(b, device=self.device)[:, None, None, None]
+        chan = torch.arange(c, device=self.device)[None, :, None, None]
+        return x[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Map coordinates in [-pad, n + pad) into [0, n) as reflect padding does (edge not repeated)."""
+    i = i.abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str | torch.device
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Sequential batches (x float32 in [0, 1], y, idx) in order, the last partial one included."""
+    for start in range(0, len(x), batch_size):
+        end = min(start + batch_size, len(x))
+        yield to_float(x[start:end], device), y[start:end].to(device), torch.arange(start, end, device=device)
