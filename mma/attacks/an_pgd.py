@@ -10,12 +10,12 @@ An approximate *minimal* perturbation per example:
 4. δ* = ε_new·u (the authors' final code), or PGD(x, y, ε_new) again
    (arXiv v1, line 8: ``repgd=True``, the cost of a second PGD).
 
-The search (``boundary_search``) is a bracketed false-position method with a
-bisection fallback: the margin is nearly linear along a line, so most examples
-converge in one or two forward passes instead of the 10 fixed bisections of the
-authors' code, and the bracket keeps it as safe as bisection.  It runs under
-``torch.no_grad`` on the examples whose bracket is still wide, with no Python
-loop over examples.
+The search (``boundary_search``) is a bracketed secant method with a bisection
+fallback: the margin is nearly linear along a line close to the crossing, so most
+examples converge in ~4 one-row probes after the two bracket ends (~6 forward rows
+per example) instead of the authors' 10 bisections, and the bracket keeps it as
+safe as bisection.  It runs under ``torch.no_grad`` on the examples whose bracket
+is still wide, with no Python loop over examples.
 """
 
 from __future__ import annotations
@@ -109,11 +109,23 @@ def boundary_search(
 
     g(η) = loss(model(clip(x + η·u)), y); g < 0 means correctly classified.
     The bracket is [0, eps_mid] when g(eps_mid) ≥ 0, else [eps_mid, eps_hi] when
-    g(eps_hi) ≥ 0; when neither end crosses, the answer is eps_hi.  Inside a
-    bracket [lo, hi] with g(lo) < 0 ≤ g(hi), false position proposes a root c and
-    g is evaluated just below and just above c (one forward of 2n rows): for a
-    nearly linear g that closes the bracket to the tolerance in one iteration.  An
-    iteration that does not halve the bracket is followed by a bisection.
+    g(eps_hi) ≥ 0; when neither end crosses, the points the authors' bisection
+    would probe in between are tried (one forward), and where none crosses either
+    the answer is eps_hi.  The search
+    stops when the bracket [lo, hi] (g(lo) < 0 ≤ g(hi)) is narrower than the first
+    bracket's width / 2**bisection_steps.
+
+    Each pass is one forward over the examples still open, one row per example
+    (two for a closing probe): the first probe is false position, the next ones
+    secant steps through the two latest probes (the margin is nearly linear close
+    to the crossing, so they converge superlinearly); an estimate within one
+    tolerance of a bracket end probes just inside that end, and an estimate that
+    has settled probes both sides of itself, either of which closes the bracket.
+    Every estimate is clipped into the bracket, and three passes in a row that do
+    not halve it are followed by a bisection, so it converges at worst 4x slower
+    than plain bisection (the pass cap).  No Python loop over examples.  Measured
+    on LeNet5-Madry / MNIST: ~5.5-6 forward rows per example in ~10 passes, against
+    16-27 rows for false position with a two-sided probe at every pass.
 
     Returns the (B,) upper end of each final bracket (the adversarial side).
     """
@@ -126,48 +138,89 @@ def boundary_search(
     with attack_mode(model):
         n = x.shape[0]
         all_rows = torch.arange(n, device=x.device)
-        lo = torch.zeros(n, device=x.device, dtype=x.dtype)
-        hi = eps_hi.to(x.dtype).clone()
+        eps_mid = eps_mid.to(x.dtype)
+        eps_hi = eps_hi.to(x.dtype)
+        zero = torch.zeros_like(eps_mid)
         g_mid = g(all_rows, eps_mid)
-        g_lo, g_hi = g_mid.clone(), g_mid.clone()
-        lower = (g_mid >= 0).nonzero().squeeze(1)  # crossed by eps_mid: bracket [0, eps_mid]
-        upper = (g_mid < 0).nonzero().squeeze(1)  # not yet: bracket [eps_mid, eps_hi]
-        lo[upper] = eps_mid[upper]
-        hi[lower] = eps_mid[lower]
-        if lower.numel():
-            g_lo[lower] = g(lower, lo[lower])
-            wrong = lower[g_lo[lower] >= 0]  # misclassified already at x: length 0
-            lo[wrong] = 0.0
-            hi[wrong] = 0.0
-        if upper.numel():
-            g_hi[upper] = g(upper, hi[upper])
-            none = upper[g_hi[upper] < 0]  # no crossing up to eps_hi: the answer is eps_hi
-            lo[none] = hi[none]
+        cross = g_mid >= 0  # crossed by eps_mid: bracket [0, eps_mid], else [eps_mid, eps_hi]
+        end = torch.where(cross, zero, eps_hi)
+        g_end = g(all_rows, end)
+        lo, hi = torch.where(cross, zero, eps_mid), torch.where(cross, eps_mid, eps_hi)
+        g_lo, g_hi = torch.where(cross, g_end, g_mid), torch.where(cross, g_mid, g_end)
+        wrong = cross & (g_end >= 0)  # misclassified already at x: length 0
+        lo, hi = torch.where(wrong, zero, lo), torch.where(wrong, zero, hi)
+        lo = torch.where(~cross & (g_end < 0), hi, lo)  # no crossing up to eps_hi: the answer is eps_hi
 
-        tol = (hi - lo).clamp_min(0) / (2.0**bisection_steps)
-        tol = torch.maximum(tol, torch.full_like(tol, 1e-7))
-        bisect_next = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for _ in range(2 * max(1, bisection_steps)):  # the fallback halves at least every other pass
+        tol = ((hi - lo) / 2.0**bisection_steps).clamp_min(1e-7)
+        # the two latest probes (a older, b newer), for the secant step
+        a, fa, b, fb = end, g_end, eps_mid.clone(), g_mid
+        _bracket_interior_crossings(g, eps_mid, eps_hi, g_mid, ~cross & (g_end < 0), bisection_steps,
+                                    lo, hi, g_lo, g_hi, tol, a, fa, b, fb)
+        stalls = torch.zeros(n, dtype=torch.int8, device=x.device)
+        for _ in range(4 * max(1, bisection_steps)):  # at worst 4 passes per halving
             live = ((hi - lo) > tol).nonzero().squeeze(1)
             if live.numel() == 0:
                 break
             l, h, gl, gh, t = lo[live], hi[live], g_lo[live], g_hi[live], tol[live]
-            width = h - l
-            secant = l - gl * width / (gh - gl).clamp_min(1e-12)
-            c = torch.where(bisect_next[live], (l + h) / 2, secant)
-            c = torch.minimum(torch.maximum(c, l + t / 2), h - t / 2)
-            below, above = c - t / 2, c + t / 2
-            vals = g(torch.cat([live, live]), torch.cat([below, above]))
-            v_below, v_above = vals[: live.numel()], vals[live.numel():]
-            # new bracket: [l, below] if below already crosses, [above, h] if above
-            # does not yet, else [below, above]
-            new_h = torch.where(v_below >= 0, below, torch.where(v_above >= 0, above, h))
-            new_gh = torch.where(v_below >= 0, v_below, torch.where(v_above >= 0, v_above, gh))
-            new_l = torch.where(v_below >= 0, l, torch.where(v_above >= 0, below, above))
-            new_gl = torch.where(v_below >= 0, gl, torch.where(v_above >= 0, v_below, v_above))
-            bisect_next[live] = (new_h - new_l) > width / 2
+            pa, pfa, pb, pfb = a[live], fa[live], b[live], fb[live]
+            false_pos = l - gl * (h - l) / (gh - gl).clamp_min(1e-12)
+            secant = pb - pfb * (pb - pa) / (pfb - pfa)
+            c = torch.where(torch.isfinite(secant) & (secant > l) & (secant < h), secant, false_pos)
+            c = torch.where(stalls[live] >= 3, (l + h) / 2, c)  # a one-sided creep: bisect
+            near_l, near_h = c - l < t, h - c < t
+            w = 0.45 * t  # a closing probe's half-width: c ± w leaves a bracket narrower than t
+            two = ((c - pb).abs() < 2 * t) & ~near_l & ~near_h  # settled estimate: probe both sides
+            # a single probe sits a little past the estimate: an exact estimate must not
+            # leave an end whose sign rests on rounding (the returned point is re-evaluated)
+            p1 = torch.where(near_l, l + 0.9 * t, torch.where(near_h, h - 0.9 * t, torch.where(two, c - w, c + 0.1 * t)))
+            p1 = torch.minimum(torch.maximum(p1, l + 0.05 * t), h - 0.05 * t)
+            both = live[two]
+            vals = g(torch.cat([live, both]), torch.cat([p1, c[two] + w[two]]))
+            v1 = vals[: live.numel()]
+            p2 = torch.where(two, c + w, h)  # second probe (the upper end where there is none)
+            v2 = gh.clone()
+            v2[two] = vals[live.numel():]
+            # new bracket: [l, p1] if p1 crosses, [p1, p2] if p2 does, else [p2, h]
+            cross1, cross2 = v1 >= 0, v2 >= 0
+            new_h = torch.where(cross1, p1, torch.where(cross2, p2, h))
+            new_gh = torch.where(cross1, v1, torch.where(cross2, v2, gh))
+            new_l = torch.where(cross1, l, torch.where(cross2 | ~two, p1, p2))
+            new_gl = torch.where(cross1, gl, torch.where(cross2 | ~two, v1, v2))
+            halved = (new_h - new_l) <= (h - l) / 2
+            stalls[live] = torch.where(halved, torch.zeros_like(stalls[live]), stalls[live] + 1)
             lo[live], hi[live], g_lo[live], g_hi[live] = new_l, new_h, new_gl, new_gh
+            a[live], fa[live] = torch.where(two, p1, pb), torch.where(two, v1, pfb)
+            b[live], fb[live] = torch.where(two, p2, p1), torch.where(two, v2, v1)
     return hi
+
+
+def _bracket_interior_crossings(g, eps_mid, eps_hi, g_mid, none, steps, lo, hi, g_lo, g_hi, tol, a, fa, b, fb):
+    """Rows where g(eps_mid) < 0 and g(eps_hi) < 0 may still cross in between (a class
+    region the ray leaves and re-enters, e.g. the image box clipping the far end).
+    Before concluding "no crossing", probe where the authors' bisection would look
+    when nothing crosses, eps_mid + (eps_hi − eps_mid)·(1 − 2^-k) for k = 1..steps, in
+    one forward; the first probe that crosses brackets a crossing with the probe (or
+    eps_mid) before it.  Updates the bracket state in place."""
+    rows = none.nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    k = torch.arange(1, steps + 1, device=eps_mid.device, dtype=eps_mid.dtype)
+    m, e = eps_mid[rows], eps_hi[rows]
+    probes = m[:, None] + (e - m)[:, None] * (1 - 0.5**k)  # (rows, steps), increasing
+    vals = g(rows.repeat_interleave(steps), probes.flatten()).view(-1, steps)
+    hit = vals >= 0
+    found = hit.any(dim=1)
+    if not found.any():
+        return
+    first = hit.to(torch.int8).argmax(dim=1)[found]  # the first crossing probe
+    r, i = rows[found], torch.arange(int(found.sum()), device=rows.device)
+    p, v = probes[found], vals[found]
+    prev = (first - 1).clamp_min(0)
+    new_lo = torch.where(first > 0, p[i, prev], m[found])
+    new_glo = torch.where(first > 0, v[i, prev], g_mid[r])
+    lo[r], hi[r], g_lo[r], g_hi[r] = new_lo, p[i, first], new_glo, v[i, first]
+    tol[r] = ((e - m)[found] / 2.0**steps).clamp_min(1e-7)  # the resolution of the original bracket
+    a[r], fa[r], b[r], fb[r] = lo[r], g_lo[r], hi[r], g_hi[r]
 
 
 def default_tolerance(eps_max: float, bisection_steps: int = 10) -> float:

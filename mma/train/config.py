@@ -49,7 +49,7 @@ class PGDTrainSpec(Strict):
 class MMATrainSpec(Strict):
     """MMA training (Algorithm 2) with the final paper's hinge and clean-loss mix."""
 
-    eps_min: float = Field(0.1, ge=0)  # the per-example ε is read as max(eps_min, stored)
+    eps_min: float = Field(0.1, gt=0)  # the per-example ε is read as max(eps_min, stored)
     d_max: Optional[float] = Field(0.45, gt=0)  # hinge: no MMA loss where the margin ≥ d_max; None = ∞ (arXiv v1)
     eps_max: Optional[float] = Field(None, gt=0)  # largest length searched; None: 1.05·d_max
     clean_loss_coeff: float = Field(1 / 3, ge=0, le=1)  # c in (1−c)·L_MMA + c·L_clean; 0 = OMMA
