@@ -1,0 +1,19 @@
+# The pipeline for Snakemake: the same stages, commands and outputs as dvc.yaml (a test
+# checks that).  Run a profile with `snakemake --cores 2 --configfile profiles/smoke.yaml`;
+# rules only call the `mma` CLI, with the params file Snakemake was given.
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/transfer.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT_FILES,
+        expand(TRANSFER, name=SOURCES),  # every source's sets, used or not (as dvc repro makes them)
+    default_target: True

@@ -1,0 +1,111 @@
+"""Transfer sets: adversarial test sets made on a source model, stored as 8-bit images.
+
+The attacker has only the source, so PGD's restarts are chosen on the source
+(``pgd(..., select="loss")``: per example the restart with the highest source loss).
+Each set is stored as valid 8-bit images: every pixel is rounded *toward the clean
+pixel* (``quantize_toward``), so |q − c| ≤ |x_adv·255 − c| per pixel and the
+perturbation stays inside the ε-ball for Linf and L2 alike.  The uint8 images are
+zlib-compressed into a uint8 tensor, so the file loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mma.attacks import fgsm, pgd
+from mma.io import load_tensors, save_tensors
+from mma.progress import progress
+
+from .config import AttackSetting
+from .results import eps_key
+from .whitebox import restart_loss, seed_for
+
+FORMAT = "mma-transfer-set/1"
+
+
+def set_name(setting: str, eps: float) -> str:
+    """File stem of one set, e.g. 'pgd100x50_eps0.3'."""
+    return f"{setting}_eps{eps_key(eps)}"
+
+
+def quantize_toward(x_adv: Tensor, clean: Tensor, eps: float, norm: str) -> Tensor:
+    """8-bit images (uint8, same shape) from x_adv in [0, 1], each pixel rounded toward
+    the clean uint8 pixel: the perturbation only shrinks, so it stays in the ε-ball.
+
+    Computed in float64; a 1e-6 tolerance keeps a pixel that float noise put just
+    below an integer level (d = 2.9999999 → 3) and is then clipped back to the ball."""
+    c = clean.to(torch.float64)
+    d = x_adv.detach().to(torch.float64) * 255.0 - c
+    q = torch.sign(d) * torch.floor(d.abs() + 1e-6)
+    if norm == "linf":
+        bound = float(torch.floor(torch.tensor(255.0 * eps, dtype=torch.float64) + 1e-6))
+        q = q.clamp(-bound, bound)
+    else:  # per example: fall back to plain truncation if the tolerance pushed it out
+        over = q.flatten(1).norm(dim=1) > 255.0 * eps
+        if over.any():
+            q[over] = torch.trunc(d[over])
+    return (c + q).clamp(0, 255).round().to(torch.uint8)
+
+
+def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting: AttackSetting, *,
+                     norm: str, loss: str, seed: int) -> Tensor:
+    """x_adv (float, in [0,1]) of one batch for one setting, restarts chosen on ``model``
+    by loss.  With loss "mixed" each restart's loss follows ``restart_loss`` and the
+    restart with the highest cross-entropy wins."""
+    loss = setting.loss or loss
+    if setting.attack == "fgsm":
+        return fgsm(model, x, y, eps, norm=norm, loss=restart_loss(loss, 0))
+    step = setting.step_size_factor * eps / setting.steps
+    best, best_value = None, None
+    for r in range(setting.restarts):
+        with torch.random.fork_rng(devices=[x.device.index or 0] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed_for(seed, r))
+            x_adv = pgd(model, x, y, eps, norm=norm, steps=setting.steps, step_size=step, restarts=1,
+                        random_init=setting.random_init, loss=restart_loss(loss, r), select="loss")
+        with torch.no_grad():
+            value = torch.nn.functional.cross_entropy(model(x_adv), y, reduction="none")
+        if best is None:
+            best, best_value = x_adv, value
+        else:
+            better = value > best_value
+            best[better] = x_adv[better]
+            best_value = torch.where(better, value, best_value)
+    return best
+
+
+def build_set(model: nn.Module, x_u8: Tensor, y: Tensor, eps: float, setting: AttackSetting, *, norm: str,
+              loss: str, seed: int, batch_size: int, device, description: str = "") -> Tensor:
+    """The whole set as uint8 images (N, C, H, W), on the CPU."""
+    out = torch.empty_like(x_u8)
+    n = x_u8.shape[0]
+    with progress((n + batch_size - 1) // batch_size, description or f"{setting.label()} ε={eps:.4g}") as advance:
+        for b, i in enumerate(range(0, n, batch_size)):
+            clean = x_u8[i: i + batch_size]
+            xb = clean.to(device).float().div_(255)
+            yb = y[i: i + batch_size].to(device)
+            x_adv = make_adversarial(model, xb, yb, eps, setting, norm=norm, loss=loss, seed=seed_for(seed, b))
+            out[i: i + batch_size] = quantize_toward(x_adv.cpu(), clean, eps, norm)
+            advance(1)
+    return out
+
+
+def save_set(path: str | Path, x_u8: Tensor, y: Tensor, meta: dict) -> None:
+    """zlib-compressed uint8 images in a weights-only tensor file."""
+    raw = x_u8.contiguous().numpy().tobytes()
+    packed = torch.frombuffer(bytearray(zlib.compress(raw, 6)), dtype=torch.uint8)
+    save_tensors(path, {"format": FORMAT, "shape": list(x_u8.shape), "data": packed, "y": y.cpu(), **meta})
+
+
+def load_set(path: str | Path) -> tuple[Tensor, dict]:
+    """(uint8 images (N, C, H, W), metadata) of a set written by ``save_set``."""
+    obj = load_tensors(path)
+    if obj.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a transfer set ({obj.get('format')!r}); rerun `mma transfer`")
+    raw = zlib.decompress(obj["data"].numpy().tobytes())
+    x = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(obj["shape"])
+    meta = {k: v for k, v in obj.items() if k not in ("data", "format")}
+    return x, meta

@@ -1,0 +1,212 @@
+"""The typed schema of params.yaml, and its loader.
+
+One file drives every stage: ``mma <stage> --params FILE`` validates the whole file
+before any work starts.  Every problem becomes ONE line naming the key path and the
+bad value (``params.yaml: models[2] (mnist-linf-pgd-0.3).pgd.eps = -0.3: must be > 0``);
+the CLI prints it and exits 2 without creating or touching any output.
+
+Profiles (``profiles/smoke.yaml``, ``profiles/quick.yaml``) are complete params files
+with the same schema, never overlays: ``models`` is a list, so a profile replaces the
+grid whole.  This module imports no torch (``mma --help`` stays instant).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .evaluation.config import EvaluateParams, ReportParams, TransferParams
+from .train.config import ModelSpec
+
+DATA_SOURCE_ENV = "MMA_DATA_SOURCE"  # wins over data.mnist_source (CI points it at ../shared/data/mnist)
+
+
+class ParamsError(Exception):
+    """A params file that cannot be used; the message is one line naming the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Strict):
+    root: str = "data"  # prepared datasets land here (data/MNIST/raw, data/cifar-10-batches-py, ...)
+    # datasets the data stage prepares; every model's dataset must be listed (explicit, so the
+    # data stage's DVC params are exactly this section, not the whole model grid)
+    datasets: list[Literal["mnist", "cifar10"]] = Field(["mnist"], min_length=1)
+    mnist_source: Optional[str] = None  # folder with the 4 MNIST files (.gz or raw); null: download
+    cifar10_source: Optional[str] = None  # null: download; "synthetic": generated CIFAR-shaped data; or a folder
+    val_size: int = Field(5000, ge=1)  # first N training images are the validation split (authors' code)
+    synthetic_train: int = Field(2000, ge=10)  # synthetic CIFAR10 sizes (smoke runs without the real set)
+    synthetic_test: int = Field(500, ge=10)
+
+
+class Params(Strict):
+    """The whole of params.yaml."""
+
+    experiment: str = Field("mma", min_length=1)  # MLflow experiment: one per pipeline
+    seed: int = 0  # for what is not a model's own (synthetic data); each model has its own `seed`
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
+    threads: int = Field(0, ge=0)  # torch CPU threads per process; 0: leave torch's default
+    data: DataParams = DataParams()
+    models: list[ModelSpec] = Field(min_length=1)  # the grid: one trained model per entry, unique names
+    transfer: TransferParams = TransferParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise ParamsError(f"no model named {name!r} in the grid; models: {', '.join(self.model_names)}")
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
+# --------------------------------------------------------------------------- loading
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate a params file; any problem raises ParamsError (one line)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file (pass --params FILE)") from None
+    except OSError as e:
+        raise ParamsError(f"{path}: cannot be read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ParamsError(f"{path}:{where}: not valid YAML ({problem})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys (experiment, data, models, ...), "
+                          f"got {type(raw).__name__}")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(f"{path}: {_first_error(e, raw)}") from None
+    problem = _cross_check(params)
+    if problem:
+        raise ParamsError(f"{path}: {problem}")
+    return params
+
+
+def _cross_check(p: Params) -> Optional[str]:
+    """Checks that span keys (pydantic checks each block alone)."""
+    seen: dict[str, int] = {}
+    for i, m in enumerate(p.models):
+        where = f"models[{i}] ({m.name})"
+        if m.name in seen:
+            return f"{where}.name = {m.name!r}: duplicate model name (also models[{seen[m.name]}])"
+        seen[m.name] = i
+        if m.dataset not in p.data.datasets:
+            return (f"{where}.dataset = {m.dataset!r}: not in data.datasets {p.data.datasets}; "
+                    f"add it there so the data stage prepares it")
+        if m.mma is not None and m.mma.d_max is not None and m.mma.eps_min > m.mma.d_max:
+            return f"{where}.mma.eps_min = {m.mma.eps_min}: must not exceed mma.d_max ({m.mma.d_max})"
+        if p.evaluate.threat_model(m.dataset, m.norm) is None:
+            return (f"{where}.norm = {m.norm!r}: evaluate.threat_models has no {m.dataset} × {m.norm} entry "
+                    f"to evaluate it with")
+        if m.dataset == "mnist" and m.arch != "lenet5_madry" or m.dataset == "cifar10" and m.arch == "lenet5_madry":
+            return f"{where}.arch = {m.arch!r}: not an architecture for {m.dataset}"
+    if "cifar10" in p.data.datasets and p.data.cifar10_source == "synthetic" \
+            and p.data.val_size >= p.data.synthetic_train:
+        return (f"data.val_size = {p.data.val_size}: must be below data.synthetic_train "
+                f"({p.data.synthetic_train}) or no training images are left")
+    for key, name in _referenced_models(p):
+        if name not in seen:
+            return f"{key} = {name!r}: no model of that name in the grid (models: {', '.join(seen)})"
+    return None
+
+
+def _referenced_models(p: Params) -> list[tuple[str, str]]:
+    """(key path, model name) for every model the transfer/evaluate sections name."""
+    refs = [(f"transfer.sources[{i}].model", s.model) for i, s in enumerate(p.transfer.sources)]
+    refs += [(f"evaluate.table1_columns.{name}", name) for name in p.evaluate.table1_columns]
+    return refs
+
+
+def _first_error(e: ValidationError, raw: dict) -> str:
+    """pydantic's first error as `key.path = value: problem`."""
+    err = e.errors(include_url=False)[0]
+    loc = [part for part in err["loc"] if not (isinstance(part, str) and "[" in part)]  # drop union tags
+    key = _key_path(loc, raw)
+    value = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Params, loc[:-1])
+        return f"{key}: unknown key (value {_short(value)}); allowed here: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    if isinstance(value, dict) and loc and err["type"] == "value_error":
+        return f"{key}: {msg}"  # a whole-block check (e.g. method 'pgd' needs a 'pgd:' block)
+    return f"{key} = {_short(value)}: {msg}"
+
+
+def _key_path(loc: list, raw: Any) -> str:
+    """('models', 2, 'pgd', 'eps') -> 'models[2] (mnist-linf-pgd-0.3).pgd.eps'."""
+    out, node = "", raw
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                out += f" ({node['name']})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def _allowed_keys(cls: type[BaseModel], loc: list) -> list[str]:
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        nested = _model_in(field.annotation) if field else None
+        if nested is None:
+            return []
+        cls = nested
+    return sorted(cls.model_fields)
+
+
+def _model_in(annotation) -> Optional[type[BaseModel]]:
+    """The BaseModel class inside Optional[...] / list[...] annotations, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, list, Optional) or get_args(annotation):
+        for arg in get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- resolved settings
+def mnist_source(p: Params) -> tuple[Optional[str], str]:
+    """(source, where it came from): MMA_DATA_SOURCE wins over data.mnist_source; None = download."""
+    env = os.environ.get(DATA_SOURCE_ENV)
+    if env:
+        return env, f"${DATA_SOURCE_ENV}"
+    if p.data.mnist_source:
+        return p.data.mnist_source, "data.mnist_source"
+    return None, "download (neither $MMA_DATA_SOURCE nor data.mnist_source set)"
+
+
+def spec_record(p: Params, name: str) -> dict:
+    """Everything the train stage of ``name`` reads from params: the resolved model spec
+    (defaults filled in) and the data settings it depends on.  DVC tracks it as the
+    train stage's dependency (results/specs/NAME.json), see README "Why results/specs"."""
+    return {"model": p.model(name).model_dump(mode="json"), "val_size": p.data.val_size}

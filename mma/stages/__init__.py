@@ -1,0 +1,10 @@
+"""One function per pipeline stage; the ``mma`` CLI calls them and dvc.yaml /
+the Snakefile call the CLI.  Each ``run(params, ...)`` reads only its params
+section(s), writes only the paths of ``mma.paths`` and returns its summary metrics.
+
+    data      mma.stages.data.run(params, *, tracker)              -> data/...
+    train     mma.stages.train.run(params, name, *, device, tracker) -> results/models/NAME/
+    transfer  mma.stages.transfer.run(params, source, *, device, tracker) -> results/transfer/SOURCE/
+    evaluate  mma.stages.evaluate.run(params, name, *, device, tracker)   -> results/eval/NAME/
+    report    mma.stages.report.run(params, *, tracker)            -> results/report/
+"""

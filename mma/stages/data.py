@@ -1,0 +1,36 @@
+"""The data stage: prepare and verify every dataset the grid uses (``data.datasets``).
+
+MNIST comes from ``$MMA_DATA_SOURCE`` if set, else ``data.mnist_source``, else a
+torchvision download; CIFAR10 from ``data.cifar10_source`` (null: download,
+"synthetic": generated CIFAR-shaped data for smoke runs, or a folder).  Either way
+the files are checked against known checksums (``mma.data``); the stage logs which
+source it used.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..params import Params, mnist_source
+
+
+def run(params: Params, *, tracker=None) -> dict[str, float]:
+    from ..data import prepare_cifar10, prepare_mnist
+
+    d = params.data
+    metrics: dict[str, float] = {}
+    for dataset in d.datasets:
+        if dataset == "mnist":
+            source, origin = mnist_source(params)
+            print(f"data: mnist from {source or 'torchvision download'} (chosen by {origin})", file=sys.stderr)
+            summary = prepare_mnist(d.root, source)
+        else:
+            source, origin = d.cifar10_source, "data.cifar10_source"
+            print(f"data: cifar10 from {source or 'torchvision download'} (chosen by {origin})", file=sys.stderr)
+            summary = prepare_cifar10(d.root, source, synthetic_train=d.synthetic_train,
+                                      synthetic_test=d.synthetic_test, seed=params.seed)
+        if tracker is not None:
+            tracker.set_tags({f"mma.data.{dataset}.source": summary["source"], f"mma.data.{dataset}.chosen_by": origin})
+            tracker.log_params({f"data.{dataset}.{name}": digest for name, digest in summary["files"].items()})
+        metrics[f"{dataset}_files"] = float(len(summary["files"]))
+    return metrics

@@ -1,0 +1,98 @@
+"""The evaluate stage: every attack of the protocol on one target model.
+
+    results/eval/NAME/metrics.json    clean accuracy, every record's robust accuracy (per
+                                      restarts count), worst case per ε, AutoAttack,
+                                      Boundary, margins summary, timings, settings used
+    results/eval/NAME/per_example.pt  per-example outcomes (``mma.evaluation.results``):
+                                      the report takes its worst cases from these
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .. import paths
+from ..evaluation.results import eps_key
+
+
+def _model_spec(params, name: str):
+    for m in params.models:
+        if m.name == name:
+            return m
+    raise KeyError(f"no model named {name!r} in the grid; models: {', '.join(m.name for m in params.models)}")
+
+
+def load_transfer_sets(params, name: str) -> list:
+    """(info, uint8 images) for every set of every source of ``name``'s threat model."""
+    from ..evaluation.transfer import load_set
+
+    out = []
+    for source in params.evaluate.sources_for(name, params.models, params.transfer):
+        folder = paths.transfer_dir(source)
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{folder}/manifest.json missing: run `mma transfer {source}` first") from None
+        for info in manifest["sets"]:
+            x, _ = load_set(folder / info["file"])
+            out.append((info, x))
+    return out
+
+
+def summarize(res, name: str, spec, ev, extra: dict) -> dict:
+    """metrics.json's content: every number the report prints, traceable to per_example.pt."""
+    records = {}
+    for key, info in res.infos.items():
+        accs = {str(r): res.accuracy(key, r) for r in sorted({1, info.restarts})}
+        records[key] = {"kind": info.kind, "eps": info.eps, "setting": info.setting, "label": info.label,
+                        "source": info.source, "loss": info.loss, "restarts": info.restarts, "subset": info.subset,
+                        "extra": info.extra, "accuracy": res.accuracy(key), "accuracy_by_restarts": accs,
+                        "n_run": int((res.survived[key] != -1).sum())}
+    worst = {eps_key(e): res.worst_case_accuracy(e) for e in res.eps_values()}
+    return {"model": name, "dataset": spec.dataset, "norm": spec.norm, "method": spec.method, "n": res.n,
+            "clean_accuracy": res.clean_accuracy(), "whitebox_loss": ev.loss, "cascade": ev.cascade,
+            "records": records, "worst_case": worst, "margins": res.summary.get("margins", {}), **extra}
+
+
+def flat_metrics(summary: dict) -> dict[str, float]:
+    """The numbers to log (MLflow-safe names)."""
+    m = {"clean_accuracy": summary["clean_accuracy"]}
+    for key, r in summary["records"].items():
+        m[f"robust/{key}"] = r["accuracy"]
+    for e, v in summary["worst_case"].items():
+        m[f"worst_case/{e}"] = v
+    for k, v in summary["margins"].items():
+        m[f"margins/{k}"] = v
+    return {k: float(v) for k, v in m.items() if v == v}  # drop nan
+
+
+def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
+    from ..data import load_split, to_float
+    from ..evaluation.protocol import evaluate_model
+    from ..io import save_tensors, write_json
+    from ..train import load_model
+
+    ev = params.evaluate
+    spec = _model_spec(params, name)
+    tm = ev.threat_model(spec.dataset, spec.norm)
+    if tm is None:
+        raise ValueError(f"evaluate.threat_models has no {spec.dataset} × {spec.norm} entry (needed by {name})")
+    model, _, _ = load_model(paths.model_file(name), device)
+    x_u8, y = load_split(spec.dataset, params.data.root, "test", val_size=params.data.val_size, limit=ev.test_limit)
+    x, y = to_float(x_u8, device), y.to(device)
+    timings: dict = {}
+    t0 = time.monotonic()
+    res = evaluate_model(model, x, y, name=name, tm=tm, ev=ev, tr=params.transfer, seed=params.seed,
+                         transfer_sets=load_transfer_sets(params, name), timings=timings)
+    timings["total"] = time.monotonic() - t0
+    summary = summarize(res, name, spec, ev, {"threat_model": tm.model_dump(), "timings_s": timings,
+                                              "evaluate_params": ev.model_dump(mode="json")})
+    out = paths.eval_dir(name)
+    save_tensors(out / "per_example.pt", res.to_tensors())
+    write_json(out / "metrics.json", summary)
+    metrics = flat_metrics(summary)
+    if tracker is not None:
+        tracker.log_metrics(metrics)
+        tracker.log_artifact(out / "metrics.json", "eval")
+    return metrics

@@ -1,0 +1,130 @@
+"""The train stage: one model of the grid, crash-safe and resumable.
+
+    results/models/NAME/model.pt      best-on-validation weights (weights-only torch file: state_dict + spec)
+    results/models/NAME/metrics.json  validation/training summary, resolved params, git commit, seed
+    results/checkpoints/NAME/         while training only: resume.pt, best.pt, spec.json, run.json
+
+Why the working files live in results/checkpoints/ and not beside model.pt: DVC and
+Snakemake delete a stage's declared outputs before rerunning it, and a crashed run
+must find its resume checkpoint *and* its best-so-far model again.  The best model is
+copied into results/models/NAME/ at the end; the folder is then deleted (only the
+last resume checkpoint and the selected model are ever kept on disk).
+
+A checkpoint made with other settings (``spec.json`` differs) is discarded, never
+resumed.  The MLflow run id is kept in ``run.json`` so a resumed run continues the
+same MLflow run; metrics are buffered and flushed right after each checkpoint, so no
+step is logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .. import paths
+from ..params import Params, spec_record
+
+
+def spec_file(name: str) -> Path:
+    """results/specs/NAME.json: what the train stage reads from params (``mma spec NAME``
+    writes it; DVC tracks it as the train stage's dependency, see README)."""
+    return paths.RESULTS / "specs" / f"{name}.json"
+
+
+def checkpoint_dir(name: str) -> Path:
+    return paths.resume_file(name).parent
+
+
+def run_id_file(name: str) -> Path:
+    """Where the MLflow run id is kept while the run can be resumed."""
+    return checkpoint_dir(name) / "run.json"
+
+
+def prepare(params: Params, name: str) -> bool:
+    """Keep a resumable checkpoint of these exact settings, discard any other; True if resuming."""
+    from ..io import write_json
+
+    folder, record = checkpoint_dir(name), spec_record(params, name)
+    spec_file = folder / "spec.json"
+    if folder.exists():
+        try:
+            same = json.loads(spec_file.read_text()) == json.loads(json.dumps(record))
+        except (OSError, ValueError):
+            same = False
+        if same:  # also without resume.pt (killed before the first checkpoint): keep the MLflow run id
+            resuming = paths.resume_file(name).exists()
+            if resuming:
+                print(f"train {name}: resuming from {paths.resume_file(name)}", file=sys.stderr)
+            return resuming
+        print(f"train {name}: discarding {folder} (made with other settings)", file=sys.stderr)
+        shutil.rmtree(folder)
+    write_json(spec_file, record)
+    return False
+
+
+def finish(name: str) -> None:
+    """After a successful run: the resume state is no longer needed."""
+    shutil.rmtree(checkpoint_dir(name), ignore_errors=True)
+
+
+class _Batcher:
+    """``mma.data.TensorBatcher`` plus the ``num_examples`` the training loop reads
+    (the size of the training split; MMA's per-example ε store has one entry each)."""
+
+    def __init__(self, batcher, num_examples: int):
+        self._batcher, self.num_examples = batcher, num_examples
+
+    def batch(self, step: int):
+        return self._batcher.batch(step)
+
+
+def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, float]:
+    from ..data import TensorBatcher, load_split, to_float
+    from ..io import write_json
+    from ..train import train
+    from ..tracking import git_commit
+
+    spec = params.model(name)
+    d = params.data
+    t0 = time.monotonic()
+    x, y = load_split(spec.dataset, d.root, "train", val_size=d.val_size, limit=spec.train_limit)
+    x_val, y_val = load_split(spec.dataset, d.root, "val", val_size=d.val_size, limit=spec.val_limit)
+    batcher = TensorBatcher(x, y, spec.batch_size, seed=spec.seed, device=device, augment=spec.augment)
+    if not hasattr(batcher, "num_examples"):
+        batcher = _Batcher(batcher, len(x))
+    val = (to_float(x_val, device), y_val.to(device))
+
+    log = flush = None
+    if tracker is not None:
+        log, flush = tracker.log_metrics, tracker.flush
+    best = checkpoint_dir(name) / "best.pt"
+    result = train(spec, batcher, val, model_path=best, resume_path=paths.resume_file(name), device=device,
+                   log=log, flush=flush, show_progress=True)
+    if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
+        raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
+
+    from ..io import atomic_path
+
+    with atomic_path(paths.model_file(name)) as tmp:
+        shutil.copyfile(best, tmp)
+    by_step = {h["step"]: h for h in result.history}
+    summary = {
+        "model": name, "dataset": spec.dataset, "norm": spec.norm, "method": spec.method, "seed": spec.seed,
+        "steps": result.step, "selection_metric": result.selection_metric,
+        "best_step": result.best_step, "best_value": result.best_value,
+        "best": by_step.get(result.best_step, {}), "final": result.history[-1] if result.history else {},
+        "train_examples": len(x), "val_examples": len(x_val), "device": str(device),
+        "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
+        "git_commit": git_commit(), "params": spec_record(params, name),
+    }
+    write_json(paths.model_dir(name) / "metrics.json", summary)
+    metrics = {f"best_{k}": float(v) for k, v in summary["best"].items() if k != "step"}
+    metrics["best_step"] = float(result.best_step)
+    if tracker is not None:
+        tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
+        tracker.log_artifact(paths.model_file(name), "model")
+        tracker.log_artifact(paths.model_dir(name) / "metrics.json", "model")
+    return metrics

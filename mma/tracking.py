@@ -1,0 +1,285 @@
+"""MLflow tracking: one run per stage invocation, safe under parallel jobs.
+
+Where runs go: ``$MLFLOW_TRACKING_URI`` if set, else a sqlite file ``mlflow.db`` at
+the root of the user's repository (artifacts in ``mlartifacts/`` beside it), by
+absolute path.  ``dvc exp run --temp/--queue`` runs stages in a clone under
+``<repo>/.dvc/tmp/exps/...``; :func:`repo_root` maps such a workspace back to
+``<repo>`` so those runs land in the same store.
+
+Why a lock: a fresh sqlite store opened by several processes at once races on
+schema creation/migration (measured: 8 processes, some crash).  Every process
+opens the store, and creates the experiment, while holding an exclusive
+``flock`` on ``mlflow.db.lock``; with sqlite, every later write takes the same
+lock too, so parallel jobs never hit "database is locked" either.
+
+Why a preflight: against an unreachable server MLflow retries for minutes; we
+probe the server with a 3 s timeout before any work and fail with one line.
+
+Metrics are buffered and sent on :meth:`Tracker.flush` (the training loop calls it
+right after each resume checkpoint), so a run resumed after a crash continues the
+same MLflow run and never logs a step twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+URI_ENV = "MLFLOW_TRACKING_URI"
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+PROBE_TIMEOUT_S = 3.0
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be used; one line naming it and the fix."""
+
+
+# --------------------------------------------------------------------------- where
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """The user's repository: the folder above ``.dvc/tmp`` when inside a DVC
+    experiment workspace, else the nearest folder with ``.git`` or ``.dvc``, else ``start``."""
+    here = Path(start or os.getcwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 1):
+        if parts[i] == ".dvc" and parts[i + 1] == "tmp":
+            return Path(*parts[:i])
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists() or (folder / ".dvc").is_dir():
+            return folder
+    return here
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    env = os.environ.get(URI_ENV)
+    if env:
+        return env
+    return f"sqlite:///{(root or repo_root()) / STORE_FILE}"
+
+
+def git_commit(root: Path | None = None) -> str:
+    """HEAD's hash, with "-dirty" when tracked files differ; "unknown" outside git."""
+    cwd = root or repo_root()
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("-dirty" if dirty else "")) if head else "unknown"
+
+
+# --------------------------------------------------------------------------- locking
+def _lock_file(uri: str) -> Optional[Path]:
+    """The lock beside a sqlite store; None for servers (they serialise themselves)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return db.with_name(db.name + ".lock")
+
+
+@contextlib.contextmanager
+def _locked(uri: str) -> Iterator[None]:
+    lock = _lock_file(uri)
+    if lock is None:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _probe(uri: str) -> None:
+    """Fail fast (seconds) if an http(s) tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy or a server without /health): reachable
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it, or unset "
+            f"{URI_ENV} to record runs in the local store {repo_root() / STORE_FILE}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def open_store(experiment: str, uri: str | None = None):
+    """(MlflowClient, experiment id), creating the store and the experiment once, under the lock.
+    Commands call it before any work, so a bad store fails them in seconds."""
+    uri = uri or tracking_uri()
+    _probe(uri)
+    # a server that dies mid-run must not stall training for minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
+    with _locked(uri):
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:
+                return client, found.experiment_id
+            location = None
+            if uri.startswith("sqlite:///"):  # artifacts beside the store, not in whatever cwd is
+                location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACT_DIR).as_uri()
+            return client, client.create_experiment(experiment, artifact_location=location)
+        except TrackingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any store failure means "cannot track"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrackingError(f"MLflow store {uri} cannot be used ({type(e).__name__}: {first})") from None
+
+
+# --------------------------------------------------------------------------- one run
+class Tracker:
+    """One MLflow run.  ``log_metrics`` buffers; ``flush`` sends (also at the end of the run)."""
+
+    def __init__(self, client, run_id: str, uri: str):
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self._pending: list = []
+        self.logged: set[str] = set()  # metric keys logged by this process
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "item"):
+                continue  # strings and nested results belong in files/artifacts, not metrics
+            value = float(value)
+            if math.isfinite(value):
+                self._pending.append(Metric(_key(key), value, now, int(step or 0)))
+                self.logged.add(key)
+
+    def flush(self, *, final: bool = False) -> None:
+        """Send the buffered metrics.  On failure keep them for the next flush with a
+        warning (training must not die on a tracking hiccup), or raise if ``final``."""
+        pending, self._pending, i = self._pending, [], 0
+        try:
+            for i in range(0, len(pending), 1000):  # MLflow's batch limit
+                with _locked(self.uri):
+                    self.client.log_batch(self.run_id, metrics=pending[i:i + 1000])
+        except Exception as e:  # noqa: BLE001
+            self._pending = pending[i:] + self._pending
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if final:
+                raise TrackingError(f"MLflow logging to {self.uri} failed at the end of the run ({why}); "
+                                    f"the stage's output files are complete") from None
+            print(f"warning: MLflow logging failed, {len(self._pending)} metrics kept for the next try ({why})",
+                  file=sys.stderr)
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        flat = [Param(_key(k), _param_value(v)) for k, v in _flatten(params).items()]
+        for i in range(0, len(flat), 100):
+            with _locked(self.uri):
+                self.client.log_batch(self.run_id, params=flat[i:i + 100])
+
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        with _locked(self.uri):
+            self.client.log_batch(self.run_id, tags=[RunTag(_key(k), str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path or path.name)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+@contextlib.contextmanager
+def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = None,
+              run_id_file: Path | None = None, name: str | None = None) -> Iterator[Tracker]:
+    """An MLflow run around one stage invocation; FINISHED on success, FAILED/KILLED otherwise.
+
+    run_id_file: where the run id is kept while the stage can be resumed; if it names
+    a run of this experiment, that run is continued (same id) instead of a new one.
+    """
+    uri = tracking_uri()
+    client, experiment_id = open_store(experiment, uri)
+    run_id = _resumable(client, run_id_file, experiment_id)
+    with _locked(uri):
+        if run_id is None:
+            run_id = client.create_run(experiment_id, run_name=f"{stage}:{name}" if name else stage).info.run_id
+            resumed = False
+        else:
+            client.update_run(run_id, status="RUNNING")
+            resumed = True
+    if run_id_file is not None and not resumed:
+        from .io import write_json
+
+        write_json(run_id_file, {"run_id": run_id, "uri": uri})
+    tracker = Tracker(client, run_id, uri)
+    status = "FAILED"
+    try:
+        commit = git_commit(repo_root())
+        tracker.set_tags({"mma.stage": stage, "mma.git_commit": commit,
+                          "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+                          "mma.resumed": str(resumed).lower(), **tags})
+        if params:
+            tracker.log_params(params)
+        yield tracker
+        tracker.flush(final=True)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        # on failure, metrics after the last flush are dropped, not sent: a resumed run
+        # logs those steps again, and must not find them twice
+        with _locked(uri):
+            client.set_terminated(run_id, status)
+
+
+def _resumable(client, run_id_file: Path | None, experiment_id: str) -> Optional[str]:
+    if run_id_file is None or not Path(run_id_file).is_file():
+        return None
+    try:
+        run_id = json.loads(Path(run_id_file).read_text())["run_id"]
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - a stale or foreign id: start a new run
+        return None
+    return run_id if run.info.experiment_id == experiment_id else None
+
+
+# --------------------------------------------------------------------------- helpers
+def _key(key: str) -> str:
+    """MLflow keys allow alphanumerics, _ - . space / : only."""
+    return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in str(key))[:250]
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return text[:6000]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

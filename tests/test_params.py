@@ -1,0 +1,148 @@
+"""params.yaml validation: every bad input gives one line naming the key and the value,
+exit code 2, and nothing is created (checked through the real CLI, in-process)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mma.cli import app
+from mma.params import DATA_SOURCE_ENV, ParamsError, load_params, mnist_source
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+
+
+def _set(doc: dict, path: str, value) -> dict:
+    """A copy of ``doc`` with ``path`` ("models.1.pgd.eps") set to ``value``."""
+    doc = copy.deepcopy(doc)
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node = doc
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return doc
+
+
+def _without(doc: dict, path: str) -> dict:
+    doc = copy.deepcopy(doc)
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node = doc
+    for p in parents:
+        node = node[p]
+    del node[last]
+    return doc
+
+
+# (id, params document or raw text, substrings the one-line error must contain)
+BAD = [
+    ("unknown top-level key", _set(SMOKE, "experimnt", "x"), ["experimnt", "unknown key"]),
+    ("unknown model key", _set(SMOKE, "models.0.lrr", 0.1), ["models[0] (mnist-linf-std).lrr", "0.1"]),
+    ("wrong type", _set(SMOKE, "seed", "abc"), ["seed", "'abc'"]),
+    ("wrong type nested", _set(SMOKE, "models.0.train_steps", "many"), ["models[0] (mnist-linf-std).train_steps", "many"]),
+    ("negative eps", _set(SMOKE, "models.1.pgd.eps", -0.3), ["models[1] (mnist-linf-pgd-0.3).pgd.eps", "-0.3"]),
+    ("steps 0", _set(SMOKE, "models.1.pgd.steps", 0), ["models[1] (mnist-linf-pgd-0.3).pgd.steps", "0"]),
+    ("train_steps 0", _set(SMOKE, "models.0.train_steps", 0), ["train_steps", "0"]),
+    ("unknown norm", _set(SMOKE, "models.0.norm", "l3"), ["models[0] (mnist-linf-std).norm", "'l3'"]),
+    ("unknown arch", _set(SMOKE, "models.0.arch", "resnet"), ["models[0] (mnist-linf-std).arch", "'resnet'"]),
+    ("unknown dataset", _set(SMOKE, "models.0.dataset", "svhn"), ["models[0] (mnist-linf-std).dataset", "'svhn'"]),
+    ("unknown method", _set(SMOKE, "models.0.method", "trades"), ["models[0] (mnist-linf-std).method", "'trades'"]),
+    ("eps_min > d_max", _set(_set(SMOKE, "models.2.mma.eps_min", 0.5), "models.2.mma.eps_max", 1.0),
+     ["models[2] (mnist-linf-mma-0.45).mma.eps_min", "0.5", "d_max"]),
+    ("duplicate name", _set(SMOKE, "models.1.name", "mnist-linf-std"), ["models[1]", "'mnist-linf-std'", "duplicate"]),
+    ("evaluate names a model not in the grid", _set(SMOKE, "evaluate.table1_columns", {"mnist-linf-nope": "MMA"}),
+     ["evaluate.table1_columns", "'mnist-linf-nope'"]),
+    ("transfer source not in the grid", _set(SMOKE, "transfer.sources.0.model", "mnist-linf-nope"),
+     ["transfer.sources[0].model", "'mnist-linf-nope'"]),
+    ("unknown device", _set(SMOKE, "device", "tpu"), ["device", "'tpu'"]),
+    ("negative threads", _set(SMOKE, "threads", -1), ["threads", "-1"]),
+    ("pgd without its block", _without(SMOKE, "models.1.pgd"), ["models[1] (mnist-linf-pgd-0.3)", "pgd"]),
+    ("dataset not prepared", _set(SMOKE, "data.datasets", ["mnist"]), ["dataset", "'cifar10'", "data.datasets"]),
+    ("empty grid", _set(SMOKE, "models", []), ["models"]),
+    ("missing grid", _without(SMOKE, "models"), ["models", "missing"]),
+    ("bad model name", _set(SMOKE, "models.0.name", "a/b"), ["models[0]", "name", "'a/b'"]),
+    ("not YAML", "models: [\n  - {name: x\n", ["not valid YAML", "line"]),
+    ("not a mapping", "- 1\n- 2\n", ["expected a mapping"]),
+]
+
+
+@pytest.mark.parametrize("doc, expected", [pytest.param(d, e, id=i) for i, d, e in BAD])
+def test_bad_params_exit_2_one_line_nothing_created(tmp_path, monkeypatch, doc, expected):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(app, ["train", "mnist-linf-std", "--params", str(bad)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for text in expected:
+        assert text in lines[0], f"{text!r} not in: {lines[0]}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no results/, data/, mlflow.db
+
+
+def test_missing_params_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["data", "--params", "nope.yaml"])
+    assert result.exit_code == 2
+    assert "nope.yaml: no such params file" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_model_name_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    result = CliRunner().invoke(app, ["train", "nope", "--params", str(ROOT / "profiles" / "smoke.yaml")])
+    assert result.exit_code == 2
+    assert "no model named 'nope'" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # not even the MLflow store
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "profiles/smoke.yaml", "profiles/quick.yaml"])
+def test_shipped_params_files_are_valid(name):
+    p = load_params(ROOT / name)
+    # dvc.yaml iterates over these keys of the raw file: they must be written out, not defaulted
+    raw = yaml.safe_load((ROOT / name).read_text())
+    assert raw["data"]["root"] and raw["transfer"]["sources"] and raw["models"]
+    assert len(set(p.model_names)) == len(p.models)
+
+
+def test_params_yaml_with_every_switch_on_is_valid(tmp_path):
+    """The commented MNIST-L2 / CIFAR10 blocks of params.yaml stay valid when switched on."""
+    lines, out, inside = (ROOT / "params.yaml").read_text().splitlines(), [], False
+    for line in lines:
+        if line.strip().startswith("# >>> switch"):
+            inside = True
+        elif line.strip().startswith("# <<< switch"):
+            inside = False
+        elif inside and line.strip().startswith("# "):
+            line = re.sub(r"^(\s*)# ", r"\1", line)
+        out.append(line)
+    text = "\n".join(out).replace("datasets: [mnist]", "datasets: [mnist, cifar10]")
+    (tmp_path / "all.yaml").write_text(text)
+    p = load_params(tmp_path / "all.yaml")
+    names = p.model_names
+    assert any(n.startswith("mnist-l2-") for n in names) and any(n.startswith("cifar10-") for n in names)
+    assert {(m.dataset, m.norm) for m in p.models} == {("mnist", "linf"), ("mnist", "l2"), ("cifar10", "linf"), ("cifar10", "l2")}
+
+
+def test_data_source_env_wins(monkeypatch, tmp_path):
+    doc = _set(SMOKE, "data.mnist_source", "/from/params")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    p = load_params(tmp_path / "p.yaml")
+    monkeypatch.delenv(DATA_SOURCE_ENV, raising=False)
+    assert mnist_source(p) == ("/from/params", "data.mnist_source")
+    monkeypatch.setenv(DATA_SOURCE_ENV, "/from/env")
+    assert mnist_source(p) == ("/from/env", f"${DATA_SOURCE_ENV}")
+
+
+def test_error_is_a_params_error_not_a_traceback(tmp_path):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "models.1.pgd.eps", -1)))
+    with pytest.raises(ParamsError, match=r"pgd\.eps = -1: Input should be greater than 0"):
+        load_params(tmp_path / "p.yaml")

@@ -1,0 +1,287 @@
+"""The pipeline: dvc.yaml and the Snakefile declare the same stages, commands and outputs,
+and the smoke DAG runs end to end under both (in temporary copies of the repository) with
+the same report and one finished MLflow run per stage invocation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the environment running the tests holds mma, dvc, snakemake
+REPORT_FILES = {"table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json"}
+
+
+def _tool(name: str) -> str:
+    local = BIN / name
+    return str(local) if local.exists() else name
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # each copy: its own store
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if not env.get("MMA_DATA_SOURCE"):
+        from conftest import mnist_source
+
+        env["MMA_DATA_SOURCE"] = str(mnist_source())
+    return {**env, **extra}
+
+
+def scratch_copy(dest: Path, profile: str | None = "smoke") -> Path:
+    """The repository's files (tracked and not ignored) in ``dest``, with the profile as
+    params.yaml, DVC set to run without git — what `make smoke` does."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+        files = [f for f in listed if f and (ROOT / f).is_file() and not f.startswith("runs/")]
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything but outputs
+        skip = {".git", ".venv", "results", "data", "runs", ".snakemake", "mlartifacts"}
+        files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
+                 if p.is_file() and not skip & set(p.relative_to(ROOT).parts) and "mlflow.db" not in p.name]
+    for f in files:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dest / f)
+    if profile:
+        shutil.copy(ROOT / "profiles" / f"{profile}.yaml", dest / "params.yaml")
+    if not (dest / ".dvc").is_dir():
+        subprocess.run([_tool("dvc"), "init", "--no-scm", "-q"], cwd=dest, check=True)
+    subprocess.run([_tool("dvc"), "config", "--local", "core.no_scm", "true"], cwd=dest, check=True)
+    return dest
+
+
+# --------------------------------------------------------------------------- declarations
+def _normalise(cmd: str) -> str:
+    cmd = re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd.strip())  # Snakemake's log redirection
+    return re.sub(r"--params \S+", "--params FILE", cmd)
+
+
+def dvc_declared(repo: Path) -> set[tuple[str, str, frozenset]]:
+    """(stage kind, command, outputs) of every stage DVC would run."""
+    from dvc.repo import Repo
+
+    out = set()
+    with Repo(str(repo)) as r:
+        for stage in r.index.stages:
+            if not getattr(stage, "cmd", None):
+                continue
+            outs = frozenset(str(o.def_path).rstrip("/") for o in stage.outs)
+            out.add((stage.name.split("@")[0], _normalise(stage.cmd), outs))
+    return out
+
+
+def snakemake_declared(repo: Path, *extra: str) -> set[tuple[str, str, frozenset]]:
+    """(rule, command, outputs) of every job of a forced dry run."""
+    text = subprocess.run([_tool("snakemake"), "--dry-run", "--forceall", "--printshellcmds", "--cores", "1", *extra],
+                          cwd=repo, env=_env(), capture_output=True, text=True, check=True).stdout
+    out, rule, outputs = set(), None, frozenset()
+    for line in text.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            rule, outputs = m.group(1), frozenset()
+        elif rule and line.strip().startswith("output:"):
+            outputs = frozenset(p.strip() for p in line.split(":", 1)[1].split(","))
+        elif rule and line.startswith("Shell command: ") and rule != "all":
+            out.add((rule, _normalise(line.removeprefix("Shell command: ")), outputs))
+            rule = None
+    return out
+
+
+def snakemake_jobs(repo: Path, *extra: str) -> list[str]:
+    """The jobs a (non-forced) dry run would run, as 'rule' or 'rule:NAME'."""
+    text = subprocess.run([_tool("snakemake"), "--dry-run", "--cores", "1", *extra], cwd=repo, env=_env(),
+                          capture_output=True, text=True, check=True).stdout
+    jobs, rule = [], None
+    for line in text.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            rule = m.group(1)
+            jobs.append(rule)
+        elif rule and line.strip().startswith("wildcards: name="):
+            jobs[-1] = f"{rule}:{line.split('=', 1)[1].strip()}"
+    return [j for j in jobs if j != "all"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", ["smoke", None])  # None: params.yaml, the paper's grid
+def test_dvc_and_snakemake_declare_the_same_stages_and_outputs(tmp_path, profile):
+    repo = scratch_copy(tmp_path / "repo", profile)
+    dvc, smk = dvc_declared(repo), snakemake_declared(repo)
+    assert dvc == smk, f"only in dvc.yaml: {sorted(dvc - smk)}\nonly in Snakefile: {sorted(smk - dvc)}"
+    kinds = {k for k, _, _ in dvc}
+    assert kinds == {"data", "spec", "train", "transfer", "evaluate", "report"}
+
+
+def test_snakemake_lint_passes():
+    result = subprocess.run([_tool("snakemake"), "--lint"], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_invalid_params_stop_snakemake_at_parse_time(tmp_path):
+    repo = scratch_copy(tmp_path / "repo")
+    text = (repo / "params.yaml").read_text().replace("norm: l2", "norm: l3", 1)
+    (repo / "params.yaml").write_text(text)
+    result = subprocess.run([_tool("snakemake"), "-n", "--cores", "1"], cwd=repo, env=_env(),
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "norm = 'l3'" in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- the smoke DAG
+def _run(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Run ``cmd``; (wall seconds, CPU seconds of it and its children)."""
+    import resource
+
+    t0, cpu0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1800)
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        logs = "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted((cwd / "results" / "logs").rglob("*.log"))) \
+            if (cwd / "results" / "logs").exists() else ""
+        pytest.fail(f"{' '.join(cmd)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}{logs}")
+    return time.monotonic() - t0, (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """The smoke DAG by `dvc repro` and by `snakemake --cores 2`, each in a fresh copy."""
+    base = tmp_path_factory.mktemp("smoke")
+    dvc_repo = scratch_copy(base / "dvc")
+    smk_repo = scratch_copy(base / "snakemake")
+    walls = {"dvc": _run([_tool("dvc"), "repro"], dvc_repo),
+             "snakemake": _run([_tool("snakemake"), "--cores", "2"], smk_repo)}
+    print("\nsmoke DAG: " + ", ".join(f"{tool}: {wall:.0f} s wall, {cpu:.0f} s CPU" for tool, (wall, cpu) in walls.items()))
+    return {"dvc": dvc_repo, "snakemake": smk_repo, "walls": walls}
+
+
+@pytest.mark.slow
+def test_smoke_dag_writes_the_report(smoke_runs):
+    for tool in ("dvc", "snakemake"):
+        report = smoke_runs[tool] / "results" / "report"
+        assert REPORT_FILES <= {p.name for p in report.iterdir()}, tool
+        assert (report / "figure3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _numbers(obj, prefix=""):
+    """Every number in a JSON document, by key path."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{prefix}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{prefix}[{i}]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield prefix, float(obj)
+
+
+def _close(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-3)
+
+
+@pytest.mark.slow
+def test_dvc_and_snakemake_give_the_same_report(smoke_runs):
+    a, b = (smoke_runs[t] / "results" / "report" for t in ("dvc", "snakemake"))
+    assert sorted(p.name for p in a.iterdir() if not p.name.startswith(".")) == \
+        sorted(p.name for p in b.iterdir() if not p.name.startswith("."))
+    timing = re.compile(r"(wall|seconds|time)", re.I)
+    na = {k: v for k, v in _numbers(json.loads((a / "summary.json").read_text())) if not timing.search(k)}
+    nb = {k: v for k, v in _numbers(json.loads((b / "summary.json").read_text())) if not timing.search(k)}
+    assert na.keys() == nb.keys()
+    differ = {k: (na[k], nb[k]) for k in na if not _close(na[k], nb[k])}
+    assert not differ, differ
+    rows_a = list(csv.reader((a / "table1.csv").open()))
+    rows_b = list(csv.reader((b / "table1.csv").open()))
+    assert len(rows_a) == len(rows_b) and rows_a[0] == rows_b[0]
+    for ra, rb in zip(rows_a, rows_b):
+        for x, y in zip(ra, rb):
+            try:
+                assert _close(float(x), float(y)), (ra, rb)
+            except ValueError:
+                assert x == y, (ra, rb)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["dvc", "snakemake"])
+def test_one_finished_mlflow_run_per_stage_invocation(smoke_runs, tool):
+    from mlflow.tracking import MlflowClient
+
+    from mma.params import load_params
+
+    repo = smoke_runs[tool]
+    p = load_params(repo / "params.yaml")
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(p.experiment).experiment_id], max_results=1000)
+    got = sorted((r.data.tags["mma.stage"], r.data.tags.get("mma.model", "")) for r in runs)
+    expected = sorted([("data", ""), ("report", "")] + [("train", n) for n in p.model_names]
+                      + [("evaluate", n) for n in p.model_names] + [("transfer", s.model) for s in p.transfer.sources])
+    assert got == expected
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    train = [r for r in runs if r.data.tags["mma.stage"] == "train"]
+    for r in train:
+        assert client.get_metric_history(r.info.run_id, "loss"), r.data.tags["mma.model"]
+        assert {"mma.dataset", "mma.norm", "mma.git_commit"} <= r.data.tags.keys()
+        names = [f.path for f in client.list_artifacts(r.info.run_id, "model")]
+        assert "model/model.pt" in names
+
+
+@pytest.mark.slow
+def test_editing_one_model_reruns_only_that_model(smoke_runs, tmp_path):
+    """DVC: after the spec stages, only the edited model's train stage is out of date.
+    Snakemake: only that model's spec and train jobs (plus what depends on them) would run."""
+    name, index = "mnist-l2-mma-2.0", None
+    for tool in ("dvc", "snakemake"):
+        repo = smoke_runs[tool]
+        doc = yaml.safe_load((repo / "params.yaml").read_text())
+        index = next(i for i, m in enumerate(doc["models"]) if m["name"] == name)
+        doc["models"][index]["optimizer"]["lr"] = 0.002
+        original = (repo / "params.yaml").read_text()
+        (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        try:
+            if tool == "dvc":
+                subprocess.run([_tool("dvc"), "repro", "--glob", "spec@*"], cwd=repo, env=_env(), check=True,
+                               capture_output=True)
+                status = subprocess.run([_tool("dvc"), "status", "--json"], cwd=repo, env=_env(), check=True,
+                                        capture_output=True, text=True).stdout
+                changed = set(json.loads(status))
+                assert changed == {f"train@{index}"}, changed
+            else:
+                jobs = set(snakemake_jobs(repo))
+                assert jobs == {f"spec:{name}", f"train:{name}", f"evaluate:{name}", "report"}, jobs
+        finally:
+            (repo / "params.yaml").write_text(original)
+
+
+def test_resume_state_of_other_settings_is_discarded(tmp_path, monkeypatch):
+    """A checkpoint is resumed only by the settings that made it (edit lr → start afresh)."""
+    from mma.params import load_params
+    from mma.stages import train as stage
+
+    monkeypatch.chdir(tmp_path)
+    p = load_params(ROOT / "profiles" / "smoke.yaml")
+    name = p.model_names[0]
+    assert stage.prepare(p, name) is False  # nothing to resume
+    folder = stage.checkpoint_dir(name)
+    (folder / "resume.pt").write_bytes(b"checkpoint")
+    (folder / "run.json").write_text('{"run_id": "abc"}')
+    assert stage.prepare(p, name) is True  # same settings: resume, same MLflow run
+    assert (folder / "run.json").exists()
+
+    doc = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+    doc["models"][0]["optimizer"]["lr"] = 0.5
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(doc))
+    assert stage.prepare(load_params(tmp_path / "edited.yaml"), name) is False
+    assert not (folder / "resume.pt").exists() and not (folder / "run.json").exists()
+    stage.finish(name)
+    assert not folder.exists()

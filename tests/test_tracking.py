@@ -1,0 +1,189 @@
+"""MLflow tracking: where the store is, parallel processes on a fresh store, an
+unreachable server, and resumed runs that continue the same MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mma.tracking import repo_root, stage_run, tracking_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+MMA = [sys.executable, "-m", "mma.cli"]
+
+
+def _runs(db: Path, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, ([] if exp is None else client.search_runs([exp.experiment_id], max_results=1000))
+
+
+def test_repo_root_maps_dvc_experiment_workspaces_back(tmp_path):
+    (tmp_path / ".git").mkdir()
+    workspace = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12cd" / "sub"
+    workspace.mkdir(parents=True)
+    (workspace.parent / ".git").mkdir()  # a temp workspace is a git clone of its own
+    assert repo_root(workspace) == tmp_path
+    assert repo_root(tmp_path / ".dvc") == tmp_path
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    assert repo_root(tmp_path / "a" / "b") == tmp_path
+
+
+def test_default_store_is_absolute_sqlite_at_the_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
+    assert tracking_uri() == "http://example:5000"
+
+
+WORKER = """
+import sys
+from mma.tracking import stage_run
+with stage_run("parallel", "train", name=f"m{sys.argv[1]}", tags={"mma.model": f"m{sys.argv[1]}"},
+               params={"worker": int(sys.argv[1])}) as t:
+    for step in range(1, 6):
+        t.log_metrics({"loss": 1.0 / step}, step=step)
+    t.flush()
+"""
+
+
+@pytest.mark.slow
+def test_eight_processes_on_a_fresh_sqlite_store_lose_no_run(tmp_path):
+    """Unlocked, 7 of 8 processes die in MLflow's schema migration (measured); with the
+    lock every run is complete."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i)], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(8)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, "\n".join(outputs)
+    client, runs = _runs(tmp_path / "mlflow.db", "parallel")
+    assert len(runs) == 8
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        history = client.get_metric_history(r.info.run_id, "loss")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert sorted(r.data.params["worker"] for r in runs) == [str(i) for i in range(8)]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_unreachable_server_fails_fast_before_any_work(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}"}
+    t0 = time.monotonic()
+    result = subprocess.run(MMA + ["train", "mnist-linf-std", "--params", str(ROOT / "profiles" / "smoke.yaml")],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - t0
+    assert result.returncode == 2, result.stderr
+    assert "unreachable" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert elapsed < 15, elapsed  # seconds, not MLflow's minutes of retries
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_resumed_stage_continues_the_same_run_without_duplicate_steps(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    run_file = tmp_path / "checkpoints" / "run.json"
+    with pytest.raises(RuntimeError):
+        with stage_run("resume", "train", name="m", tags={}, run_id_file=run_file) as t:
+            for step in (1, 2, 3):
+                t.log_metrics({"loss": float(step)}, step=step)
+            t.flush()  # a checkpoint at step 3
+            t.log_metrics({"loss": 4.0}, step=4)  # after the checkpoint: redone on resume
+            raise RuntimeError("crash")
+    first = json.loads(run_file.read_text())["run_id"]
+    with stage_run("resume", "train", name="m", tags={}, run_id_file=run_file) as t:
+        for step in (4, 5):
+            t.log_metrics({"loss": float(step)}, step=step)
+    client, runs = _runs(tmp_path / "mlflow.db", "resume")
+    assert [r.info.run_id for r in runs] == [first]
+    assert runs[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(first, "loss")) == [1, 2, 3, 4, 5]
+
+
+def _tiny_params(tmp_path: Path) -> Path:
+    doc = {
+        "experiment": "kill", "device": "cpu", "threads": 1,
+        "data": {"root": "data", "datasets": ["mnist"], "val_size": 500},
+        "models": [{"name": "tiny", "dataset": "mnist", "arch": "lenet5_madry", "norm": "linf", "method": "std",
+                    "optimizer": {"name": "adam", "lr": 0.001}, "train_steps": 200, "batch_size": 20,
+                    "train_limit": 1000, "val_limit": 100, "eval_every": 50, "checkpoint_every": 10}],
+        "transfer": {"sources": []},
+        "evaluate": {"table1_columns": {}},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_continues_the_same_mlflow_run(tmp_path):
+    from conftest import mnist_source
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "MMA_DATA_SOURCE": str(mnist_source())}
+    params = _tiny_params(tmp_path)
+    subprocess.run(MMA + ["data", "--params", str(params)], env=env, cwd=tmp_path, check=True, capture_output=True)
+    resume = tmp_path / "results" / "checkpoints" / "tiny" / "resume.pt"
+    proc = subprocess.Popen(MMA + ["train", "tiny", "--params", str(params)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed; make it longer"
+    time.sleep(0.5)  # some steps past the checkpoint, whose metrics were never sent
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = json.loads((resume.parent / "run.json").read_text())["run_id"]
+
+    result = subprocess.run(MMA + ["train", "tiny", "--params", str(params)], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stderr
+    client, runs = _runs(tmp_path / "mlflow.db", "kill")
+    train_runs = [r for r in runs if r.data.tags.get("mma.stage") == "train"]
+    assert [r.info.run_id for r in train_runs] == [run_id]  # continued, no orphan
+    assert train_runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(steps) == list(range(1, 201))  # every step exactly once
+    assert (tmp_path / "results" / "models" / "tiny" / "model.pt").exists()
+    assert not resume.parent.exists()  # resume state removed once finished
+
+
+@pytest.mark.slow
+def test_snakemake_four_parallel_training_jobs_record_four_complete_runs(tmp_path):
+    """`snakemake --cores 4` with 4 training jobs at once on a fresh default sqlite store."""
+    from test_pipeline import _env, _tool, scratch_copy
+
+    repo = scratch_copy(tmp_path / "repo", profile=None)
+    doc = yaml.safe_load(_tiny_params(tmp_path).read_text())
+    tiny = doc["models"][0]
+    doc["models"] = [{**tiny, "name": f"tiny-{i}", "seed": i, "train_steps": 30, "eval_every": 30} for i in range(4)]
+    (repo / "params.yaml").write_text(yaml.safe_dump(doc))
+    targets = [f"results/models/tiny-{i}/model.pt" for i in range(4)]
+    result = subprocess.run([_tool("snakemake"), "--cores", "4", *targets], cwd=repo, env=_env(),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client, runs = _runs(repo / "mlflow.db", "kill")
+    train = [r for r in runs if r.data.tags.get("mma.stage") == "train"]
+    assert sorted(r.data.tags["mma.model"] for r in train) == [f"tiny-{i}" for i in range(4)]
+    assert {r.info.status for r in train} == {"FINISHED"}
+    for r in train:
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == list(range(1, 31))
+        assert "val_clean_acc" in r.data.metrics

@@ -1,0 +1,68 @@
+# Shared by the rules: the params file, validated at parse time with the same schema
+# (and the same one-line errors) as the `mma` CLI, and the output paths of mma/paths.py.
+import json
+import os
+import re
+
+from mma import paths
+from mma.params import ParamsError, load_params, spec_record
+from mma.stages.train import spec_file
+
+# The stages read the params FILE (`mma ... --params FILE`), so the DAG is built from that
+# same file: the last --configfile, else params.yaml.  (Snakemake's own `config` merges the
+# files key by key; the stages never see it.)  `--config KEY=VALUE` would change Snakemake's
+# view only, so it is refused.
+PARAMS = os.path.relpath((workflow.overwrite_configfiles or ["params.yaml"])[-1])
+if workflow.config_settings.config:
+    raise WorkflowError(
+        "--config overrides are not seen by the stages; put them in a params file "
+        "and pass it with --configfile FILE"
+    )
+try:
+    P = load_params(PARAMS)
+except ParamsError as e:
+    raise WorkflowError(f"invalid params: {e}") from None
+
+MODELS = P.model_names
+SOURCES = [s.model for s in P.transfer.sources]
+# torch threads per job: params.threads, else all cores (Snakemake exports OMP_NUM_THREADS
+# = the rule's threads to each job; with the default of 1 torch would run single-threaded)
+THREADS = P.threads or workflow.cores
+# GPU stages hold one GPU each: `snakemake --cores 8 --resources gpu=1` schedules them
+GPU = 0 if P.device == "cpu" else 1
+DATA = P.data.root
+ENV = "../envs/mma.yaml"  # relative to the rule files (Snakemake's convention)
+
+
+def _dump(*blocks):
+    return json.dumps([b.model_dump(mode="json") if hasattr(b, "model_dump") else b for b in blocks], sort_keys=True)
+
+
+# What each stage reads besides its input files, as in dvc.yaml's `params:`; Snakemake's
+# params trigger reruns a job when it changes (a model's settings are in its spec file)
+SETTINGS = {
+    "data": _dump(P.data, P.seed),
+    "transfer": _dump(P.transfer),
+    "evaluate": _dump(P.evaluate, P.transfer),
+    "report": _dump(P.report, P.evaluate, P.transfer),
+}
+
+# Output paths as wildcard patterns, from mma/paths.py (the CLI writes exactly these)
+SPEC = str(spec_file("{name}"))
+MODEL = str(paths.model_file("{name}"))
+TRAIN_METRICS = str(paths.model_dir("{name}") / "metrics.json")
+TRANSFER = str(paths.transfer_dir("{name}"))
+EVAL = str(paths.eval_dir("{name}"))
+REPORT_FILES = [
+    str(paths.report_dir() / f)
+    for f in ("table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json", "summary.md")
+]
+
+
+wildcard_constraints:
+    name="|".join(re.escape(n) for n in MODELS),
+
+
+def transfer_sets(wildcards):
+    """The transfer sets model NAME is evaluated on: the sources of its threat model."""
+    return [str(paths.transfer_dir(s)) for s in P.evaluate.sources_for(wildcards.name, P.models, P.transfer)]

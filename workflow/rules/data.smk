@@ -1,0 +1,13 @@
+rule data:
+    output:
+        directory(DATA),
+    params:
+        file=PARAMS,
+        settings=SETTINGS["data"],
+    log:
+        "results/logs/data.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "mma data --params {params.file} > {log} 2>&1"

@@ -1,0 +1,18 @@
+rule transfer:
+    input:
+        model=MODEL,
+        data=DATA,
+    output:
+        directory(TRANSFER),
+    params:
+        file=PARAMS,
+        settings=SETTINGS["transfer"],
+    log:
+        "results/logs/transfer/{name}.log",
+    threads: THREADS
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "mma transfer {wildcards.name} --params {params.file} > {log} 2>&1"
