@@ -57,18 +57,20 @@ class Settings:
     train_batches: tuple[int, ...] = (50, 128)  # batch sizes of the first (40-step) comparison
     attack_batch: int = 128  # our PGD vs torchattacks: batch, steps
     attack_steps: int = 100
-    restart_examples: int = 48  # naive vs early-exit restarts: test images,
+    restart_examples: int = 32  # naive vs early-exit restarts: test images,
     restarts: int = 50  # restarts and steps per restart
     restart_steps: int = 10
     eps_large: float = 0.2  # ≤ 20 % of the pre-trained model survives one restart here
     eps_small: float = 0.05  # most (~90 %) survive here
+    warm_store: bool = True  # also time MMA with a filled ε store (a later epoch)
     switches: bool = True  # measure threads / channels_last / bf16 autocast
+    switch_images: int = 500  # test images for bf16 autocast's robust accuracy
 
 
 FULL = Settings()
 # quick: batch 50 only, 25 attack steps, a smaller restart problem (still 50 restarts)
-QUICK = Settings(rounds=5, pretrain_max_steps=1000, train_batches=(50,), attack_steps=25, restart_examples=32,
-                 restart_steps=5)
+QUICK = Settings(rounds=5, pretrain_max_steps=1000, train_batches=(50,), attack_steps=25, restart_examples=24,
+                 restart_steps=5, warm_store=False, switch_images=200)
 
 
 # --------------------------------------------------------------------------- timing
@@ -169,11 +171,12 @@ def bench_train_steps(model: nn.Module, data: dict[str, Tensor], s: Settings, de
     """STD, PGD and MMA training steps from the same weights, on the same batches.
 
     One step = the batch step (attack included) + zero_grad + backward + Adam step,
-    as in the training loop.  "mma…-warm" is MMA with the ε store of a later epoch
-    (each example's ε found by an untimed pass with the same weights just before: a
-    best case, since in training the weights have moved since).  The weights are restored (untimed) before every call,
+    as in the training loop.  The weights are restored (untimed) before every call,
     so every measurement starts from the pre-trained model; each case keeps its own
     optimiser and, for MMA, its own ε store (first epoch: every ε is eps_min).
+    "mma…-warm" is MMA with the ε store of a later epoch (each example's ε found by
+    an untimed pass with the same weights just before: a best case, since in
+    training the weights have moved in between).
     """
     from .data import TensorBatcher
     from .train.config import MMATrainSpec, PGDTrainSpec
@@ -189,8 +192,8 @@ def bench_train_steps(model: nn.Module, data: dict[str, Tensor], s: Settings, de
         for b in (s.train_batches if steps == main else (50,)):
             specs[f"pgd{steps}-b{b}"] = (PGDStep(PGDTrainSpec(eps=0.3, steps=steps), "linf", 10**9), b)
             specs[f"mma{steps}-b{b}"] = (MMAStep(MMATrainSpec(steps=steps), "linf", n_train, device=device), b)
-    # the ε store of a later epoch: filled by an untimed pass over the same batch first
-    specs[f"mma{main}-b50-warm"] = (MMAStep(MMATrainSpec(steps=main), "linf", n_train, device=device), 50)
+    if s.warm_store:  # the ε store of a later epoch: filled by an untimed pass over the same batch first
+        specs[f"mma{main}-b50-warm"] = (MMAStep(MMATrainSpec(steps=main), "linf", n_train, device=device), 50)
     opts = {k: torch.optim.Adam(model.parameters(), lr=1e-4) for k in specs}
     state = {"round": 0}
     frac_attacked: list[float] = []
@@ -268,11 +271,16 @@ def bench_restarts(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
             return pgd(model, x, y, eps, steps=s.restart_steps, restarts=restarts, loss="ce", early_exit=early)
 
         survive_one = accuracy(model, attack(True, 1), y)
-        acc = {"naive": accuracy(model, attack(False), y), "early_exit": accuracy(model, attack(True), y)}
+        last: dict[str, Tensor] = {}  # each case's latest x_adv (every call starts from the same seed)
+
+        def case(name: str, early: bool):
+            return lambda: last.__setitem__(name, attack(early))
+
+        times = interleaved({"naive": case("naive", False), "early_exit": case("early_exit", True)},
+                            rounds=s.rounds, warmup=s.warmup, device=device)
+        acc = {k: accuracy(model, v, y) for k, v in last.items()}
         if acc["naive"] != acc["early_exit"]:
             raise AssertionError(f"early exit changed the robust accuracy at eps={eps}: {acc}")
-        times = interleaved({"naive": lambda: attack(False), "early_exit": lambda: attack(True)},
-                            rounds=s.rounds, warmup=s.warmup, device=device)
         out[label] = {"eps": eps, "survive_first_restart": survive_one, "robust_acc": acc["naive"],
                       "times": {k: summary(v) for k, v in times.items()}, "raw": times,
                       "speedup": statistics.median(times["naive"]) / statistics.median(times["early_exit"])}
@@ -291,8 +299,8 @@ def bench_switches(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
     steps = 20
     x = to_float(data["x_test"][:50], device)
     y = data["y_test"][:50].to(device)
-    x_big = to_float(data["x_test"][:500], device)
-    y_big = data["y_test"][:500].to(device)
+    x_big = to_float(data["x_test"][: s.switch_images], device)
+    y_big = data["y_test"][: s.switch_images].to(device)
     cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     amp_dtype = torch.bfloat16
@@ -348,6 +356,28 @@ def ratios(res: dict) -> dict[str, float]:
     return out
 
 
+def paired_ratios(res: dict) -> dict[str, float]:
+    """The same time ratios, as the median over rounds of each round's own ratio (the two
+    cases of a round ran seconds apart, so machine load cancels better)."""
+    main, short = res["settings"]["train_steps"]
+    raw = res["train"].get("raw", {})
+    pairs = {"mma_over_pgd_step": (f"mma{main}-b50", f"pgd{main}-b50"),
+             "mma10_over_pgd10_step": (f"mma{short}-b50", f"pgd{short}-b50"),
+             "mma_over_pgd_step_warm": (f"mma{main}-b50-warm", f"pgd{main}-b50")}
+    pairs.update({f"mma_over_pgd_step_b{b}": (f"mma{main}-b{b}", f"pgd{main}-b{b}")
+                  for b in res["settings"]["train_batches"] if b != 50})
+    out = {k: statistics.median(x / y for x, y in zip(raw[a], raw[b]))
+           for k, (a, b) in pairs.items() if a in raw and b in raw}
+    if "raw" in res["attack"]:
+        at = res["attack"]["raw"]
+        out["pgd_over_torchattacks"] = statistics.median(t / o for o, t in zip(at["ours"], at["torchattacks"]))
+    for key, label in (("restart_speedup", "large"), ("restart_speedup_most_survive", "small")):
+        rs = res["restarts"][label].get("raw")
+        if rs:
+            out[key] = statistics.median(nv / ev for nv, ev in zip(rs["naive"], rs["early_exit"]))
+    return out
+
+
 def met(value: float, target: float, direction: str) -> bool:
     return value <= target if direction == "<=" else value >= target
 
@@ -358,11 +388,11 @@ def format_table(res: dict) -> str:
              f"{res['machine']['cpu']}, {res['machine']['threads']} threads, torch {res['machine']['torch']}",
              f"pre-trained LeNet5-Madry: {res['pretrain']['test_acc']:.1%} test accuracy after "
              f"{res['pretrain']['steps']} steps; MMA attacks {res['train']['frac_attacked']:.1%} of a batch",
-             "", f"{'case':44s} {'median':>10s}  {'min – max':>21s}"]
+             "", f"{'case':52s} {'median':>10s}  {'min – max':>21s}"]
 
     def rows(prefix: str, times: dict) -> None:
         for k, v in times.items():
-            lines.append(f"{prefix + k:44s} {v['median']:9.4f}s  {v['min']:9.4f} – {v['max']:.4f}s")
+            lines.append(f"{prefix + k:52s} {v['median']:9.4f}s  {v['min']:9.4f} – {v['max']:.4f}s")
 
     rows("train step ", res["train"]["times"])
     a = res["attack"]
@@ -372,14 +402,21 @@ def format_table(res: dict) -> str:
              r["times"])
     if res.get("switches"):
         rows("switch (PGD-20 b50) ", res["switches"]["times"])
-    lines += ["", f"{'ratio':32s} {'measured':>9s} {'target':>9s}  met"]
+    paired = res.get("paired_ratios", {})
+    lines += ["", "ratio = ratio of the medians; paired = median over rounds of each round's ratio",
+              f"{'ratio':32s} {'measured':>9s} {'paired':>8s} {'target':>9s}  met"]
+
+    def pair(key: str) -> str:
+        return f"{paired[key]:8.3f}" if key in paired else f"{'':8s}"
+
     for key, target, direction in TARGETS:
         if key in res["ratios"]:
             v = res["ratios"][key]
-            lines.append(f"{key:32s} {v:9.3f} {direction + format(target, 'g'):>9s}  {'yes' if met(v, target, direction) else 'NO'}")
+            lines.append(f"{key:32s} {v:9.3f} {pair(key)} {direction + format(target, 'g'):>9s}  "
+                         f"{'yes' if met(v, target, direction) else 'NO'}")
     for key in ("mma_over_pgd_step_warm", "pgd_over_std_step"):
         if key in res["ratios"]:
-            lines.append(f"{key:32s} {res['ratios'][key]:9.3f} {'(info)':>9s}")
+            lines.append(f"{key:32s} {res['ratios'][key]:9.3f} {pair(key)} {'(info)':>9s}")
     if res.get("switches"):
         sw = res["switches"]
         lines.append("")
@@ -446,6 +483,7 @@ def _run(quick: bool, dev: torch.device, json_path: Path | None, data_root, s: S
             say("switches")
             res["switches"] = bench_switches(model, data, s, dev)
     res["ratios"] = ratios(res)
+    res["paired_ratios"] = paired_ratios(res)
     res.update(res["ratios"])
     res["targets_met"] = {k: met(res["ratios"][k], t, d) for k, t, d in TARGETS if k in res["ratios"]}
     res["seconds"] = time.perf_counter() - t0

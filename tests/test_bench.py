@@ -79,7 +79,7 @@ def test_table_shows_every_case_and_ratio():
 TINY = bench.Settings(
     rounds=1, warmup=0, pretrain_acc=0.0, pretrain_max_steps=25, pretrain_eval=200, train_steps=(2, 1),
     train_batches=(50, 64), attack_batch=16, attack_steps=2, restart_examples=16, restarts=3, restart_steps=2,
-    eps_large=0.3, eps_small=0.01,
+    eps_large=0.3, eps_small=0.01, switch_images=32,
 )
 
 

@@ -63,7 +63,7 @@ def figure3(results: dict[str, Results], specs: dict, ev: EvaluateParams, path: 
                 m = next(i for i in results[n].infos.values() if i.kind == "boundary")
                 lim = "all" if not m.subset else f"first {ev.boundary.limit}"
                 ax.plot([e * scale for e, _ in bpts], [a for _, a in bpts], ls="--", marker="s", ms=3,
-                        label=f"{n}: Boundary attack ({lim} test images)")
+                        label=f"{n}: Boundary attack ({ev.boundary.steps} steps, {lim} test images)")
         if (dataset, norm) == ("mnist", "linf"):
             fin = [a for a in anchors() if a["dataset"] == "MNIST" and a["norm"] == "Linf" and a["model"] == "MMA-0.45"
                    and a["metric"] == "robust_all_attacks"]

@@ -68,6 +68,29 @@ def autoattack_rows(results, metrics, specs, ev) -> list[dict]:
     return out
 
 
+def boundary_summary(results) -> dict:
+    """Per model with a Boundary run: how many images, the median L2 distance found, and
+    its median ratio to the margin estimate (a decision-based attack overshoots; > 1)."""
+    import torch
+
+    out = {}
+    for name, res in results.items():
+        d = res.values.get("boundary_l2")
+        if d is None:
+            continue
+        ran = ~torch.isnan(d) & res.clean_correct
+        entry = {"n": int(ran.sum()), "found": int((ran & torch.isfinite(d)).sum())}
+        if entry["found"]:
+            entry["median_l2"] = float(d[ran & torch.isfinite(d)].median())
+            m = res.values.get("margin")
+            if m is not None:
+                both = ran & torch.isfinite(d) & ~torch.isnan(m) & (m > 0)
+                if both.any():
+                    entry["median_ratio_to_margin"] = float((d[both] / m[both]).median())
+        out[name] = entry
+    return out
+
+
 def _fmt(v):
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
@@ -88,6 +111,12 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {name} | {_fmt(m.get('margin/mean'))} | {_fmt(m.get('margin/median'))} | "
                      f"{_fmt(m.get('anpgd/mean'))} | {_fmt(m.get('fab/mean'))} | {_fmt(m.get('over_sweep/anpgd'))} | "
                      f"{_fmt(m.get('disagree/anpgd_vs_fab'))} |")
+    if summary.get("boundary"):
+        lines += ["", "## Boundary attack (foolbox; Figure 3b)", "", "| model | images | found | median L2 | median ratio to margin |",
+                  "|---|---|---|---|---|"]
+        for name, b in summary["boundary"].items():
+            lines.append(f"| {name} | {b['n']} | {b['found']} | {_fmt(b.get('median_l2'))} | "
+                         f"{_fmt(b.get('median_ratio_to_margin'))} |")
     lines += ["", "## Gradient-masking checks", ""]
     for c in summary["checks"]:
         lines.append(f"- **{c['status'].upper()}** {c['model']} · {c['check']}: {c['detail']}")
@@ -129,6 +158,7 @@ def run(params, *, tracker=None) -> dict[str, float]:
                    for n, r in results.items()},
         "autoattack": autoattack_rows(results, metrics, specs, ev),
         "margins": {n: r.summary.get("margins", {}) for n, r in results.items() if r.summary.get("margins")},
+        "boundary": boundary_summary(results),
         "checks": checks, "paper_checks": paper_table1_transfer_check(rp),
         "checks_flagged": sum(c["status"] == "flag" for c in checks),
         "figure3_panels": plotted, "margin_panels": margin_panels,

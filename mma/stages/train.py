@@ -83,7 +83,7 @@ class _Batcher:
 
 def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     from ..data import TensorBatcher, load_split, to_float
-    from ..io import write_json
+    from ..io import atomic_path, write_json
     from ..train import train
     from ..tracking import git_commit
 
@@ -106,9 +106,7 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
 
-    from ..io import atomic_path
-
-    with atomic_path(paths.model_file(name)) as tmp:
+    with atomic_path(paths.model_file(name)) as tmp:  # the selected model, copied out of the resume folder
         shutil.copyfile(best, tmp)
     by_step = {h["step"]: h for h in result.history}
     summary = {
