@@ -69,7 +69,7 @@ def spec(name: ModelArg, params: ParamsOpt = Path("params.yaml")) -> None:
     _model(p, name)
     from .io import write_json
     from .params import spec_record
-    from .stages.train import spec_file
+    from .paths import spec_file
 
     write_json(spec_file(name), spec_record(p, name))
 
@@ -158,17 +158,21 @@ def report(params: ParamsOpt = Path("params.yaml")) -> None:
 
 @app.command()
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="A short run (seconds) instead of the full benchmark.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A short run (under 5 minutes on 2 CPU cores) instead of "
+                                        "the full benchmark (~15 minutes).")] = False,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda, cuda:N or auto.")] = "auto",
     json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE",
                                                       help="Also write the results to FILE as JSON.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help=(
+        "torch CPU threads (default: torch's). On a shared machine 1 thread is often faster: "
+        "see docs/performance.md."))] = None,
 ) -> None:
     """Time the attacks and training steps (and compare with peer implementations)."""
     from .bench import run
 
     dev = _resolve_device(device)
     with _errors():
-        run(quick=quick, device=dev, json_path=json_path)
+        run(quick=quick, device=dev, json_path=json_path, threads=threads)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -17,6 +17,13 @@ def model_file(name: str) -> Path:
     return model_dir(name) / "model.pt"
 
 
+def spec_file(name: str) -> Path:
+    """results/specs/NAME.json: the model's resolved settings (``mma spec NAME``).  DVC
+    cannot depend on one element of the ``models`` list, so each train stage depends on
+    its own file: editing one model reruns only that model."""
+    return RESULTS / "specs" / f"{name}.json"
+
+
 def resume_file(name: str) -> Path:
     """Outside the declared outputs (DVC deletes outputs before a rerun; a resume
     checkpoint must survive a crash)."""

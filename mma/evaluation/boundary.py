@@ -10,6 +10,7 @@ the first ``limit`` evaluated images (the paper: 1,000, as the authors did for C
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +32,9 @@ def boundary_distances(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, p
     out[:m] = 0.0
     rows = active[:m].cpu().nonzero().squeeze(1)  # indexes CPU outputs and device inputs alike
     fmodel = fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=device)
+    init_attack = fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=params.init_attempts,
+                                                                  steps=params.init_steps)
     attack = fb.attacks.BoundaryAttack(
-        init_attack=fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=params.init_attempts,
-                                                                  steps=params.init_steps),
         steps=params.steps, spherical_step=params.spherical_step, source_step=params.source_step,
         step_adaptation=params.step_adaptation,
     )
@@ -43,14 +44,21 @@ def boundary_distances(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, p
         for i in range(0, len(rows), bs):
             idx = rows[i: i + bs]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            import warnings
-
+            d = torch.full((len(idx),), math.inf, dtype=torch.float64)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # foolbox warns per batch when its init fails somewhere
-                adv = attack.run(fmodel, xb, yb)
-            with torch.no_grad():
-                fooled = model(adv).argmax(1) != yb
-            d = (adv - xb).flatten(1).double().norm(dim=1).cpu()
-            out[idx] = torch.where(fooled.cpu(), d, torch.full_like(d, math.inf))
+                # the starting points are found here, not inside BoundaryAttack: foolbox raises
+                # for the whole batch when any one start fails; an example without a start
+                # keeps d = inf (the attack failed on it: robust at every ε, as for any attack)
+                start = init_attack.run(fmodel, xb, yb)
+                with torch.no_grad():
+                    started = model(start).argmax(1) != yb
+                if started.any():
+                    adv = attack.run(fmodel, xb[started], yb[started], starting_points=start[started])
+                    with torch.no_grad():
+                        fooled = (model(adv).argmax(1) != yb[started]).cpu()
+                    dist = (adv - xb[started]).flatten(1).double().norm(dim=1).cpu()
+                    d[started.cpu()] = torch.where(fooled, dist, torch.full_like(dist, math.inf))
+            out[idx] = d
             advance(1)
     return out

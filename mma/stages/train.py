@@ -28,12 +28,6 @@ from .. import paths
 from ..params import Params, spec_record
 
 
-def spec_file(name: str) -> Path:
-    """results/specs/NAME.json: what the train stage reads from params (``mma spec NAME``
-    writes it; DVC tracks it as the train stage's dependency, see README)."""
-    return paths.RESULTS / "specs" / f"{name}.json"
-
-
 def checkpoint_dir(name: str) -> Path:
     return paths.resume_file(name).parent
 
@@ -70,17 +64,6 @@ def finish(name: str) -> None:
     shutil.rmtree(checkpoint_dir(name), ignore_errors=True)
 
 
-class _Batcher:
-    """``mma.data.TensorBatcher`` plus the ``num_examples`` the training loop reads
-    (the size of the training split; MMA's per-example ε store has one entry each)."""
-
-    def __init__(self, batcher, num_examples: int):
-        self._batcher, self.num_examples = batcher, num_examples
-
-    def batch(self, step: int):
-        return self._batcher.batch(step)
-
-
 def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     from ..data import TensorBatcher, load_split, to_float
     from ..io import atomic_path, write_json
@@ -93,8 +76,6 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     x, y = load_split(spec.dataset, d.root, "train", val_size=d.val_size, limit=spec.train_limit)
     x_val, y_val = load_split(spec.dataset, d.root, "val", val_size=d.val_size, limit=spec.val_limit)
     batcher = TensorBatcher(x, y, spec.batch_size, seed=spec.seed, device=device, augment=spec.augment)
-    if not hasattr(batcher, "num_examples"):
-        batcher = _Batcher(batcher, len(x))
     val = (to_float(x_val, device), y_val.to(device))
 
     log = flush = None

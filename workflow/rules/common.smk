@@ -6,7 +6,6 @@ import re
 
 from mma import paths
 from mma.params import ParamsError, load_params, spec_record
-from mma.stages.train import spec_file
 
 # The stages read the params FILE (`mma ... --params FILE`), so the DAG is built from that
 # same file: the last --configfile, else params.yaml.  (Snakemake's own `config` merges the
@@ -48,7 +47,7 @@ SETTINGS = {
 }
 
 # Output paths as wildcard patterns, from mma/paths.py (the CLI writes exactly these)
-SPEC = str(spec_file("{name}"))
+SPEC = str(paths.spec_file("{name}"))
 MODEL = str(paths.model_file("{name}"))
 TRAIN_METRICS = str(paths.model_dir("{name}") / "metrics.json")
 TRANSFER = str(paths.transfer_dir("{name}"))
