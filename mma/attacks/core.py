@@ -139,6 +139,17 @@ def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
         raise ValueError(f"unknown loss {name!r}: expected one of {', '.join(LOSSES)}") from None
 
 
+# --------------------------------------------------------------------------- restarts
+def keep_higher(best: Tensor | None, best_value: Tensor | None, x_adv: Tensor, value: Tensor):
+    """Per example, keep whichever of (best, x_adv) has the higher value; returns the new
+    (best, best_value).  How restarts are chosen on the attacker's own model."""
+    if best is None:
+        return x_adv, value
+    better = value > best_value
+    best[better] = x_adv[better]
+    return best, torch.where(better, value, best_value)
+
+
 # --------------------------------------------------------------------------- model state
 @contextlib.contextmanager
 def attack_mode(model: nn.Module) -> Iterator[nn.Module]:

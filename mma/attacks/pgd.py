@@ -16,6 +16,7 @@ from .core import (
     expand_like,
     get_loss,
     input_grad,
+    keep_higher,
     per_example,
     project,
     random_delta,
@@ -105,12 +106,7 @@ def _select_by_loss(model, x, y, eps, alpha, norm, steps, restarts, random_init,
             return x_adv
         with torch.no_grad():
             value = loss_fn(model(x_adv), y)
-        if best is None:
-            best, best_loss = x_adv, value
-        else:
-            better = value > best_loss
-            best[better] = x_adv[better]
-            best_loss = torch.where(better, value, best_loss)
+        best, best_loss = keep_higher(best, best_loss, x_adv, value)
     return best
 
 

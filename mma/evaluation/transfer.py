@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mma.attacks import fgsm, pgd
+from mma.attacks.core import keep_higher
 from mma.io import load_tensors, save_tensors
 from mma.progress import progress
 
@@ -68,12 +69,7 @@ def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting
                         random_init=setting.random_init, loss=restart_loss(loss, r), select="loss")
         with torch.no_grad():
             value = torch.nn.functional.cross_entropy(model(x_adv), y, reduction="none")
-        if best is None:
-            best, best_value = x_adv, value
-        else:
-            better = value > best_value
-            best[better] = x_adv[better]
-            best_value = torch.where(better, value, best_value)
+        best, best_value = keep_higher(best, best_value, x_adv, value)
     return best
 
 
