@@ -16,13 +16,6 @@ from .. import paths
 from ..evaluation.results import eps_key
 
 
-def _model_spec(params, name: str):
-    for m in params.models:
-        if m.name == name:
-            return m
-    raise KeyError(f"no model named {name!r} in the grid; models: {', '.join(m.name for m in params.models)}")
-
-
 def load_transfer_sets(params, name: str) -> list:
     """(info, uint8 images) for every set of every source of ``name``'s threat model."""
     from ..evaluation.transfer import load_set
@@ -74,7 +67,7 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     from ..train import load_model
 
     ev = params.evaluate
-    spec = _model_spec(params, name)
+    spec = params.model(name)
     tm = ev.threat_model(spec.dataset, spec.norm)
     if tm is None:
         raise ValueError(f"evaluate.threat_models has no {spec.dataset} × {spec.norm} entry (needed by {name})")

@@ -15,13 +15,6 @@ import time
 from .. import paths
 
 
-def _model_spec(params, name: str):
-    for m in params.models:
-        if m.name == name:
-            return m
-    raise KeyError(f"no model named {name!r} in the grid; models: {', '.join(m.name for m in params.models)}")
-
-
 def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
     import torch
 
@@ -35,7 +28,7 @@ def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
     entry = tr.source(source)
     if entry is None:
         raise KeyError(f"{source!r} is not in transfer.sources ({', '.join(s.model for s in tr.sources)})")
-    spec = _model_spec(params, source)
+    spec = params.model(source)
     model, _, _ = load_model(paths.model_file(source), device)
     x_u8, y = load_split(spec.dataset, params.data.root, "test", val_size=params.data.val_size, limit=tr.test_limit)
     out = paths.transfer_dir(source)
