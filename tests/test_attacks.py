@@ -411,3 +411,109 @@ def test_an_pgd_finds_a_crossing_whose_far_side_is_correct_again(norm):
     assert (eps >= 0.3 - 0.8 / 2**10).all()
     assert (eps <= 0.3 * 1.05).all()
     assert is_fooled(model, x_adv, y).all()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_an_pgd_with_clean_logits_still_finds_the_band_crossing(norm):
+    """The same band with the clean logits passed (MMA training's shortcut): the line
+    through g(0) and g(0.1) points past the far end, the far end is correct again, and
+    the crossing in between must still be found."""
+    model = Band()
+    g = torch.Generator().manual_seed(0)
+    x = torch.stack([torch.full((16,), 0.1), 0.2 + 0.6 * torch.rand(16, generator=g)], 1).double()
+    y = torch.zeros(16, dtype=torch.long)
+    torch.manual_seed(0)
+    x_adv, eps = an_pgd(model, x, y, 0.1, norm=norm, eps_max=0.8, steps=20, clean_logits=model(x))
+    assert (eps >= 0.3 - 0.8 / 2**10).all()
+    assert (eps <= 0.3 * 1.05).all()
+    assert is_fooled(model, x_adv, y).all()
+
+
+# --------------------------------------------------------------------------- the boundary search
+def _mlp_rays(n: int = 300, d: int = 12, seed: int = 0):
+    """A random float64 MLP (margins nonlinear along a line), the points it classifies,
+    Linf-unit directions that climb the margin (its gradient's sign with a random third
+    of the coordinates flipped, so the crossings lie at assorted distances), and each
+    ray's first-bracket middle in [0.02, 0.3]."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 5)).double().eval()
+    with torch.no_grad():  # hidden units switching inside the box, class regions of box size
+        model[0].bias.copy_(-model[0].weight @ torch.full((d,), 0.5, dtype=torch.float64))
+        model[2].bias.zero_()
+    x = (0.3 + 0.4 * torch.rand(n, d, generator=g, dtype=torch.float64)).requires_grad_(True)
+    logits = model(x)
+    y = logits.argmax(1)
+    grad, = torch.autograd.grad(get_loss("margin")(logits, y).sum(), x)
+    flip = torch.where(torch.rand(n, d, generator=g) < 1 / 3, -1.0, 1.0).double()
+    u = grad.sign() * flip
+    eps_mid = 0.02 + 0.28 * torch.rand(n, generator=g, dtype=torch.float64)
+    return model, x.detach(), y, u, eps_mid
+
+
+def _g(model, x, y, u, eta):
+    with torch.no_grad():
+        return get_loss("margin")(model((x + eta[:, None] * u).clamp(0, 1)), y)
+
+
+def _reference_crossing(model, x, y, u, eps_hi: float, points: int = 4001):
+    """By brute force: on each ray's η grid over [0, eps_hi], the rows with exactly one
+    sign change of the margin (that crossing refined by 60 plain bisections) and the
+    rows that never cross."""
+    eta = torch.linspace(0, eps_hi, points, dtype=torch.float64)
+    vals = torch.stack([_g(model, x, y, u, torch.full((len(y),), float(e), dtype=torch.float64)) for e in eta], 1)
+    adv = vals >= 0
+    changes = (adv[:, 1:] != adv[:, :-1]).sum(1)
+    single = (changes == 1) & ~adv[:, 0]
+    never = ~adv.any(1)
+    first = adv.to(torch.int8).argmax(1).clamp_min(1)
+    lo, hi = eta[first - 1], eta[first]
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        up = _g(model, x, y, u, mid) >= 0
+        lo, hi = torch.where(up, lo, mid), torch.where(up, mid, hi)
+    return single, hi, never
+
+
+@pytest.mark.parametrize("with_g_zero", [False, True])
+def test_boundary_search_brackets_the_crossing_to_its_resolution(with_g_zero):
+    """On rays with one crossing in [0, eps_hi] (by brute force), the returned length is
+    adversarial, within the first bracket's width / 2^10 above the true crossing; rays
+    that never cross get eps_hi.  With g(0) given, no row is evaluated at η = 0 and
+    fewer rows are evaluated in all."""
+    from mma.attacks import boundary_search
+
+    model, x, y, u, eps_mid = _mlp_rays()
+    eps_hi = torch.full_like(eps_mid, 1.0)
+    single, crossing, never = _reference_crossing(model, x, y, u, 1.0)
+    # enough rays of each kind to mean something: crossing before and after eps_mid, never
+    assert (single & (crossing <= eps_mid)).sum() > 30 and (single & (crossing > eps_mid)).sum() > 30
+    assert never.sum() > 10
+    calls = []
+    inner = model.forward
+
+    def counting(pts):
+        calls.append(pts.shape[0])
+        return inner(pts)
+
+    model.forward = counting
+    g_zero = _g(model, x, y, u, torch.zeros_like(eps_mid)) if with_g_zero else None
+    calls.clear()
+    hi = boundary_search(model, x, y, u, eps_mid, eps_hi, g_zero=g_zero)
+    rows_used = sum(calls)
+    model.forward = inner
+    width = torch.where(crossing <= eps_mid, eps_mid, eps_hi - eps_mid)  # the first bracket's width
+    err = (hi - crossing)[single]
+    assert (err >= 0).all()  # never below the crossing: the adversarial side
+    assert (err <= (width / 2**10)[single] * 1.0001).all()
+    assert (_g(model, x, y, u, hi)[single] >= 0).all()
+    assert (hi[never] == 1.0).all()
+    print(f"\n[boundary search, g_zero={with_g_zero}] {rows_used / len(y):.2f} forward rows per ray, "
+          f"{int(single.sum())} single-crossing rays, max error {float((err / width[single]).max()) * 1024:.3f} of a resolution")
+    if with_g_zero:
+        # the rows at η = 0 are never evaluated, and the saving is real on this problem
+        model.forward = counting
+        calls.clear()
+        boundary_search(model, x, y, u, eps_mid, eps_hi)
+        model.forward = inner
+        assert rows_used < sum(calls)

@@ -28,6 +28,14 @@ from torch import Tensor, nn
 from .core import attack_mode, check_norm, expand_like, get_loss, lp_norm, per_example
 from .pgd import pgd
 
+# The search's two tuning constants, set by counting forward rows on LeNet5-Madry / MNIST
+# (docs/performance.md): the first probe past eps_mid sits 10 % beyond where the line
+# through g(0) and g(eps_mid) crosses (the crossing lies at 0.85-1.13 of that distance for
+# 80 % of examples, so most such probes cross and bracket it tightly), and an estimate
+# within 2 tolerances of the newest probe has settled (probe both sides of it).
+OVERSHOOT = 1.1
+SETTLED = 2.0
+
 
 def an_pgd(
     model: nn.Module,
@@ -45,6 +53,7 @@ def an_pgd(
     attack_loss: str = "soft_margin",
     search_loss: str = "margin",
     repgd: bool = False,
+    clean_logits: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Approximate minimal adversarial perturbation (the paper's Algorithm 1).
 
@@ -63,6 +72,10 @@ def an_pgd(
         attack_loss: the PGD's loss (soft logit margin by default, as the authors).
         search_loss: the function whose zero crossing is the boundary ("margin").
         repgd: run PGD again at the found length (arXiv v1) instead of scaling u.
+        clean_logits: the model's logits on x if the caller has them (MMA training's
+            clean forward): the search then skips its forward at η = 0 and most of
+            its far-end probes (see ``boundary_search``); the result stays a probed
+            point on the adversarial side.
 
     Returns:
         (x_adv, eps): x_adv (B, ...) in [0, 1]; eps (B,) the found length.  When a
@@ -82,7 +95,9 @@ def an_pgd(
     u = delta / expand_like(lp_norm(delta, norm).clamp_min(1e-12), delta)
     upper = eps_max if eps_inc is None else torch.clamp(eps0 + eps_inc, max=eps_max)
     upper = per_example(upper, x)
-    eps = boundary_search(model, x, y, u, eps0, upper, bisection_steps=bisection_steps, loss=search_loss)
+    g_zero = None if clean_logits is None else get_loss(search_loss)(clean_logits.detach(), y)
+    eps = boundary_search(model, x, y, u, eps0, upper, bisection_steps=bisection_steps, loss=search_loss,
+                          g_zero=g_zero)
     if repgd:
         x_adv = pgd(
             model, x, y, eps, norm=norm, steps=steps, step_size=None, random_init=random_init,
@@ -104,6 +119,7 @@ def boundary_search(
     *,
     bisection_steps: int = 10,
     loss: str = "margin",
+    g_zero: Tensor | None = None,
 ) -> Tensor:
     """Zero crossing of ``loss`` along the ray x + η·u (clipped to [0, 1]).
 
@@ -111,9 +127,16 @@ def boundary_search(
     The bracket is [0, eps_mid] when g(eps_mid) ≥ 0, else [eps_mid, eps_hi] when
     g(eps_hi) ≥ 0; when neither end crosses, the points the authors' bisection
     would probe in between are tried (one forward), and where none crosses either
-    the answer is eps_hi.  The search
-    stops when the bracket [lo, hi] (g(lo) < 0 ≤ g(hi)) is narrower than the first
-    bracket's width / 2**bisection_steps.
+    the answer is eps_hi.  The search stops when the bracket [lo, hi]
+    (g(lo) < 0 ≤ g(hi)) is narrower than the first bracket's width / 2**bisection_steps.
+
+    ``g_zero``: g(0) (B,) if the caller already has the clean logits (MMA training
+    does).  It saves the forward at η = 0 of the rows that cross by eps_mid, and for
+    the others the far end is probed only when the line through g(0) and
+    g(eps_mid), extended a little, does not cross before it.  Its values only place
+    probes: every returned length is still a probed point with g ≥ 0 (or 0 where
+    g_zero ≥ 0: misclassified at x), so clean logits from train mode (batch norm)
+    are safe to pass for examples correct there.
 
     Each pass is one forward over the examples still open, one row per example
     (two for a closing probe): the first probe is false position, the next ones
@@ -124,8 +147,8 @@ def boundary_search(
     Every estimate is clipped into the bracket, and three passes in a row that do
     not halve it are followed by a bisection, so it converges at worst 4x slower
     than plain bisection (the pass cap).  No Python loop over examples.  Measured
-    on LeNet5-Madry / MNIST: ~5.5-6 forward rows per example in ~10 passes, against
-    16-27 rows for false position with a two-sided probe at every pass.
+    on LeNet5-Madry / MNIST (``docs/performance.md``): ~4.5-6 forward rows per
+    example without ``g_zero``, against the authors' 11.
 
     Returns the (B,) upper end of each final bracket (the adversarial side).
     """
@@ -143,18 +166,63 @@ def boundary_search(
         zero = torch.zeros_like(eps_mid)
         g_mid = g(all_rows, eps_mid)
         cross = g_mid >= 0  # crossed by eps_mid: bracket [0, eps_mid], else [eps_mid, eps_hi]
-        end = torch.where(cross, zero, eps_hi)
-        g_end = g(all_rows, end)
         lo, hi = torch.where(cross, zero, eps_mid), torch.where(cross, eps_mid, eps_hi)
-        g_lo, g_hi = torch.where(cross, g_end, g_mid), torch.where(cross, g_mid, g_end)
-        wrong = cross & (g_end >= 0)  # misclassified already at x: length 0
-        lo, hi = torch.where(wrong, zero, lo), torch.where(wrong, zero, hi)
-        lo = torch.where(~cross & (g_end < 0), hi, lo)  # no crossing up to eps_hi: the answer is eps_hi
-
-        tol = ((hi - lo) / 2.0**bisection_steps).clamp_min(1e-7)
+        tol = ((hi - lo) / 2.0**bisection_steps).clamp_min(1e-7)  # the first bracket's resolution
+        g_lo, g_hi = g_mid.clone(), g_mid.clone()  # set below, per kind of row
         # the two latest probes (a older, b newer), for the secant step
-        a, fa, b, fb = end, g_end, eps_mid.clone(), g_mid
-        _bracket_interior_crossings(g, eps_mid, eps_hi, g_mid, ~cross & (g_end < 0), bisection_steps,
+        a, fa, b, fb = zero.clone(), g_mid.clone(), eps_mid.clone(), g_mid.clone()
+
+        # the first bracket's other end: g(0) where it crosses (given or probed), else
+        # g(eps_hi), or first a point just past where the line through g(0), g(eps_mid) crosses
+        if g_zero is not None:
+            g0 = g_zero.to(g_mid.dtype)
+            slope_ok = ~cross & (g_mid > g0)
+            reach = eps_mid - g_mid * eps_mid / (g_mid - g0).clamp_min(1e-12)
+            first = torch.where(slope_ok, eps_mid + OVERSHOOT * (reach - eps_mid), eps_hi)
+            first = torch.minimum(first, eps_hi)
+            first = torch.where(eps_hi - first < 4 * tol, eps_hi, first)  # nearly the far end: take it
+            need = ~cross
+        else:
+            first = torch.where(cross, zero, eps_hi)
+            need = torch.ones_like(cross)
+        rows = need.nonzero().squeeze(1)
+        g_first = g_mid.clone()
+        if g_zero is not None:
+            g_first = torch.where(cross, g0, g_first)
+        if rows.numel():
+            g_first[rows] = g(rows, first[rows])
+        # crossing rows: [0, eps_mid]
+        g_lo = torch.where(cross, g_first, g_mid)
+        g_hi = torch.where(cross, g_mid, g_hi)
+        a = torch.where(cross, zero, a)
+        fa = torch.where(cross, g_first, fa)
+        # the other rows: [eps_mid, first] where first crosses
+        ahead = ~cross & (g_first >= 0)
+        hi = torch.where(ahead, first, hi)
+        g_hi = torch.where(ahead, g_first, g_hi)
+        a, fa = torch.where(~cross, eps_mid, a), torch.where(~cross, g_mid, fa)
+        b, fb = torch.where(~cross, first, b), torch.where(~cross, g_first, fb)
+        # rows whose first probe short of eps_hi did not cross: it becomes lo, then probe eps_hi
+        short = ~cross & ~ahead & (first < eps_hi)
+        lo = torch.where(short, first, lo)
+        g_lo = torch.where(short, g_first, g_lo)
+        far = torch.where(~cross & ~ahead & ~short, g_first, g_mid)  # g(eps_hi) where probed
+        rows = short.nonzero().squeeze(1)
+        if rows.numel():
+            far[rows] = g(rows, eps_hi[rows])
+            a[rows], fa[rows], b[rows], fb[rows] = first[rows], g_first[rows], eps_hi[rows], far[rows]
+        reached = ~cross & ~ahead & (far >= 0)  # crossed by eps_hi: bracket [lo, eps_hi]
+        g_hi = torch.where(reached, far, g_hi)
+        none = ~cross & ~ahead & (far < 0)  # no crossing up to eps_hi (unless in between)
+        wrong = cross & (g_lo >= 0)  # misclassified already at x: length 0
+        lo, hi = torch.where(wrong, zero, lo), torch.where(wrong, zero, hi)
+        lo = torch.where(none, hi, lo)  # no crossing up to eps_hi: the answer is eps_hi
+        # the first secant step goes through the bracket ends; the later ones through the
+        # newest probe and the one before, so the end nearer the crossing counts as newer
+        swap = fa.abs() < fb.abs()
+        a, fa, b, fb = torch.where(swap, b, a), torch.where(swap, fb, fa), torch.where(swap, a, b), torch.where(swap, fa, fb)
+
+        _bracket_interior_crossings(g, eps_mid, eps_hi, g_mid, none, bisection_steps,
                                     lo, hi, g_lo, g_hi, tol, a, fa, b, fb)
         stalls = torch.zeros(n, dtype=torch.int8, device=x.device)
         for _ in range(4 * max(1, bisection_steps)):  # at worst 4 passes per halving
@@ -169,7 +237,7 @@ def boundary_search(
             c = torch.where(stalls[live] >= 3, (l + h) / 2, c)  # a one-sided creep: bisect
             near_l, near_h = c - l < t, h - c < t
             w = 0.45 * t  # a closing probe's half-width: c ± w leaves a bracket narrower than t
-            two = ((c - pb).abs() < 2 * t) & ~near_l & ~near_h  # settled estimate: probe both sides
+            two = ((c - pb).abs() < SETTLED * t) & ~near_l & ~near_h  # settled estimate: probe both sides
             # a single probe sits a little past the estimate: an exact estimate must not
             # leave an end whose sign rests on rounding (the returned point is re-evaluated)
             p1 = torch.where(near_l, l + 0.9 * t, torch.where(near_h, h - 0.9 * t, torch.where(two, c - w, c + 0.1 * t)))

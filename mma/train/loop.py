@@ -70,7 +70,8 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
     for i in range(0, n, batch_size):
         x, y = x_val[i : i + batch_size], y_val[i : i + batch_size]
         with torch.no_grad():
-            ok = model(x).argmax(1) == y
+            logits = model(x)
+        ok = logits.argmax(1) == y
         clean += ok.sum().item()
         if spec.method == "pgd":
             s = spec.pgd
@@ -81,7 +82,8 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
             m = spec.mma
             eps_max = m.resolved_eps_max
             _, length = an_pgd(model, x[ok], y[ok], eps_max / 2, norm=spec.norm, eps_max=eps_max, steps=m.steps,
-                               bisection_steps=m.bisection_steps, attack_loss=m.attack_loss)
+                               bisection_steps=m.bisection_steps, attack_loss=m.attack_loss,
+                               clean_logits=logits[ok])
             margin += length.sum().item()
     model.train(was_training)
     out = {"val_clean_acc": clean / n}

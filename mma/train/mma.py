@@ -56,7 +56,7 @@ class MMAStep:
                 model, x[rows], y[rows], eps_init, norm=self.norm, eps_max=self.eps_max, eps_inc=s.eps_inc,
                 steps=s.steps, step_size=s.step_size, random_init=s.random_init,
                 bisection_steps=s.bisection_steps, attack_loss=s.attack_loss, search_loss=s.search_loss,
-                repgd=s.repgd,
+                repgd=s.repgd, clean_logits=logits_clean[rows],
             )
             self.eps[idx[rows]] = eps
             within = eps < s.hinge
