@@ -144,7 +144,9 @@ def run(params, *, tracker=None) -> dict[str, float]:
              + f"; transfer loss: **{tr.loss}**; cascade: {ev.cascade}.",
              f"Test images evaluated: {', '.join(map(str, n_eval))} (evaluate.test_limit = {ev.test_limit}).",
              "Our attack settings are in the 'Ours ran' column; the paper's steps × restarts in the first column.",
-             f"AutoAttack: {aa_note}; Boundary attack: first {ev.boundary.limit} images, {ev.boundary.steps} steps."]
+             f"AutoAttack: {aa_note}; Boundary attack: "
+             + (f"first {ev.boundary.limit} images, {ev.boundary.steps} steps."
+                if any(t.boundary for t in ev.threat_models) else "not run (no threat model asks for it).")]
     write_text(out / "table1.md", table1_markdown(table, notes=notes))
     write_text(out / "table1.csv", table1_csv(table))
     plotted = figure3(results, specs, ev, out / "figure3.png", dpi=rp.dpi)
