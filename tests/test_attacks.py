@@ -393,40 +393,29 @@ class Band(nn.Module):
         return torch.stack([torch.zeros_like(x[:, 0]), 0.15 - (x[:, 0] - 0.55).abs()], 1)
 
 
+@pytest.mark.parametrize("clean_logits", [False, True])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_an_pgd_finds_a_crossing_whose_far_side_is_correct_again(norm):
+def test_an_pgd_finds_a_crossing_whose_far_side_is_correct_again(norm, clean_logits):
     """From x₁ = 0.1 the boundary is 0.3 away (at x₁ = 0.4); past the band (x₁ > 0.7) the
     class is right again, so at ε_max = 0.8 (x₁ = 0.9) the far end of the search
     interval is classified correctly.  The crossing inside the interval must still be
     found, as the authors' bisection finds it (its first probe is the interval's
     midpoint, x₁ = 0.55): an example 0.3 from the boundary must not be reported as
-    robust up to ε_max (MMA would then drop it from the loss, stored at ε_max)."""
+    robust up to ε_max (MMA would then drop it from the loss, stored at ε_max).  With the
+    clean logits passed (MMA training's shortcut) the line through g(0) and g(0.1) points
+    past the far end, and the crossing in between must still be found."""
     model = Band()
     g = torch.Generator().manual_seed(0)
     x = torch.stack([torch.full((16,), 0.1), 0.2 + 0.6 * torch.rand(16, generator=g)], 1).double()
     y = torch.zeros(16, dtype=torch.long)
     torch.manual_seed(0)
-    x_adv, eps = an_pgd(model, x, y, 0.1, norm=norm, eps_max=0.8, steps=20)
+    x_adv, eps = an_pgd(model, x, y, 0.1, norm=norm, eps_max=0.8, steps=20,
+                        clean_logits=model(x) if clean_logits else None)
     print(f"\n[band {norm}] an_pgd lengths: {eps.min():.4f} .. {eps.max():.4f} (true minimal 0.3)")
     assert (eps >= 0.3 - 0.8 / 2**10).all()
     assert (eps <= 0.3 * 1.05).all()
     assert is_fooled(model, x_adv, y).all()
 
-
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_an_pgd_with_clean_logits_still_finds_the_band_crossing(norm):
-    """The same band with the clean logits passed (MMA training's shortcut): the line
-    through g(0) and g(0.1) points past the far end, the far end is correct again, and
-    the crossing in between must still be found."""
-    model = Band()
-    g = torch.Generator().manual_seed(0)
-    x = torch.stack([torch.full((16,), 0.1), 0.2 + 0.6 * torch.rand(16, generator=g)], 1).double()
-    y = torch.zeros(16, dtype=torch.long)
-    torch.manual_seed(0)
-    x_adv, eps = an_pgd(model, x, y, 0.1, norm=norm, eps_max=0.8, steps=20, clean_logits=model(x))
-    assert (eps >= 0.3 - 0.8 / 2**10).all()
-    assert (eps <= 0.3 * 1.05).all()
-    assert is_fooled(model, x_adv, y).all()
 
 
 # --------------------------------------------------------------------------- the boundary search
@@ -479,8 +468,7 @@ def _reference_crossing(model, x, y, u, eps_hi: float, points: int = 4001):
 def test_boundary_search_brackets_the_crossing_to_its_resolution(with_g_zero):
     """On rays with one crossing in [0, eps_hi] (by brute force), the returned length is
     adversarial, within the first bracket's width / 2^10 above the true crossing; rays
-    that never cross get eps_hi.  With g(0) given, no row is evaluated at η = 0 and
-    fewer rows are evaluated in all."""
+    that never cross get eps_hi.  With g(0) given, fewer rows are evaluated in all."""
     from mma.attacks import boundary_search
 
     model, x, y, u, eps_mid = _mlp_rays()

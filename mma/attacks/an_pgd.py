@@ -168,49 +168,39 @@ def boundary_search(
         cross = g_mid >= 0  # crossed by eps_mid: bracket [0, eps_mid], else [eps_mid, eps_hi]
         lo, hi = torch.where(cross, zero, eps_mid), torch.where(cross, eps_mid, eps_hi)
         tol = ((hi - lo) / 2.0**bisection_steps).clamp_min(1e-7)  # the first bracket's resolution
-        g_lo, g_hi = g_mid.clone(), g_mid.clone()  # set below, per kind of row
-        # the two latest probes (a older, b newer), for the secant step
-        a, fa, b, fb = zero.clone(), g_mid.clone(), eps_mid.clone(), g_mid.clone()
-
-        # the first bracket's other end: g(0) where it crosses (given or probed), else
-        # g(eps_hi), or first a point just past where the line through g(0), g(eps_mid) crosses
+        # the first bracket's other end, probed where not known: g(0) where eps_mid
+        # crosses (given or probed); elsewhere g(eps_hi), or first a point just past
+        # where the line through g(0), g(eps_mid) crosses
         if g_zero is not None:
             g0 = g_zero.to(g_mid.dtype)
-            slope_ok = ~cross & (g_mid > g0)
             reach = eps_mid - g_mid * eps_mid / (g_mid - g0).clamp_min(1e-12)
-            first = torch.where(slope_ok, eps_mid + OVERSHOOT * (reach - eps_mid), eps_hi)
+            first = torch.where(g_mid > g0, eps_mid + OVERSHOOT * (reach - eps_mid), eps_hi)
             first = torch.minimum(first, eps_hi)
             first = torch.where(eps_hi - first < 4 * tol, eps_hi, first)  # nearly the far end: take it
-            need = ~cross
+            first = torch.where(cross, zero, first)
+            g_first = torch.where(cross, g0, g_mid)
+            rows = (~cross).nonzero().squeeze(1)
         else:
             first = torch.where(cross, zero, eps_hi)
-            need = torch.ones_like(cross)
-        rows = need.nonzero().squeeze(1)
-        g_first = g_mid.clone()
-        if g_zero is not None:
-            g_first = torch.where(cross, g0, g_first)
+            g_first = g_mid.clone()
+            rows = all_rows
         if rows.numel():
             g_first[rows] = g(rows, first[rows])
-        # crossing rows: [0, eps_mid]
-        g_lo = torch.where(cross, g_first, g_mid)
-        g_hi = torch.where(cross, g_mid, g_hi)
-        a = torch.where(cross, zero, a)
-        fa = torch.where(cross, g_first, fa)
-        # the other rows: [eps_mid, first] where first crosses
-        ahead = ~cross & (g_first >= 0)
+        # the two latest probes, for the secant step (ordered below)
+        a, fa, b, fb = first.clone(), g_first.clone(), eps_mid.clone(), g_mid.clone()
+        g_lo = torch.where(cross, g_first, g_mid)  # crossing rows: [0, eps_mid]
+        ahead = ~cross & (g_first >= 0)  # the other rows: [eps_mid, first] where first crosses
         hi = torch.where(ahead, first, hi)
-        g_hi = torch.where(ahead, g_first, g_hi)
-        a, fa = torch.where(~cross, eps_mid, a), torch.where(~cross, g_mid, fa)
-        b, fb = torch.where(~cross, first, b), torch.where(~cross, g_first, fb)
+        g_hi = torch.where(ahead, g_first, g_mid)
         # rows whose first probe short of eps_hi did not cross: it becomes lo, then probe eps_hi
         short = ~cross & ~ahead & (first < eps_hi)
         lo = torch.where(short, first, lo)
         g_lo = torch.where(short, g_first, g_lo)
-        far = torch.where(~cross & ~ahead & ~short, g_first, g_mid)  # g(eps_hi) where probed
+        far = g_first.clone()  # g(eps_hi) where probed
         rows = short.nonzero().squeeze(1)
         if rows.numel():
             far[rows] = g(rows, eps_hi[rows])
-            a[rows], fa[rows], b[rows], fb[rows] = first[rows], g_first[rows], eps_hi[rows], far[rows]
+            b[rows], fb[rows] = eps_hi[rows], far[rows]
         reached = ~cross & ~ahead & (far >= 0)  # crossed by eps_hi: bracket [lo, eps_hi]
         g_hi = torch.where(reached, far, g_hi)
         none = ~cross & ~ahead & (far < 0)  # no crossing up to eps_hi (unless in between)
