@@ -18,7 +18,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 NORMS = ("linf", "l2")
+NORM_LABELS = {"linf": "Linf", "l2": "L2"}  # how the paper, AutoAttack and FAB spell the norms
 LOSSES = ("ce", "margin", "soft_margin", "cw")
+STEP_SIZE_FACTOR = 2.5  # Madry et al.'s step size: 2.5·ε/steps (the authors' eps_iter_scale)
+
+
+def step_size(eps, steps: int, factor: float = STEP_SIZE_FACTOR):
+    """PGD's step size for radius ``eps`` (a float or a (B,) tensor) and ``steps`` steps."""
+    return factor * eps / steps
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device) -> Iterator[None]:
+    """Run the body with torch's RNG seeded to ``seed`` (CPU and, on CUDA, ``device``'s
+    generator), restoring the caller's RNG state afterwards."""
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 # --------------------------------------------------------------------------- shapes

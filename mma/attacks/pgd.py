@@ -21,6 +21,7 @@ from .core import (
     project,
     random_delta,
 )
+from .core import step_size as default_step_size
 
 SELECTS = ("target", "loss")
 
@@ -77,7 +78,7 @@ def pgd(
     loss_fn = get_loss(loss)
     x = x.detach()
     eps_t = per_example(eps, x)
-    alpha = per_example(2.5 * eps_t / steps if step_size is None else step_size, x)
+    alpha = per_example(default_step_size(eps_t, steps) if step_size is None else step_size, x)
 
     with attack_mode(model):
         if select == "loss":

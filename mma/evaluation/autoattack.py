@@ -10,6 +10,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from mma.attacks.core import NORM_LABELS
+
 from .config import AutoAttackParams
 
 STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -26,7 +28,7 @@ def autoattack_robust(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, pa
     out[:m] = 0
     rows = active[:m].cpu().nonzero().squeeze(1)  # indexes CPU outputs and device inputs alike
     kwargs = {"attacks": list(params.attacks)} if params.version == "custom" else {}
-    aa = AutoAttack(model.eval(), norm={"linf": "Linf", "l2": "L2"}[norm], eps=float(eps), version=params.version,
+    aa = AutoAttack(model.eval(), norm=NORM_LABELS[norm], eps=float(eps), version=params.version,
                     seed=seed % (2**31), device=device, **kwargs)
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     if params.n_iter is not None:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mma.attacks import an_pgd, lp_norm
+from mma.attacks.core import NORM_LABELS
 from mma.progress import progress
 
 from .config import MarginParams
@@ -67,7 +68,7 @@ def fab_margins(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, *, norm:
 
     out = torch.zeros(x.shape[0], dtype=torch.float64)
     rows = active.cpu().nonzero().squeeze(1)  # indexes CPU outputs and device inputs alike
-    fab = FABAttack_PT(model.eval(), norm={"linf": "Linf", "l2": "L2"}[norm], n_restarts=params.fab_restarts,
+    fab = FABAttack_PT(model.eval(), norm=NORM_LABELS[norm], n_restarts=params.fab_restarts,
                        n_iter=params.fab_steps, eps=eps_max, seed=seed % (2**31), device=device)
     torch.manual_seed(seed)
     with progress((len(rows) + batch_size - 1) // batch_size, "margins: FAB") as advance:

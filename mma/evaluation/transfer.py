@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mma.attacks import fgsm, pgd
-from mma.attacks.core import keep_higher
+from mma.attacks.core import keep_higher, seeded, step_size
 from mma.io import load_tensors, save_tensors
 from mma.progress import progress
 
@@ -60,11 +60,10 @@ def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting
     loss = setting.loss or loss
     if setting.attack == "fgsm":
         return fgsm(model, x, y, eps, norm=norm, loss=restart_loss(loss, 0))
-    step = setting.step_size_factor * eps / setting.steps
+    step = step_size(eps, setting.steps, setting.step_size_factor)
     best, best_value = None, None
     for r in range(setting.restarts):
-        with torch.random.fork_rng(devices=[x.device.index or 0] if x.device.type == "cuda" else []):
-            torch.manual_seed(seed_for(seed, r))
+        with seeded(seed_for(seed, r), x.device):
             x_adv = pgd(model, x, y, eps, norm=norm, steps=setting.steps, step_size=step, restarts=1,
                         random_init=setting.random_init, loss=restart_loss(loss, r), select="loss")
         with torch.no_grad():

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mma.attacks import fgsm, pgd
+from mma.attacks.core import seeded, step_size
 from mma.progress import progress
 
 from .config import AttackSetting
@@ -46,11 +47,6 @@ def restart_loss(loss: str, restart: int) -> str:
 def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     """Predicted labels (N,), in batches."""
     return torch.cat([model(x[i: i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
-def _fork(device: torch.device):
-    devices = [device.index or 0] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices)
 
 
 def survival(
@@ -126,9 +122,8 @@ def _one_restart(model, xb, yb, rows, pred, eps, setting, norm, loss, seed) -> T
     with torch.no_grad():
         n_classes = model(xb[:1]).shape[1]
     y_in = torch.where(rows, yb, (pred + 1) % n_classes)
-    step = setting.step_size_factor * eps_t / setting.steps
-    with _fork(xb.device):
-        torch.manual_seed(seed)
+    step = step_size(eps_t, setting.steps, setting.step_size_factor)
+    with seeded(seed, xb.device):
         x_adv = pgd(model, xb, y_in, eps_t, norm=norm, steps=setting.steps, step_size=step, restarts=1,
                     random_init=setting.random_init, loss=loss, select="target")
     with torch.no_grad():
