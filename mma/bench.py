@@ -179,7 +179,7 @@ def bench_train_steps(model: nn.Module, data: dict[str, Tensor], s: Settings, de
     training the weights have moved in between).
     """
     from .data import TensorBatcher
-    from .train.config import MMATrainSpec, PGDTrainSpec
+    from .config.model import MMATrainSpec, PGDTrainSpec
     from .train.mma import MMAStep
     from .train.steps import PGDStep, StdStep
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -38,6 +39,85 @@ EXIT_USAGE = 2  # bad input: params, data, model name, tracking store
 EXIT_FAILED = 1  # the work itself failed (e.g. training diverged)
 
 
+# --------------------------------------------------------------------------- the stages
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage as the CLI runs it: ``mma.stages.<name>.run(params, [target], ...)``
+    inside one MLflow run.  ``target``: what its argument names ("model": any model of the
+    grid, "source": a Table-1 source model, None: no argument)."""
+
+    name: str
+    target: Optional[str]
+    device: bool  # takes --device
+    resumable: bool = False  # train: prepare() a resume checkpoint first, finish() after
+
+
+STAGES = {s.name: s for s in [
+    Stage("data", None, device=False),
+    Stage("train", "model", device=True, resumable=True),
+    Stage("transfer", "source", device=True),
+    Stage("evaluate", "model", device=True),
+    Stage("report", None, device=False),
+]}
+
+
+def _logged(p, stage: str) -> dict:
+    """The params a stage's MLflow run records (what it reads)."""
+    sections = {"data": lambda: p.data.model_dump(mode="json"),
+                "transfer": lambda: {"attacks": {k: a.model_dump(mode="json") for k, a in p.attacks.items()},
+                                     "table1": p.table1.model_dump(mode="json"), "evaluate.loss": p.evaluate.loss},
+                "evaluate": lambda: p.evaluate.model_dump(mode="json"),
+                "report": lambda: p.report.model_dump(mode="json")}
+    return sections[stage]()
+
+
+def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, device: Optional[str] = None) -> None:
+    """Validate (once), then run the stage in its MLflow run and print its headline numbers."""
+    from importlib import import_module
+
+    p = _load(params_path)
+    tags: dict = {}
+    if stage.target is not None:
+        spec_ = _model(p, target)
+        tags = {"mma.model": target, "mma.dataset": spec_.dataset, "mma.norm": spec_.norm, "mma.method": spec_.method}
+        if stage.target == "source":
+            roles = [role for role, s in p.table1.sources.items() if s.model == target]
+            if not roles:
+                _fail(f"{target!r} is not a source in table1.sources (sources: "
+                      f"{', '.join(s.model for s in p.table1.sources.values()) or 'none'})")
+            tags["mma.role"] = roles[0]
+    else:
+        tags = {"mma.dataset": ",".join(sorted({m.dataset for m in p.models}))}
+    kwargs = {}
+    if stage.device:
+        kwargs["device"] = tags["mma.device"] = _device(p, device)
+    _preflight(p)
+    module = import_module(f"mma.stages.{stage.name}")
+    args = (p,) if stage.target is None else (p, target)
+    run_id_file = None
+    if stage.resumable:
+        from .params import spec_record
+
+        tags["mma.resumed_from_checkpoint"] = str(module.prepare(p, target)).lower()  # the first write: after every check
+        run_id_file, logged = module.run_id_file(target), spec_record(p, target)
+    else:
+        logged = _logged(p, stage.name)
+
+    tags = {"mma.params_file": str(Path(params_path).resolve()), "mma.experiment": p.experiment, **tags}
+    from .tracking import stage_run
+
+    with _errors(), stage_run(p.experiment, stage.name, name=target, tags=tags, params=logged,
+                              run_id_file=run_id_file) as tracker:
+        metrics = module.run(*args, tracker=tracker, **kwargs) or {}
+        # the stage's summary, unless the stage logged those keys itself (no duplicate points)
+        tracker.log_metrics({k: v for k, v in metrics.items() if k not in tracker.logged})
+    if stage.resumable:
+        module.finish(target)
+    if metrics:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:8])
+        print(f"{stage.name}{' ' + target if target else ''}: {shown}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------- commands
 @app.command()
 def data(params: ParamsOpt = Path("params.yaml")) -> None:
@@ -46,15 +126,7 @@ def data(params: ParamsOpt = Path("params.yaml")) -> None:
     MNIST comes from $MMA_DATA_SOURCE if set, else data.mnist_source, else a torchvision
     download; CIFAR10 from data.cifar10_source (null = download, "synthetic", or a folder).
     """
-    p = _load(params)
-
-    def body(tracker):
-        from .stages import data as stage
-
-        return stage.run(p, tracker=tracker)
-
-    _execute(p, params, "data", body, logged=p.data.model_dump(mode="json"),
-             tags={"mma.dataset": ",".join(p.data.datasets)})
+    _run_stage(STAGES["data"], params)
 
 
 @app.command()
@@ -81,79 +153,31 @@ def train(name: ModelArg, params: ParamsOpt = Path("params.yaml"), device: Devic
     Resumable: after a crash or kill, the same command continues from the last resume
     checkpoint (results/checkpoints/NAME/) and the same MLflow run.
     """
-    p = _load(params)
-    spec_ = _model(p, name)
-    from .params import spec_record
-    from .stages import train as stage
-
-    dev = _device(p, device)
-    _preflight(p)
-    resuming = stage.prepare(p, name)  # the first write: after every check
-
-    def body(tracker):
-        return stage.run(p, name, device=dev, tracker=tracker)
-
-    _execute(p, params, "train", body, name=name, logged=spec_record(p, name), run_id_file=stage.run_id_file(name),
-             tags={"mma.model": name, "mma.dataset": spec_.dataset, "mma.norm": spec_.norm,
-                   "mma.method": spec_.method, "mma.device": dev, "mma.resumed_from_checkpoint": str(resuming).lower()})
-    stage.finish(name)
+    _run_stage(STAGES["train"], params, name, device)
 
 
 @app.command()
-def transfer(source: Annotated[str, typer.Argument(metavar="SOURCE", help="A source model named in transfer.sources.")],
+def transfer(source: Annotated[str, typer.Argument(metavar="SOURCE", help="A source model named in table1.sources.")],
              params: ParamsOpt = Path("params.yaml"), device: DeviceOpt = None) -> None:
     """Make the adversarial test sets of source model SOURCE (results/transfer/SOURCE/).
 
-    One set per (attack setting, ε) of its transfer.sources entry; restarts are chosen on
-    the source model only, as a transfer attacker would.
+    One set per Table-1 row of its role (attack × ε); restarts are chosen on the source
+    model only, as a transfer attacker would.
     """
-    p = _load(params)
-    spec_ = _model(p, source)
-    entry = p.transfer.source(source)
-    if entry is None:
-        _fail(f"{source!r} is not a source in transfer.sources (sources: "
-              f"{', '.join(s.model for s in p.transfer.sources) or 'none'})")
-    dev = _device(p, device)
-
-    def body(tracker):
-        from .stages import transfer as stage
-
-        return stage.run(p, source, device=dev, tracker=tracker)
-
-    _execute(p, params, "transfer", body, name=source, logged=p.transfer.model_dump(mode="json"),
-             tags={"mma.model": source, "mma.dataset": spec_.dataset, "mma.norm": spec_.norm,
-                   "mma.role": entry.role, "mma.device": dev})
+    _run_stage(STAGES["transfer"], params, source, device)
 
 
 @app.command()
 def evaluate(name: ModelArg, params: ParamsOpt = Path("params.yaml"), device: DeviceOpt = None) -> None:
     """Evaluate model NAME (results/eval/NAME/): natural and white-box robust accuracy,
     the transfer sets of its threat model, robust accuracy vs ε, margins and checks."""
-    p = _load(params)
-    spec_ = _model(p, name)
-    dev = _device(p, device)
-
-    def body(tracker):
-        from .stages import evaluate as stage
-
-        return stage.run(p, name, device=dev, tracker=tracker)
-
-    _execute(p, params, "evaluate", body, name=name, logged=p.evaluate.model_dump(mode="json"),
-             tags={"mma.model": name, "mma.dataset": spec_.dataset, "mma.norm": spec_.norm, "mma.device": dev})
+    _run_stage(STAGES["evaluate"], params, name, device)
 
 
 @app.command()
 def report(params: ParamsOpt = Path("params.yaml")) -> None:
     """Write Table 1 (markdown + CSV), Figure 3 and the summary under results/report/."""
-    p = _load(params)
-
-    def body(tracker):
-        from .stages import report as stage
-
-        return stage.run(p, tracker=tracker)
-
-    _execute(p, params, "report", body, logged=p.report.model_dump(mode="json"),
-             tags={"mma.dataset": ",".join(sorted({m.dataset for m in p.models}))})
+    _run_stage(STAGES["report"], params)
 
 
 @app.command()
@@ -244,23 +268,6 @@ def _errors():
         _fail(" ".join(str(e).split()))
     except TrainingDiverged as e:
         _fail(" ".join(str(e).split()), EXIT_FAILED)
-
-
-def _execute(p, params_path: Path, stage: str, body: Callable, *, name: Optional[str] = None,
-             logged: Optional[dict] = None, tags: Optional[dict] = None, run_id_file: Optional[Path] = None) -> None:
-    """Run ``body(tracker)`` inside one MLflow run and log the metrics it returns."""
-    from .tracking import stage_run
-
-    _preflight(p)
-    tags = {"mma.params_file": str(Path(params_path).resolve()), "mma.experiment": p.experiment, **(tags or {})}
-    with _errors(), stage_run(p.experiment, stage, name=name, tags=tags, params=logged,
-                              run_id_file=run_id_file) as tracker:
-        metrics = body(tracker) or {}
-        # the stage's summary, unless the stage logged those keys itself (no duplicate points)
-        tracker.log_metrics({k: v for k, v in metrics.items() if k not in tracker.logged})
-    if metrics:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:8])
-        print(f"{stage}{' ' + name if name else ''}: {shown}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # python -m mma.cli

@@ -16,20 +16,17 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from .evaluation.config import EvaluateParams, ReportParams, TransferParams
-from .train.config import ModelSpec
+from .config import Strict
+from .config.evaluation import AttackSetting, EvaluateParams, ReportParams, Table1Params, paper_attacks
+from .config.model import ModelSpec
 
 DATA_SOURCE_ENV = "MMA_DATA_SOURCE"  # wins over data.mnist_source (CI points it at ../shared/data/mnist)
 
 
 class ParamsError(Exception):
     """A params file that cannot be used; the message is one line naming the key."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataParams(Strict):
@@ -53,7 +50,8 @@ class Params(Strict):
     threads: int = Field(0, ge=0)  # torch CPU threads per process; 0: leave torch's default
     data: DataParams = DataParams()
     models: list[ModelSpec] = Field(min_length=1)  # the grid: one trained model per entry, unique names
-    transfer: TransferParams = TransferParams()
+    attacks: dict[str, AttackSetting] = Field(default_factory=paper_attacks)  # every attack setting, by name
+    table1: Table1Params = Table1Params()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
 
@@ -66,6 +64,10 @@ class Params(Strict):
     @property
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]
+
+    def curve_attack(self) -> AttackSetting:
+        """Figure 3's white-box attack (``evaluate.curve_attack``)."""
+        return self.attacks[self.evaluate.curve_attack]
 
 
 # --------------------------------------------------------------------------- loading
@@ -109,8 +111,6 @@ def _cross_check(p: Params) -> Optional[str]:
         if m.dataset not in p.data.datasets:
             return (f"{where}.dataset = {m.dataset!r}: not in data.datasets {p.data.datasets}; "
                     f"add it there so the data stage prepares it")
-        if m.mma is not None and m.mma.d_max is not None and m.mma.eps_min > m.mma.d_max:
-            return f"{where}.mma.eps_min = {m.mma.eps_min}: must not exceed mma.d_max ({m.mma.d_max})"
         if p.evaluate.threat_model(m.dataset, m.norm) is None:
             return (f"{where}.norm = {m.norm!r}: evaluate.threat_models has no {m.dataset} × {m.norm} entry "
                     f"to evaluate it with")
@@ -123,14 +123,27 @@ def _cross_check(p: Params) -> Optional[str]:
     for key, name in _referenced_models(p):
         if name not in seen:
             return f"{key} = {name!r}: no model of that name in the grid (models: {', '.join(seen)})"
+    for key, attack in _referenced_attacks(p):
+        if attack not in p.attacks:
+            return f"{key} = {attack!r}: not a name in `attacks` (defined: {', '.join(p.attacks)})"
+    threat_models = {(p.model(n).dataset, p.model(n).norm) for _, n in _referenced_models(p)}
+    if len(threat_models) > 1:
+        return (f"table1: its models must share one dataset × norm (Table 1 is one threat model), "
+                f"got {sorted('-'.join(t) for t in threat_models)}")
     return None
 
 
 def _referenced_models(p: Params) -> list[tuple[str, str]]:
-    """(key path, model name) for every model the transfer/evaluate sections name."""
-    refs = [(f"transfer.sources[{i}].model", s.model) for i, s in enumerate(p.transfer.sources)]
-    refs += [(f"evaluate.table1_columns.{name}", name) for name in p.evaluate.table1_columns]
+    """(key path, model name) for every model the table1 section names."""
+    refs = [(f"table1.sources.{role}.model", s.model) for role, s in p.table1.sources.items()]
+    refs += [(f"table1.columns.{name}", name) for name in p.table1.columns]
     return refs
+
+
+def _referenced_attacks(p: Params) -> list[tuple[str, str]]:
+    """(key path, attack name) for every attack the table1/evaluate sections name."""
+    refs = [(f"table1.sources.{role}.attacks", a) for role, s in p.table1.sources.items() for a in s.attacks]
+    return refs + [("evaluate.curve_attack", p.evaluate.curve_attack)]
 
 
 def _first_error(e: ValidationError, raw: dict) -> str:
@@ -146,6 +159,9 @@ def _first_error(e: ValidationError, raw: dict) -> str:
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     if isinstance(value, dict) and loc and err["type"] == "value_error":
+        field = msg.split(" = ", 1)[0]
+        if field in value:  # a block's check that names one of its keys: "eps_min = 0.5: ..."
+            return f"{key}.{msg}"
         return f"{key}: {msg}"  # a whole-block check (e.g. method 'pgd' needs a 'pgd:' block)
     return f"{key} = {_short(value)}: {msg}"
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mma.evaluation.boundary import boundary_distances
-from mma.evaluation.config import BoundaryParams
+from mma.config.evaluation import BoundaryParams
 
 
 def _linear(seed=0):

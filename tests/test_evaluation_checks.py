@@ -5,10 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mma.evaluation.checks import masking_checks, paper_table1_transfer_check
-from mma.evaluation.config import AttackSetting, ChecksParams, EvaluateParams, ReportParams, ThreatModel, TransferParams
-from mma.evaluation.protocol import evaluate_model
+from mma.config.evaluation import AttackSetting, ChecksParams, EvaluateParams, ReportParams, Table1Params, ThreatModel
+from mma.config.model import ModelSpec
+from mma.evaluation.protocol import evaluate_model, whitebox_attacks
+from mma.evaluation.records import attack_record, record_key
 from mma.evaluation.transfer import build_set
+from mma.params import Params
+from mma.report.checks import masking_checks, paper_table1_transfer_check
 
 
 class Quantized(nn.Module):
@@ -38,25 +41,33 @@ def honest_model():
     return model.eval(), x[:200], y[:200]
 
 
+TM = ThreatModel(dataset="mnist", norm="linf", curve_eps=[0.02, 0.05, 0.1, 0.2], headline_eps=0.05,
+                 margin_eps_max=1.0, unbounded_eps=1.0)
+PARAMS = Params(
+    models=[ModelSpec(name="m", dataset="mnist", arch="lenet5_madry", norm="linf", method="std")],
+    attacks={"pgd100x1": AttackSetting(steps=20)}, table1=Table1Params(sources={}, columns={}),
+    evaluate=EvaluateParams(curve_attack="pgd100x1", threat_models=[TM], batch_size=100,
+                            checks=ChecksParams(unbounded_steps=50, more_steps=60, more_restarts=3),
+                            autoattack={"enabled": False}, margins={"enabled": False}))
+
+
 def evaluate(model, x, y, transfer_from):
-    settings = {"pgd100x1": AttackSetting(steps=20)}
-    tm = ThreatModel(dataset="mnist", norm="linf", curve_eps=[0.02, 0.05, 0.1, 0.2], headline_eps=0.05,
-                     margin_eps_max=1.0, unbounded_eps=1.0)
-    ev = EvaluateParams(settings=settings, curve_setting="pgd100x1", threat_models=[tm], table1_columns={},
-                        checks=ChecksParams(unbounded_steps=50, more_steps=60, more_restarts=3), batch_size=100,
-                        autoattack={"enabled": False}, margins={"enabled": False})
     x_u8 = (x * 255).round().to(torch.uint8)
     sets = []
     for eps in (0.05, 0.1):
-        adv = build_set(transfer_from, x_u8, y, eps, AttackSetting(steps=20), norm="linf", loss="ce", seed=1,
+        setting = AttackSetting(steps=20)
+        adv = build_set(transfer_from, x_u8, y, eps, setting, norm="linf", loss="ce", seed=1,
                         batch_size=100, device="cpu")
-        sets.append(({"source": "other", "setting": "pgd20", "label": "PGD-20×1", "eps": eps, "file": "-"}, adv))
-    return evaluate_model(model, x_u8.float() / 255, y, name="m", tm=tm, ev=ev, tr=TransferParams(sources=[]), seed=0,
+        record = attack_record("transfer", setting, eps, loss="ce", n=len(y), seed=0, source="other")
+        sets.append(({"record": record_key(record), "file": "-"}, adv))
+    return evaluate_model(model, x_u8.float() / 255, y, name="m", tm=TM, ev=PARAMS.evaluate,
+                          whitebox=whitebox_attacks("m", TM, PARAMS), curve=PARAMS.curve_attack(), seed=0,
                           transfer_sets=sets, show_progress=False)
 
 
 def statuses(res):
-    return {c["check"]: c["status"] for c in masking_checks("m", res, ReportParams())}, masking_checks("m", res, ReportParams())
+    checks = masking_checks("m", res, TM, PARAMS)
+    return {c["check"]: c["status"] for c in checks}, checks
 
 
 def test_masked_model_is_flagged_and_honest_passes():

@@ -10,7 +10,7 @@ from torch import nn
 
 from mma.evaluation.autoattack import autoattack_robust
 from mma.evaluation.boundary import boundary_distances
-from mma.evaluation.config import AutoAttackParams, BoundaryParams, MarginParams
+from mma.config.evaluation import AutoAttackParams, BoundaryParams, MarginParams
 from mma.evaluation.margins import anpgd_margins, combine, fab_margins, sweep_bounds
 
 

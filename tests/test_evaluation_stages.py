@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mma import paths
-from mma.evaluation.config import (AttackSetting, AutoAttackParams, BoundaryParams, ChecksParams, EvaluateParams,
-                                   MarginParams, ReportParams, ThreatModel, TransferParams)
+from mma.config.evaluation import (AttackSetting, AutoAttackParams, BoundaryParams, ChecksParams, EvaluateParams,
+                                   MarginParams, ReportParams, ThreatModel)
 
 from conftest import mnist_source
 
@@ -37,7 +37,7 @@ class Tracker:
 
 def smoke_params(root):
     from mma.params import DataParams, Params
-    from mma.train.config import ModelSpec
+    from mma.config.model import ModelSpec
 
     blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.3}}, "mma": {"mma": {"d_max": None, "eps_max": 0.5}}}
     models = [ModelSpec(name=n, dataset="mnist", arch="lenet5_madry", norm=norm, method=m, **blocks[m])
@@ -51,8 +51,8 @@ def smoke_params(root):
                        boundary=True, unbounded_eps=28.0)]
     return Params(
         models=models, data=DataParams(root=str(root), val_size=100),
-        transfer=TransferParams(settings=s, test_limit=60, batch_size=60),
-        evaluate=EvaluateParams(settings=s, threat_models=tms, test_limit=60, batch_size=60,
+        attacks=s,
+        evaluate=EvaluateParams(threat_models=tms, test_limit=60, batch_size=60,
                                 boundary=BoundaryParams(limit=8, steps=20, init_attempts=10, batch_size=8),
                                 autoattack=AutoAttackParams(limit=12, n_iter=3, n_queries=10),
                                 margins=MarginParams(limit=20, an_pgd_steps=3, fab_steps=3, bisection_steps=5),
@@ -90,11 +90,11 @@ def test_stages_write_every_file(world):
     from mma.stages import evaluate, report, transfer
 
     params = world
-    for s in params.transfer.sources:
+    for s in params.table1.sources.values():
         m = transfer.run(params, s.model, device="cpu", tracker=Tracker())
         assert m and all(0 <= v <= 100 for v in m.values())
         manifest = json.loads((paths.transfer_dir(s.model) / "manifest.json").read_text())
-        assert len(manifest["sets"]) == len(s.settings) * len(s.eps)
+        assert len(manifest["sets"]) == len(s.attacks) * len(params.table1.eps)
     for name, _, _ in NAMES:
         t = Tracker()
         m = evaluate.run(params, name, device="cpu", tracker=t)
@@ -108,11 +108,11 @@ def test_stages_write_every_file(world):
         assert (out / f).is_file() and (out / f).stat().st_size > 100, f
     summary = json.loads((out / "summary.json").read_text())
     assert {c["status"] for c in summary["checks"]} <= {"pass", "flag"}
-    assert summary["whitebox_loss"] == "ce" and len(summary["autoattack"]) == len(NAMES)
+    assert summary["loss"] == "ce" and len(summary["autoattack"]) == len(NAMES)
     assert set(summary["margins"]) == {n for n, _, _ in NAMES}
     assert summary["figure3_panels"]["(c) CIFAR10, Linf"] == []  # "not in this grid"
     md = (out / "table1.md").read_text()
-    assert "93.64" in md and "Worst case" in md and "White-box loss: **ce**" in md
+    assert "93.64" in md and "Worst case" in md and "white-box and transfer sets): **ce**" in md
     # every number traces to the evaluate outputs: Table 1's natural row = metrics.json's clean accuracy
     for name in ("mnist-linf-std", "mnist-linf-pgd-0.3", "mnist-linf-mma-v1"):
         metrics = json.loads((paths.eval_dir(name) / "metrics.json").read_text())

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mma.attacks import lp_norm
-from mma.evaluation.config import AttackSetting
+from mma.config.evaluation import AttackSetting
 from mma.evaluation.transfer import build_set, load_set, quantize_toward, save_set
 from mma.io import load_tensors
 

@@ -6,8 +6,12 @@ import torch
 from torch import nn
 
 from mma.attacks import pgd
-from mma.evaluation.config import AttackSetting, ChecksParams, EvaluateParams, ThreatModel, TransferParams, TransferSource
-from mma.evaluation.protocol import evaluate_model
+from mma.config.evaluation import (AttackSetting, ChecksParams, EvaluateParams, Table1Params, Table1Source,
+                                   ThreatModel)
+from mma.config.model import ModelSpec
+from mma.evaluation.protocol import evaluate_model, whitebox_attacks
+from mma.evaluation.records import attack_fields
+from mma.params import Params
 from mma.evaluation.whitebox import predict, restart_loss, seed_for, survival
 
 
@@ -74,48 +78,63 @@ def test_restarts_nest_and_subset_independent():
 
 
 def tiny_params(cascade):
-    settings = {"fgsm": AttackSetting(attack="fgsm"), "pgd40x1": AttackSetting(steps=3),
-                "pgd40x50": AttackSetting(steps=3, restarts=3), "pgd100x1": AttackSetting(steps=5),
-                "pgd100x50": AttackSetting(steps=5, restarts=3)}
-    tr = TransferParams(settings=settings, sources=[TransferSource(role="PGD", model="t", settings=list(settings),
-                                                                   eps=[0.05, 0.1])])
+    """Model "t" as Table 1's PGD column: every attack white-box at ε 0.05 and 0.1."""
+    attacks = {"fgsm": AttackSetting(attack="fgsm"), "pgd40x1": AttackSetting(steps=3),
+               "pgd40x50": AttackSetting(steps=3, restarts=3), "pgd100x1": AttackSetting(steps=5),
+               "pgd100x50": AttackSetting(steps=5, restarts=3)}
     tm = ThreatModel(dataset="mnist", norm="linf", curve_eps=[0.025, 0.05, 0.1], headline_eps=0.05,
                      margin_eps_max=0.5, unbounded_eps=1.0)
-    ev = EvaluateParams(settings=settings, threat_models=[tm], table1_columns={"t": "PGD"}, cascade=cascade,
+    ev = EvaluateParams(threat_models=[tm], cascade=cascade,
                         checks=ChecksParams(unbounded_steps=5, more_steps=8, more_restarts=4), batch_size=32,
                         autoattack={"enabled": False}, margins={"enabled": False})
-    return tm, ev, tr
+    table1 = Table1Params(eps=[0.05, 0.1], sources={"PGD": Table1Source(model="t", attacks=list(attacks))},
+                          columns={"t": "PGD"})
+    model = ModelSpec(name="t", dataset="mnist", arch="lenet5_madry", norm="linf", method="std")
+    return tm, Params(models=[model], attacks=attacks, table1=table1, evaluate=ev)
+
+
+def run(model, x, y, tm, params):
+    return evaluate_model(model, x, y, name="t", tm=tm, ev=params.evaluate, whitebox=whitebox_attacks("t", tm, params),
+                          curve=params.curve_attack(), seed=0, show_progress=False)
+
+
+def wb(res, name, eps, params, **override):
+    """The white-box record of attack ``name`` at ``eps`` (fields overridden by ``override``)."""
+    return res.find(kind="whitebox", eps=eps, **{**attack_fields(params.attacks[name], "ce"), **override})
 
 
 def test_cumulative_cascade_same_worst_case():
     model, x, y = toy(2)
     out = {}
     for cascade in ("per_attack", "cumulative"):
-        tm, ev, tr = tiny_params(cascade)
-        out[cascade] = evaluate_model(model, x, y, name="t", tm=tm, ev=ev, tr=tr, seed=0, show_progress=False)
+        tm, params = tiny_params(cascade)
+        out[cascade] = run(model, x, y, tm, params)
     a, b = out["per_attack"], out["cumulative"]
-    assert a.infos.keys() == b.infos.keys()
+    assert set(a.records) == set(b.records)
     for e in (0.025, 0.05, 0.1):
         assert torch.equal(a.worst_case(e), b.worst_case(e)), e
     # per-attack: every record ran on every correct example; cumulative skipped some
     assert all(int((s == -1).sum()) == int((~a.clean_correct).sum()) for s in a.survived.values())
     assert sum(int((s == -1).sum()) for s in b.survived.values()) > sum(int((s == -1).sum()) for s in a.survived.values())
     # the first attack of an ε sees the same examples either way
-    first = "wb/fgsm/0.05"
+    first = wb(a, "fgsm", 0.05, params)
     assert torch.equal(a.survived[first], b.survived[first])
     # shared runs: ×1 of Table 1 equals the curve's point and the first restart of ×3
-    assert torch.equal(a.robust("wb/pgd100x1/0.05"), a.robust("wb/pgd100x50/0.05", 1))
+    x1, x3 = wb(a, "pgd100x1", 0.05, params), wb(a, "pgd100x50", 0.05, params)
+    assert torch.equal(a.robust(x1), a.survived[x3] >= 1)
 
 
 def test_check_attacks_honour_their_limit():
     model, x, y = toy(3)
-    tm, ev, tr = tiny_params("per_attack")
-    ev = ev.model_copy(update={"checks": ChecksParams(limit=30, unbounded_steps=3, more_steps=8, more_restarts=4)})
-    res = evaluate_model(model, x, y, name="t", tm=tm, ev=ev, tr=tr, seed=0, show_progress=False)
-    key = "wb/pgd100x1-steps8/0.05"
-    info, s = res.infos[key], res.survived[key]
-    assert info.subset and (s[30:] == -1).all() and (s[:30] != -1).all()
+    tm, params = tiny_params("per_attack")
+    ev = params.evaluate.model_copy(update={"checks": ChecksParams(limit=30, unbounded_steps=3, more_steps=8,
+                                                                    more_restarts=4)})
+    params = params.model_copy(update={"evaluate": ev})
+    res = run(model, x, y, tm, params)
+    more_steps = wb(res, "pgd100x1", 0.05, params, steps=8)
+    s = res.survived[more_steps]
+    assert more_steps.n == 30 and res.is_subset(more_steps) and (s[30:] == -1).all() and (s[:30] != -1).all()
     by_hand = 100.0 * int(((s[:30] >= 1) & res.clean_correct[:30]).sum()) / 30
-    assert res.accuracy(key) == by_hand
+    assert res.accuracy(more_steps) == by_hand
     # a check run shared with a Table-1 run (more restarts) covers every example
-    assert not res.infos["wb/pgd100x1-restarts4/0.05"].subset
+    assert wb(res, "pgd100x1", 0.05, params, restarts=4).n == len(y)

@@ -55,10 +55,17 @@ BAD = [
     ("eps_min > d_max", _set(_set(SMOKE, "models.2.mma.eps_min", 0.5), "models.2.mma.eps_max", 1.0),
      ["models[2] (mnist-linf-mma-0.45).mma.eps_min", "0.5", "d_max"]),
     ("duplicate name", _set(SMOKE, "models.1.name", "mnist-linf-std"), ["models[1]", "'mnist-linf-std'", "duplicate"]),
-    ("evaluate names a model not in the grid", _set(SMOKE, "evaluate.table1_columns", {"mnist-linf-nope": "MMA"}),
-     ["evaluate.table1_columns", "'mnist-linf-nope'"]),
-    ("transfer source not in the grid", _set(SMOKE, "transfer.sources.0.model", "mnist-linf-nope"),
-     ["transfer.sources[0].model", "'mnist-linf-nope'"]),
+    ("table1 names a model not in the grid", _set(SMOKE, "table1.columns", {"mnist-linf-nope": "MMA"}),
+     ["table1.columns.mnist-linf-nope", "'mnist-linf-nope'"]),
+    ("transfer source not in the grid", _set(SMOKE, "table1.sources.MMA.model", "mnist-linf-nope"),
+     ["table1.sources.MMA.model", "'mnist-linf-nope'"]),
+    ("unknown attack name", _set(SMOKE, "table1.sources.PGD.attacks", ["fgsm", "pgd7x7"]),
+     ["table1.sources.PGD.attacks", "'pgd7x7'", "attacks"]),
+    ("curve attack not defined", _set(SMOKE, "evaluate.curve_attack", "pgd9x9"), ["evaluate.curve_attack", "'pgd9x9'"]),
+    ("table1 over two threat models", _set(SMOKE, "table1.columns", {"mnist-l2-mma-2.0": "MMA"}),
+     ["table1", "one dataset × norm"]),
+    ("column role without a source", _set(SMOKE, "table1.columns", {"mnist-linf-std": "TRADES"}),
+     ["table1", "'TRADES'", "not a role"]),
     ("unknown device", _set(SMOKE, "device", "tpu"), ["device", "'tpu'"]),
     ("negative threads", _set(SMOKE, "threads", -1), ["threads", "-1"]),
     ("pgd without its block", _without(SMOKE, "models.1.pgd"), ["models[1] (mnist-linf-pgd-0.3)", "pgd"]),
@@ -109,7 +116,7 @@ def test_shipped_params_files_are_valid(name):
     p = load_params(ROOT / name)
     # dvc.yaml iterates over these keys of the raw file: they must be written out, not defaulted
     raw = yaml.safe_load((ROOT / name).read_text())
-    assert raw["data"]["root"] and raw["transfer"]["sources"] and raw["models"]
+    assert raw["data"]["root"] and raw["table1"]["sources"] and raw["models"]
     assert len(set(p.model_names)) == len(p.models)
 
 

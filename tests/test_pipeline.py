@@ -225,7 +225,7 @@ def test_one_finished_mlflow_run_per_stage_invocation(smoke_runs, tool):
     runs = client.search_runs([client.get_experiment_by_name(p.experiment).experiment_id], max_results=1000)
     got = sorted((r.data.tags["mma.stage"], r.data.tags.get("mma.model", "")) for r in runs)
     expected = sorted([("data", ""), ("report", "")] + [("train", n) for n in p.model_names]
-                      + [("evaluate", n) for n in p.model_names] + [("transfer", s.model) for s in p.transfer.sources])
+                      + [("evaluate", n) for n in p.model_names] + [("transfer", s.model) for s in p.table1.sources.values()])
     assert got == expected
     assert {r.info.status for r in runs} == {"FINISHED"}
     train = [r for r in runs if r.data.tags["mma.stage"] == "train"]

@@ -124,8 +124,7 @@ def _tiny_params(tmp_path: Path) -> Path:
         "models": [{"name": "tiny", "dataset": "mnist", "arch": "lenet5_madry", "norm": "linf", "method": "std",
                     "optimizer": {"name": "adam", "lr": 0.001}, "train_steps": 200, "batch_size": 20,
                     "train_limit": 1000, "val_limit": 100, "eval_every": 50, "checkpoint_every": 10}],
-        "transfer": {"sources": []},
-        "evaluate": {"table1_columns": {}},
+        "table1": {"sources": {}, "columns": {}},
     }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(doc))

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from mma.attacks.core import NORM_LABELS
 
-from .config import AutoAttackParams
+from ..config.evaluation import AutoAttackParams
 
 STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mma.progress import progress
 
-from .config import BoundaryParams
+from ..config.evaluation import BoundaryParams
 
 
 def boundary_distances(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, params: BoundaryParams, *,

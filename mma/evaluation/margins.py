@@ -26,7 +26,7 @@ from mma.attacks import an_pgd, lp_norm
 from mma.attacks.core import NORM_LABELS
 from mma.progress import progress
 
-from .config import MarginParams
+from ..config.evaluation import MarginParams
 
 
 def sweep_bounds(survived_by_eps: dict[float, Tensor]) -> tuple[Tensor, Tensor]:

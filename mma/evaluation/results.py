@@ -1,15 +1,16 @@
 """Per-example evaluation results of one model, and what is computed from them.
 
-Every attack outcome is a *record*: a key, its metadata (kind, ε, setting, source,
-restarts) and a per-example int16 tensor ``survived`` of shape (N,):
+Every attack outcome is a ``records.Record`` (what ran: kind, attack, ε, restarts,
+source, the n test images it covers) with a per-example int16 tensor ``survived`` of
+shape (N,):
 
 * ``survived[i] = k`` (0 ≤ k ≤ R): example i withstood the first k of the attack's R
   restarts (k = R: robust to the whole attack; 0: broken by the first restart, or
   misclassified without any attack).  Robust accuracy of the attack with its first
-  r restarts is ``mean(survived ≥ r)``: one 50-restart run gives both ×1 and ×50.
+  r restarts is ``mean(survived ≥ r)``.
 * ``survived[i] = -1``: not attacked here because a cheaper attack of the same ε had
-  already broken it (cumulative cascade) or it is outside the attack's subset
-  (``subset`` records, e.g. the Boundary attack on the first 1,000 images).
+  already broken it (cumulative cascade) or it lies beyond the record's first n
+  images (a subset record, e.g. the Boundary attack on the first 1,000 images).
 
 The worst case at ε counts an example robust only if it survived every record of
 that ε that ran on it (and is classified correctly without attack).
@@ -17,32 +18,19 @@ that ε that ran on it (and is classified correctly without attack).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
 
+from .records import Record, parse_key, record_key
+
 NOT_RUN = -1
 
 
 def eps_key(eps: float) -> str:
-    """ε as it appears in record keys and json (stable across float noise)."""
+    """ε as a json key of per-ε summaries (stable across float noise)."""
     return f"{float(eps):.6g}"
-
-
-@dataclass(frozen=True)
-class RecordInfo:
-    key: str
-    kind: str  # "whitebox" | "transfer" | "boundary" | "autoattack" | "check"
-    eps: float  # pixel units
-    restarts: int = 1  # R: survived == R means robust to the whole attack
-    setting: str = ""  # a settings name, or the attack's name
-    label: str = ""  # e.g. "PGD-100×50 (ce)"
-    source: str = ""  # the source model of a transfer set ("" = white-box on the model itself)
-    loss: str = ""
-    subset: bool = False  # run on a subset of the evaluated examples only
-    extra: dict = field(default_factory=dict)
 
 
 class Results:
@@ -51,8 +39,7 @@ class Results:
     def __init__(self, y: Tensor, clean_correct: Tensor):
         self.y = y.cpu()
         self.clean_correct = clean_correct.cpu().bool()
-        self.infos: dict[str, RecordInfo] = {}
-        self.survived: dict[str, Tensor] = {}
+        self.survived: dict[Record, Tensor] = {}
         self.values: dict[str, Tensor] = {}  # per-example floats (margins, boundary norms)
         self.summary: dict[str, dict] = {}  # small summaries (e.g. margins: mean, median, disagreement)
 
@@ -61,37 +48,58 @@ class Results:
         return int(self.y.shape[0])
 
     # ------------------------------------------------------------------ records
-    def add(self, info: RecordInfo, survived: Tensor) -> None:
+    @property
+    def records(self) -> list[Record]:
+        return list(self.survived)
+
+    def add(self, record: Record, survived: Tensor) -> None:
         s = survived.cpu().to(torch.int16)
         if s.shape != (self.n,):
-            raise ValueError(f"record {info.key}: expected shape ({self.n},), got {tuple(s.shape)}")
+            raise ValueError(f"record {record_key(record)}: expected shape ({self.n},), got {tuple(s.shape)}")
+        if not 0 < record.n <= self.n:
+            raise ValueError(f"record {record_key(record)}: covers {record.n} of {self.n} evaluated images")
         # an example misclassified without attack is never robust, whatever the attack did
         s = torch.where(self.clean_correct | (s == NOT_RUN), s, torch.zeros_like(s))
-        self.infos[info.key] = info
-        self.survived[info.key] = s
+        self.survived[record] = s
 
-    def robust(self, key: str, restarts: Optional[int] = None) -> Tensor:
-        """(N,) bool: robust to the record's attack with its first ``restarts`` restarts
-        (None: all).  NOT_RUN counts as not robust (see ``worst_case`` for why that is right)."""
-        r = self.infos[key].restarts if restarts is None else restarts
-        if r > self.infos[key].restarts:
-            raise ValueError(f"record {key} ran {self.infos[key].restarts} restarts, asked for {r}")
-        return self.survived[key] >= r
+    def select(self, **fields) -> list[Record]:
+        """The records whose fields have the given values (see ``Record.matches``)."""
+        return [r for r in self.survived if r.matches(**fields)]
 
-    def accuracy(self, key: str, restarts: Optional[int] = None) -> float:
-        """Robust accuracy (%) over the examples the record ran on."""
-        s = self.survived[key]
-        ran = s != NOT_RUN if self.infos[key].subset else torch.ones_like(s, dtype=torch.bool)
-        if ran.sum() == 0:
+    def find(self, **fields) -> Optional[Record]:
+        """The one record with these fields, None if there is none."""
+        found = self.select(**fields)
+        if len(found) > 1:
+            raise ValueError(f"{len(found)} records match {fields}: {[record_key(r) for r in found]}")
+        return found[0] if found else None
+
+    def is_subset(self, r: Record) -> bool:
+        return r.n < self.n
+
+    def robust(self, r: Record) -> Tensor:
+        """(N,) bool: robust to all of the record's restarts.  NOT_RUN counts as not robust
+        (see ``worst_case`` for why that is right)."""
+        return self.survived[r] >= r.restarts
+
+    def ran(self, r: Record) -> Tensor:
+        """(N,) bool: the examples the record covers (its first n)."""
+        return torch.arange(self.n) < r.n
+
+    def accuracy(self, r: Record) -> float:
+        """Robust accuracy (%) over the examples the record covers."""
+        return self.accuracy_on(r, self.ran(r))
+
+    def accuracy_on(self, r: Record, rows: Tensor) -> float:
+        """Robust accuracy (%) over ``rows`` only (to compare two attacks on the same examples)."""
+        if rows.sum() == 0:
             return float("nan")
-        return 100.0 * int((self.robust(key, restarts) & ran).sum()) / int(ran.sum())
+        return 100.0 * int((self.robust(r) & rows).sum()) / int(rows.sum())
 
     def clean_accuracy(self) -> float:
         return 100.0 * int(self.clean_correct.sum()) / self.n
 
-    def keys_at(self, eps: float, kinds: Iterable[str] | None = None) -> list[str]:
-        k = eps_key(eps)
-        return [key for key, i in self.infos.items() if eps_key(i.eps) == k and (kinds is None or i.kind in kinds)]
+    def at(self, eps: float, kinds: Iterable[str] | None = None) -> list[Record]:
+        return [r for r in self.survived if r.matches(eps=eps) and (kinds is None or r.kind in kinds)]
 
     def worst_case(self, eps: float, kinds: Iterable[str] | None = None) -> Tensor:
         """(N,) bool: correct without attack and survived every record at ε that ran on it.
@@ -100,32 +108,20 @@ class Results:
         broke the example (the cascade), so it needs no more; a NOT_RUN entry of a
         subset record means the attack did not run there and changes nothing."""
         ok = self.clean_correct.clone()
-        for key in self.keys_at(eps, kinds):
-            s, info = self.survived[key], self.infos[key]
+        for r in self.at(eps, kinds):
+            s = self.survived[r]
             ran = s != NOT_RUN
-            if info.subset:
-                ok &= ~ran | (s >= info.restarts)
+            if self.is_subset(r):
+                ok &= ~ran | (s >= r.restarts)
             else:
-                ok &= ran & (s >= info.restarts)
+                ok &= ran & (s >= r.restarts)
         return ok
-
-    def ran(self, key: str) -> Tensor:
-        """(N,) bool: the examples the record covers (all of them unless it is a subset record)."""
-        s = self.survived[key]
-        return s != NOT_RUN if self.infos[key].subset else torch.ones_like(s, dtype=torch.bool)
-
-    def accuracy_on(self, key: str, rows: Tensor, restarts: Optional[int] = None) -> float:
-        """Robust accuracy (%) over ``rows`` only (to compare two attacks on the same examples)."""
-        if rows.sum() == 0:
-            return float("nan")
-        return 100.0 * int((self.robust(key, restarts) & rows).sum()) / int(rows.sum())
 
     def covered(self, eps: float, kinds: Iterable[str] | None = None) -> Tensor:
         """(N,) bool: the examples some record at ε covers (all, if any full-set record exists)."""
-        keys = self.keys_at(eps, kinds)
         rows = torch.zeros(self.n, dtype=torch.bool)
-        for key in keys:
-            rows |= self.ran(key)
+        for r in self.at(eps, kinds):
+            rows |= self.ran(r)
         return rows
 
     def worst_case_accuracy(self, eps: float, kinds: Iterable[str] | None = None) -> float:
@@ -137,7 +133,7 @@ class Results:
         return 100.0 * int((self.worst_case(eps, kinds) & rows).sum()) / int(rows.sum())
 
     def eps_values(self) -> list[float]:
-        return sorted({i.eps for i in self.infos.values()})
+        return sorted({r.eps for r in self.survived})
 
     # ------------------------------------------------------------------ files
     def to_tensors(self) -> dict:
@@ -145,18 +141,15 @@ class Results:
         return {
             "y": self.y,
             "clean_correct": self.clean_correct,
-            "survived": dict(self.survived),
+            "survived": {record_key(r): s for r, s in self.survived.items()},
             "values": dict(self.values),
             "summary": dict(self.summary),
-            "infos": {k: asdict(v) for k, v in self.infos.items()},
         }
 
     @classmethod
     def from_tensors(cls, obj: dict) -> "Results":
-        r = cls(obj["y"], obj["clean_correct"])
-        for key, info in obj["infos"].items():
-            r.infos[key] = RecordInfo(**info)
-            r.survived[key] = obj["survived"][key]
-        r.values = dict(obj.get("values", {}))
-        r.summary = dict(obj.get("summary", {}))
-        return r
+        res = cls(obj["y"], obj["clean_correct"])
+        res.survived = {parse_key(k): s for k, s in obj["survived"].items()}
+        res.values = dict(obj.get("values", {}))
+        res.summary = dict(obj.get("summary", {}))
+        return res

@@ -21,7 +21,7 @@ from mma.attacks.core import keep_higher, seeded, step_size
 from mma.io import load_tensors, save_tensors
 from mma.progress import progress
 
-from .config import AttackSetting
+from ..config.evaluation import AttackSetting
 from .results import eps_key
 from .whitebox import restart_loss, seed_for
 

@@ -28,12 +28,20 @@ from mma.attacks import fgsm, pgd
 from mma.attacks.core import seeded, step_size
 from mma.progress import progress
 
-from .config import AttackSetting
+from ..config.evaluation import AttackSetting
+from .results import eps_key
 
 
 def seed_for(*parts) -> int:
     """A 63-bit seed from any hashable description (stable across runs and machines)."""
     return zlib.crc32("/".join(str(p) for p in parts).encode()) * 2654435761 % (2**63 - 1)
+
+
+def whitebox_seed(seed: int, model: str, setting: AttackSetting, loss: str, eps: float) -> int:
+    """The seed of one white-box run: the same for settings that differ only in restarts
+    (so ×1 is the first restart of ×R), different for every other setting, model and ε."""
+    signature = (setting.attack, setting.steps, setting.loss or loss, setting.step_size_factor, setting.random_init)
+    return seed_for(seed, model, "wb", signature, eps_key(eps))
 
 
 def restart_loss(loss: str, restart: int) -> str:

@@ -1,55 +1,53 @@
 """The evaluate stage: every attack of the protocol on one target model.
 
-    results/eval/NAME/metrics.json    clean accuracy, every record's robust accuracy (per
-                                      restarts count), worst case per ε, AutoAttack,
-                                      Boundary, margins summary, timings, settings used
+    results/eval/NAME/metrics.json    clean accuracy, every record's robust accuracy (by its
+                                      key, with its fields), worst case per ε, margins
+                                      summary, timings, settings used
     results/eval/NAME/per_example.pt  per-example outcomes (``mma.evaluation.results``):
-                                      the report takes its worst cases from these
+                                      the report takes its numbers from these
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 
 from .. import paths
-from ..evaluation.results import eps_key
 
 
 def load_transfer_sets(params, name: str) -> list:
-    """(info, uint8 images) for every set of every source of ``name``'s threat model."""
+    """(manifest entry, uint8 images) for every set of every source of ``name``'s threat model."""
     from ..evaluation.transfer import load_set
 
     out = []
-    for source in params.evaluate.sources_for(name, params.models, params.transfer):
+    for source in params.table1.sources_for(name, params.models):
         folder = paths.transfer_dir(source)
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"{folder}/manifest.json missing: run `mma transfer {source}` first") from None
-        for info in manifest["sets"]:
-            x, _ = load_set(folder / info["file"])
-            out.append((info, x))
+        for entry in manifest["sets"]:
+            x, _ = load_set(folder / entry["file"])
+            out.append((entry, x))
     return out
 
 
 def summarize(res, name: str, spec, ev, extra: dict) -> dict:
     """metrics.json's content: every number the report prints, traceable to per_example.pt."""
-    records = {}
-    for key, info in res.infos.items():
-        accs = {str(r): res.accuracy(key, r) for r in sorted({1, info.restarts})}
-        records[key] = {"kind": info.kind, "eps": info.eps, "setting": info.setting, "label": info.label,
-                        "source": info.source, "loss": info.loss, "restarts": info.restarts, "subset": info.subset,
-                        "extra": info.extra, "accuracy": res.accuracy(key), "accuracy_by_restarts": accs,
-                        "n_run": int((res.survived[key] != -1).sum())}
+    from ..evaluation.records import label, record_key
+    from ..evaluation.results import eps_key
+
+    records = {record_key(r): {**asdict(r), "label": label(r), "accuracy": res.accuracy(r),
+                               "n_attacked": int((res.survived[r] != -1).sum())} for r in res.records}
     worst = {eps_key(e): res.worst_case_accuracy(e) for e in res.eps_values()}
     return {"model": name, "dataset": spec.dataset, "norm": spec.norm, "method": spec.method, "n": res.n,
-            "clean_accuracy": res.clean_accuracy(), "whitebox_loss": ev.loss, "cascade": ev.cascade,
+            "clean_accuracy": res.clean_accuracy(), "loss": ev.loss, "cascade": ev.cascade,
             "records": records, "worst_case": worst, "margins": res.summary.get("margins", {}), **extra}
 
 
 def flat_metrics(summary: dict) -> dict[str, float]:
-    """The numbers to log (MLflow-safe names)."""
+    """The numbers to log (MLflow-safe names: record keys use only letters, digits, - . _ : /)."""
     m = {"clean_accuracy": summary["clean_accuracy"]}
     for key, r in summary["records"].items():
         m[f"robust/{key}"] = r["accuracy"]
@@ -62,21 +60,20 @@ def flat_metrics(summary: dict) -> dict[str, float]:
 
 def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     from ..data import load_split, to_float
-    from ..evaluation.protocol import evaluate_model
+    from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json
     from ..train import load_model
 
     ev = params.evaluate
     spec = params.model(name)
-    tm = ev.threat_model(spec.dataset, spec.norm)
-    if tm is None:
-        raise ValueError(f"evaluate.threat_models has no {spec.dataset} × {spec.norm} entry (needed by {name})")
+    tm = ev.threat_model(spec.dataset, spec.norm)  # present: the params loader checks every model has one
     model, _, _ = load_model(paths.model_file(name), device)
     x_u8, y = load_split(spec.dataset, params.data.root, "test", val_size=params.data.val_size, limit=ev.test_limit)
     x, y = to_float(x_u8, device), y.to(device)
     timings: dict = {}
     t0 = time.monotonic()
-    res = evaluate_model(model, x, y, name=name, tm=tm, ev=ev, tr=params.transfer, seed=params.seed,
+    res = evaluate_model(model, x, y, name=name, tm=tm, ev=ev, whitebox=whitebox_attacks(name, tm, params),
+                         curve=params.curve_attack(), seed=params.seed,
                          transfer_sets=load_transfer_sets(params, name), timings=timings)
     timings["total"] = time.monotonic() - t0
     summary = summarize(res, name, spec, ev, {"threat_model": tm.model_dump(), "timings_s": timings,

@@ -23,7 +23,7 @@ from ..attacks import an_pgd, pgd
 from ..io import load_tensors, save_tensors
 from ..models import build_model
 from ..progress import progress
-from .config import ModelSpec
+from ..config.model import ModelSpec
 from .steps import make_step
 
 NUM_CLASSES = 10

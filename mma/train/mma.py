@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import an_pgd, get_loss
-from .config import MMATrainSpec
+from ..config.model import MMATrainSpec
 
 
 class MMAStep:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import pgd
-from .config import ModelSpec, PGDTrainSpec
+from ..config.model import ModelSpec, PGDTrainSpec
 
 
 class StdStep:

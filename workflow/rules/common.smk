@@ -23,7 +23,7 @@ except ParamsError as e:
     raise WorkflowError(f"invalid params: {e}") from None
 
 MODELS = P.model_names
-SOURCES = [s.model for s in P.transfer.sources]
+SOURCES = [s.model for s in P.table1.sources.values()]
 # torch threads per job: params.threads, else all cores (Snakemake exports OMP_NUM_THREADS
 # = the rule's threads to each job; with the default of 1 torch would run single-threaded)
 THREADS = P.threads or workflow.cores
@@ -34,16 +34,24 @@ ENV = "../envs/mma.yaml"  # relative to the rule files (Snakemake's convention)
 
 
 def _dump(*blocks):
-    return json.dumps([b.model_dump(mode="json") if hasattr(b, "model_dump") else b for b in blocks], sort_keys=True)
+    return json.dumps([_plain(b) for b in blocks], sort_keys=True)
+
+
+def _plain(block):
+    if hasattr(block, "model_dump"):
+        return block.model_dump(mode="json")
+    if isinstance(block, dict):
+        return {k: _plain(v) for k, v in block.items()}
+    return block
 
 
 # What each stage reads besides its input files, as in dvc.yaml's `params:`; Snakemake's
 # params trigger reruns a job when it changes (a model's settings are in its spec file)
 SETTINGS = {
     "data": _dump(P.data, P.seed),
-    "transfer": _dump(P.transfer),
-    "evaluate": _dump(P.evaluate, P.transfer),
-    "report": _dump(P.report, P.evaluate, P.transfer),
+    "transfer": _dump(P.attacks, P.table1, P.evaluate.loss, P.evaluate.test_limit, P.evaluate.batch_size, P.seed),
+    "evaluate": _dump(P.attacks, P.table1, P.evaluate, P.seed),
+    "report": _dump(P.attacks, P.table1, P.evaluate, P.report),
 }
 
 # Output paths as wildcard patterns, from mma/paths.py (the CLI writes exactly these)
@@ -64,4 +72,4 @@ wildcard_constraints:
 
 def transfer_sets(wildcards):
     """The transfer sets model NAME is evaluated on: the sources of its threat model."""
-    return [str(paths.transfer_dir(s)) for s in P.evaluate.sources_for(wildcards.name, P.models, P.transfer)]
+    return [str(paths.transfer_dir(s)) for s in P.table1.sources_for(wildcards.name, P.models)]

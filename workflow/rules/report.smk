@@ -1,7 +1,6 @@
 rule report:
     input:
         expand(EVAL, name=MODELS),
-        expand(TRAIN_METRICS, name=MODELS),
     output:
         REPORT_FILES,
     params:

@@ -6,25 +6,28 @@ from pathlib import Path
 
 import torch
 
-from mma.io import atomic_path
-
-from .config import EvaluateParams
+from ..evaluation.records import attack_fields
+from ..evaluation.results import Results
+from ..io import atomic_path
+from .format import NORM_LABELS, PANELS
 from .reference import anchors, table1_rows
-from .results import Results
-
-PANELS = [("mnist", "linf", "(a) MNIST, Linf"), ("mnist", "l2", "(b) MNIST, L2"),
-          ("cifar10", "linf", "(c) CIFAR10, Linf"), ("cifar10", "l2", "(d) CIFAR10, L2")]
 
 
 def _scale(dataset: str, norm: str) -> tuple[float, str]:
     """x-axis scale and label: CIFAR10 Linf in units of 1/255, the rest in pixel units of [0, 1]."""
     if dataset == "cifar10" and norm == "linf":
         return 255.0, "ε (Linf, ×1/255 of the pixel range)"
-    return 1.0, f"ε ({'Linf' if norm == 'linf' else 'L2'}, pixel units of [0, 1])"
+    return 1.0, f"ε ({NORM_LABELS[norm]}, pixel units of [0, 1])"
 
 
-def _curve(res: Results, kind: str) -> list[tuple[float, float]]:
-    return sorted((i.eps, res.accuracy(k)) for k, i in res.infos.items() if i.kind == kind and i.extra.get("curve"))
+def curve_points(res: Results, curve_eps: list[float], **fields) -> list[tuple[float, float]]:
+    """(ε, robust accuracy %) of the record with ``fields`` at each curve ε that has one."""
+    points = []
+    for e in curve_eps:
+        r = res.find(eps=e, **fields)
+        if r is not None:
+            points.append((r.eps, res.accuracy(r)))
+    return sorted(points)
 
 
 def _save(fig, path: Path, dpi: int) -> None:
@@ -32,7 +35,7 @@ def _save(fig, path: Path, dpi: int) -> None:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
 
 
-def figure3(results: dict[str, Results], specs: dict, ev: EvaluateParams, path: Path, *, dpi: int = 150) -> dict:
+def figure3(results: dict[str, Results], specs: dict, params, path: Path, *, dpi: int = 150) -> dict:
     """Four panels; returns {panel: [model names plotted]}."""
     import matplotlib
 
@@ -52,18 +55,21 @@ def figure3(results: dict[str, Results], specs: dict, ev: EvaluateParams, path: 
             ax.text(0.5, 0.5, "not in this grid", ha="center", va="center", transform=ax.transAxes, color="gray")
             ax.set_xticks([])
             continue
-        setting = ev.settings[ev.curve_setting]
+        tm = params.evaluate.threat_model(dataset, norm)
+        fields = attack_fields(params.curve_attack(), params.evaluate.loss)
         for n in names:
-            pts = _curve(results[n], "whitebox")
+            res = results[n]
+            pts = curve_points(res, tm.curve_eps, kind="whitebox", **fields)
             if pts:
                 ax.plot([e * scale for e, _ in pts], [a for _, a in pts], marker="o", ms=3,
-                        label=f"{n}: white-box {setting.label()} ({ev.loss})")
-            bpts = _curve(results[n], "boundary")
-            if bpts:
-                m = next(i for i in results[n].infos.values() if i.kind == "boundary")
-                lim = "all" if not m.subset else f"first {ev.boundary.limit}"
+                        label=f"{n}: white-box {params.curve_attack().label()} ({params.evaluate.loss})")
+            boundary = res.select(kind="boundary")
+            if boundary:
+                bpts = curve_points(res, tm.curve_eps, kind="boundary")
+                r = boundary[0]
+                lim = "all" if not res.is_subset(r) else f"first {r.n}"
                 ax.plot([e * scale for e, _ in bpts], [a for _, a in bpts], ls="--", marker="s", ms=3,
-                        label=f"{n}: Boundary attack ({ev.boundary.steps} steps, {lim} test images)")
+                        label=f"{n}: Boundary attack ({r.steps} steps, {lim} test images)")
         if (dataset, norm) == ("mnist", "linf"):
             fin = [a for a in anchors() if a["dataset"] == "MNIST" and a["norm"] == "Linf" and a["model"] == "MMA-0.45"
                    and a["metric"] == "robust_all_attacks"]

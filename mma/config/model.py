@@ -10,11 +10,9 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from . import Strict
 
 
 class OptimizerSpec(Strict):
@@ -67,8 +65,11 @@ class MMATrainSpec(Strict):
     def _check(self):
         if self.d_max is None and self.eps_max is None:
             raise ValueError("mma.eps_max is required when d_max is null (no hinge)")
+        # ε is read as max(eps_min, stored): above the hinge every example would be dropped
+        if self.d_max is not None and self.eps_min > self.d_max:
+            raise ValueError(f"eps_min = {self.eps_min}: must not exceed d_max ({self.d_max})")
         if self.resolved_eps_max <= self.eps_min:
-            raise ValueError(f"mma.eps_min ({self.eps_min}) must be below eps_max ({self.resolved_eps_max})")
+            raise ValueError(f"eps_min = {self.eps_min}: must be below eps_max ({self.resolved_eps_max})")
         return self
 
     @property

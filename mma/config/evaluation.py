@@ -1,23 +1,27 @@
-"""The ``transfer:``, ``evaluate:`` and ``report:`` sections of params.yaml.
+"""The ``attacks:``, ``table1:``, ``evaluate:`` and ``report:`` sections of params.yaml.
 
-Every default is the paper's protocol (arXiv 1812.02637, Table 1 and Figure 3, plus
-the checks issue 4 adds), so ``TransferParams()`` etc. are the paper's settings; the
-smoke and quick profiles only change numbers.  ε is in pixel units of [0, 1].
-Model names are strings matching ``models[].name``; an entry naming a model that is
-not in the grid is skipped (the grid's MNIST-L2/CIFAR10 parts are switches).
+Every default is the paper's protocol (arXiv 1812.02637, Table 1 and Figure 3, plus the
+checks beyond it), so ``EvaluateParams()`` etc. are the paper's settings; the smoke and
+quick profiles only change numbers.  ε is in pixel units of [0, 1].
+
+``attacks`` names every attack setting once.  Table 1 (``table1``) and Figure 3
+(``evaluate.curve_attack``) refer to them by name: the transfer stage makes a source's
+sets from them, the evaluate stage runs the same settings white-box, and the report
+finds each number by the settings' fields.  Model names here must be in ``models``
+(a name that is not is refused with the key named).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from . import Strict
 
 Loss = Literal["ce", "cw", "mixed"]  # mixed: restarts alternate cross-entropy and CW loss
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+PaperAttack = Literal["fgsm", "pgd40x1", "pgd40x50", "pgd100x1", "pgd100x50"]
 
 
 class AttackSetting(Strict):
@@ -26,19 +30,20 @@ class AttackSetting(Strict):
     attack: Literal["fgsm", "pgd"] = "pgd"
     steps: int = Field(100, ge=1)  # PGD steps per restart (FGSM: ignored, one step of size ε)
     restarts: int = Field(1, ge=1)  # independent random starts (FGSM: ignored)
-    loss: Optional[Loss] = None  # None: the section's `loss`
+    loss: Optional[Loss] = None  # None: evaluate.loss
     step_size_factor: float = Field(2.5, gt=0)  # step size = factor·ε/steps (the paper's 2.5)
     random_init: bool = True  # PGD starts uniformly inside the ε-ball
-    # the paper's setting this one stands in for in Table 1 (e.g. "pgd100x50"; a profile's
-    # cheaper PGD-5×2); None: the setting's own name if it is one of the paper's
-    as_paper: Optional[Literal["fgsm", "pgd40x1", "pgd40x50", "pgd100x1", "pgd100x50"]] = None
+    # the paper's setting this one stands in for in Table 1 (a profile's cheaper PGD-5×2 for
+    # "pgd100x50"); None: the setting's own name if it is one of the paper's
+    as_paper: Optional[PaperAttack] = None
 
     def label(self) -> str:
         """Table-1 style name, e.g. 'PGD-100×50' or 'FGSM'."""
         return "FGSM" if self.attack == "fgsm" else f"PGD-{self.steps}×{self.restarts}"
 
 
-def _paper_settings() -> dict[str, AttackSetting]:
+def paper_attacks() -> dict[str, AttackSetting]:
+    """The paper's Table-1 attacks (Madry et al.'s PGD-40/100, 1 or 50 restarts, and FGSM)."""
     return {
         "fgsm": AttackSetting(attack="fgsm", steps=1, restarts=1, random_init=False),
         "pgd40x1": AttackSetting(steps=40, restarts=1),
@@ -48,54 +53,81 @@ def _paper_settings() -> dict[str, AttackSetting]:
     }
 
 
-TABLE1_EPS = [0.3, 0.4, 0.5]
-ALL_SETTINGS = ["fgsm", "pgd40x1", "pgd40x50", "pgd100x1", "pgd100x50"]
+ALL_PAPER = ["fgsm", "pgd40x1", "pgd40x50", "pgd100x1", "pgd100x50"]
 
 
-class TransferSource(Strict):
-    """A source model of Table 1 and the attacks made on it (one set per setting × ε)."""
+class Table1Source(Strict):
+    """A source role of Table 1: the model whose attacks make the role's rows."""
 
-    role: str  # Table 1's source label: "MMA", "PGD" or "STD"
     model: str  # a models[].name
-    settings: list[str]  # names in `settings`
-    eps: list[float] = TABLE1_EPS  # pixel units
+    attacks: list[str] = Field(min_length=1)  # names in `attacks`
 
 
-class TransferParams(Strict):
-    """Adversarial test sets made on source models (restarts chosen on the source)."""
+def _paper_sources() -> dict[str, Table1Source]:
+    # arXiv v1 Table 1: the MMA source has PGD-100 × {1, 50}; PGD and STD every attack
+    return {
+        "MMA": Table1Source(model="mnist-linf-mma-v1", attacks=["pgd100x1", "pgd100x50"]),
+        "PGD": Table1Source(model="mnist-linf-pgd-0.3", attacks=ALL_PAPER),
+        "STD": Table1Source(model="mnist-linf-std", attacks=ALL_PAPER),
+    }
 
-    settings: dict[str, AttackSetting] = Field(default_factory=_paper_settings)  # named attack settings
-    # Table 1 (MNIST Linf): MMA source PGD-100 × {1, 50}; PGD and STD sources FGSM, PGD 40/100 × {1, 50}
-    sources: list[TransferSource] = [
-        TransferSource(role="MMA", model="mnist-linf-mma-v1", settings=["pgd100x1", "pgd100x50"]),
-        TransferSource(role="PGD", model="mnist-linf-pgd-0.3", settings=ALL_SETTINGS),
-        TransferSource(role="STD", model="mnist-linf-std", settings=ALL_SETTINGS),
-    ]
-    loss: Loss = "ce"  # loss of settings with loss None (the paper: cross-entropy)
-    test_limit: Optional[int] = Field(None, ge=1)  # first N test images; None = all 10,000
-    batch_size: int = Field(500, ge=1)  # examples per attack batch
+
+@dataclass(frozen=True)
+class Table1Row:
+    """One attack row of Table 1: ``attack`` (a name in ``attacks``) made on the ``role``'s
+    source model at ``eps``."""
+
+    eps: float
+    role: str
+    source: str  # the role's source model
+    attack: str
+
+
+class Table1Params(Strict):
+    """Table 1 (MNIST Linf): rows are source role × attack × ε, columns are target models.
+
+    A row whose role is the column's role is a white-box attack on the column's model;
+    every other row is the source model's transfer set (restarts chosen on the source)."""
+
+    eps: list[float] = Field([0.3, 0.4, 0.5], min_length=1)  # the rows' ε, pixel units
+    sources: dict[str, Table1Source] = Field(default_factory=_paper_sources)  # role → source
+    # target model → role (its white-box rows are those of that role)
+    columns: dict[str, str] = {
+        "mnist-linf-mma-v1": "MMA", "mnist-linf-pgd-0.3": "PGD", "mnist-linf-mma-0.45": "MMA", "mnist-linf-std": "STD",
+    }
 
     @model_validator(mode="after")
     def _check(self):
-        for s in self.sources:
-            unknown = [n for n in s.settings if n not in self.settings]
-            if unknown:
-                raise ValueError(f"transfer.sources[{s.model}]: unknown settings {unknown}; defined: {sorted(self.settings)}")
-        roles = [s.role for s in self.sources]
-        if len(set(roles)) != len(roles):
-            raise ValueError(f"transfer.sources: each role must appear once, got {roles}")
+        models = [s.model for s in self.sources.values()]
+        if len(set(models)) != len(models):
+            raise ValueError(f"table1.sources: each model is the source of one role, got {models}")
+        for model, role in self.columns.items():
+            if role not in self.sources:
+                raise ValueError(f"table1.columns.{model} = {role!r}: not a role of table1.sources "
+                                 f"({', '.join(self.sources)})")
         return self
 
-    def source(self, model: str) -> Optional[TransferSource]:
-        return next((s for s in self.sources if s.model == model), None)
+    def rows(self) -> list[Table1Row]:
+        """Every attack row, by ε then role then attack: the one place the Table-1 grid is read."""
+        return [Table1Row(eps=e, role=role, source=src.model, attack=a)
+                for e in self.eps for role, src in self.sources.items() for a in src.attacks]
 
-    def sources_in(self, models) -> list[str]:
-        """The source models that are in the grid (one transfer stage each)."""
-        names = {m.name for m in models}
-        return [s.model for s in self.sources if s.model in names]
+    def rows_made_on(self, source: str) -> list[Table1Row]:
+        """The rows whose transfer sets ``source`` makes."""
+        return [r for r in self.rows() if r.source == source]
 
-    def role_model(self, role: str) -> Optional[str]:
-        return next((s.model for s in self.sources if s.role == role), None)
+    def whitebox_rows(self, target: str) -> list[Table1Row]:
+        """The rows ``target`` is attacked white-box on (those of its column's role)."""
+        role = self.columns.get(target)
+        return [r for r in self.rows() if r.role == role]
+
+    def sources_for(self, target: str, models) -> list[str]:
+        """Source models whose transfer sets ``target`` is evaluated on: those of the same
+        dataset × norm that are in the grid, except ``target`` itself."""
+        by_name = {m.name: m for m in models}
+        t = by_name[target]
+        return [s.model for s in self.sources.values() if s.model != target and s.model in by_name
+                and (by_name[s.model].dataset, by_name[s.model].norm) == (t.dataset, t.norm)]
 
 
 class ThreatModel(Strict):
@@ -187,17 +219,15 @@ class ChecksParams(Strict):
 
 class EvaluateParams(Strict):
     """Per target model: natural accuracy, white-box attacks, transfer sets, curves,
-    AutoAttack, Boundary attack, margins and masking checks."""
+    AutoAttack, Boundary attack, margins and masking checks.  ``test_limit``,
+    ``batch_size`` and ``loss`` are the transfer stage's too (its sets must cover the
+    images evaluated)."""
 
-    settings: dict[str, AttackSetting] = Field(default_factory=_paper_settings)  # white-box settings by name
-    loss: Loss = "ce"  # white-box PGD loss (the paper's default CE; the authors' own evaluation: mixed)
-    curve_setting: str = "pgd100x1"  # Figure 3's white-box attack at every ε on the curve grid
+    # every attack's loss unless its setting names one (the paper's default CE; the
+    # authors' own evaluation: mixed)
+    loss: Loss = "ce"
+    curve_attack: str = "pgd100x1"  # Figure 3's white-box attack (a name in `attacks`) at every curve ε
     threat_models: list[ThreatModel] = Field(default_factory=_paper_threat_models)
-    # Table 1 columns: target model → its role; rows whose source role equals it run white-box on
-    # the target, the others read the source's transfer set (see transfer.sources)
-    table1_columns: dict[str, str] = {
-        "mnist-linf-mma-v1": "MMA", "mnist-linf-pgd-0.3": "PGD", "mnist-linf-mma-0.45": "MMA", "mnist-linf-std": "STD",
-    }
     boundary: BoundaryParams = BoundaryParams()
     autoattack: AutoAttackParams = AutoAttackParams()
     margins: MarginParams = MarginParams()
@@ -212,8 +242,6 @@ class EvaluateParams(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.curve_setting not in self.settings:
-            raise ValueError(f"evaluate.curve_setting {self.curve_setting!r} is not in evaluate.settings {sorted(self.settings)}")
         keys = [t.key for t in self.threat_models]
         if len(set(keys)) != len(keys):
             raise ValueError(f"evaluate.threat_models: each dataset × norm once, got {keys}")
@@ -222,23 +250,15 @@ class EvaluateParams(Strict):
     def threat_model(self, dataset: str, norm: str) -> Optional[ThreatModel]:
         return next((t for t in self.threat_models if t.dataset == dataset and t.norm == norm), None)
 
-    def sources_for(self, name: str, models, transfer: Optional[TransferParams] = None) -> list[str]:
-        """Source models whose transfer sets ``name`` is evaluated on (for dependency
-        declarations): the Table-1 sources (``transfer.sources``, paper defaults when
-        None) of the same dataset × norm that are in the grid, except ``name`` itself."""
-        transfer = transfer if transfer is not None else TransferParams()
-        by_name = {m.name: m for m in models}
-        target = by_name.get(name)
-        if target is None:
-            raise KeyError(f"model {name!r} is not in models: {sorted(by_name)}")
-        out = []
-        for s in transfer.sources:
-            src = by_name.get(s.model)
-            if src is None or s.model == name:
-                continue
-            if (src.dataset, src.norm) == (target.dataset, target.norm):
-                out.append(s.model)
-        return out
+    def check_attacks(self, curve: AttackSetting) -> dict[str, AttackSetting]:
+        """The masking checks' attacks, derived from the curve attack: more steps, more
+        restarts, and the unbounded-ε run (which must reach ~0 %)."""
+        c = self.checks
+        return {
+            "more_steps": curve.model_copy(update={"attack": "pgd", "steps": c.more_steps, "restarts": 1}),
+            "more_restarts": curve.model_copy(update={"attack": "pgd", "restarts": c.more_restarts}),
+            "unbounded": curve.model_copy(update={"attack": "pgd", "steps": c.unbounded_steps, "restarts": 1}),
+        }
 
 
 class ReportParams(Strict):
