@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -404,11 +404,3 @@ def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
     """Map coordinates in [-pad, n + pad) into [0, n) as reflect padding does (edge not repeated)."""
     i = i.abs()
     return torch.where(i > n - 1, 2 * (n - 1) - i, i)
-
-
-def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str | torch.device
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Sequential batches (x float32 in [0, 1], y, idx) in order, the last partial one included."""
-    for start in range(0, len(x), batch_size):
-        end = min(start + batch_size, len(x))
-        yield to_float(x[start:end], device), y[start:end].to(device), torch.arange(start, end, device=device)

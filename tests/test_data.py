@@ -17,7 +17,6 @@ from mma.data import (
     MNIST_SHA256,
     DataError,
     TensorBatcher,
-    iterate_batches,
     load_split,
     prepare_cifar10,
     prepare_mnist,
@@ -320,11 +319,3 @@ def test_augmentation_is_reflect_pad_crop_and_flip_deterministic_per_step():
     plain = TensorBatcher(x, y, 50, seed=0).batch(3)
     assert torch.equal(plain[2], idx)  # augmentation does not change which examples are drawn
 
-
-def test_iterate_batches_in_order_with_last_partial_batch():
-    x, y = images(23)
-    batches = list(iterate_batches(x, y, 10, "cpu"))
-    assert [len(b[0]) for b in batches] == [10, 10, 3]
-    assert torch.equal(torch.cat([b[0] for b in batches]), to_float(x, "cpu"))
-    assert torch.equal(torch.cat([b[1] for b in batches]), y)
-    assert torch.equal(torch.cat([b[2] for b in batches]), torch.arange(23))

@@ -15,7 +15,7 @@ and MLflow accepts it as a metric name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 KINDS = ("whitebox", "transfer", "autoattack", "boundary")
 

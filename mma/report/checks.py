@@ -50,14 +50,15 @@ def masking_checks(name: str, res: Results, tm, params) -> list[dict]:
             if base is None or strong is None or strong == base:
                 continue
             out.append(_compare(name, f"more_attack/{check}", res, base, strong, tol, same_rows=True))
-    # white-box PGD pairs (Table 1's and the checks'): more steps (same restarts), more restarts (same steps)
-    pgd = [r for r in res.select(kind="whitebox", attack="pgd")]
+    # Table 1's white-box PGD pairs: more steps (same restarts), more restarts (same steps)
+    table1 = [attack_fields(params.attacks[r.attack], ev.loss) | {"eps": r.eps} for r in params.table1.whitebox_rows(name)]
+    pgd = [r for f in table1 if f["attack"] == "pgd" for r in res.select(kind="whitebox", **f)]
     for a in pgd:
         for b in pgd:
             same = a.matches(eps=b.eps, loss=b.loss, step_factor=b.step_factor, clean_start=b.clean_start)
             more_steps = b.steps > a.steps and b.restarts == a.restarts
             more_restarts = b.steps == a.steps and b.restarts > a.restarts
-            if same and (more_steps or more_restarts) and a.n == b.n == res.n:
+            if same and (more_steps or more_restarts):
                 out.append(_compare(name, "more_attack/table1", res, a, b, tol, same_rows=False))
     # transfer not stronger than white-box
     for eps in res.eps_values():

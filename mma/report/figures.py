@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
+from ..attacks.core import NORM_LABELS
 from ..evaluation.records import attack_fields
 from ..evaluation.results import Results
 from ..io import atomic_path
-from .format import NORM_LABELS, PANELS
+from .format import PANELS
 from .reference import anchors, table1_rows
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from ..attacks.core import NORM_LABELS  # noqa: F401  (re-exported: the report's one name for it)
-
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR10"}
 PANELS = [("mnist", "linf", "(a) MNIST, Linf"), ("mnist", "l2", "(b) MNIST, L2"),
           ("cifar10", "linf", "(c) CIFAR10, Linf"), ("cifar10", "l2", "(d) CIFAR10, L2")]

@@ -8,7 +8,8 @@ import torch
 from ..evaluation.records import attack_fields, record_key
 from ..evaluation.results import eps_key
 from .checks import masking_checks, paper_table1_transfer_check
-from .format import DATASET_LABELS, NORM_LABELS, fmt
+from ..attacks.core import NORM_LABELS
+from .format import DATASET_LABELS, fmt
 from .reference import anchors
 
 
