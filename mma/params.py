@@ -12,13 +12,14 @@ grid whole.  This module imports no torch (``mma --help`` stays instant).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .config import Strict
+from .config import NonNegativeInt, PositiveInt, Strict
 from .config.evaluation import AttackSetting, EvaluateParams, ReportParams, Table1Params, paper_attacks
 from .config.model import ModelSpec
 
@@ -36,18 +37,18 @@ class DataParams(Strict):
     datasets: list[Literal["mnist", "cifar10"]] = Field(["mnist"], min_length=1)
     mnist_source: Optional[str] = None  # folder with the 4 MNIST files (.gz or raw); null: download
     cifar10_source: Optional[str] = None  # null: download; "synthetic": generated CIFAR-shaped data; or a folder
-    val_size: int = Field(5000, ge=1)  # first N training images are the validation split (authors' code)
-    synthetic_train: int = Field(2000, ge=10)  # synthetic CIFAR10 sizes (smoke runs without the real set)
-    synthetic_test: int = Field(500, ge=10)
+    val_size: PositiveInt = 5000  # first N training images are the validation split (authors' code)
+    synthetic_train: PositiveInt = Field(2000, ge=10, le=1_000_000)  # synthetic CIFAR10 sizes (smoke runs without the real set)
+    synthetic_test: PositiveInt = Field(500, ge=10, le=1_000_000)
 
 
 class Params(Strict):
     """The whole of params.yaml."""
 
-    experiment: str = Field("mma", min_length=1)  # MLflow experiment: one per pipeline
-    seed: int = 0  # for what is not a model's own (synthetic data); each model has its own `seed`
+    experiment: str = Field("mma", min_length=1, max_length=200)  # MLflow experiment: one per pipeline
+    seed: NonNegativeInt = 0  # for what is not a model's own (synthetic data); each model has its own `seed`
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
-    threads: int = Field(0, ge=0)  # torch CPU threads per process; 0: leave torch's default
+    threads: NonNegativeInt = Field(0, le=1024)  # torch CPU threads per process; 0: leave torch's default
     data: DataParams = DataParams()
     models: list[ModelSpec] = Field(min_length=1)  # the grid: one trained model per entry, unique names
     attacks: dict[str, AttackSetting] = Field(default_factory=paper_attacks)  # every attack setting, by name
@@ -71,22 +72,14 @@ class Params(Strict):
 
 
 # --------------------------------------------------------------------------- loading
+MAX_BYTES = 1 << 20  # a params file is text of a few kB; more is a mistake (or an attack)
+MAX_VALUES = 200_000  # values after expanding YAML aliases (a "billion laughs" file expands to 10^9)
+
+
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate a params file; any problem raises ParamsError (one line)."""
-    import yaml
-
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such params file (pass --params FILE)") from None
-    except OSError as e:
-        raise ParamsError(f"{path}: cannot be read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ParamsError(f"{path}:{where}: not valid YAML ({problem})") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of keys (experiment, data, models, ...), "
                           f"got {type(raw).__name__}")
@@ -98,6 +91,98 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     if problem:
         raise ParamsError(f"{path}: {problem}")
     return params
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document of ``path``, bounded: at most MAX_BYTES of UTF-8 text, no key twice
+    in one mapping, at most MAX_VALUES values once aliases are expanded.  ParamsError otherwise."""
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file (pass --params FILE)") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file (pass --params FILE)") from None
+    except OSError as e:
+        raise ParamsError(f"{path}: cannot be read ({e.strerror}); pass a readable --params FILE") from None
+    if len(data) > MAX_BYTES:
+        raise ParamsError(f"{path}: larger than {MAX_BYTES // 1024} kB; a params file is a few kB of YAML")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                          "save it as UTF-8") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_VALUES:
+            raise ParamsError(f"{path}: expands to more than {MAX_VALUES} values (YAML aliases: *name); "
+                              "write the values out")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ParamsError(f"{path}:{where}: not valid YAML ({str(problem)[:200]})") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: nested too deeply to be a params file") from None
+    finally:
+        loader.dispose()
+
+
+@functools.lru_cache(maxsize=1)
+def _loader_class():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                        continue  # merge keys (<<) may be overridden; complex keys: the base class decides
+                    key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {_short(key)} (first at line {seen[key]}); give each key once",
+                            key_node.start_mark)
+                    seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def _Loader(text: str):
+    return _loader_class()(text)
+
+
+def _expanded_size(node, memo: dict, active: set) -> int:
+    """How many values ``node`` holds once every alias is expanded (memoized: linear time)."""
+    import yaml
+
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise yaml.composer.ComposerError(None, None, "an alias refers to the node that contains it",
+                                          node.start_mark)
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded_size(c, memo, active) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded_size(k, memo, active) + _expanded_size(v, memo, active) for k, v in node.value)
+    else:
+        n = 1
+    active.discard(key)
+    memo[key] = n
+    return n
 
 
 def _cross_check(p: Params) -> Optional[str]:
@@ -206,7 +291,13 @@ def _model_in(annotation) -> Optional[type[BaseModel]]:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    """A bounded repr: a huge (alias-expanded) value costs no more than a small one."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 2, 4, 4, 4, 4
+    r.maxstring, r.maxother, r.maxlong = limit, limit, limit
+    text = r.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

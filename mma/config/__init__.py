@@ -6,9 +6,34 @@
 
 ``mma.params`` assembles them into the whole file and loads it.  Nothing here imports
 torch: the CLI and the Snakefile validate a params file without paying for it.
+
+Every number of the schema has one of the types below, scalar or inside a list: finite
+(no nan, no inf), strictly typed (``true`` is not 1, ``"3"`` is not 3; an integer is a
+valid float) and in its range.  Fields narrow them further with ``Field(le=..., lt=...)``.
 """
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+# floats: an int is accepted (3 → 3.0), a bool or a string is not, nan and inf never
+Finite = Annotated[float, pydantic.Strict(), Field(allow_inf_nan=False)]
+PositiveFinite = Annotated[float, pydantic.Strict(), Field(gt=0, allow_inf_nan=False)]
+NonNegativeFinite = Annotated[float, pydantic.Strict(), Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, pydantic.Strict(), Field(ge=0, le=1, allow_inf_nan=False)]  # in [0, 1]
+# integers: a bool, a float (3.0) or a string is not one
+Int = Annotated[int, pydantic.Strict()]
+NonNegativeInt = Annotated[int, pydantic.Strict(), Field(ge=0)]
+PositiveInt = Annotated[int, pydantic.Strict(), Field(ge=1)]
+Bool = Annotated[bool, pydantic.Strict()]  # true/false only (not 1, "yes" as a string, ...)
+
+
+def increasing(values, what: str) -> None:
+    """Raise ValueError unless ``values`` strictly increase (each ε once, steps in order)."""
+    for a, b in zip(values, values[1:]):
+        if not b > a:
+            raise ValueError(f"{what} must increase strictly, got {a} then {b}")
 
 
 class Strict(BaseModel):

@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from . import Strict
+from . import Bool, NonNegativeFinite, PositiveFinite, PositiveInt, Strict, increasing
 
 Loss = Literal["ce", "cw", "mixed"]  # mixed: restarts alternate cross-entropy and CW loss
 PaperAttack = Literal["fgsm", "pgd40x1", "pgd40x50", "pgd100x1", "pgd100x50"]
@@ -28,11 +28,11 @@ class AttackSetting(Strict):
     """One named attack setting: FGSM, or PGD with steps × restarts."""
 
     attack: Literal["fgsm", "pgd"] = "pgd"
-    steps: int = Field(100, ge=1)  # PGD steps per restart (FGSM: ignored, one step of size ε)
-    restarts: int = Field(1, ge=1)  # independent random starts (FGSM: ignored)
+    steps: PositiveInt = 100  # PGD steps per restart (FGSM: ignored, one step of size ε)
+    restarts: PositiveInt = 1  # independent random starts (FGSM: ignored)
     loss: Optional[Loss] = None  # None: evaluate.loss
-    step_size_factor: float = Field(2.5, gt=0)  # step size = factor·ε/steps (the paper's 2.5)
-    random_init: bool = True  # PGD starts uniformly inside the ε-ball
+    step_size_factor: PositiveFinite = 2.5  # step size = factor·ε/steps (the paper's 2.5)
+    random_init: Bool = True  # PGD starts uniformly inside the ε-ball
     # the paper's setting this one stands in for in Table 1 (a profile's cheaper PGD-5×2 for
     # "pgd100x50"); None: the setting's own name if it is one of the paper's
     as_paper: Optional[PaperAttack] = None
@@ -89,7 +89,7 @@ class Table1Params(Strict):
     A row whose role is the column's role is a white-box attack on the column's model;
     every other row is the source model's transfer set (restarts chosen on the source)."""
 
-    eps: list[float] = Field([0.3, 0.4, 0.5], min_length=1)  # the rows' ε, pixel units
+    eps: list[PositiveFinite] = Field([0.3, 0.4, 0.5], min_length=1)  # the rows' ε, pixel units
     sources: dict[str, Table1Source] = Field(default_factory=_paper_sources)  # role → source
     # target model → role (its white-box rows are those of that role)
     columns: dict[str, str] = {
@@ -98,6 +98,7 @@ class Table1Params(Strict):
 
     @model_validator(mode="after")
     def _check(self):
+        increasing(self.eps, "table1.eps: the rows' ε")
         models = [s.model for s in self.sources.values()]
         if len(set(models)) != len(models):
             raise ValueError(f"table1.sources: each model is the source of one role, got {models}")
@@ -135,11 +136,16 @@ class ThreatModel(Strict):
 
     dataset: Literal["mnist", "cifar10"]
     norm: Literal["linf", "l2"]
-    curve_eps: list[float]  # Figure 3's x-axis: white-box PGD robust accuracy at each ε
-    headline_eps: float = Field(gt=0)  # AutoAttack and the gradient-masking checks run here
-    margin_eps_max: float = Field(gt=0)  # margins are searched up to this length
-    boundary: bool = False  # Figure 3(b): the Boundary attack curve for this threat model
-    unbounded_eps: float = Field(gt=0)  # the "unbounded" attack of the masking checks (covers the image box)
+    curve_eps: list[PositiveFinite] = Field(min_length=1)  # Figure 3's x-axis: white-box PGD robust accuracy at each ε
+    headline_eps: PositiveFinite  # AutoAttack and the gradient-masking checks run here
+    margin_eps_max: PositiveFinite  # margins are searched up to this length
+    boundary: Bool = False  # Figure 3(b): the Boundary attack curve for this threat model
+    unbounded_eps: PositiveFinite  # the "unbounded" attack of the masking checks (covers the image box)
+
+    @model_validator(mode="after")
+    def _check(self):
+        increasing(self.curve_eps, "curve_eps")
+        return self
 
     @property
     def key(self) -> str:
@@ -167,27 +173,27 @@ def _paper_threat_models() -> list[ThreatModel]:
 class BoundaryParams(Strict):
     """The Boundary attack (Brendel et al. 2018) via foolbox: a minimal-L2 decision attack."""
 
-    limit: Optional[int] = Field(1000, ge=1)  # first N test images (the paper: 1,000, as for CW-L2)
-    steps: int = Field(25000, ge=1)  # foolbox's default
-    spherical_step: float = Field(0.01, gt=0)
-    source_step: float = Field(0.01, gt=0)
-    step_adaptation: float = Field(1.5, gt=1)
-    init_attempts: int = Field(1000, ge=1)  # random-noise directions tried for a starting point (foolbox's default)
-    init_steps: int = Field(50, ge=1)  # blending steps per direction (foolbox's default for the Boundary attack)
-    batch_size: int = Field(100, ge=1)
+    limit: Optional[PositiveInt] = 1000  # first N test images (the paper: 1,000, as for CW-L2)
+    steps: PositiveInt = 25000  # foolbox's default
+    spherical_step: PositiveFinite = 0.01
+    source_step: PositiveFinite = 0.01
+    step_adaptation: PositiveFinite = Field(1.5, gt=1)
+    init_attempts: PositiveInt = 1000  # random-noise directions tried for a starting point (foolbox's default)
+    init_steps: PositiveInt = 50  # blending steps per direction (foolbox's default for the Boundary attack)
+    batch_size: PositiveInt = 100
 
 
 class AutoAttackParams(Strict):
     """AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square) at the headline ε."""
 
-    enabled: bool = True
+    enabled: Bool = True
     version: Literal["standard", "rand", "plus", "custom"] = "standard"
     attacks: list[str] = []  # only for version custom, e.g. ["apgd-ce", "apgd-t"] (cheaper; flagged in the report)
-    limit: Optional[int] = Field(None, ge=1)  # first N test images; None = all evaluated
-    batch_size: int = Field(500, ge=1)
+    limit: Optional[PositiveInt] = None  # first N test images; None = all evaluated
+    batch_size: PositiveInt = 500
     # cheaper-than-standard overrides for smoke runs (the report then says "reduced"): None = the version's own
-    n_iter: Optional[int] = Field(None, ge=1)  # APGD/FAB iterations (standard: 100)
-    n_queries: Optional[int] = Field(None, ge=1)  # Square queries (standard: 5000)
+    n_iter: Optional[PositiveInt] = None  # APGD/FAB iterations (standard: 100)
+    n_queries: Optional[PositiveInt] = None  # Square queries (standard: 5000)
 
     @property
     def reduced(self) -> bool:
@@ -197,24 +203,24 @@ class AutoAttackParams(Strict):
 class MarginParams(Strict):
     """Per-example margin (minimal perturbation length) estimates and their cross-checks."""
 
-    enabled: bool = True
-    limit: Optional[int] = Field(None, ge=1)  # first N test images; None = all evaluated
-    an_pgd_steps: int = Field(100, ge=1)  # AN-PGD's PGD steps (Algorithm 1)
-    bisection_steps: int = Field(10, ge=1)  # resolution margin_eps_max / 2**bisection_steps
+    enabled: Bool = True
+    limit: Optional[PositiveInt] = None  # first N test images; None = all evaluated
+    an_pgd_steps: PositiveInt = 100  # AN-PGD's PGD steps (Algorithm 1)
+    bisection_steps: PositiveInt = 10  # resolution margin_eps_max / 2**bisection_steps
     cross_check: Literal["fab", "none"] = "fab"  # minimal-norm attack: FAB (exact on linear models)
-    fab_steps: int = Field(100, ge=1)
-    fab_restarts: int = Field(1, ge=1)
-    disagree_rtol: float = Field(0.1, ge=0)  # estimates disagree when they differ by > rtol · the smaller + one grid step
+    fab_steps: PositiveInt = 100
+    fab_restarts: PositiveInt = 1
+    disagree_rtol: NonNegativeFinite = 0.1  # estimates disagree when they differ by > rtol · the smaller + one grid step
 
 
 class ChecksParams(Strict):
     """Gradient-masking checks (Carlini et al. 2019) at each threat model's headline ε."""
 
-    enabled: bool = True
-    limit: Optional[int] = Field(None, ge=1)  # first N test images; None = all evaluated
-    unbounded_steps: int = Field(100, ge=1)  # PGD at unbounded_eps must reach ~0 %
-    more_steps: int = Field(1000, ge=1)  # PGD with many more steps than the curve attack
-    more_restarts: int = Field(10, ge=1)  # and with more restarts
+    enabled: Bool = True
+    limit: Optional[PositiveInt] = None  # first N test images; None = all evaluated
+    unbounded_steps: PositiveInt = 100  # PGD at unbounded_eps must reach ~0 %
+    more_steps: PositiveInt = 1000  # PGD with many more steps than the curve attack
+    more_restarts: PositiveInt = 10  # and with more restarts
 
 
 class EvaluateParams(Strict):
@@ -237,8 +243,8 @@ class EvaluateParams(Strict):
     # no earlier attack of its ε broke (cheaper; rows become "this and all earlier"); the worst
     # case is the same either way.  Restarts 2…R always run only on examples still robust.
     cascade: Literal["per_attack", "cumulative"] = "per_attack"
-    test_limit: Optional[int] = Field(None, ge=1)  # first N test images; None = all 10,000
-    batch_size: int = Field(500, ge=1)  # examples per attack batch
+    test_limit: Optional[PositiveInt] = None  # first N test images; None = all 10,000
+    batch_size: PositiveInt = 500  # examples per attack batch
 
     @model_validator(mode="after")
     def _check(self):
@@ -264,8 +270,8 @@ class EvaluateParams(Strict):
 class ReportParams(Strict):
     """Table 1, Figure 3, margin plots and the summary with the masking checks."""
 
-    monotone_tol: float = Field(0.5, ge=0)  # % points a curve may rise with ε before it is flagged
-    unbounded_max: float = Field(1.0, ge=0)  # % robust allowed at unbounded ε
-    more_attack_tol: float = Field(0.1, ge=0)  # % points more steps/restarts may "help" the model (seed noise: ~10 of 10k images)
-    transfer_tol: float = Field(0.0, ge=0)  # % points transfer may beat white-box before it is flagged
-    dpi: int = Field(150, ge=50)  # figure resolution
+    monotone_tol: NonNegativeFinite = 0.5  # % points a curve may rise with ε before it is flagged
+    unbounded_max: NonNegativeFinite = 1.0  # % robust allowed at unbounded ε
+    more_attack_tol: NonNegativeFinite = 0.1  # % points more steps/restarts may "help" the model (seed noise: ~10 of 10k images)
+    transfer_tol: NonNegativeFinite = 0.0  # % points transfer may beat white-box before it is flagged
+    dpi: PositiveInt = Field(150, ge=50, le=1200)  # figure resolution

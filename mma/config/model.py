@@ -12,17 +12,22 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from . import Strict
+from . import Bool, Fraction, NonNegativeFinite, NonNegativeInt, PositiveFinite, PositiveInt, Strict, increasing
 
 
 class OptimizerSpec(Strict):
     name: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(1e-4, gt=0)  # the base learning rate (step 0)
-    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
-    weight_decay: float = Field(0.0, ge=0)
+    lr: PositiveFinite = 1e-4  # the base learning rate (step 0)
+    momentum: NonNegativeFinite = Field(0.9, lt=1)  # sgd only
+    weight_decay: NonNegativeFinite = 0.0
     # piecewise-constant learning rate: [[step, lr], ...] from that step on
     # (CIFAR10: [[20000, 0.09], [30000, 0.03], [40000, 0.009]])
-    lr_steps: list[tuple[int, float]] = []
+    lr_steps: list[tuple[PositiveInt, PositiveFinite]] = []
+
+    @model_validator(mode="after")
+    def _check(self):
+        increasing([at for at, _ in self.lr_steps], "lr_steps: the steps")
+        return self
 
     def lr_at(self, step: int) -> float:
         lr = self.lr
@@ -35,31 +40,31 @@ class OptimizerSpec(Strict):
 class PGDTrainSpec(Strict):
     """PGD adversarial training (Madry et al.); PGDLS when ramp_fraction > 0."""
 
-    eps: float = Field(gt=0)  # pixel units
-    steps: int = Field(40, ge=1)  # attack steps
-    step_size: Optional[float] = Field(None, gt=0)  # None: 2.5·eps/steps
-    random_init: bool = True
+    eps: PositiveFinite  # pixel units
+    steps: PositiveInt = 40  # attack steps
+    step_size: Optional[PositiveFinite] = None  # None: 2.5·eps/steps
+    random_init: Bool = True
     loss: Literal["ce", "margin", "soft_margin", "cw"] = "ce"
     # PGDLS: eps ramps linearly from 0 to eps over this fraction of training
-    ramp_fraction: float = Field(0.0, ge=0, le=1)
+    ramp_fraction: Fraction = 0.0
 
 
 class MMATrainSpec(Strict):
     """MMA training (Algorithm 2) with the final paper's hinge and clean-loss mix."""
 
-    eps_min: float = Field(0.1, gt=0)  # the per-example ε is read as max(eps_min, stored)
-    d_max: Optional[float] = Field(0.45, gt=0)  # hinge: no MMA loss where the margin ≥ d_max; None = ∞ (arXiv v1)
-    eps_max: Optional[float] = Field(None, gt=0)  # largest length searched; None: 1.05·d_max
-    clean_loss_coeff: float = Field(1 / 3, ge=0, le=1)  # c in (1−c)·L_MMA + c·L_clean; 0 = OMMA
-    steps: int = Field(40, ge=1)  # AN-PGD's PGD steps
-    step_size: Optional[float] = Field(None, gt=0)  # None: 2.5·ε/steps per example
-    random_init: bool = True
-    bisection_steps: int = Field(10, ge=1)
-    eps_inc: Optional[float] = Field(None, gt=0)  # None: search up to eps_max (the authors' final code)
+    eps_min: PositiveFinite = 0.1  # the per-example ε is read as max(eps_min, stored)
+    d_max: Optional[PositiveFinite] = 0.45  # hinge: no MMA loss where the margin ≥ d_max; None = ∞ (arXiv v1)
+    eps_max: Optional[PositiveFinite] = None  # largest length searched; None: 1.05·d_max
+    clean_loss_coeff: Fraction = 1 / 3  # c in (1−c)·L_MMA + c·L_clean; 0 = OMMA
+    steps: PositiveInt = 40  # AN-PGD's PGD steps
+    step_size: Optional[PositiveFinite] = None  # None: 2.5·ε/steps per example
+    random_init: Bool = True
+    bisection_steps: PositiveInt = 10
+    eps_inc: Optional[PositiveFinite] = None  # None: search up to eps_max (the authors' final code)
     attack_loss: Literal["ce", "margin", "soft_margin", "cw"] = "soft_margin"
     search_loss: Literal["margin", "soft_margin"] = "margin"
     split_loss: Literal["soft_margin", "margin"] = "soft_margin"  # correct = split loss < 0
-    repgd: bool = False  # arXiv v1's second PGD at the found length
+    repgd: Bool = False  # arXiv v1's second PGD at the found length
 
     @model_validator(mode="after")
     def _check(self):
@@ -92,15 +97,15 @@ class ModelSpec(Strict):
     pgd: Optional[PGDTrainSpec] = None
     mma: Optional[MMATrainSpec] = None
     optimizer: OptimizerSpec = OptimizerSpec()
-    train_steps: int = Field(100_000, ge=1)
-    batch_size: int = Field(50, ge=1)
-    augment: bool = False  # CIFAR10: reflect-pad 4, random crop, horizontal flip
-    train_limit: Optional[int] = Field(None, ge=1)  # first N training images only (smoke runs)
-    seed: int = 0
+    train_steps: PositiveInt = 100_000
+    batch_size: PositiveInt = 50
+    augment: Bool = False  # CIFAR10: reflect-pad 4, random crop, horizontal flip
+    train_limit: Optional[PositiveInt] = None  # first N training images only (smoke runs)
+    seed: NonNegativeInt = 0
     # model selection on the validation split (the first val_size training images)
-    eval_every: int = Field(1000, ge=1)  # steps between validations
-    val_limit: Optional[int] = Field(None, ge=1)  # validate on the first N validation images
-    checkpoint_every: int = Field(500, ge=1)  # steps between resume checkpoints
+    eval_every: PositiveInt = 1000  # steps between validations
+    val_limit: Optional[PositiveInt] = None  # validate on the first N validation images
+    checkpoint_every: PositiveInt = 500  # steps between resume checkpoints
 
     @model_validator(mode="after")
     def _method_block(self):
