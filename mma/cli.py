@@ -71,15 +71,36 @@ def _logged(p, stage: str) -> dict:
     return sections[stage]()
 
 
-def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, device: Optional[str] = None) -> None:
-    """Validate (once), then run the stage in its MLflow run and print its headline numbers."""
+def _outputs(p, stage: Stage, target: Optional[str]) -> list[Path]:
+    """The folders a stage writes (checked for writability before any work)."""
+    from . import paths
+
+    return {"data": lambda: [Path(p.data.root)],
+            "train": lambda: [paths.model_dir(target), paths.resume_file(target).parent],
+            "transfer": lambda: [paths.transfer_dir(target)],
+            "evaluate": lambda: [paths.eval_dir(target)],
+            "report": lambda: [paths.report_dir()]}[stage.name]()
+
+
+def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, device: Optional[str] = None,
+               restart: bool = False) -> None:
+    """Validate (once), then run the stage in its MLflow run and print its headline numbers.
+    Every expected failure, wherever it happens, leaves through ``_errors``: one line, exit 2."""
+    with _errors():
+        _stage(stage, params_path, target, device, restart)
+
+
+def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optional[str], restart: bool) -> None:
     from importlib import import_module
+
+    from .params import data_name
 
     p = _load(params_path)
     tags: dict = {}
     if stage.target is not None:
         spec_ = _model(p, target)
-        tags = {"mma.model": target, "mma.dataset": spec_.dataset, "mma.norm": spec_.norm, "mma.method": spec_.method}
+        tags = {"mma.model": target, "mma.dataset": data_name(p, spec_.dataset), "mma.norm": spec_.norm,
+                "mma.method": spec_.method}
         if stage.target == "source":
             roles = [role for role, s in p.table1.sources.items() if s.model == target]
             if not roles:
@@ -87,32 +108,38 @@ def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, de
                       f"{', '.join(s.model for s in p.table1.sources.values()) or 'none'})")
             tags["mma.role"] = roles[0]
     else:
-        tags = {"mma.dataset": ",".join(sorted({m.dataset for m in p.models}))}
+        tags = {"mma.dataset": ",".join(sorted({data_name(p, m.dataset) for m in p.models}))}
     kwargs = {}
     if stage.device:
         kwargs["device"] = tags["mma.device"] = _device(p, device)
+    from .stages.files import ensure_writable, stage_lock
+
+    ensure_writable(*_outputs(p, stage, target))
     _preflight(p)
     module = import_module(f"mma.stages.{stage.name}")
     args = (p,) if stage.target is None else (p, target)
-    run_id_file = None
-    if stage.resumable:
-        from .params import spec_record
+    # one invocation per model / source / report at a time: a second one is refused, never interleaved
+    with stage_lock(stage.name, target or "all"):
+        run_id_file = None
+        if stage.resumable:
+            from .params import spec_record
 
-        tags["mma.resumed_from_checkpoint"] = str(module.prepare(p, target)).lower()  # the first write: after every check
-        run_id_file, logged = module.run_id_file(target), spec_record(p, target)
-    else:
-        logged = _logged(p, stage.name)
+            resumed = module.prepare(p, target, restart=restart)  # the first write: after every check
+            tags["mma.resumed_from_checkpoint"] = str(resumed).lower()
+            run_id_file, logged = module.run_id_file(target), spec_record(p, target)
+        else:
+            logged = _logged(p, stage.name)
 
-    tags = {"mma.params_file": str(Path(params_path).resolve()), "mma.experiment": p.experiment, **tags}
-    from .tracking import stage_run
+        tags = {"mma.params_file": str(Path(params_path).resolve()), "mma.experiment": p.experiment, **tags}
+        from .tracking import stage_run
 
-    with _errors(), stage_run(p.experiment, stage.name, name=target, tags=tags, params=logged,
-                              run_id_file=run_id_file) as tracker:
-        metrics = module.run(*args, tracker=tracker, **kwargs) or {}
-        # the stage's summary, unless the stage logged those keys itself (no duplicate points)
-        tracker.log_metrics({k: v for k, v in metrics.items() if k not in tracker.logged})
-    if stage.resumable:
-        module.finish(target)
+        with stage_run(p.experiment, stage.name, name=target, tags=tags, params=logged,
+                       run_id_file=run_id_file) as tracker:
+            metrics = module.run(*args, tracker=tracker, **kwargs) or {}
+            # the stage's summary, unless the stage logged those keys itself (no duplicate points)
+            tracker.log_metrics({k: v for k, v in metrics.items() if k not in tracker.logged})
+        if stage.resumable:
+            module.finish(target)
     if metrics:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:8])
         print(f"{stage.name}{' ' + target if target else ''}: {shown}", file=sys.stderr)
@@ -137,23 +164,28 @@ def spec(name: ModelArg, params: ParamsOpt = Path("params.yaml")) -> None:
     stage depends on this file, so editing one model reruns only that model. Not an
     MLflow run.
     """
-    p = _load(params)
-    _model(p, name)
-    from .io import write_json
-    from .params import spec_record
-    from .paths import spec_file
+    with _errors():
+        p = _load(params)
+        _model(p, name)
+        from .io import write_json
+        from .params import spec_record
+        from .paths import spec_file
 
-    write_json(spec_file(name), spec_record(p, name))
+        write_json(spec_file(name), spec_record(p, name))
 
 
 @app.command()
-def train(name: ModelArg, params: ParamsOpt = Path("params.yaml"), device: DeviceOpt = None) -> None:
+def train(name: ModelArg, params: ParamsOpt = Path("params.yaml"), device: DeviceOpt = None,
+          restart: Annotated[bool, typer.Option(
+              "--restart", help="Discard the resume checkpoint in results/checkpoints/NAME/ (e.g. a corrupt one) "
+                                "and train from step 0 in a new MLflow run.")] = False) -> None:
     """Train model NAME; writes results/models/NAME/{model.pt,metrics.json}.
 
     Resumable: after a crash or kill, the same command continues from the last resume
-    checkpoint (results/checkpoints/NAME/) and the same MLflow run.
+    checkpoint (results/checkpoints/NAME/) and the same MLflow run; --restart discards it.
+    Only one `mma train NAME` runs at a time (a second one is refused).
     """
-    _run_stage(STAGES["train"], params, name, device)
+    _run_stage(STAGES["train"], params, name, device, restart=restart)
 
 
 @app.command()
@@ -255,19 +287,53 @@ def _resolve_device(choice: str, threads: int = 0) -> str:
 
 @contextlib.contextmanager
 def _errors():
-    """Known failures as one line: bad input → exit 2, failed work → exit 1."""
+    """The CLI's one error boundary.  Expected failures (bad params, data, files between
+    stages, the tracking store, the file system, a busy lock) print one line and exit 2;
+    a diverged training exits 1; anything else is a bug: its traceback, then a hint."""
     from .data import DataError
-    from .io import UnsafeFileError
+    from .io import BadFileError
     from .params import ParamsError
+    from .stages.files import BusyError
     from .tracking import TrackingError
     from .train import TrainingDiverged
 
     try:
         yield
-    except (ParamsError, DataError, TrackingError, UnsafeFileError, FileNotFoundError) as e:
-        _fail(" ".join(str(e).split()))
+    except typer.Exit:
+        raise
     except TrainingDiverged as e:
         _fail(" ".join(str(e).split()), EXIT_FAILED)
+    except (ParamsError, DataError, TrackingError, BadFileError, BusyError) as e:
+        _fail(" ".join(str(e).split()))
+    except OSError as e:  # the file system: full disk, read-only folder, permissions, a missing file
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        _fail(f"{where}{e.strerror or type(e).__name__} ({type(e).__name__}); fix the file or folder "
+              "(space, permissions) and rerun")
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to continue (train resumes from its last checkpoint)", 130)
+    except Exception as e:  # noqa: BLE001
+        problem = _tracking_problem(e)
+        if problem:
+            _fail(problem)
+        import traceback
+
+        traceback.print_exc()
+        _fail(f"internal error ({type(e).__name__}); this is a bug in mma: please report it with the command "
+              "and the traceback above", EXIT_FAILED)
+
+
+def _tracking_problem(e: Exception) -> Optional[str]:
+    """One line for an MLflow / database failure mid-stage (locked or read-only mlflow.db, a
+    store that went away), else None."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if not names & {"MlflowException", "OperationalError", "DatabaseError", "SQLAlchemyError", "RestException"}:
+        return None
+    from .tracking import tracking_uri
+
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return (f"MLflow store {tracking_uri()} failed mid-stage ({type(e).__name__}: {first}); the stage's files "
+            "are complete where it got that far: free the store (another program holding mlflow.db? read-only?) "
+            "and rerun")
 
 
 if __name__ == "__main__":  # python -m mma.cli

@@ -105,7 +105,7 @@ def _prepare(root: Path, dataset: str, source: PathLike | None, fill: Callable[[
     expected: known checksums {relative path: digest} (None: those recorded at generation).
     """
     folder = root / FOLDERS[dataset]
-    if folder.exists():
+    if folder.exists() or folder.is_symlink():
         try:
             found = _check(folder, expected, verify)
             if found.get("params") != params:
@@ -115,8 +115,38 @@ def _prepare(root: Path, dataset: str, source: PathLike | None, fill: Callable[[
             if source is None:  # refused rather than silently re-downloaded
                 raise DataError(f"{e}; {SOURCE_HINT} to rebuild it, or delete {folder} to download "
                                 "again") from None
+            _refuse_foreign(folder, e)  # rebuilt below only if every file in it is one we made
     marker = {"dataset": dataset, "source": str(source or "download"), "hash": algo}
     return _summary(_build(folder, fill, {**marker, "params": params} if params else marker, expected))
+
+
+def _ours(folder: Path) -> set[str] | None:
+    """The relative paths a data-stage build put in ``folder`` (its marker's list plus the
+    marker), or None if ``folder`` has no readable marker of ours."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        files = set(marker["files"])
+        if marker.get("dataset") not in DATASETS or not all(isinstance(f, str) for f in files):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files | {MARKER}
+
+
+def _refuse_foreign(folder: Path, why: DataError) -> None:
+    """DataError unless ``folder`` is a real folder holding only files a build of ours made
+    (then it may be replaced).  The data stage never deletes what it did not create."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise DataError(f"{folder}: exists but is not a dataset folder the data stage made ({why}); "
+                        f"move it away (or point data.root elsewhere), then rerun `mma data`")
+    ours = _ours(folder)
+    found = [p for p in sorted(folder.rglob("*")) if not p.is_dir() or p.is_symlink()]
+    foreign = [p for p in found if ours is None or p.relative_to(folder).as_posix() not in ours]
+    if foreign:
+        shown = ", ".join(str(p.relative_to(folder)) for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise DataError(f"{folder}: needs rebuilding ({why}) but holds {len(foreign)} file(s) the data stage "
+                        f"did not make ({shown}); nothing was deleted: move them out of {folder} (or point "
+                        f"data.root elsewhere), then rerun `mma data`")
 
 
 def _check(folder: Path, expected: dict | None, verify: bool) -> dict:
@@ -162,9 +192,13 @@ def _build(folder: Path, fill: Callable[[Path], list | None], marker: dict,
                                 "file: replace it")
         marker = {**marker, "files": files, "sizes": {rel: (tmp / rel).stat().st_size for rel in files}}
         write_json(tmp / MARKER, marker)  # last: only a finished folder has one
-        if folder.exists():
-            shutil.rmtree(folder)  # an invalid earlier copy (checked by the caller)
-        os.replace(tmp, folder)  # atomic: the dataset appears complete or not at all
+        if folder.exists():  # an invalid earlier copy holding only our files (checked by the caller):
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+            os.replace(folder, old / folder.name)  # moved aside whole, then the new one swapped in
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)  # atomic: the dataset appears complete or not at all
         return marker
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a successful rename
@@ -275,15 +309,18 @@ def _write_synthetic(tmp: Path, params: dict) -> list[str]:
 
 
 def resolve_dataset(dataset: str, root: PathLike) -> str:
-    """The dataset ``load_split`` reads: "cifar10" is the real set if prepared, else the synthetic one."""
+    """The dataset ``load_split`` reads: exactly the one named.  "cifar10" is the real set
+    only: the synthetic stand-in is read only when asked for by name ("cifar10-synthetic",
+    what ``mma.params.data_name`` gives when data.cifar10_source is "synthetic")."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    if dataset != "cifar10":
-        return dataset
-    for name in ("cifar10", "cifar10-synthetic"):
-        if (Path(root) / FOLDERS[name] / MARKER).is_file():
-            return name
-    raise DataError(f"{root}: no prepared CIFAR-10 (real or synthetic); run prepare_cifar10 first")
+    if dataset == "cifar10" and not (Path(root) / FOLDERS["cifar10"] / MARKER).is_file():
+        if (Path(root) / FOLDERS["cifar10-synthetic"] / MARKER).is_file():
+            raise DataError(f"{Path(root) / FOLDERS['cifar10']}: the real CIFAR-10 is not prepared, only the synthetic "
+                            "stand-in (cifar10-synthetic/); set data.cifar10_source: synthetic to use the stand-in "
+                            "(its results are then labelled as synthetic), or prepare the real set with `mma data`")
+        raise DataError(f"{Path(root) / FOLDERS['cifar10']}: CIFAR-10 is not prepared; run `mma data` first")
+    return dataset
 
 
 def load_split(dataset: str, root: PathLike, split: str, *, val_size: int = 5000,

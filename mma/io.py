@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-class UnsafeFileError(Exception):
+class BadFileError(Exception):
+    """A file between stages that cannot be used: missing, corrupt, truncated, or not the
+    file it should be.  The message is one line naming the file and what to rerun."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class UnsafeFileError(BadFileError):
     """A tensor file that needs arbitrary unpickling (or is not a tensor file)."""
 
 
@@ -65,16 +73,50 @@ def save_tensors(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
-def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """torch.load with weights_only=True; anything needing code execution is refused."""
+def load_tensors(path: str | os.PathLike, map_location: Any = "cpu", *, remedy: str = "") -> Any:
+    """torch.load with weights_only=True, after checking the archive's CRC-32 of every
+    entry (a flipped bit anywhere is caught, not loaded).  Anything needing code execution
+    is refused (UnsafeFileError); a missing, empty, truncated or corrupt file raises
+    BadFileError naming it and ``remedy`` (e.g. "rerun `mma train NAME`")."""
     import pickle
+    import zipfile
 
     import torch
 
+    path = Path(path)
+    todo = f"; {remedy}" if remedy else ""
+    if not path.is_file():
+        raise BadFileError(f"{path}: missing{todo}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every entry, checks its CRC-32
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        size = path.stat().st_size
+        what = "empty" if size == 0 else f"not a complete tensor file ({size} bytes; truncated or overwritten?: {e})"
+        raise BadFileError(f"{path}: {what}{todo}") from None
+    except Exception as e:  # noqa: BLE001 - zlib.error, struct.error...: a damaged archive either way
+        raise BadFileError(f"{path}: corrupt ({type(e).__name__}: {e}){todo}") from None
+    if bad is not None:
+        raise BadFileError(f"{path}: corrupt (checksum of {bad} differs: the file changed after it was written)"
+                           f"{todo}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling refused"
-        raise UnsafeFileError(f"{path}: refused to load (not a plain tensor file: {first})") from None
-    except (RuntimeError, EOFError) as e:
-        raise UnsafeFileError(f"{path}: not a readable tensor file ({str(e).splitlines()[0]})") from None
+        raise UnsafeFileError(f"{path}: refused to load (not a plain tensor file: {first}){todo}") from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse a file is that file's fault
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadFileError(f"{path}: not a readable tensor file ({type(e).__name__}: {first[:200]}){todo}") from None
+
+
+def read_json(path: str | os.PathLike, *, remedy: str = "") -> Any:
+    """A JSON file written by a stage; BadFileError (naming it and ``remedy``) if it is
+    missing, not UTF-8 or not valid JSON (e.g. truncated)."""
+    path = Path(path)
+    todo = f"; {remedy}" if remedy else ""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadFileError(f"{path}: missing{todo}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BadFileError(f"{path}: not valid JSON ({str(e).splitlines()[0][:120]}; truncated?){todo}") from None

@@ -312,8 +312,32 @@ def mnist_source(p: Params) -> tuple[Optional[str], str]:
     return None, "download (neither $MMA_DATA_SOURCE nor data.mnist_source set)"
 
 
+def data_name(p: Params, dataset: str) -> str:
+    """The data a model of ``dataset`` really uses: "cifar10-synthetic" where
+    data.cifar10_source is "synthetic" (a stand-in: named as such in every output and
+    part of a model's identity), else ``dataset``."""
+    return "cifar10-synthetic" if dataset == "cifar10" and p.data.cifar10_source == "synthetic" else dataset
+
+
 def spec_record(p: Params, name: str) -> dict:
     """Everything the train stage of ``name`` reads from params: the resolved model spec
     (defaults filled in) and the data settings it depends on.  DVC tracks it as the
     train stage's dependency (results/specs/NAME.json), see README "Why results/specs"."""
     return {"model": p.model(name).model_dump(mode="json"), "val_size": p.data.val_size}
+
+
+def spec_hash(p: Params, name: str) -> str:
+    """sha256 of ``spec_record`` (canonical JSON): what a model file says it was trained with."""
+    import hashlib
+    import json
+
+    text = json.dumps(spec_record(p, name), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def identity(p: Params, name: str, stage: str) -> dict:
+    """Who a file between stages is: the model it belongs to, the hash of that model's
+    resolved settings, the data it used and the stage that wrote it.  Readers compare it
+    with the params entry they use it for (``mma.stages.files``)."""
+    m = p.model(name)
+    return {"model": name, "spec_sha256": spec_hash(p, name), "data": data_name(p, m.dataset), "stage": stage}

@@ -43,3 +43,9 @@ def eval_dir(name: str) -> Path:
 def report_dir() -> Path:
     """results/report/: table1.md, table1.csv, figure3.png, summary.json, margins.png."""
     return RESULTS / "report"
+
+
+def lock_file(stage: str, name: str) -> Path:
+    """results/.locks/STAGE-NAME.lock: held (flock) while a stage works on NAME; never deleted
+    (deleting a held lock file would let a third process lock a new file beside it)."""
+    return RESULTS / ".locks" / f"{stage}-{name}.lock"

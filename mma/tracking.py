@@ -131,11 +131,15 @@ def open_store(experiment: str, uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
+        raise TrackingError(f"MLflow store {uri}: folder {Path(uri.removeprefix('sqlite:///')).parent} does not "
+                            f"exist; create it, or fix (or unset) {URI_ENV}")
     with _locked(uri):
         try:
             client = MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(experiment)
             if found is not None:
+                _check_artifact_location(uri, found)
                 return client, found.experiment_id
             location = None
             if uri.startswith("sqlite:///"):  # artifacts beside the store, not in whatever cwd is
@@ -146,6 +150,23 @@ def open_store(experiment: str, uri: str | None = None):
         except Exception as e:  # noqa: BLE001 - any store failure means "cannot track"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrackingError(f"MLflow store {uri} cannot be used ({type(e).__name__}: {first})") from None
+
+
+def _check_artifact_location(uri: str, experiment) -> None:
+    """A local store whose experiment keeps its artifacts in another folder's mlartifacts/
+    was copied (``cp -a`` of a checkout): runs here would write into the original.  Refuse."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    location = experiment.artifact_location or ""
+    expected = (db.parent / ARTIFACT_DIR).as_uri()
+    if location.startswith("file:") and location.rstrip("/") != expected.rstrip("/") \
+            and Path(location.removeprefix("file://")).parent.resolve() != db.parent.resolve():
+        raise TrackingError(
+            f"MLflow store {db}: experiment {experiment.name!r} keeps its artifacts in {location}, not beside this "
+            f"store: the store was copied from another checkout, and runs here would write into that one. Move "
+            f"{db.name} (and {ARTIFACT_DIR}/) out of {db.parent} to start a fresh store here, or set {URI_ENV} to "
+            "the original store")
 
 
 # --------------------------------------------------------------------------- one run

@@ -153,6 +153,11 @@ def test_half_written_copy_is_refused_then_rebuilt(copy_root, source):
         prepare_mnist(copy_root)  # no source: refused, not silently re-downloaded
     with pytest.raises(DataError, match=MARKER):
         load_split("mnist", copy_root, "train")
+    # without a marker nothing proves the files are ours: refused with a source too, nothing deleted
+    with pytest.raises(DataError, match="nothing was deleted"):
+        prepare_mnist(copy_root, source)
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == b"\0" * 1000
+    shutil.rmtree(copy_root / "MNIST")  # the user's decision
     assert prepare_mnist(copy_root, source)["files"] == MNIST_SHA256
     assert load_split("mnist", copy_root, "train", val_size=0)[0].shape == (60000, 1, 28, 28)
 
@@ -191,23 +196,23 @@ def test_failed_download_says_how_to_use_a_local_source(tmp_path, monkeypatch, d
 
 def test_synthetic_cifar10_shapes_classes_and_determinism(tmp_path):
     info = prepare_cifar10(tmp_path / "a", "synthetic", synthetic_train=200, synthetic_test=50, seed=3)
-    x, y = load_split("cifar10", tmp_path / "a", "train", val_size=20)  # "cifar10" falls back to synthetic
+    x, y = load_split("cifar10-synthetic", tmp_path / "a", "train", val_size=20)
     assert x.shape == (180, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
     full = load_split("cifar10-synthetic", tmp_path / "a", "train", val_size=0)[1]
     assert torch.bincount(full).tolist() == [20] * 10  # balanced, all classes present
-    x_test, y_test = load_split("cifar10", tmp_path / "a", "test")
+    x_test, y_test = load_split("cifar10-synthetic", tmp_path / "a", "test")
     assert x_test.shape == (50, 3, 32, 32) and set(y_test.tolist()) == set(range(10))
     assert x.float().std() > 20  # not blank images
     same = prepare_cifar10(tmp_path / "b", "synthetic", synthetic_train=200, synthetic_test=50, seed=3)
     other = prepare_cifar10(tmp_path / "c", "synthetic", synthetic_train=200, synthetic_test=50, seed=4)
     assert same == info and other["files"] != info["files"]
-    assert torch.equal(load_split("cifar10", tmp_path / "b", "train", val_size=20)[0], x)
+    assert torch.equal(load_split("cifar10-synthetic", tmp_path / "b", "train", val_size=20)[0], x)
 
 
 def test_synthetic_cifar10_is_learnable_but_not_trivial(tmp_path):
     prepare_cifar10(tmp_path, "synthetic")
-    x, y = load_split("cifar10", tmp_path, "train", val_size=0)
-    x_test, y_test = load_split("cifar10", tmp_path, "test")
+    x, y = load_split("cifar10-synthetic", tmp_path, "train", val_size=0)
+    x_test, y_test = load_split("cifar10-synthetic", tmp_path, "test")
     means = torch.stack([x[y == c].float().mean(0) for c in range(10)]).flatten(1)
     accuracy = (torch.cdist(x_test.float().flatten(1), means).argmin(1) == y_test).float().mean()
     assert 0.3 < accuracy < 0.9  # nearest class mean: far above chance (0.1), far from perfect
@@ -223,7 +228,7 @@ def test_synthetic_cifar10_reused_or_rebuilt(tmp_path):
     regenerated = prepare_cifar10(tmp_path, "synthetic", synthetic_train=100, synthetic_test=20)
     assert regenerated == info  # the same data again
     prepare_cifar10(tmp_path, "synthetic", synthetic_train=50, synthetic_test=20)  # other size: rebuilt
-    assert load_split("cifar10", tmp_path, "train", val_size=0)[0].shape == (50, 3, 32, 32)
+    assert load_split("cifar10-synthetic", tmp_path, "train", val_size=0)[0].shape == (50, 3, 32, 32)
 
 
 def test_real_cifar10_source_is_checked(tmp_path):
@@ -238,7 +243,7 @@ def test_real_cifar10_source_is_checked(tmp_path):
     with pytest.raises(DataError, match="test_batch"):
         prepare_cifar10(tmp_path / "root", tmp_path / "source")
     assert_nothing_left(tmp_path / "root")
-    with pytest.raises(DataError, match="prepare_cifar10"):
+    with pytest.raises(DataError, match="CIFAR-10 is not prepared"):
         load_split("cifar10", tmp_path / "root", "train")
 
 
@@ -249,7 +254,7 @@ def test_unknown_names_and_bad_sizes_are_value_errors(tmp_path):
         load_split("mnist", tmp_path, "dev")
     prepare_cifar10(tmp_path, "synthetic", synthetic_train=100, synthetic_test=20)
     with pytest.raises(ValueError, match="val_size"):
-        load_split("cifar10", tmp_path, "val", val_size=100)
+        load_split("cifar10-synthetic", tmp_path, "val", val_size=100)
 
 
 # ---------------------------------------------------------------- batching
@@ -319,3 +324,58 @@ def test_augmentation_is_reflect_pad_crop_and_flip_deterministic_per_step():
     plain = TensorBatcher(x, y, 50, seed=0).batch(3)
     assert torch.equal(plain[2], idx)  # augmentation does not change which examples are drawn
 
+
+
+def test_cifar10_is_never_silently_the_synthetic_stand_in(tmp_path):
+    """Asking for "cifar10" where only the synthetic stand-in is prepared is an error naming
+    the switch; the stand-in is read only by its own name."""
+    prepare_cifar10(tmp_path, "synthetic", synthetic_train=50, synthetic_test=20)
+    with pytest.raises(DataError, match="data.cifar10_source: synthetic"):
+        load_split("cifar10", tmp_path, "test")
+    assert load_split("cifar10-synthetic", tmp_path, "test")[0].shape == (20, 3, 32, 32)
+
+
+def test_data_stage_never_deletes_foreign_files(tmp_path, monkeypatch, source):
+    """A user's MNIST/ folder (notes, torchvision's old processed/) under data.root is
+    refused, byte for byte untouched, through the real CLI; after moving the notes out the
+    stage builds the dataset."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from mma.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MMA_DATA_SOURCE", str(source))
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles" / "smoke.yaml").read_text())
+    params["data"].update(root="D", datasets=["mnist"])
+    params["models"] = [m for m in params["models"] if m["dataset"] == "mnist"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    user = tmp_path / "D" / "MNIST"
+    (user / "processed").mkdir(parents=True)
+    (user / "my_notes.txt").write_text("notes")
+    (user / "processed" / "training.pt").write_bytes(b"old torchvision cache")
+    result = CliRunner().invoke(app, ["data", "--params", "p.yaml"])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert "my_notes.txt" in line and "nothing was deleted" in line and "Traceback" not in result.output
+    assert (user / "my_notes.txt").read_text() == "notes"
+    assert (user / "processed" / "training.pt").read_bytes() == b"old torchvision cache"
+    assert sorted(p.name for p in (tmp_path / "D").iterdir()) == ["MNIST"]  # no partial build left beside
+    shutil.rmtree(user)  # the user moves their files away
+    result = CliRunner().invoke(app, ["data", "--params", "p.yaml"])
+    assert result.exit_code == 0, result.output
+    assert (user / MARKER).is_file()
+
+
+def test_rebuild_replaces_only_our_own_copy(copy_root, source):
+    """A damaged copy the stage made (marker lists every file) is rebuilt; one file more in
+    it (the user's) turns the rebuild into a refusal that deletes nothing."""
+    flip_file_byte(copy_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+    (copy_root / "MNIST" / "raw" / "mine.txt").write_text("keep me")
+    with pytest.raises(DataError, match="mine.txt"):
+        prepare_mnist(copy_root, source)
+    assert (copy_root / "MNIST" / "raw" / "mine.txt").read_text() == "keep me"
+    (copy_root / "MNIST" / "raw" / "mine.txt").unlink()
+    assert prepare_mnist(copy_root, source)["files"] == MNIST_SHA256
+    assert sorted(p.name for p in copy_root.iterdir()) == ["MNIST"]  # the old copy moved aside, then removed

@@ -78,9 +78,11 @@ def world(tmp_path, monkeypatch, trained_convnet):
         save_tensors(paths.model_file(name), {"state_dict": net.state_dict()})
     spec_of = {m.name: m for m in params.models}
 
-    def fake_load_model(path, device="cpu"):  # the stages load through mma.train.load_model
+    def fake_load_model(path, device="cpu", remedy=""):  # the stages load through mma.train.load_model
+        from mma.params import identity
+
         name = path.parent.name
-        return copy.deepcopy(nets[name]).to(device).eval(), spec_of[name], {}
+        return copy.deepcopy(nets[name]).to(device).eval(), spec_of[name], {"identity": identity(params, name, "train")}
 
     monkeypatch.setattr("mma.train.load_model", fake_load_model)
     return params

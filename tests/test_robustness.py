@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mma.io import UnsafeFileError, atomic_path, load_tensors, save_tensors, write_json
+from mma.io import BadFileError, UnsafeFileError, atomic_path, load_tensors, save_tensors, write_json
 from mma.train import ModelSpec, TrainingDiverged, load_model, train
 
 
@@ -45,7 +45,7 @@ def test_truncated_tensor_file_is_refused(tmp_path):
     save_tensors(good, {"w": torch.ones(1000)})
     data = good.read_bytes()
     good.write_bytes(data[: len(data) // 2])
-    with pytest.raises(UnsafeFileError, match="t.pt"):
+    with pytest.raises(BadFileError, match="t.pt"):
         load_tensors(good)
 
 

@@ -10,6 +10,7 @@ zlib-compressed into a uint8 tensor, so the file loads with ``weights_only=True`
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 
@@ -18,10 +19,11 @@ from torch import Tensor, nn
 
 from mma.attacks import fgsm, pgd
 from mma.attacks.core import keep_higher, seeded, step_size
-from mma.io import load_tensors, save_tensors
+from mma.io import BadFileError, load_tensors, save_tensors
 from mma.progress import progress
 
 from ..config.evaluation import AttackSetting
+from .records import parse_key
 from .results import eps_key
 from .whitebox import restart_loss, seed_for
 
@@ -95,12 +97,61 @@ def save_set(path: str | Path, x_u8: Tensor, y: Tensor, meta: dict) -> None:
     save_tensors(path, {"format": FORMAT, "shape": list(x_u8.shape), "data": packed, "y": y.cpu(), **meta})
 
 
-def load_set(path: str | Path) -> tuple[Tensor, dict]:
-    """(uint8 images (N, C, H, W), metadata) of a set written by ``save_set``."""
-    obj = load_tensors(path)
-    if obj.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a transfer set ({obj.get('format')!r}); rerun `mma transfer`")
-    raw = zlib.decompress(obj["data"].numpy().tobytes())
-    x = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(obj["shape"])
+def test_hash(x_u8: Tensor, y: Tensor) -> str:
+    """sha256 of the clean test images and labels a set was made on (its test-set identity)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(str((tuple(x_u8.shape), tuple(y.shape))).encode())
+    h.update(x_u8.contiguous().numpy().tobytes())
+    h.update(y.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_set(path: str | Path, *, remedy: str = "rerun `mma transfer SOURCE`") -> tuple[Tensor, dict]:
+    """(uint8 images (N, C, H, W), metadata) of a set written by ``save_set``; BadFileError
+    naming the file and ``remedy`` if it is damaged or not a set."""
+    obj = load_tensors(path, remedy=remedy)
+    try:
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+            raise BadFileError(f"{path}: not a transfer set ({found!r}); {remedy}")
+        shape = [int(v) for v in obj["shape"]]
+        raw = zlib.decompress(obj["data"].numpy().tobytes())
+        if len(shape) != 4 or len(raw) != math.prod(shape):
+            raise BadFileError(f"{path}: holds {len(raw)} bytes of images, its shape {shape} needs "
+                               f"{math.prod(shape)}; {remedy}")
+        x = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(shape)
+    except BadFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zlib.error, KeyError, ...: a damaged set either way
+        raise BadFileError(f"{path}: damaged transfer set ({type(e).__name__}: {str(e)[:120]}); {remedy}") from None
     meta = {k: v for k, v in obj.items() if k not in ("data", "format")}
     return x, meta
+
+
+def check_set(path, x: Tensor, meta: dict, clean_u8: Tensor, y: Tensor, *, record: str, norm: str,
+              test_sha256: str, remedy: str) -> None:
+    """BadFileError unless set ``x`` is what its manifest entry says: the record, the test
+    images it was made on (hash, labels, shape, dtype) and every image inside the ε-ball of
+    its clean image (ε from the record, ``norm`` from the source model)."""
+    if meta.get("record") != record:
+        raise BadFileError(f"{path}: holds set {meta.get('record')!r}, its manifest says {record!r}; {remedy}")
+    if meta.get("test_sha256") != test_sha256:
+        raise BadFileError(f"{path}: made on other test images than its manifest says; {remedy}")
+    if x.dtype != torch.uint8 or tuple(x.shape) != tuple(clean_u8.shape):
+        raise BadFileError(f"{path}: images {x.dtype} {tuple(x.shape)}, the test images are {clean_u8.dtype} "
+                           f"{tuple(clean_u8.shape)}; {remedy}")
+    labels = meta.get("y")
+    if not isinstance(labels, Tensor) or not torch.equal(labels.to(torch.int64).cpu(), y.to(torch.int64).cpu()):
+        raise BadFileError(f"{path}: its labels are not the test labels; {remedy}")
+    eps = parse_key(record).eps
+    d = x.to(torch.float64) - clean_u8.to(torch.float64)
+    if norm == "linf":
+        size, bound = d.abs().flatten(1).amax(1), math.floor(255.0 * eps + 1e-6)
+    else:
+        size, bound = d.flatten(1).norm(dim=1), 255.0 * eps * (1 + 1e-9) + 1e-6
+    if (size > bound).any():
+        i = int((size > bound).nonzero()[0])
+        raise BadFileError(f"{path}: image {i} lies outside its ε-ball ({norm} distance {float(size[i]) / 255:.4g} "
+                           f"> ε = {eps:g}; {int((size > bound).sum())} of {len(x)} images); {remedy}")

@@ -10,7 +10,7 @@ from ..attacks.core import NORM_LABELS
 from ..evaluation.records import attack_fields
 from ..evaluation.results import Results
 from ..io import atomic_path
-from .format import PANELS
+from .format import PANELS, panel_title
 from .reference import anchors, table1_rows
 
 
@@ -48,6 +48,7 @@ def figure3(results: dict[str, Results], specs: dict, params, path: Path, *, dpi
     for ax, (dataset, norm, title) in zip(axes.flat, PANELS):
         scale, xlabel = _scale(dataset, norm)
         names = [n for n in results if (specs[n].dataset, specs[n].norm) == (dataset, norm)]
+        title = panel_title(title, params)
         plotted[title] = names
         ax.set_title(title)
         ax.set_xlabel(xlabel)
@@ -91,7 +92,7 @@ def figure3(results: dict[str, Results], specs: dict, params, path: Path, *, dpi
     return plotted
 
 
-def margins_figure(results: dict[str, Results], specs: dict, path: Path, *, dpi: int = 150) -> list[str]:
+def margins_figure(results: dict[str, Results], specs: dict, path: Path, *, dpi: int = 150, params=None) -> list[str]:
     """Per threat model with margins: the CDF of each model's margin (the smallest of the
     estimates) and, dotted, AN-PGD's alone, over correctly classified examples."""
     import matplotlib
@@ -128,7 +129,7 @@ def margins_figure(results: dict[str, Results], specs: dict, path: Path, *, dpi:
                 (line,) = ax.step(v.numpy(), frac.numpy(), ls=style, where="post", color=color,
                                   label=f"{n}: {name}, mean {float(v.mean()) / scale:.3g}, median {float(v.median()) / scale:.3g}")
                 color = line.get_color()
-        ax.set_title(f"{title}: margin distribution")
+        ax.set_title(f"{panel_title(title, params) if params is not None else title}: margin distribution")
         ax.set_xlabel(_scale(dataset, norm)[1].replace("ε", "margin (shortest adversarial perturbation)"))
         ax.set_ylabel("fraction of correctly classified test images ≤ x")
         ax.grid(alpha=0.3)

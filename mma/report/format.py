@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR10"}
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar10-synthetic": "CIFAR10 (synthetic stand-in)"}
 PANELS = [("mnist", "linf", "(a) MNIST, Linf"), ("mnist", "l2", "(b) MNIST, L2"),
           ("cifar10", "linf", "(c) CIFAR10, Linf"), ("cifar10", "l2", "(d) CIFAR10, L2")]
+
+
+def panel_title(title: str, params) -> str:
+    """A panel's title naming the data it shows: a synthetic CIFAR10 stand-in says so."""
+    if params.data.cifar10_source == "synthetic":
+        return title.replace("CIFAR10", DATASET_LABELS["cifar10-synthetic"])
+    return title
 
 
 def fmt(v: Optional[float]) -> str:

@@ -16,21 +16,13 @@ from dataclasses import asdict
 from .. import paths
 
 
-def load_transfer_sets(params, name: str) -> list:
-    """(manifest entry, uint8 images) for every set of every source of ``name``'s threat model."""
-    from ..evaluation.transfer import load_set
+def load_transfer_sets(params, name: str, x_u8, y) -> list:
+    """(manifest entry, uint8 images) for every set of every source of ``name``'s threat
+    model, each checked (``transfer.load_sets``) against the test images evaluated."""
+    from .transfer import load_sets
 
-    out = []
-    for source in params.table1.sources_for(name, params.models):
-        folder = paths.transfer_dir(source)
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{folder}/manifest.json missing: run `mma transfer {source}` first") from None
-        for entry in manifest["sets"]:
-            x, _ = load_set(folder / entry["file"])
-            out.append((entry, x))
-    return out
+    return [item for source in params.table1.sources_for(name, params.models)
+            for item in load_sets(params, source, x_u8, y)]
 
 
 def summarize(res, name: str, spec, ev, extra: dict) -> dict:
@@ -41,7 +33,7 @@ def summarize(res, name: str, spec, ev, extra: dict) -> dict:
     records = {record_key(r): {**asdict(r), "label": label(r), "accuracy": res.accuracy(r),
                                "n_attacked": int((res.survived[r] != -1).sum())} for r in res.records}
     worst = {eps_key(e): res.worst_case_accuracy(e) for e in res.eps_values()}
-    return {"model": name, "dataset": spec.dataset, "norm": spec.norm, "method": spec.method, "n": res.n,
+    return {"model": name, "dataset": spec.dataset, "data": extra.pop("data", spec.dataset), "norm": spec.norm, "method": spec.method, "n": res.n,
             "clean_accuracy": res.clean_accuracy(), "loss": ev.loss, "cascade": ev.cascade,
             "records": records, "worst_case": worst, "margins": res.summary.get("margins", {}), **extra}
 
@@ -62,25 +54,28 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     from ..data import load_split, to_float
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json
-    from ..train import load_model
+    from ..params import data_name, identity
+    from .files import load_checked_model, swapped_in
 
     ev = params.evaluate
     spec = params.model(name)
     tm = ev.threat_model(spec.dataset, spec.norm)  # present: the params loader checks every model has one
-    model, _, _ = load_model(paths.model_file(name), device)
-    x_u8, y = load_split(spec.dataset, params.data.root, "test", val_size=params.data.val_size, limit=ev.test_limit)
+    model, _, _ = load_checked_model(params, name, device)
+    x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size, limit=ev.test_limit)
+    transfer_sets = load_transfer_sets(params, name, x_u8, y)  # checked before any attack runs
     x, y = to_float(x_u8, device), y.to(device)
     timings: dict = {}
     t0 = time.monotonic()
     res = evaluate_model(model, x, y, name=name, tm=tm, ev=ev, whitebox=whitebox_attacks(name, tm, params),
                          curve=params.curve_attack(), seed=params.seed,
-                         transfer_sets=load_transfer_sets(params, name), timings=timings)
+                         transfer_sets=transfer_sets, timings=timings)
     timings["total"] = time.monotonic() - t0
-    summary = summarize(res, name, spec, ev, {"threat_model": tm.model_dump(), "timings_s": timings,
+    summary = summarize(res, name, spec, ev, {"data": data_name(params, spec.dataset), "threat_model": tm.model_dump(), "timings_s": timings,
                                               "evaluate_params": ev.model_dump(mode="json")})
     out = paths.eval_dir(name)
-    save_tensors(out / "per_example.pt", res.to_tensors())
-    write_json(out / "metrics.json", summary)
+    with swapped_in(out) as tmp:  # both files or neither: a kill leaves the previous pair
+        save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": identity(params, name, "evaluate")})
+        write_json(tmp / "metrics.json", summary)
     metrics = flat_metrics(summary)
     if tracker is not None:
         tracker.log_metrics(metrics)

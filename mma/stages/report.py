@@ -17,17 +17,25 @@ FILES = ("table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json"
 
 
 def load_results(params) -> dict:
-    """Results by model, for every model of the grid."""
+    """Results by model, for every model of the grid, each per_example.pt checked: intact,
+    readable, and evaluated for exactly this params entry."""
     from ..evaluation.results import Results
-    from ..io import load_tensors
+    from ..io import BadFileError, load_tensors
+    from ..params import identity
+    from .files import check_identity
 
     results = {}
     for spec in params.models:
-        folder = paths.eval_dir(spec.name)
+        path = paths.eval_dir(spec.name) / "per_example.pt"
+        remedy = f"rerun `mma evaluate {spec.name}`"
+        obj = load_tensors(path, remedy=remedy)
+        check_identity(path, obj.get("identity") if isinstance(obj, dict) else None,
+                       identity(params, spec.name, "evaluate"), remedy)
         try:
-            results[spec.name] = Results.from_tensors(load_tensors(folder / "per_example.pt"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{folder}: no evaluation of {spec.name}; run `mma evaluate {spec.name}` first") from None
+            results[spec.name] = Results.from_tensors(obj)
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign record, whatever the exception
+            raise BadFileError(f"{path}: not per-example results ({type(e).__name__}: {str(e)[:120]}); "
+                               f"{remedy}") from None
     return results
 
 
@@ -36,23 +44,26 @@ def run(params, *, tracker=None) -> dict[str, float]:
     from ..report.figures import figure3, margins_figure
     from ..report.summary import build_summary, flat_metrics, summary_markdown
     from ..report.table1 import build_table1, table1_csv, table1_markdown, table1_notes
+    from .files import swapped_in
 
     results = load_results(params)
     specs = {spec.name: spec for spec in params.models}
-    out, dpi = paths.report_dir(), params.report.dpi
+    final, dpi = paths.report_dir(), params.report.dpi
 
-    table = build_table1(results, params)
-    write_text(out / "table1.md", table1_markdown(table, notes=table1_notes(results, params)))
-    write_text(out / "table1.csv", table1_csv(table))
-    panels = figure3(results, specs, params, out / "figure3.png", dpi=dpi)
-    margin_panels = margins_figure(results, specs, out / "margins.png", dpi=dpi)
-    summary = build_summary(results, specs, params, table=table, figure3_panels=panels, margin_panels=margin_panels)
-    write_json(out / "summary.json", summary)
-    write_text(out / "summary.md", summary_markdown(summary))
+    with swapped_in(final) as out:  # every file of one run, or the previous run's: never a mix
+        table = build_table1(results, params)
+        write_text(out / "table1.md", table1_markdown(table, notes=table1_notes(results, params)))
+        write_text(out / "table1.csv", table1_csv(table))
+        panels = figure3(results, specs, params, out / "figure3.png", dpi=dpi)
+        margin_panels = margins_figure(results, specs, out / "margins.png", dpi=dpi, params=params)
+        summary = build_summary(results, specs, params, table=table, figure3_panels=panels,
+                                margin_panels=margin_panels)
+        write_json(out / "summary.json", summary)
+        write_text(out / "summary.md", summary_markdown(summary))
 
     flat = flat_metrics(summary)
     if tracker is not None:
         tracker.log_metrics(flat)
         for f in FILES:
-            tracker.log_artifact(out / f, "report")
+            tracker.log_artifact(final / f, "report")
     return flat

@@ -18,6 +18,7 @@ step is logged twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -37,12 +38,16 @@ def run_id_file(name: str) -> Path:
     return checkpoint_dir(name) / "run.json"
 
 
-def prepare(params: Params, name: str) -> bool:
-    """Keep a resumable checkpoint of these exact settings, discard any other; True if resuming."""
+def prepare(params: Params, name: str, restart: bool = False) -> bool:
+    """Keep a resumable checkpoint of these exact settings, discard any other (or any, with
+    ``restart``); True if resuming.  Only the files a train run makes are deleted."""
     from ..io import write_json
 
     folder, record = checkpoint_dir(name), spec_record(params, name)
     spec_file = folder / "spec.json"
+    if folder.exists() and restart:
+        print(f"train {name}: --restart: discarding {folder}", file=sys.stderr)
+        _discard(folder)
     if folder.exists():
         try:
             same = json.loads(spec_file.read_text()) == json.loads(json.dumps(record))
@@ -54,27 +59,52 @@ def prepare(params: Params, name: str) -> bool:
                 print(f"train {name}: resuming from {paths.resume_file(name)}", file=sys.stderr)
             return resuming
         print(f"train {name}: discarding {folder} (made with other settings)", file=sys.stderr)
-        shutil.rmtree(folder)
+        _discard(folder)
     write_json(spec_file, record)
     return False
 
 
+WORKING_FILES = ("resume.pt", "best.pt", "spec.json", "run.json")
+
+
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder, refusing if it holds anything a train run did not make."""
+    from ..io import BadFileError
+
+    foreign = [p.name for p in folder.iterdir() if p.name not in WORKING_FILES
+               and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    if foreign:
+        raise BadFileError(f"{folder}: holds files a train run did not make ({', '.join(sorted(foreign)[:3])}); "
+                           "nothing was deleted: move them elsewhere, then rerun")
+    shutil.rmtree(folder)
+
+
 def finish(name: str) -> None:
     """After a successful run: the resume state is no longer needed."""
-    shutil.rmtree(checkpoint_dir(name), ignore_errors=True)
+    folder = checkpoint_dir(name)
+    for f in WORKING_FILES:  # only what a train run made; anything else (and so the folder) stays
+        (folder / f).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     from ..data import TensorBatcher, load_split, to_float
-    from ..io import atomic_path, write_json
+    from ..io import load_tensors, save_tensors, write_json
+    from ..params import ParamsError, data_name, identity
     from ..train import train
     from ..tracking import git_commit
 
     spec = params.model(name)
     d = params.data
     t0 = time.monotonic()
-    x, y = load_split(spec.dataset, d.root, "train", val_size=d.val_size, limit=spec.train_limit)
-    x_val, y_val = load_split(spec.dataset, d.root, "val", val_size=d.val_size, limit=spec.val_limit)
+    data = data_name(params, spec.dataset)
+    x, y = load_split(data, d.root, "train", val_size=d.val_size, limit=spec.train_limit)
+    x_val, y_val = load_split(data, d.root, "val", val_size=d.val_size, limit=spec.val_limit)
+    if spec.batch_size > len(x):
+        where = f"models[{params.model_names.index(name)}] ({name}).batch_size"
+        raise ParamsError(f"{where} = {spec.batch_size}: larger than the {len(x)} training images of {data} "
+                          f"(after data.val_size and train_limit); lower it")
     batcher = TensorBatcher(x, y, spec.batch_size, seed=spec.seed, device=device, augment=spec.augment)
     val = (to_float(x_val, device), y_val.to(device))
 
@@ -87,11 +117,12 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
 
-    with atomic_path(paths.model_file(name)) as tmp:  # the selected model, copied out of the resume folder
-        shutil.copyfile(best, tmp)
+    # the selected model, out of the resume folder, with who it is (checked by every reader)
+    record = load_tensors(best, remedy=f"rerun `mma train {name} --restart`")
+    save_tensors(paths.model_file(name), {**record, "identity": identity(params, name, "train")})
     by_step = {h["step"]: h for h in result.history}
     summary = {
-        "model": name, "dataset": spec.dataset, "norm": spec.norm, "method": spec.method, "seed": spec.seed,
+        "model": name, "dataset": spec.dataset, "data": data, "norm": spec.norm, "method": spec.method, "seed": spec.seed,
         "steps": result.step, "selection_metric": result.selection_metric,
         "best_step": result.best_step, "best_value": result.best_value,
         "best": by_step.get(result.best_step, {}), "final": result.history[-1] if result.history else {},
@@ -102,8 +133,23 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     write_json(paths.model_dir(name) / "metrics.json", summary)
     metrics = {f"best_{k}": float(v) for k, v in summary["best"].items() if k != "step"}
     metrics["best_step"] = float(result.best_step)
-    if tracker is not None:
+    if tracker is not None and not _already_logged(tracker, result.step):
         tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
+    if tracker is not None and hasattr(tracker, "logged"):
+        tracker.logged.update(metrics)  # logged here or by the killed attempt: the CLI must not add them
         tracker.log_artifact(paths.model_file(name), "model")
         tracker.log_artifact(paths.model_dir(name) / "metrics.json", "model")
     return metrics
+
+
+def _already_logged(tracker, step: int) -> bool:
+    """True if this (resumed) MLflow run already holds best_step at ``step``: an attempt killed
+    after its final flush logged the best_* metrics already (logging them again would be a
+    second point at the same step)."""
+    client = getattr(tracker, "client", None)
+    if client is None:
+        return False
+    try:
+        return any(m.step == step for m in client.get_metric_history(tracker.run_id, "best_step"))
+    except Exception:  # noqa: BLE001 - no history (or no store): nothing was logged
+        return False

@@ -3,9 +3,12 @@
     results/transfer/SOURCE/ATTACK_epsE.pt   one set per Table-1 row made on SOURCE
                                               (``table1.rows_made_on``): zlib-compressed
                                               8-bit images, weights-only loadable
-    results/transfer/SOURCE/manifest.json    each file's record (``mma.evaluation.records``)
+    results/transfer/SOURCE/manifest.json    each file's record (``mma.evaluation.records``),
+                                              the source's identity and the test images' hash
 
-Restarts are chosen on the source (the attacker has only the source model).
+Restarts are chosen on the source (the attacker has only the source model).  The folder
+is written beside and swapped in whole (``files.swapped_in``): a killed run leaves the
+previous sets and manifest as they were.  ``load_sets`` is the reading side (evaluate).
 """
 
 from __future__ import annotations
@@ -20,37 +23,83 @@ def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
 
     from ..data import load_split
     from ..evaluation.records import attack_record, record_key
-    from ..evaluation.transfer import build_set, save_set, set_name
+    from ..evaluation.transfer import build_set, save_set, set_name, test_hash
     from ..evaluation.whitebox import predict, seed_for
     from ..io import write_json
-    from ..train import load_model
+    from ..params import data_name, identity
+    from .files import load_checked_model, stage_lock, swapped_in
 
     ev = params.evaluate
     rows = params.table1.rows_made_on(source)
     spec = params.model(source)
-    model, _, _ = load_model(paths.model_file(source), device)
-    x_u8, y = load_split(spec.dataset, params.data.root, "test", val_size=params.data.val_size, limit=ev.test_limit)
+    model, _, _ = load_checked_model(params, source, device)
+    x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
+                         limit=ev.test_limit)
+    who, tested = identity(params, source, "transfer"), test_hash(x_u8, y)
     out = paths.transfer_dir(source)
     sets, metrics = [], {}
     t0 = time.monotonic()
-    for row in rows:
-        setting = params.attacks[row.attack]
-        x_adv = build_set(model, x_u8, y, row.eps, setting, norm=spec.norm, loss=ev.loss,
-                          seed=seed_for(params.seed, source, "transfer", row.attack, row.eps), batch_size=ev.batch_size,
-                          device=device, description=f"transfer {source}: {setting.label()} ε={row.eps:g}")
-        record = attack_record("transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed, source=source)
-        fname = f"{set_name(row.attack, row.eps)}.pt"
-        save_set(out / fname, x_adv, y, {"record": record_key(record)})
-        # the source's own accuracy on the set (how strong the attack is where it was made)
-        with torch.no_grad():
-            pred = predict(model, x_adv.to(device).float().div_(255), ev.batch_size)
-        acc = 100.0 * float((pred.cpu() == y).float().mean())
-        sets.append({"file": fname, "record": record_key(record), "attack": row.attack, "source_accuracy": acc})
-        metrics[f"source_accuracy/{record_key(record)}"] = acc
-    manifest = {"source": source, "dataset": spec.dataset, "norm": spec.norm, "n": int(len(y)),
-                "test_limit": ev.test_limit, "sets": sets, "wall_seconds": round(time.monotonic() - t0, 1)}
-    write_json(out / "manifest.json", manifest)
+    # readers (evaluate) share the "transfer-files" lock: they never see a half-done swap
+    with swapped_in(out, guard=lambda: stage_lock("transfer-files", source, wait=True)) as tmp:
+        for row in rows:
+            setting = params.attacks[row.attack]
+            x_adv = build_set(model, x_u8, y, row.eps, setting, norm=spec.norm, loss=ev.loss,
+                              seed=seed_for(params.seed, source, "transfer", row.attack, row.eps),
+                              batch_size=ev.batch_size, device=device,
+                              description=f"transfer {source}: {setting.label()} ε={row.eps:g}")
+            record = attack_record("transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed,
+                                   source=source)
+            fname = f"{set_name(row.attack, row.eps)}.pt"
+            save_set(tmp / fname, x_adv, y, {"record": record_key(record), "identity": who, "test_sha256": tested})
+            # the source's own accuracy on the set (how strong the attack is where it was made)
+            with torch.no_grad():
+                pred = predict(model, x_adv.to(device).float().div_(255), ev.batch_size)
+            acc = 100.0 * float((pred.cpu() == y).float().mean())
+            sets.append({"file": fname, "record": record_key(record), "attack": row.attack, "source_accuracy": acc})
+            metrics[f"source_accuracy/{record_key(record)}"] = acc
+        manifest = {"source": source, "dataset": data_name(params, spec.dataset), "norm": spec.norm, "n": int(len(y)),
+                    "test_limit": ev.test_limit, "identity": who, "test_sha256": tested, "sets": sets,
+                    "wall_seconds": round(time.monotonic() - t0, 1)}
+        write_json(tmp / "manifest.json", manifest)
     if tracker is not None:
         tracker.log_metrics(metrics)
         tracker.log_artifact(out / "manifest.json", "transfer")
     return metrics
+
+
+def load_sets(params, source: str, x_u8, y) -> list:
+    """(manifest entry, uint8 images) of every set of ``source``, each checked against the
+    params and the evaluated test images (``x_u8``, ``y``: the first n of them)."""
+    from ..evaluation.transfer import check_set, load_set, test_hash
+    from ..io import read_json
+    from ..params import identity
+    from .files import check_identity, stage_lock
+
+    folder = paths.transfer_dir(source)
+    remedy = f"rerun `mma transfer {source}`"
+    norm = params.model(source).norm
+    want = identity(params, source, "transfer")
+    with stage_lock("transfer-files", source, shared=True, wait=True):
+        manifest = read_json(folder / "manifest.json", remedy=remedy)
+        try:
+            entries, n, tested = manifest["sets"], int(manifest["n"]), manifest["test_sha256"]
+            files = [(e, e["file"], e["record"]) for e in entries]
+        except (KeyError, TypeError, ValueError) as e:
+            from ..io import BadFileError
+
+            raise BadFileError(f"{folder / 'manifest.json'}: not a transfer manifest (no {e}); {remedy}") from None
+        check_identity(folder / "manifest.json", manifest.get("identity"), want, remedy)
+        if n != len(y) or tested != test_hash(x_u8, y):
+            from ..io import BadFileError
+
+            raise BadFileError(f"{folder / 'manifest.json'}: its sets were made on other test images ({n} images, "
+                               f"test sha256 {str(tested)[:12]}…) than those evaluated now ({len(y)}, "
+                               f"{test_hash(x_u8, y)[:12]}…; data or evaluate.test_limit changed?); {remedy}")
+        out = []
+        for entry, fname, record in files:
+            path = folder / fname
+            x, meta = load_set(path, remedy=remedy)
+            check_identity(path, meta.get("identity"), want, remedy)
+            check_set(path, x, meta, x_u8, y, record=record, norm=norm, test_sha256=tested, remedy=remedy)
+            out.append((entry, x))
+    return out

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import an_pgd, pgd
-from ..io import load_tensors, save_tensors
+from ..io import BadFileError, load_tensors, save_tensors
 from ..models import build_model
 from ..progress import progress
 from ..config.model import ModelSpec
@@ -127,13 +127,45 @@ def model_record(spec: ModelSpec, model: nn.Module, **meta) -> dict:
             "spec": spec.model_dump(mode="json"), **meta}
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec, dict]:
-    """Rebuild a model saved by :func:`train` (weights-only load)."""
-    record = load_tensors(path)
-    spec = ModelSpec.model_validate(record["spec"])
-    model = new_model(spec)
-    model.load_state_dict(record["state_dict"])
+def load_model(path: str | Path, device: str | torch.device = "cpu", *,
+               remedy: str = "") -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild a model saved by :func:`train` (weights-only load, archive checksums checked).
+    A file that is not such a model (damaged, another architecture, non-finite weights)
+    raises BadFileError naming it and ``remedy``."""
+    todo = f"; {remedy}" if remedy else ""
+    record = load_tensors(path, remedy=remedy)
+    try:
+        spec = ModelSpec.model_validate(record["spec"])
+        model = new_model(spec)
+        model.load_state_dict(record["state_dict"])
+    except Exception as e:  # noqa: BLE001 - a wrong or damaged record, whatever the exception
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise BadFileError(f"{path}: not a model file of this project ({type(e).__name__}: {first}){todo}") from None
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise BadFileError(f"{path}: holds non-finite weights{todo}")
     return model.to(device).eval(), spec, {k: v for k, v in record.items() if k not in ("state_dict", "spec")}
+
+
+def load_resume(path: str | Path, device: torch.device) -> dict:
+    """A resume checkpoint, checked: readable, complete and with finite weights.  Any problem
+    raises BadFileError saying what exists and how to discard it (``mma train NAME --restart``)."""
+    todo = f"it cannot be resumed: run `mma train {_name_of(path)} --restart` to discard it and train from step 0"
+    state = load_tensors(path, map_location=device, remedy=todo)
+    try:
+        if not all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()):
+            raise BadFileError(f"{path}: resume checkpoint holds non-finite weights (saved after training "
+                               f"diverged?); {todo}")
+        int(state["result"]["step"]), state["optimizer"], state["step_fn"], state["rng"]  # noqa: B018 - present
+    except BadFileError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise BadFileError(f"{path}: not a complete resume checkpoint ({type(e).__name__}: {e}); {todo}") from None
+    return state
+
+
+def _name_of(resume_path: str | Path) -> str:
+    """The model name of results/checkpoints/NAME/resume.pt."""
+    return Path(resume_path).parent.name
 
 
 # --------------------------------------------------------------------------- the loop
@@ -170,19 +202,39 @@ def train(
     result = TrainResult(step=0, best_step=-1, best_value=-math.inf, selection_metric=metric)
     x_val, y_val = val[0].to(device), val[1].to(device)
 
+    saved_at = None  # the step of the last resume checkpoint on disk (None: there is none)
     if Path(resume_path).exists():
-        state = load_tensors(resume_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step_fn.load_state_dict(state["step_fn"])
-        set_rng_state(state["rng"])
-        result = TrainResult(**state["result"])
+        state = load_resume(resume_path, device)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step_fn.load_state_dict(state["step_fn"])
+            set_rng_state(state["rng"])
+            result = TrainResult(**state["result"])
+        except Exception as e:  # noqa: BLE001 - made by other code or for another model
+            raise BadFileError(f"{resume_path}: does not fit this model ({type(e).__name__}: "
+                               f"{str(e).strip()[:160]}); run `mma train {_name_of(resume_path)} --restart` to "
+                               "discard it and train from step 0") from None
+        saved_at = result.step
+
+    def diverged(what: str, step: int) -> TrainingDiverged:
+        if saved_at is None:
+            kept = "no resume checkpoint was written yet"
+        else:
+            kept = f"the last resume checkpoint is {resume_path} (step {saved_at})"
+        return TrainingDiverged(f"{spec.name}: {what} at step {step}; {kept}. Rerunning repeats the same steps: "
+                                "change the model's settings (e.g. a lower optimizer.lr; a checkpoint of other "
+                                "settings is discarded) or rerun with --restart")
 
     def checkpoint() -> None:
+        nonlocal saved_at
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save what cannot be resumed
+            raise diverged("non-finite weights", result.step)
         save_tensors(resume_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step_fn": step_fn.state_dict(),
             "rng": rng_state(), "result": result.__dict__, "spec": spec.model_dump(mode="json"),
         })
+        saved_at = result.step
         if flush:
             flush()
 
@@ -195,14 +247,12 @@ def train(
             x, y, idx = batcher.batch(step)
             loss, metrics = step_fn(model, x, y, idx, step)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"{spec.name}: non-finite loss ({loss.item()}) at step {step}; "
-                                       f"the last good checkpoint is {resume_path}")
+                raise diverged(f"non-finite loss ({loss.item()})", step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             if not torch.isfinite(torch.stack([g.abs().max() for g in grads])).all():
-                raise TrainingDiverged(f"{spec.name}: non-finite gradient at step {step}; "
-                                       f"the last good checkpoint is {resume_path}")
+                raise diverged("non-finite gradient", step)
             optimizer.step()
             result.step = step + 1
             metrics["lr"] = optimizer.param_groups[0]["lr"]
