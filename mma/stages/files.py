@@ -75,7 +75,8 @@ def stage_lock(stage: str, name: str, *, shared: bool = False, wait: bool = Fals
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise BusyError(f"another `mma {stage} {name}` is running ({holder}; lock {path}); wait for it to "
+            command = f"mma {stage}" + ("" if name == "all" else f" {name}")
+            raise BusyError(f"another `{command}` is running ({holder}; lock {path}); wait for it to "
                             "finish, then rerun") from None
         if not shared:
             f.seek(0)

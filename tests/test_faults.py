@@ -1,0 +1,445 @@
+"""The fault table (issue 14): every expected failure a user can meet — bad params, damaged,
+copied or mismatched files between stages, busy locks, an unusable store or output
+folder — through the real CLI (typer's CliRunner, in-process) ends in ONE line naming
+the file or key and what to do, exit code 2, no traceback, and the user's files as they were.
+
+One small real project is built once per module through the CLI (MNIST subset, an STD
+and a PGD LeNet trained for a few steps, their transfer sets, evaluations and the report,
+with the costly checks switched off); each fault runs in a copy of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from mma.cli import app
+
+from conftest import mnist_source
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+STD, PGD = "mnist-linf-std", "mnist-linf-pgd-0.3"
+
+
+def project_params(data_root: Path) -> dict:
+    """The smoke profile cut to MNIST Linf STD + PGD, costly evaluation parts off."""
+    p = copy.deepcopy(SMOKE)
+    p["experiment"] = "faults"
+    p["data"].update(root=str(data_root), datasets=["mnist"])
+    p["models"] = [m for m in p["models"] if m["name"] in (STD, PGD)]
+    for m in p["models"]:
+        m.update(train_steps=10, eval_every=10, checkpoint_every=5, train_limit=600, val_limit=50)
+    p["table1"] = {"eps": [0.3], "sources": {"PGD": {"model": PGD, "attacks": ["fgsm", "pgd5x1"]},
+                                            "STD": {"model": STD, "attacks": ["fgsm", "pgd5x1"]}},
+                   "columns": {PGD: "PGD", STD: "STD"}}
+    ev = p["evaluate"]
+    ev["threat_models"] = [t for t in ev["threat_models"] if (t["dataset"], t["norm"]) == ("mnist", "linf")]
+    ev["threat_models"][0]["curve_eps"] = [0.1, 0.3]
+    ev["autoattack"] = {"enabled": False}
+    ev["margins"] = {"enabled": False}
+    ev["checks"] = {"enabled": False}
+    ev.update(test_limit=32, batch_size=32)
+    return p
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def one_line_exit_2(result, *expected: str) -> str:
+    """The result is exit 2 with one error line (no traceback) holding every ``expected``."""
+    out = result.output + result.stderr
+    assert "Traceback" not in out, out
+    assert result.exit_code == 2, out
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mma: error:")]
+    assert len(errors) == 1, result.stderr
+    for text in expected:
+        assert text in errors[0], f"{text!r} not in: {errors[0]}"
+    if os.environ.get("SHOW_FAULTS"):
+        print("\nFAULT:", errors[0])
+    return errors[0]
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``folder`` (lock files aside)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".locks" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A project folder with params.yaml and every stage's outputs, made through the CLI."""
+    src = mnist_source()
+    if not (src / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST not found at {src}")
+    base = tmp_path_factory.mktemp("project")
+    (base / "data").mkdir()
+    (base / "params.yaml").write_text(yaml.safe_dump(project_params(base / "data"), sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base}/mlflow.db")
+        mp.setenv("MMA_DATA_SOURCE", str(src))
+        for args in (["data"], ["train", STD], ["train", PGD], ["transfer", STD], ["transfer", PGD],
+                     ["evaluate", STD], ["evaluate", PGD], ["report"]):
+            result = invoke(*args, "--params", "params.yaml")
+            assert result.exit_code == 0, (args, result.output)
+    return base
+
+
+@pytest.fixture()
+def project(built, tmp_path, monkeypatch) -> Path:
+    """A private copy of the built project (results/ copied, data/ shared read-only), as cwd."""
+    shutil.copytree(built / "results", tmp_path / "results")
+    shutil.copy(built / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{built}/mlflow.db")  # one store: created once
+    return tmp_path
+
+
+def write_params(folder: Path, change) -> str:
+    doc = yaml.safe_load((folder / "params.yaml").read_text())
+    change(doc)
+    (folder / "bad.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return "bad.yaml"
+
+
+def flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def resave(path: Path, change) -> None:
+    """Load a tensor file, change its dict, save it again (a well-formed file with other content)."""
+    obj = torch.load(path, weights_only=True)
+    change(obj)
+    torch.save(obj, path)
+
+
+# --------------------------------------------------------------------------- params faults
+def _lr_steps(doc, steps):
+    doc["models"][0]["optimizer"]["lr_steps"] = steps
+
+
+PARAMS_FAULTS = [
+    # (id, change to the doc, substrings of the one line)
+    ("nan in table1.eps", lambda d: d["table1"].update(eps=[float("nan")]), ["table1.eps[0]", "finite"]),
+    ("negative table1.eps", lambda d: d["table1"].update(eps=[-0.3]), ["table1.eps[0]", "-0.3", "greater than 0"]),
+    ("eps out of order", lambda d: d["table1"].update(eps=[0.4, 0.3]), ["table1", "increase"]),
+    ("inf in curve_eps", lambda d: d["evaluate"]["threat_models"][0].update(curve_eps=[0.1, float("inf")]),
+     ["evaluate.threat_models[0].curve_eps[1]", "finite"]),
+    ("negative curve_eps", lambda d: d["evaluate"]["threat_models"][0].update(curve_eps=[-0.2, 0.1]),
+     ["curve_eps[0]", "-0.2"]),
+    ("negative lr in lr_steps", lambda d: _lr_steps(d, [[10, -1.0]]), ["optimizer.lr_steps[0][1]", "-1.0"]),
+    ("lr_steps not increasing", lambda d: _lr_steps(d, [[10, 0.1], [5, 0.01]]), ["lr_steps", "increase"]),
+    ("inf pgd eps", lambda d: d["models"][1]["pgd"].update(eps=float("inf")),
+     ["models[1] (mnist-linf-pgd-0.3).pgd.eps", "finite"]),
+    ("inf lr", lambda d: d["models"][0]["optimizer"].update(lr=float("inf")), ["optimizer.lr", "finite"]),
+    ("true as eps", lambda d: d["models"][1]["pgd"].update(eps=True), ["pgd.eps = True", "number"]),
+    ("true as train_steps", lambda d: d["models"][0].update(train_steps=True), ["train_steps = True", "integer"]),
+    ("float as steps", lambda d: d["models"][1]["pgd"].update(steps=3.5), ["pgd.steps = 3.5"]),
+    ("string as bool", lambda d: d["models"][0].update(augment="yes"), ["augment", "'yes'"]),
+]
+
+
+@pytest.mark.parametrize("change, expected", [pytest.param(c, e, id=i) for i, c, e in PARAMS_FAULTS])
+def test_params_value_faults(tmp_path, monkeypatch, change, expected):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(project_params(tmp_path / "data"), sort_keys=False))
+    bad = write_params(tmp_path, change)
+    before = sorted(os.listdir(tmp_path))
+    one_line_exit_2(invoke("train", STD, "--params", bad), *expected)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing created
+
+
+BOMB = "\n".join([f"{k}: &{k} [" + ", ".join([f"*{prev}"] * 9 if prev else ['"lol"'] * 9) + "]"
+                  for prev, k in zip([None, "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi")]) + "\nexperiment: *i\n"
+
+RAW_FAULTS = [
+    ("duplicate key", None, ["duplicate key 'train_steps'", "line"]),
+    ("alias bomb", BOMB.encode(), ["expands to more than"]),
+    ("self-referencing alias", b"a: &a [*a]\n", ["alias"]),
+    ("not UTF-8", "experiment: caf\u00e9\n".encode("latin-1"), ["not UTF-8", "0xe9"]),
+    ("too large", b"# " + b"x" * (2 << 20) + b"\n", ["larger than"]),
+]
+
+
+@pytest.mark.parametrize("content, expected", [pytest.param(c, e, id=i) for i, c, e in RAW_FAULTS])
+def test_params_file_faults(tmp_path, monkeypatch, content, expected):
+    monkeypatch.chdir(tmp_path)
+    if content is None:  # a duplicate key inside a model: last-wins would silently train 5 steps
+        text = yaml.safe_dump(project_params(tmp_path / "data"), sort_keys=False)
+        content = text.replace("  train_steps: 10\n", "  train_steps: 40\n  train_steps: 5\n", 1).encode()
+    (tmp_path / "bad.yaml").write_bytes(content)
+    one_line_exit_2(invoke("train", STD, "--params", "bad.yaml"), "bad.yaml", *expected)
+    assert sorted(os.listdir(tmp_path)) == ["bad.yaml"]
+
+
+def test_params_file_is_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").mkdir()
+    one_line_exit_2(invoke("report", "--params", "params.yaml"), "params.yaml", "folder")
+
+
+def test_bad_value_error_is_bounded(tmp_path, monkeypatch):
+    """A huge value is shown shortened, not printed whole."""
+    monkeypatch.chdir(tmp_path)
+    doc = project_params(tmp_path / "data")
+    doc["experiment"] = [list(range(1000))] * 100
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+    line = one_line_exit_2(invoke("report", "--params", "bad.yaml"), "experiment")
+    assert len(line) < 400
+
+
+# --------------------------------------------------------------------------- files between stages
+def _copy_model(p: Path):
+    shutil.copy(p / "results/models" / PGD / "model.pt", p / "results/models" / STD / "model.pt")
+
+
+def _other_architecture(p: Path):
+    def swap(obj):
+        obj["state_dict"] = {"0.weight": torch.zeros(8, 1, 4, 4), "0.bias": torch.zeros(8)}
+    resave(p / "results/models" / STD / "model.pt", swap)
+
+
+def _inf_weights(p: Path):
+    def poison(obj):
+        key = next(k for k, v in obj["state_dict"].items() if v.is_floating_point())
+        obj["state_dict"][key][0] = float("inf")
+    resave(p / "results/models" / STD / "model.pt", poison)
+
+
+def _no_identity(p: Path):
+    resave(p / "results/models" / STD / "model.pt", lambda obj: obj.pop("identity"))
+
+
+def _other_settings(p: Path):
+    def change(obj):
+        obj["identity"]["spec_sha256"] = "0" * 64
+    resave(p / "results/models" / STD / "model.pt", change)
+
+
+def _set_file(p: Path, source: str = PGD) -> Path:
+    return next((p / "results/transfer" / source).glob("fgsm_*.pt"))
+
+
+def _inverted_set(p: Path):
+    def invert(obj):
+        x = torch.frombuffer(bytearray(zlib.decompress(obj["data"].numpy().tobytes())), dtype=torch.uint8)
+        obj["data"] = torch.frombuffer(bytearray(zlib.compress((255 - x).numpy().tobytes())), dtype=torch.uint8)
+    resave(_set_file(p), invert)
+
+
+def _set_of_other_record(p: Path):
+    sets = sorted((p / "results/transfer" / PGD).glob("*.pt"))
+    shutil.copy(sets[1], sets[0])
+
+
+def _set_of_other_source(p: Path):
+    shutil.copy(_set_file(p, STD), _set_file(p, PGD))
+
+
+def _truncate(path: Path, keep: float = 0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+FILE_FAULTS = [
+    # (id, damage(project), command, substrings of the one line)
+    ("empty model.pt", lambda p: (p / "results/models" / STD / "model.pt").write_bytes(b""),
+     ["evaluate", STD], ["results/models/mnist-linf-std/model.pt", "empty", f"mma train {STD}"]),
+    ("flipped byte in model.pt", lambda p: flip_byte(p / "results/models" / STD / "model.pt", 3000),
+     ["evaluate", STD], ["model.pt", f"mma train {STD}"]),
+    ("flipped byte late in model.pt",
+     lambda p: flip_byte(p / "results/models" / STD / "model.pt",
+                         (p / "results/models" / STD / "model.pt").stat().st_size // 2),
+     ["evaluate", STD], ["model.pt", "corrupt", f"mma train {STD}"]),
+    ("truncated model.pt", lambda p: _truncate(p / "results/models" / STD / "model.pt"),
+     ["transfer", STD], ["model.pt", f"mma train {STD}"]),
+    ("model.pt copied from another model", _copy_model,
+     ["evaluate", STD], ["model.pt", f"belongs to model '{PGD}'", f"mma train {STD}"]),
+    ("model.pt of another architecture", _other_architecture,
+     ["evaluate", STD], ["model.pt", "not a model file", f"mma train {STD}"]),
+    ("model.pt with inf weights", _inf_weights, ["evaluate", STD], ["model.pt", "non-finite", f"mma train {STD}"]),
+    ("model.pt without identity", _no_identity, ["transfer", STD], ["model.pt", "identity", f"mma train {STD}"]),
+    ("model.pt of other settings", _other_settings, ["evaluate", STD], ["model.pt", "other settings"]),
+    ("truncated transfer set", lambda p: _truncate(_set_file(p), 0.7),
+     ["evaluate", STD], ["results/transfer/mnist-linf-pgd-0.3/fgsm", f"mma transfer {PGD}"]),
+    ("flipped byte in transfer set", lambda p: flip_byte(_set_file(p), _set_file(p).stat().st_size // 2),
+     ["evaluate", STD], ["fgsm", f"mma transfer {PGD}"]),
+    ("inverted images in transfer set", _inverted_set,
+     ["evaluate", STD], ["fgsm", "outside its ε-ball", f"mma transfer {PGD}"]),
+    ("transfer set under another row's name", _set_of_other_record,
+     ["evaluate", STD], ["manifest says", f"mma transfer {PGD}"]),
+    ("transfer set of another source", _set_of_other_source,
+     ["evaluate", STD], [f"belongs to model '{STD}'", f"mma transfer {PGD}"]),
+    ("invalid manifest.json", lambda p: (p / "results/transfer" / PGD / "manifest.json").write_text("{\"sets\": [tru"),
+     ["evaluate", STD], ["manifest.json", "not valid JSON", f"mma transfer {PGD}"]),
+    ("manifest.json missing", lambda p: (p / "results/transfer" / PGD / "manifest.json").unlink(),
+     ["evaluate", STD], ["manifest.json", "missing", f"mma transfer {PGD}"]),
+    ("per_example.pt copied from another model",
+     lambda p: shutil.copy(p / "results/eval" / PGD / "per_example.pt", p / "results/eval" / STD / "per_example.pt"),
+     ["report"], ["results/eval/mnist-linf-std/per_example.pt", f"belongs to model '{PGD}'", f"mma evaluate {STD}"]),
+    ("truncated per_example.pt", lambda p: _truncate(p / "results/eval" / STD / "per_example.pt"),
+     ["report"], ["per_example.pt", f"mma evaluate {STD}"]),
+    ("per_example.pt missing", lambda p: (p / "results/eval" / STD / "per_example.pt").unlink(),
+     ["report"], ["per_example.pt", "missing", f"mma evaluate {STD}"]),
+    ("output folder is a file", lambda p: (shutil.rmtree(p / "results/report"), (p / "results/report").write_text("x")),
+     ["report"], ["results/report", "not a folder"]),
+]
+
+
+@pytest.mark.parametrize("damage, command, expected", [pytest.param(d, c, e, id=i) for i, d, c, e in FILE_FAULTS])
+def test_file_faults(project, damage, command, expected):
+    damage(project)
+    before = tree(project)
+    one_line_exit_2(invoke(*command, "--params", "params.yaml"), *expected)
+    assert tree(project) == before  # nothing written, nothing deleted
+
+
+# --------------------------------------------------------------------------- data, store, locks
+def test_batch_size_larger_than_the_data(project):
+    bad = write_params(project, lambda d: d["models"][0].update(batch_size=5000))
+    one_line_exit_2(invoke("train", STD, "--params", bad), "models[0] (mnist-linf-std).batch_size = 5000",
+                    "training images")
+
+
+def test_cifar10_is_not_silently_the_synthetic_stand_in(tmp_path, monkeypatch):
+    from mma.data import prepare_cifar10
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    prepare_cifar10(tmp_path / "data", "synthetic", synthetic_train=1500, synthetic_test=200)
+    doc = copy.deepcopy(SMOKE)
+    doc["data"].update(root="data", cifar10_source=None)  # asks for the real CIFAR-10
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    one_line_exit_2(invoke("train", "cifar10-linf-pgd-8", "--params", "p.yaml"),
+                    "cifar-10-batches-py", "synthetic stand-in", "data.cifar10_source: synthetic")
+
+
+def test_tracking_uri_in_a_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(project_params(tmp_path / "data")))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/nonexistent/dir/mlflow.db")
+    one_line_exit_2(invoke("report", "--params", "params.yaml"), "nonexistent/dir", "does not exist")
+    assert not (tmp_path / "nonexistent").exists()
+
+
+def test_locked_mlflow_db(project, built, monkeypatch):
+    """Another program holds an exclusive lock on the store: one line, exit 2."""
+    db = project / "locked.db"
+    shutil.copy(built / "mlflow.db", db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    holder = sqlite3.connect(db, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        one_line_exit_2(invoke("report", "--params", "params.yaml"), "locked.db")
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_copied_store_would_write_into_the_original(project, built, monkeypatch):
+    """`cp -a` of a checkout with mlflow.db: its experiment's artifacts point at the original."""
+    (project / "copy").mkdir()
+    shutil.copy(built / "mlflow.db", project / "copy" / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project}/copy/mlflow.db")
+    before = tree(built / "mlartifacts") if (built / "mlartifacts").exists() else {}
+    one_line_exit_2(invoke("report", "--params", "params.yaml"), "copied from another checkout",
+                    str(built / "mlartifacts"))
+    assert (tree(built / "mlartifacts") if (built / "mlartifacts").exists() else {}) == before
+
+
+@pytest.mark.parametrize("command, lock", [(["train", STD], ("train", STD)), (["transfer", PGD], ("transfer", PGD)),
+                                           (["evaluate", STD], ("evaluate", STD)), (["report"], ("report", "all"))])
+def test_second_invocation_is_refused_while_the_first_runs(project, command, lock):
+    from mma.stages.files import stage_lock
+
+    before = tree(project)
+    with stage_lock(*lock):  # what the first invocation holds while it works
+        one_line_exit_2(invoke(*command, "--params", "params.yaml"), f"another `mma {' '.join(command)}` is running",
+                        f"pid {os.getpid()}")
+    assert tree(project) == before
+
+
+# --------------------------------------------------------------------------- resume checkpoints
+def _resume(project: Path) -> Path:
+    """A resume checkpoint of STD at step 5 of 10, as a run killed after its first checkpoint leaves."""
+    from mma.data import TensorBatcher, load_split, to_float
+    from mma.params import load_params
+    from mma.stages import train as train_stage
+    from mma.train import train
+
+    params = load_params(project / "params.yaml")
+    train_stage.prepare(params, STD)  # the checkpoint folder of exactly these settings
+    spec = params.model(STD)
+    x, y = load_split("mnist", params.data.root, "train", val_size=params.data.val_size, limit=spec.train_limit)
+    xv, yv = load_split("mnist", params.data.root, "val", val_size=params.data.val_size, limit=spec.val_limit)
+    resume = train_stage.checkpoint_dir(STD) / "resume.pt"
+    train(spec.model_copy(update={"train_steps": 5}), TensorBatcher(x, y, spec.batch_size, seed=spec.seed),
+          (to_float(xv, "cpu"), yv), model_path=resume.parent / "best.pt", resume_path=resume, show_progress=False)
+    assert resume.is_file()
+    return resume
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda r: flip_byte(r, r.stat().st_size // 2), ["resume.pt", "--restart"]),
+    (lambda r: r.write_bytes(b""), ["resume.pt", "empty", "--restart"]),
+    (lambda r: resave(r, lambda s: s["model"][next(iter(s["model"]))].fill_(float("nan"))),
+     ["resume.pt", "non-finite weights", "--restart"]),
+], ids=["flipped byte", "empty", "nan weights"])
+def test_corrupt_resume_checkpoint_says_what_to_do_and_restart_discards_it(project, damage, expected):
+    resume = _resume(project)
+    damage(resume)
+    for _ in range(2):  # the same clear line on every rerun, nothing deleted
+        one_line_exit_2(invoke("train", STD, "--params", "params.yaml"), f"mma train {STD} --restart", *expected)
+        assert resume.is_file()
+    result = invoke("train", STD, "--params", "params.yaml", "--restart")
+    assert result.exit_code == 0, result.output
+    assert not resume.parent.exists()  # finished: the working folder is gone
+    from mma.stages.files import load_checked_model
+    from mma.params import load_params
+
+    load_checked_model(load_params("params.yaml"), STD, "cpu")  # a model of this params entry
+
+
+def test_divergence_before_the_first_checkpoint_names_no_checkpoint(project):
+    bad = write_params(project, lambda d: d["models"][0]["optimizer"].update(lr=1e30))
+    result = invoke("train", STD, "--params", bad)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert "non-finite" in line and "no resume checkpoint was written yet" in line, line
+    assert not (project / "results/checkpoints" / STD / "resume.pt").exists()
+
+
+# --------------------------------------------------------------------------- the table's size
+def test_the_fault_table_has_at_least_20_faults():
+    assert len(PARAMS_FAULTS) + len(RAW_FAULTS) + len(FILE_FAULTS) >= 20
+
+
+def test_report_and_transfer_outputs_are_swapped_in_whole(project, monkeypatch):
+    """A report run that fails half-way (a kill) leaves the previous report as it was."""
+    from mma.report import summary as summary_module
+
+    before = tree(project / "results/report")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(summary_module, "build_summary", killed)
+    result = invoke("report", "--params", "params.yaml")
+    assert result.exit_code != 0
+    assert tree(project / "results/report") == before
+    assert [p.name for p in (project / "results").iterdir() if p.name.startswith(".report")] == []
