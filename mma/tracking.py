@@ -131,6 +131,8 @@ def open_store(experiment: str, uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
+    # a locked or read-only mlflow.db: MLflow logs the traceback, then raises; the CLI says it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
         raise TrackingError(f"MLflow store {uri}: folder {Path(uri.removeprefix('sqlite:///')).parent} does not "
                             f"exist; create it, or fix (or unset) {URI_ENV}")

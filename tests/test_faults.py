@@ -443,3 +443,73 @@ def test_report_and_transfer_outputs_are_swapped_in_whole(project, monkeypatch):
     assert result.exit_code != 0
     assert tree(project / "results/report") == before
     assert [p.name for p in (project / "results").iterdir() if p.name.startswith(".report")] == []
+
+
+# --------------------------------------------------------------------------- kills
+def test_kill_after_the_final_flush_logs_no_metric_twice(built, tmp_path, monkeypatch):
+    """Killed right after train's final MLflow flush (before the checkpoint folder is
+    removed): the rerun continues the same run and logs no step of any metric twice."""
+    from mlflow.tracking import MlflowClient
+
+    from mma.stages import train as train_stage
+
+    shutil.copy(built / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    real_finish = train_stage.finish
+
+    def killed(name):
+        raise KeyboardInterrupt  # as a kill between the final flush and the clean-up
+
+    monkeypatch.setattr(train_stage, "finish", killed)
+    result = invoke("train", STD, "--params", "params.yaml")
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert (train_stage.checkpoint_dir(STD) / "run.json").is_file()
+    monkeypatch.setattr(train_stage, "finish", real_finish)
+    result = invoke("train", STD, "--params", "params.yaml")
+    assert result.exit_code == 0, result.output
+    assert not train_stage.checkpoint_dir(STD).exists()
+
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run, continued
+    run_id = runs[0].info.run_id
+    keys = set(runs[0].data.metrics)
+    assert {"best_step", "loss", "val_clean_acc"} <= keys
+    for key in keys:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+
+
+def test_internal_bug_shows_its_traceback_and_a_hint(project, monkeypatch):
+    from mma.stages import report
+
+    def bug(params):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(report, "load_results", bug)
+    result = invoke("report", "--params", "params.yaml")
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr
+    assert "this is a bug in mma: please report it" in result.stderr.strip().splitlines()[-1]
+
+
+def test_store_locked_mid_stage_is_one_line(project, built, monkeypatch):
+    """Another program locks mlflow.db while the stage works: one line, exit 2, files complete."""
+    from mma.stages import report
+
+    db = built / "mlflow.db"  # the project's store (opened by the stage before the lock is taken)
+    real, holder = report.load_results, sqlite3.connect(db, timeout=0)
+
+    def lock_then_load(params):
+        holder.execute("BEGIN EXCLUSIVE")  # taken after the stage opened the store
+        return real(params)
+
+    monkeypatch.setattr(report, "load_results", lock_then_load)
+    try:
+        one_line_exit_2(invoke("report", "--params", "params.yaml"), str(db), "database is locked")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert (project / "results/report/summary.md").is_file()
