@@ -513,3 +513,43 @@ def test_store_locked_mid_stage_is_one_line(project, built, monkeypatch):
         holder.rollback()
         holder.close()
     assert (project / "results/report/summary.md").is_file()
+
+
+def test_killed_transfer_leaves_the_previous_sets_and_manifest(project, monkeypatch):
+    """Killed after its first new set: the old sets and the old manifest stay together."""
+    from mma.evaluation import transfer as transfer_module
+
+    before = tree(project / "results/transfer" / PGD)
+    real, calls = transfer_module.build_set, []
+
+    def killed_on_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(transfer_module, "build_set", killed_on_second)
+    result = invoke("transfer", PGD, "--params", "params.yaml")
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert tree(project / "results/transfer" / PGD) == before
+    assert sorted(p.name for p in (project / "results/transfer").iterdir()) == sorted([PGD, STD])  # no temp left
+    monkeypatch.setattr(transfer_module, "build_set", real)
+    assert invoke("evaluate", STD, "--params", "params.yaml").exit_code == 0  # the old sets still check out
+
+
+def test_synthetic_cifar10_is_named_as_such(tmp_path):
+    """Figure 3's CIFAR10 panels and the data label say "synthetic stand-in" when the params
+    ask for it, and never compare it with the paper's CIFAR10 anchors."""
+    from mma.params import data_name, identity, load_params
+    from mma.report.figures import figure3
+
+    smoke = load_params(ROOT / "profiles" / "smoke.yaml")  # data.cifar10_source: synthetic
+    assert data_name(smoke, "cifar10") == "cifar10-synthetic" and data_name(smoke, "mnist") == "mnist"
+    assert identity(smoke, "cifar10-linf-pgd-8", "train")["data"] == "cifar10-synthetic"
+    panels = figure3({}, {m.name: m for m in smoke.models}, smoke, tmp_path / "f.png", dpi=50)
+    assert "(c) CIFAR10 (synthetic stand-in), Linf" in panels and "(d) CIFAR10 (synthetic stand-in), L2" in panels
+    doc = copy.deepcopy(SMOKE)
+    doc["data"]["cifar10_source"] = None
+    (tmp_path / "real.yaml").write_text(yaml.safe_dump(doc))
+    real = load_params(tmp_path / "real.yaml")
+    assert "(c) CIFAR10, Linf" in figure3({}, {m.name: m for m in real.models}, real, tmp_path / "g.png", dpi=50)
