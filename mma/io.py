@@ -97,7 +97,7 @@ def load_tensors(path: str | os.PathLike, map_location: Any = "cpu", *, remedy: 
     except Exception as e:  # noqa: BLE001 - zlib.error, struct.error...: a damaged archive either way
         raise BadFileError(f"{path}: corrupt ({type(e).__name__}: {e}){todo}") from None
     if bad is not None:
-        entry = bad.split("/", 1)[-1]  # torch names entries "<archive name>/data/0"
+        entry = str(Path(*Path(bad).parts[1:]))  # torch names entries "<archive name>/data/0"
         raise BadFileError(f"{path}: corrupt (checksum of its {entry} differs: the file changed after it was written)"
                            f"{todo}")
     try:
