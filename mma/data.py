@@ -50,6 +50,10 @@ class DataError(Exception):
         super().__init__(" ".join(str(message).split()))  # one line, whatever a cause said
 
 
+class DataSizeError(DataError, ValueError):
+    """A size setting (data.val_size) that does not fit the prepared data."""
+
+
 # ---------------------------------------------------------------- preparation
 
 
@@ -337,7 +341,8 @@ def load_split(dataset: str, root: PathLike, split: str, *, val_size: int = 5000
     x, y = _load(resolve_dataset(dataset, root), Path(root), train=split != "test")
     if split != "test":
         if not 0 <= val_size < len(x):
-            raise ValueError(f"val_size must be in [0, {len(x)}), got {val_size}")
+            raise DataSizeError(f"data.val_size = {val_size}: must be below the {len(x)} training images of "
+                                f"{dataset} (the rest are the training split); lower it")
         part = slice(0, val_size) if split == "val" else slice(val_size, None)
         x, y = x[part], y[part]
     if limit is not None:

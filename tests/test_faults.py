@@ -316,6 +316,11 @@ def test_batch_size_larger_than_the_data(project):
                     "training images")
 
 
+def test_val_size_larger_than_the_data(project):
+    bad = write_params(project, lambda d: d["data"].update(val_size=60000))
+    one_line_exit_2(invoke("train", STD, "--params", bad), "data.val_size = 60000", "60000 training images")
+
+
 def test_cifar10_is_not_silently_the_synthetic_stand_in(tmp_path, monkeypatch):
     from mma.data import prepare_cifar10
 

@@ -89,7 +89,7 @@ class MMATrainSpec(Strict):
 class ModelSpec(Strict):
     """One model of the grid."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # also a folder name and a DVC stage key
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)  # also a folder name and a DVC stage key
     dataset: Literal["mnist", "cifar10"]
     arch: Literal["lenet5_madry", "wrn28_4", "wrn10_1"]
     norm: Literal["linf", "l2"]
