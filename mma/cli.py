@@ -1,7 +1,10 @@
 """``mma``: one subcommand per pipeline stage (dvc.yaml and the Snakefile only call these).
 
 Every command validates its params file first: a bad file prints one line naming
-the key and the value and exits with code 2 before anything is created.  Each stage
+the key and the value and exits with code 2 before anything is created.  Every other
+expected failure (a missing, damaged or mismatched file between stages, a busy lock,
+an unusable tracking store or output folder) leaves through one boundary, ``_errors``:
+one line naming the file and what to rerun, exit code 2.  Each stage
 invocation is one MLflow run (see ``mma.tracking``).  Nothing heavy (torch, mlflow)
 is imported at module level, so ``mma --help`` answers instantly.
 """

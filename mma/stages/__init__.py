@@ -7,4 +7,8 @@ section(s), writes only the paths of ``mma.paths`` and returns its summary metri
     transfer  mma.stages.transfer.run(params, source, *, device, tracker) -> results/transfer/SOURCE/
     evaluate  mma.stages.evaluate.run(params, name, *, device, tracker)   -> results/eval/NAME/
     report    mma.stages.report.run(params, *, tracker)            -> results/report/
+
+``files`` holds what they share: the identity check of every file read from another
+stage, the per-model locks (results/.locks/), output folders swapped in whole, and the
+writability check the CLI makes before any work.
 """
