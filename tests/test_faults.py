@@ -316,6 +316,17 @@ def test_batch_size_larger_than_the_data(project):
                     "training images")
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders (the file-in-the-way case covers root)")
+def test_read_only_output_folder_is_refused_before_the_work(project):
+    out = project / "results/eval" / STD
+    out.chmod(0o555)
+    try:
+        one_line_exit_2(invoke("evaluate", STD, "--params", "params.yaml"), "results/eval/mnist-linf-std",
+                        "cannot be written")
+    finally:
+        out.chmod(0o755)
+
+
 def test_val_size_larger_than_the_data(project):
     bad = write_params(project, lambda d: d["data"].update(val_size=60000))
     one_line_exit_2(invoke("train", STD, "--params", bad), "data.val_size = 60000", "60000 training images")
