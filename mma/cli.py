@@ -78,11 +78,12 @@ def _outputs(p, stage: Stage, target: Optional[str]) -> list[Path]:
     """The folders a stage writes (checked for writability before any work)."""
     from . import paths
 
-    return {"data": lambda: [Path(p.data.root)],
-            "train": lambda: [paths.model_dir(target), paths.resume_file(target).parent],
-            "transfer": lambda: [paths.transfer_dir(target)],
-            "evaluate": lambda: [paths.eval_dir(target)],
-            "report": lambda: [paths.report_dir()]}[stage.name]()
+    folders = {"data": lambda: [Path(p.data.root)],
+               "train": lambda: [paths.model_dir(target), paths.resume_file(target).parent],
+               "transfer": lambda: [paths.transfer_dir(target)],
+               "evaluate": lambda: [paths.eval_dir(target)],
+               "report": lambda: [paths.report_dir()]}[stage.name]()
+    return folders + [f.parent for f in folders]  # outputs are built beside, then renamed into place
 
 
 def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, device: Optional[str] = None,
