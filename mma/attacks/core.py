@@ -222,11 +222,16 @@ def fp32(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in fp32 if autocast made it bf16/fp16; fp32 and fp64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def input_grad(model: nn.Module, x: Tensor, y: Tensor, loss_fn) -> tuple[Tensor, Tensor]:
     """(logits, ∂ Σ loss / ∂x) at x, one forward and one backward; the logits (B, K)
     are fp32 (the loss is computed on them) whatever the step's precision."""
     x = x.detach().requires_grad_(True)
     with step_autocast(x.device):
-        logits = model(x).float()
+        logits = full_precision(model(x))
     (grad,) = torch.autograd.grad(loss_fn(logits, y).sum(), x)
     return logits.detach(), grad

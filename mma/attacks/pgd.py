@@ -125,14 +125,14 @@ def _select_target(model, x, y, eps, alpha, norm, steps, restarts, random_init, 
                    exit_every) -> Tensor:
     result = torch.empty_like(x)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for _ in range(restarts):
+    for r in range(restarts):
         start = _start(x, eps, norm, random_init)  # drawn for the full batch: exactness of early exit
         rows = (~fooled).nonzero().squeeze(1) if early_exit else torch.arange(x.shape[0], device=x.device)
         if rows.numel() == 0:
             break
         x_adv, hit = _run_until_fooled(
             model, x[rows], y[rows], eps[rows], alpha[rows], start[rows], norm, steps, loss_fn, early_exit,
-            exit_every,
+            exit_every, last=r == restarts - 1,
         )
         # a first success is kept; the last iterate of the last restart fills the rest
         new = hit & ~fooled[rows]
@@ -142,10 +142,15 @@ def _select_target(model, x, y, eps, alpha, norm, steps, restarts, random_init, 
     return result
 
 
-def _run_until_fooled(model, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit, exit_every):
+def _run_until_fooled(model, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit, exit_every, last):
     """One restart.  Returns (per example: the first fooling iterate, else the last
     iterate; fooled mask).  With early_exit, fooled examples leave the batch at the
     next check, every ``exit_every`` iterations.
+
+    The last restart (``last``) skips the forward that checks the final iterate: a row
+    not fooled before it returns the final iterate whether or not it fools, so the
+    check cannot change x_adv (the caller's judging forward does it once); the
+    returned mask then covers the earlier iterates only.
 
     Between checks nothing is read back to the host: each row's first fooling iterate
     and its fooled flag are kept by masking (a row fooled between checks keeps
@@ -159,10 +164,10 @@ def _run_until_fooled(model, x, y, eps, alpha, x_adv, norm, steps, loss_fn, earl
     live = torch.arange(n, device=x.device)  # rows still being attacked
     # their iterate, input, label, eps, step size, first fooling iterate so far, fooled flag
     xa, xl, yl, el, al, ol, hl = x_adv, x, y, eps, alpha, out, hit
-    for t in range(steps + 1):
+    for t in range(steps + 1 - last):
         if t < steps:
             logits, grad = input_grad(model, xa, yl, loss_fn)
-        else:  # the last iterate only needs a check
+        else:  # the final iterate only needs a check (before another restart)
             with torch.no_grad():
                 logits = model(xa)
         now = logits.argmax(dim=1) != yl

@@ -18,6 +18,7 @@ from .. import paths
 def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
     import torch
 
+    from .. import compute
     from ..data import load_split
     from ..evaluation.transfer import build_set, save_set, set_name
     from ..evaluation.whitebox import predict, seed_for
@@ -30,6 +31,8 @@ def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
         raise KeyError(f"{source!r} is not in transfer.sources ({', '.join(s.model for s in tr.sources)})")
     spec = params.model(source)
     model, _, _ = load_model(paths.model_file(source), device)
+    switches = compute.resolve(params.compute, device)
+    model = compute.prepare(model, switches)
     x_u8, y = load_split(spec.dataset, params.data.root, "test", val_size=params.data.val_size, limit=tr.test_limit)
     out = paths.transfer_dir(source)
     sets, metrics = [], {}
@@ -38,9 +41,11 @@ def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
         setting = tr.settings[sname]
         loss = setting.loss or tr.loss
         for eps in entry.eps:
-            x_adv = build_set(model, x_u8, y, eps, setting, norm=spec.norm, loss=loss,
-                              seed=seed_for(params.seed, source, "transfer", sname, eps), batch_size=tr.batch_size,
-                              device=device, description=f"transfer {source}: {setting.label()} ε={eps:g}")
+            with compute.attacks(switches):
+                x_adv = build_set(model, x_u8, y, eps, setting, norm=spec.norm, loss=loss,
+                                  seed=seed_for(params.seed, source, "transfer", sname, eps),
+                                  batch_size=tr.batch_size, device=device,
+                                  description=f"transfer {source}: {setting.label()} ε={eps:g}")
             fname = f"{set_name(sname, eps)}.pt"
             info = {"source": source, "setting": sname, "label": setting.label(), "eps": float(eps),
                     "restarts": setting.restarts if setting.attack == "pgd" else 1,

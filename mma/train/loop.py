@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import compute as compute_
+from ..attacks.core import full_precision
 from ..attacks import an_pgd, pgd
 from ..compute import FP32, Compute
 from ..io import load_tensors, save_tensors
@@ -78,7 +79,7 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
     for i in range(0, n, batch_size):
         x, y = x_val[i : i + batch_size], y_val[i : i + batch_size]
         with torch.no_grad():
-            logits = model(x).float()
+            logits = full_precision(model(x))
         ok = logits.argmax(1) == y
         clean += ok.sum()
         if spec.method == "pgd":

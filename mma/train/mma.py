@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attacks.core import full_precision
 from ..attacks import an_pgd, get_loss
 from .config import MMATrainSpec
 
@@ -40,7 +41,7 @@ class MMAStep:
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int):
         s = self.spec
         batch = x.shape[0]
-        logits_clean = model(x).float()  # (B, K), fp32 also under autocast
+        logits_clean = full_precision(model(x))  # (B, K), fp32 also under autocast
         ce_clean = F.cross_entropy(logits_clean, y, reduction="none")
         with torch.no_grad():
             correct = self.split_loss(logits_clean, y) < 0
@@ -64,7 +65,7 @@ class MMAStep:
             # the hinge as a mask: CE of rows at or beyond d_max is computed and dropped
             # (a few rows of one forward, against two syncs for a boolean index)
             within = eps < s.hinge
-            ce_adv = F.cross_entropy(model(x_adv).float(), y[rows], reduction="none")
+            ce_adv = F.cross_entropy(full_precision(model(x_adv)), y[rows], reduction="none")
             mma_sum = mma_sum + torch.where(within, ce_adv, torch.zeros_like(ce_adv)).sum()
             count = torch.ones((), device=eps.device)
             metrics.update(

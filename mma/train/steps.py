@@ -9,7 +9,7 @@ Metrics never leave the device here (no ``.item()``: a host sync per step on a G
 A value is a 0-dim tensor or float (the loop logs its mean over the steps since the
 last read), or a pair ``(total, count)`` of tensors (logged as Σtotal / Σcount over
 those steps: a per-example mean, e.g. of the ε found for the attacked examples).
-Losses are computed on fp32 logits (``.float()``), also under bf16 autocast.
+Losses are computed on fp32 logits (``full_precision``), also under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attacks.core import full_precision
 from ..attacks import pgd
 from .config import ModelSpec, PGDTrainSpec
 
@@ -26,7 +27,7 @@ class StdStep:
     """Plain training: clean cross-entropy."""
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int):
-        logits = model(x).float()
+        logits = full_precision(model(x))
         loss = F.cross_entropy(logits, y)
         return loss, {"loss": loss.detach(), "train_acc": (logits.detach().argmax(1) == y).float().mean()}
 
@@ -58,7 +59,7 @@ class PGDStep:
             step_size = None if s.step_size is None else s.step_size * eps / s.eps
             x = pgd(model, x, y, eps, norm=self.norm, steps=s.steps, step_size=step_size,
                     random_init=s.random_init, loss=s.loss, select="loss")
-        logits = model(x).float()
+        logits = full_precision(model(x))
         loss = F.cross_entropy(logits, y)
         return loss, {"loss": loss.detach(), "adv_acc": (logits.detach().argmax(1) == y).float().mean(), "eps": eps}
 
