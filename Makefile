@@ -4,6 +4,9 @@
 #   make smoke   the whole DAG on tiny settings (profiles/smoke.yaml), minutes on a CPU
 #   make quick   MNIST Linf reduced reproduction (profiles/quick.yaml), ~75 min on 2 cores
 #   make paper   the paper's settings: `dvc repro` on params.yaml (meant for a GPU)
+#   make gpu-wheels  (on a machine with PyPI) pydantic's wheels for the GPU machine, into gpu-wheels/
+#   make gpu-check   (on the GPU machine, copied with gpu-wheels/) device tests, bench, step timings and
+#                    projected GPU-hours in results/gpu_check.json; DEVICE=cpu: a short dry run
 #
 # smoke and quick run `dvc repro` in a scratch copy, runs/<profile>/, with the profile as its
 # params.yaml: the repository's params.yaml is never overwritten, and a rerun resumes where
@@ -28,7 +31,7 @@ export MMA_DATA_SOURCE
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup test smoke quick paper clean-runs
+.PHONY: setup test smoke quick paper clean-runs gpu-wheels gpu-check
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +61,21 @@ paper:
 
 clean-runs:
 	rm -rf $(RUNS)
+
+# The GPU machine has torch, numpy, pyyaml, typer, rich, scipy and pytest but no network and no
+# pydantic: gpu-check installs it from this folder (Python 3.12, manylinux x86_64 wheels, ~2 MB)
+# when the import fails, and runs the core from this checkout (nothing else is installed).
+GPU_WHEELS ?= gpu-wheels
+GPU_PYTHON_VERSION ?= 3.12
+DEVICE ?= cuda
+
+gpu-wheels:
+	$(PYTHON) -m pip download --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	  --platform manylinux2014_x86_64 --implementation cp -d $(GPU_WHEELS) pydantic
+	@du -sh $(GPU_WHEELS)
+
+gpu-check:
+	@$(PYTHON) -c "import pydantic" 2>/dev/null || \
+	  $(PYTHON) -m pip install --no-index --find-links $(GPU_WHEELS) pydantic
+	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py --device $(DEVICE) \
+	  $(if $(filter cpu,$(DEVICE)),--dry-run,) --out results/gpu_check$(if $(filter cpu,$(DEVICE)),_dry_run,).json

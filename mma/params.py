@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError
 
+from .compute import ComputeParams
 from .config import Strict
 from .config.evaluation import AttackSetting, EvaluateParams, ReportParams, Table1Params, paper_attacks
 from .config.model import ModelSpec
@@ -48,6 +49,7 @@ class Params(Strict):
     seed: int = 0  # for what is not a model's own (synthetic data); each model has its own `seed`
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
     threads: int = Field(0, ge=0)  # torch CPU threads per process; 0: leave torch's default
+    compute: ComputeParams = ComputeParams()  # speed switches (precision, channels_last, ...): mma/compute.py
     data: DataParams = DataParams()
     models: list[ModelSpec] = Field(min_length=1)  # the grid: one trained model per entry, unique names
     attacks: dict[str, AttackSetting] = Field(default_factory=paper_attacks)  # every attack setting, by name
@@ -225,4 +227,5 @@ def spec_record(p: Params, name: str) -> dict:
     """Everything the train stage of ``name`` reads from params: the resolved model spec
     (defaults filled in) and the data settings it depends on.  DVC tracks it as the
     train stage's dependency (results/specs/NAME.json), see README "Why results/specs"."""
-    return {"model": p.model(name).model_dump(mode="json"), "val_size": p.data.val_size}
+    return {"model": p.model(name).model_dump(mode="json"), "val_size": p.data.val_size,
+            "compute": p.compute.model_dump(mode="json")}

@@ -101,6 +101,10 @@ class ModelSpec(Strict):
     eval_every: int = Field(1000, ge=1)  # steps between validations
     val_limit: Optional[int] = Field(None, ge=1)  # validate on the first N validation images
     checkpoint_every: int = Field(500, ge=1)  # steps between resume checkpoints
+    # steps between metric reads: training metrics stay on the device in between (no host
+    # sync per step) and are logged as their mean over the steps since the last read;
+    # also read at every validation and checkpoint
+    log_every: int = Field(100, ge=1)
 
     @model_validator(mode="after")
     def _method_block(self):

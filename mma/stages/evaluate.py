@@ -59,6 +59,7 @@ def flat_metrics(summary: dict) -> dict[str, float]:
 
 
 def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
+    from .. import compute
     from ..data import load_split, to_float
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json
@@ -68,16 +69,20 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     spec = params.model(name)
     tm = ev.threat_model(spec.dataset, spec.norm)  # present: the params loader checks every model has one
     model, _, _ = load_model(paths.model_file(name), device)
+    switches = compute.resolve(params.compute, device)
+    model = compute.prepare(model, switches)
     x_u8, y = load_split(spec.dataset, params.data.root, "test", val_size=params.data.val_size, limit=ev.test_limit)
     x, y = to_float(x_u8, device), y.to(device)
     timings: dict = {}
     t0 = time.monotonic()
-    res = evaluate_model(model, x, y, name=name, tm=tm, ev=ev, whitebox=whitebox_attacks(name, tm, params),
-                         curve=params.curve_attack(), seed=params.seed,
-                         transfer_sets=load_transfer_sets(params, name), timings=timings)
+    with compute.attacks(switches):  # the attacks' gradient steps; every judging forward stays fp32
+        res = evaluate_model(model, x, y, name=name, tm=tm, ev=ev, whitebox=whitebox_attacks(name, tm, params),
+                             curve=params.curve_attack(), seed=params.seed,
+                             transfer_sets=load_transfer_sets(params, name), timings=timings)
     timings["total"] = time.monotonic() - t0
     summary = summarize(res, name, spec, ev, {"threat_model": tm.model_dump(), "timings_s": timings,
-                                              "evaluate_params": ev.model_dump(mode="json")})
+                                              "evaluate_params": ev.model_dump(mode="json"),
+                                              "compute": switches.record()})
     out = paths.eval_dir(name)
     save_tensors(out / "per_example.pt", res.to_tensors())
     write_json(out / "metrics.json", summary)

@@ -65,6 +65,7 @@ def finish(name: str) -> None:
 
 
 def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, float]:
+    from .. import compute
     from ..data import TensorBatcher, load_split, to_float
     from ..io import atomic_path, write_json
     from ..train import train
@@ -82,8 +83,9 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     if tracker is not None:
         log, flush = tracker.log_metrics, tracker.flush
     best = checkpoint_dir(name) / "best.pt"
+    switches = compute.resolve(params.compute, device)
     result = train(spec, batcher, val, model_path=best, resume_path=paths.resume_file(name), device=device,
-                   log=log, flush=flush, show_progress=True)
+                   log=log, flush=flush, show_progress=True, compute=switches)
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
 
@@ -97,7 +99,7 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
         "best": by_step.get(result.best_step, {}), "final": result.history[-1] if result.history else {},
         "train_examples": len(x), "val_examples": len(x_val), "device": str(device),
         "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
-        "git_commit": git_commit(), "params": spec_record(params, name),
+        "git_commit": git_commit(), "params": spec_record(params, name), "compute": switches.record(),
     }
     write_json(paths.model_dir(name) / "metrics.json", summary)
     metrics = {f"best_{k}": float(v) for k, v in summary["best"].items() if k != "step"}
