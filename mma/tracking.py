@@ -36,6 +36,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from . import interrupt
+
 URI_ENV = "MLFLOW_TRACKING_URI"
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -233,15 +235,20 @@ def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = 
     tracker = Tracker(client, run_id, uri)
     status = "FAILED"
     try:
-        commit = git_commit(repo_root())
-        tracker.set_tags({"mma.stage": stage, "mma.git_commit": commit,
-                          "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-                          "mma.resumed": str(resumed).lower(), **tags})
-        if params:
-            tracker.log_params(params)
-        yield tracker
-        tracker.flush(final=True)
+        with interrupt.on_sigterm():  # SIGTERM (scancel, time limit, kill) ends the run KILLED, as Ctrl-C does
+            commit = git_commit(repo_root())
+            tracker.set_tags({"mma.stage": stage, "mma.git_commit": commit,
+                              "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+                              "mma.resumed": str(resumed).lower(), **tags})
+            if params:
+                tracker.log_params(params)
+            yield tracker
+            tracker.flush(final=True)
         status = "FINISHED"
+    except interrupt.Terminated as e:
+        status = "KILLED"
+        print(f"{stage}{' ' + name if name else ''}: {e}; MLflow run {run_id} ended KILLED", file=sys.stderr)
+        raise SystemExit(interrupt.EXIT_CODE) from None
     except KeyboardInterrupt:
         status = "KILLED"
         raise

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import interrupt
 from ..attacks import an_pgd, pgd
 from ..io import load_tensors, save_tensors
 from ..models import build_model
@@ -227,4 +228,7 @@ def train(
                                                           selection_value=values[metric]))
             if result.step % spec.checkpoint_every == 0 or result.step == spec.train_steps:
                 checkpoint()
+            if interrupt.requested():  # SIGTERM (scancel, time limit): checkpoint this step and stop
+                checkpoint()
+                raise interrupt.Terminated(f"stopped by SIGTERM after step {result.step}; resume checkpoint {resume_path}")
     return result
