@@ -18,7 +18,7 @@
 # job) of at least 3x `--slurm-init-seconds-before-status-checks`: MinJobAge=600 here.
 # GPUs: the node declares Gres=gpu:2 backed by two character devices that are /dev/null
 # (c 1 3), so GPU requests (--gpus=1, --gres=gpu:1) are scheduled, and limit concurrency, as
-# on a real GPU node.  KillWait=5: scancel/time limit sends SIGTERM, then SIGKILL 5 s later.
+# on a real GPU node.  KillWait=10: scancel/time limit sends SIGTERM, then SIGKILL 10 s later.
 set -euo pipefail
 
 DIR="${MMA_SLURM_DIR:-/tmp/mma-slurm}"
@@ -72,7 +72,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0
 ReturnToService=2
 MinJobAge=600
-KillWait=5
+KillWait=10
 DefMemPerCPU=1000
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
