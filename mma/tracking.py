@@ -18,6 +18,10 @@ probe the server with a 3 s timeout before any work and fail with one line.
 Metrics are buffered and sent on :meth:`Tracker.flush` (the training loop calls it
 right after each resume checkpoint), so a run resumed after a crash continues the
 same MLflow run and never logs a step twice.
+
+SIGTERM (a scheduler's ``scancel`` or time limit) ends a stage's run as KILLED, like
+Ctrl-C, and the command exits 143; training first checkpoints the step in progress
+(:mod:`mma.interrupt`).  For many parallel jobs use a tracking server (docs/cluster.md).
 """
 
 from __future__ import annotations
