@@ -91,7 +91,7 @@ def _script(name: str, action: str, env: dict, seconds: int = 120) -> str:
 
 
 # --------------------------------------------------------------------------- SIGTERM, no scheduler
-def _mlflow_runs(uri: str, experiment: str) -> list:
+def _mlflow_runs(uri: str, experiment: str) -> tuple:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -120,6 +120,24 @@ def _progress(log: Path, total: int) -> int:
 
 def _loss_steps(client, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+
+
+def test_sigterm_ends_any_stage_run_killed_and_exits_143(tmp_path, monkeypatch):
+    """Any stage, not only train: SIGTERM inside its MLflow run ends the run KILLED (as Ctrl-C
+    does) and the command exits 143; the previous SIGTERM handler is back afterwards."""
+    from mma import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        with tracking.stage_run("mma-sigterm-stage", "evaluate", name="m", tags={"mma.model": "m"}):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises in here, at once
+            pytest.fail("SIGTERM did not stop the stage")
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    _, found = _mlflow_runs(os.environ["MLFLOW_TRACKING_URI"], "mma-sigterm-stage")
+    assert [(r.data.tags["mma.stage"], r.info.status) for r in found] == [("evaluate", "KILLED")]
 
 
 @pytest.mark.slow
