@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import paths
+from .. import interrupt, paths
 from ..params import Params, spec_record
 
 
@@ -84,8 +84,9 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
         log, flush = tracker.log_metrics, tracker.flush
     best = checkpoint_dir(name) / "best.pt"
     switches = compute.resolve(params.compute, device)
-    result = train(spec, batcher, val, model_path=best, resume_path=paths.resume_file(name), device=device,
-                   log=log, flush=flush, show_progress=True, compute=switches)
+    with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
+        result = train(spec, batcher, val, model_path=best, resume_path=paths.resume_file(name), device=device,
+                       log=log, flush=flush, show_progress=True, compute=switches)
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
 

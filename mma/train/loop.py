@@ -26,13 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import compute as compute_
-from ..attacks.core import full_precision
+from .. import interrupt
 from ..attacks import an_pgd, pgd
+from ..attacks.core import full_precision
 from ..compute import FP32, Compute
+from ..config.model import ModelSpec
 from ..io import load_tensors, save_tensors
 from ..models import build_model
 from ..progress import progress
-from ..config.model import ModelSpec
 from .steps import make_step
 
 NUM_CLASSES = 10
@@ -281,7 +282,8 @@ def train(
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             window.add(metrics)
             validating = result.step % spec.eval_every == 0 or result.step == spec.train_steps
-            saving = result.step % spec.checkpoint_every == 0 or result.step == spec.train_steps
+            stopping = interrupt.requested()  # SIGTERM (scancel, time limit): checkpoint this step, then stop
+            saving = result.step % spec.checkpoint_every == 0 or result.step == spec.train_steps or stopping
             if result.step % spec.log_every == 0 or validating or saving:
                 finite.raise_if_bad(spec.name, Path(resume_path))  # before anything below saves
                 means = window.read()
@@ -309,4 +311,6 @@ def train(
                                                           selection_value=values[metric], compute=compute.record()))
             if saving:
                 checkpoint()
+            if stopping:
+                raise interrupt.Terminated(f"stopped by SIGTERM after step {result.step}; resume checkpoint {resume_path}")
     return result
