@@ -4,6 +4,12 @@
 #   make smoke   the whole DAG on tiny settings (profiles/smoke.yaml), minutes on a CPU
 #   make quick   MNIST Linf reduced reproduction (profiles/quick.yaml), ~75 min on 2 cores
 #   make paper   the paper's settings: `dvc repro` on params.yaml (meant for a GPU)
+#   make gpu-wheels  (on a machine with PyPI) pydantic's wheels for the GPU machine, into gpu-wheels/
+#   make gpu-check   (on the GPU machine, copied with gpu-wheels/) device tests, bench, step timings and
+#                    projected GPU-hours in results/gpu_check.json; DEVICE=cpu: a short dry run
+#   make cluster-deps   Debian packages of the cluster path's tests (root): SLURM, munge, PostgreSQL
+#   make cluster-up / cluster-down   a one-node SLURM cluster + MLflow server on PostgreSQL, here
+#   make test-cluster   only the cluster tests (tests/test_cluster.py; docs/cluster.md)
 #
 # smoke and quick run `dvc repro` in a scratch copy, runs/<profile>/, with the profile as its
 # params.yaml: the repository's params.yaml is never overwritten, and a rerun resumes where
@@ -28,12 +34,12 @@ export MMA_DATA_SOURCE
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup test smoke quick paper clean-runs
+.PHONY: setup test smoke quick paper clean-runs gpu-wheels gpu-check cluster-deps cluster-up cluster-down test-cluster
 
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
-	$(VENV)/bin/pip install -e '.[dev]'
+	$(VENV)/bin/pip install -e '.[dev,cluster]'
 	@# torchattacks pins requests~=2.25.1, which would break dvc/mlflow: installed without its deps
 	$(VENV)/bin/pip install --no-deps torchattacks==3.5.1
 
@@ -58,3 +64,39 @@ paper:
 
 clean-runs:
 	rm -rf $(RUNS)
+
+# The GPU machine has torch, numpy, pyyaml, typer, rich, scipy and pytest but no network and no
+# pydantic: gpu-check installs it from this folder (Python 3.12, manylinux x86_64 wheels, ~2 MB)
+# when the import fails, and runs the core from this checkout (nothing else is installed).
+GPU_WHEELS ?= gpu-wheels
+GPU_PYTHON_VERSION ?= 3.12
+DEVICE ?= cuda
+
+gpu-wheels:
+	$(PYTHON) -m pip download --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	  --platform manylinux2014_x86_64 --implementation cp -d $(GPU_WHEELS) pydantic
+	@du -sh $(GPU_WHEELS)
+
+gpu-check:
+	@$(PYTHON) -c "import pydantic" 2>/dev/null || \
+	  $(PYTHON) -m pip install --no-index --find-links $(GPU_WHEELS) pydantic
+	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py --device $(DEVICE) \
+	  $(if $(filter cpu,$(DEVICE)),--dry-run,) --out results/gpu_check$(if $(filter cpu,$(DEVICE)),_dry_run,).json
+# The cluster path's engines (docs/cluster.md), from Debian's packages; as root.  Skips apt
+# when they are all installed already.  The daemons are started by tests/cluster/*.sh, not here
+# (Debian's policy keeps them from starting on install).
+CLUSTER_DEBS := slurm-wlm slurmd slurmctld slurm-client munge postgresql
+cluster-deps:
+	@if dpkg -s $(CLUSTER_DEBS) >/dev/null 2>&1; then echo "cluster-deps: installed"; else \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(CLUSTER_DEBS); fi
+
+cluster-up:
+	bash tests/cluster/slurm.sh start
+	bash tests/cluster/tracking.sh start
+
+cluster-down:
+	bash tests/cluster/tracking.sh stop
+	bash tests/cluster/slurm.sh stop
+
+test-cluster:
+	timeout -k 30 2400 pytest -m cluster tests/test_cluster.py

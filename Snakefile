@@ -17,3 +17,11 @@ rule all:
         REPORT_FILES,
         expand(TRANSFER, name=SOURCES),  # every source's sets, used or not (as dvc repro makes them)
     default_target: True
+
+
+onstart:
+    # The MLflow experiment, created once before any job starts: parallel jobs each creating
+    # it against a tracking server can put runs under "Default" (docs/cluster.md)
+    from mma.tracking import open_store
+
+    open_store(P.experiment)

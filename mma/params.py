@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError
 
+from .compute import ComputeParams
 from .config import NonNegativeInt, PositiveInt, Strict
 from .config.evaluation import AttackSetting, EvaluateParams, ReportParams, Table1Params, paper_attacks
 from .config.model import ModelSpec
@@ -49,6 +50,7 @@ class Params(Strict):
     seed: NonNegativeInt = 0  # for what is not a model's own (synthetic data); each model has its own `seed`
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
     threads: NonNegativeInt = Field(0, le=1024)  # torch CPU threads per process; 0: leave torch's default
+    compute: ComputeParams = ComputeParams()  # speed switches (precision, channels_last, ...): mma/compute.py
     data: DataParams = DataParams()
     models: list[ModelSpec] = Field(min_length=1)  # the grid: one trained model per entry, unique names
     attacks: dict[str, AttackSetting] = Field(default_factory=paper_attacks)  # every attack setting, by name
@@ -323,7 +325,8 @@ def spec_record(p: Params, name: str) -> dict:
     """Everything the train stage of ``name`` reads from params: the resolved model spec
     (defaults filled in) and the data settings it depends on.  DVC tracks it as the
     train stage's dependency (results/specs/NAME.json), see README "Why results/specs"."""
-    return {"model": p.model(name).model_dump(mode="json"), "val_size": p.data.val_size}
+    return {"model": p.model(name).model_dump(mode="json"), "val_size": p.data.val_size,
+            "compute": p.compute.model_dump(mode="json")}
 
 
 def spec_hash(p: Params, name: str) -> str:

@@ -24,6 +24,9 @@ def progress(total: int, description: str, *, start: int = 0, enabled: bool = Tr
             task = bar.add_task(description, total=total, completed=start, info="")
 
             def advance(n: int = 1, **fields) -> None:
+                if not fields:  # keep the last fields shown (the loop reports them every log_every steps)
+                    bar.update(task, advance=n)
+                    return
                 info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
                 bar.update(task, advance=n, info=info)
 

@@ -18,6 +18,10 @@ probe the server with a 3 s timeout before any work and fail with one line.
 Metrics are buffered and sent on :meth:`Tracker.flush` (the training loop calls it
 right after each resume checkpoint), so a run resumed after a crash continues the
 same MLflow run and never logs a step twice.
+
+SIGTERM (a scheduler's ``scancel`` or time limit) ends a stage's run as KILLED, like
+Ctrl-C, and the command exits 143; training first checkpoints the step in progress
+(:mod:`mma.interrupt`).  For many parallel jobs use a tracking server (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from . import interrupt
 
 URI_ENV = "MLFLOW_TRACKING_URI"
 STORE_FILE = "mlflow.db"
@@ -256,15 +262,20 @@ def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = 
     tracker = Tracker(client, run_id, uri)
     status = "FAILED"
     try:
-        commit = git_commit(repo_root())
-        tracker.set_tags({"mma.stage": stage, "mma.git_commit": commit,
-                          "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-                          "mma.resumed": str(resumed).lower(), **tags})
-        if params:
-            tracker.log_params(params)
-        yield tracker
-        tracker.flush(final=True)
+        with interrupt.on_sigterm():  # SIGTERM (scancel, time limit, kill) ends the run KILLED, as Ctrl-C does
+            commit = git_commit(repo_root())
+            tracker.set_tags({"mma.stage": stage, "mma.git_commit": commit,
+                              "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+                              "mma.resumed": str(resumed).lower(), **tags})
+            if params:
+                tracker.log_params(params)
+            yield tracker
+            tracker.flush(final=True)
         status = "FINISHED"
+    except interrupt.Terminated as e:
+        status = "KILLED"
+        print(f"{stage}{' ' + name if name else ''}: {e}; MLflow run {run_id} ended KILLED", file=sys.stderr)
+        raise SystemExit(interrupt.EXIT_CODE) from None
     except KeyboardInterrupt:
         status = "KILLED"
         raise

@@ -214,16 +214,20 @@ def test_early_exit_gives_the_same_result(trained_convnet, batch, norm, restarts
     model = copy.deepcopy(trained_convnet).double()
     x, y = batch[0].double(), batch[1]
     out = {}
-    for early_exit in (True, False):
+    # early exit checked at every iteration, every 3rd (GPU-style: one host sync per
+    # check), and never
+    for key, early_exit, every in ((1, True, 1), (3, True, 3), ("naive", False, 1)):
         torch.manual_seed(2)
-        out[early_exit] = pgd(model, x, y, EPS[norm], norm=norm, steps=10, restarts=restarts, early_exit=early_exit)
-    fast, full = robust_mask(model, out[True], y), robust_mask(model, out[False], y)
-    assert 0 < fast.sum() < len(y)  # some examples exit early, some run to the end
-    assert torch.equal(fast, full)
-    if norm == "linf":
-        assert torch.equal(out[True], out[False])
-    else:
-        torch.testing.assert_close(out[True], out[False], rtol=0, atol=1e-12)
+        out[key] = pgd(model, x, y, EPS[norm], norm=norm, steps=10, restarts=restarts, early_exit=early_exit,
+                       exit_every=every)
+    full = robust_mask(model, out["naive"], y)
+    assert 0 < full.sum() < len(y)  # some examples exit early, some run to the end
+    for key in (1, 3):
+        assert torch.equal(robust_mask(model, out[key], y), full)
+        if norm == "linf":
+            assert torch.equal(out[key], out["naive"])
+        else:
+            torch.testing.assert_close(out[key], out["naive"], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

@@ -44,6 +44,7 @@ def fake_results() -> dict:
             "std-b50": t(0.05), "pgd40-b50": t(1.0), "mma40-b50": t(1.02), "pgd40-b128": t(2.0),
             "mma40-b128": t(2.2), "pgd10-b50": t(0.3), "mma10-b50": t(0.36)}},
         "attack": {"steps": 100, "batch": 128, "times": {"ours": t(4.0), "torchattacks": t(5.0)}},
+        "job": {"steps": 10, "batch": 128, "eps": 0.02, "times": {"ours": t(2.0), "torchattacks": t(1.9)}},
         "restarts": {
             "large": {"eps": 0.2, "survive_first_restart": 0.1, "speedup": 8.0, "times": {"naive": t(8.0), "early_exit": t(1.0)}},
             "small": {"eps": 0.05, "survive_first_restart": 0.9, "speedup": 0.97, "times": {"naive": t(1.0), "early_exit": t(1.03)}},
@@ -59,17 +60,19 @@ def test_ratios_and_targets():
     assert r["mma10_over_pgd10_step"] == pytest.approx(1.2)
     assert r["pgd_over_std_step"] == pytest.approx(20.0)
     assert r["pgd_over_torchattacks"] == pytest.approx(1.25)  # theirs takes longer: ours is faster
+    assert r["pgd_job_over_torchattacks"] == pytest.approx(0.95)
     assert r["restart_speedup"] == 8.0 and r["restart_speedup_most_survive"] == 0.97
     verdict = {k: bench.met(r[k], target, d) for k, target, d in bench.TARGETS}
     assert verdict == {"mma_over_pgd_step": True, "mma_over_pgd_step_b128": False, "mma10_over_pgd10_step": False,
-                       "pgd_over_torchattacks": True, "restart_speedup": True, "restart_speedup_most_survive": False}
+                       "pgd_over_torchattacks": True, "pgd_job_over_torchattacks": False, "restart_speedup": True,
+                       "restart_speedup_most_survive": False}
 
 
 def test_table_shows_every_case_and_ratio():
     res = fake_results()
     res["ratios"] = bench.ratios(res)
     table = bench.format_table(res)
-    for case in ("std-b50", "mma40-b128", "torchattacks", "early_exit"):
+    for case in ("std-b50", "mma40-b128", "torchattacks", "early_exit", "robust-acc job"):
         assert case in table
     for key, _, _ in bench.TARGETS:
         assert key in table
@@ -79,7 +82,7 @@ def test_table_shows_every_case_and_ratio():
 TINY = bench.Settings(
     rounds=1, warmup=0, pretrain_acc=0.0, pretrain_max_steps=25, pretrain_eval=200, train_steps=(2, 1),
     train_batches=(50, 64), attack_batch=16, attack_steps=2, restart_examples=16, restarts=3, restart_steps=2,
-    eps_large=0.3, eps_small=0.01, switch_images=32,
+    eps_large=0.3, eps_small=0.01, switch_images=32, job_steps=2, switch_train_steps=1,
 )
 
 
@@ -94,7 +97,8 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch, capsys):
     res = bench.run(quick=True, device="cpu", json_path=out, data_root=tmp_path / "no-data-here", settings=TINY)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # MNIST went to a temporary folder
     saved = json.loads(out.read_text())
-    for key in ("mma_over_pgd_step", "pgd_over_torchattacks", "restart_speedup", "mma10_over_pgd10_step",
+    for key in ("mma_over_pgd_step", "pgd_over_torchattacks", "pgd_job_over_torchattacks", "restart_speedup",
+                "mma10_over_pgd10_step",
                 "restart_speedup_most_survive", "mma_over_pgd_step_b64"):
         assert isinstance(saved[key], float) and math.isfinite(saved[key]) and saved[key] > 0, key
     assert set(saved["targets_met"]) <= {k for k, _, _ in bench.TARGETS}

@@ -50,7 +50,7 @@ def toy_spec(method: str, *, steps: int, seed: int = 0, **over) -> ModelSpec:
     }[method]
     fields = dict(name=f"toy-{method}", dataset="mnist", arch="lenet5_madry", norm="l2", method=method,
                   optimizer=OptimizerSpec(name="adam", lr=1e-2), train_steps=steps, batch_size=64, seed=seed,
-                  eval_every=steps, checkpoint_every=steps, **blocks)
+                  eval_every=steps, checkpoint_every=steps, log_every=1, **blocks)
     fields.update(over)
     return ModelSpec(**fields)
 
@@ -263,3 +263,98 @@ def test_mma_step_is_algorithm_2(d_max, clean_loss_coeff):
     other = MMAStep(spec, "l2", 200)
     other.load_state_dict(step.state_dict())
     assert torch.equal(other.eps, step.eps)
+
+
+# --------------------------------------------------------------------------- sync-free steps
+@pytest.mark.parametrize("method", ["std", "pgd", "mma"])
+def test_metrics_read_every_log_every_steps_are_the_window_means(method, tmp_path):
+    """With log_every=4 the loop logs, at steps 4, 8, 10 (a checkpoint), 12, 16, 20, each
+    metric's mean over the steps since the last read: equal to the mean of the values
+    logged per step (log_every=1) over the same steps; and a crash/resume gives the same
+    windows (the window restarts at every checkpoint)."""
+    x, y = two_strips(256, seed=0)
+    every = toy_spec(method, steps=20, eval_every=100, checkpoint_every=10, log_every=1)
+    windows = every.model_copy(update={"log_every": 4})
+    per_step = run_logged(every, x, y, tmp_path / "every", model=mlp(0))
+    logged = run_logged(windows, x, y, tmp_path / "windows", model=mlp(0))
+    reads = [4, 8, 10, 12, 16, 20]
+    assert sorted(logged) == reads
+    last = 0
+    for at in reads:
+        for key in ("loss", "lr", "loss_clean" if method == "mma" else "loss"):
+            want = sum(per_step[s][key] for s in range(last + 1, at + 1)) / (at - last)
+            assert logged[at][key] == pytest.approx(want, rel=1e-9), (at, key)
+        last = at
+    with pytest.raises(KeyboardInterrupt):
+        run_logged(windows, x, y, tmp_path / "crash", model=mlp(0), crash_at=12)
+    resumed = run_logged(windows, x, y, tmp_path / "crash", model=mlp(5))
+    assert sorted(resumed) == [12, 16, 20]
+    for at in resumed:
+        assert resumed[at] == logged[at]
+
+
+class _SyncCounter:
+    """Counts the calls, made from mma's own code, that read a tensor back to the host."""
+
+    METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero")
+
+    def __init__(self, monkeypatch):
+        import sys
+        from pathlib import Path
+
+        import mma
+
+        root = str(Path(mma.__file__).parent)
+        self.calls: list[str] = []
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *a, _name=name, _original=original, **k):
+                caller = sys._getframe(1).f_code.co_filename
+                if caller.startswith(root):
+                    self.calls.append(f"{_name} at {caller}:{sys._getframe(1).f_lineno}")
+                return _original(t, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("method", ["std", "pgd"])
+def test_training_steps_read_nothing_back_between_log_reads(method, tmp_path, monkeypatch):
+    """STD and PGD training steps make no host sync between reads (on a GPU each would
+    stall the launch queue): only the reads every log_every steps (and the checkpoint
+    and validation at the end) call item/tolist/bool/nonzero from mma's code."""
+    x, y = two_strips(256, seed=0)
+    spec = toy_spec(method, steps=12, eval_every=12, checkpoint_every=12, log_every=6)
+    reads: list[int] = []
+    counter = _SyncCounter(monkeypatch)
+    syncs_per_read: list[int] = []
+
+    def log(metrics, step):
+        if "loss" in metrics:
+            syncs_per_read.append(len(counter.calls))
+            reads.append(step)
+
+    train(spec, Batcher(x, y, spec.batch_size), (x[:64], y[:64]), model_path=tmp_path / "m.pt",
+          resume_path=tmp_path / "r.pt", show_progress=False, model=mlp(0), log=log)
+    assert reads == [6, 12]
+    # the first read: its finite check and the window (one tolist each), nothing per step
+    assert syncs_per_read[0] == 2, counter.calls
+
+
+def test_non_finite_before_the_first_checkpoint_says_there_is_none(tmp_path):
+    from mma.train import TrainingDiverged
+
+    class Nan(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.lin(x) * float("nan")
+
+    x, y = two_strips(256, seed=0)
+    spec = toy_spec("std", steps=20, eval_every=20, checkpoint_every=10, log_every=5)
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss and gradient at step 0; no checkpoint was written"):
+        train(spec, Batcher(x, y, spec.batch_size), (x[:64], y[:64]), model_path=tmp_path / "m.pt",
+              resume_path=tmp_path / "r.pt", show_progress=False, model=Nan())
+    assert not (tmp_path / "r.pt").exists() and not (tmp_path / "m.pt").exists()

@@ -25,7 +25,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .core import attack_mode, check_norm, expand_like, get_loss, lp_norm, per_example
+from .core import (attack_mode, check_norm, expand_like, fp32, full_precision, get_loss, lp_norm,
+                   per_example)
 from .pgd import pgd
 
 # The search's two tuning constants, set by counting forward rows on LeNet5-Madry / MNIST
@@ -95,7 +96,7 @@ def an_pgd(
     u = delta / expand_like(lp_norm(delta, norm).clamp_min(1e-12), delta)
     upper = eps_max if eps_inc is None else torch.clamp(eps0 + eps_inc, max=eps_max)
     upper = per_example(upper, x)
-    g_zero = None if clean_logits is None else get_loss(search_loss)(clean_logits.detach(), y)
+    g_zero = None if clean_logits is None else get_loss(search_loss)(full_precision(clean_logits.detach()), y)
     eps = boundary_search(model, x, y, u, eps0, upper, bisection_steps=bisection_steps, loss=search_loss,
                           g_zero=g_zero)
     if repgd:
@@ -156,7 +157,8 @@ def boundary_search(
 
     def g(rows: Tensor, eta: Tensor) -> Tensor:
         pts = (x[rows] + expand_like(eta, u[rows]) * u[rows]).clamp(0.0, 1.0)
-        return loss_fn(model(pts), y[rows])
+        with fp32(x.device):  # sign decisions at 2^-10 resolution: never under autocast
+            return loss_fn(full_precision(model(pts)), y[rows])
 
     with attack_mode(model):
         n = x.shape[0]

@@ -11,7 +11,8 @@ and the projection back onto the ball.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from contextvars import ContextVar
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -189,9 +190,48 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+# --------------------------------------------------------------------------- precision
+# The dtype of the attacks' gradient steps (None: as the caller's context says, fp32 by
+# default).  Set by ``attack_precision`` (``mma.compute.attacks`` for the stages).
+_STEP_DTYPE: ContextVar[Optional[torch.dtype]] = ContextVar("mma_attack_step_dtype", default=None)
+
+
+@contextlib.contextmanager
+def attack_precision(dtype: Optional[torch.dtype]) -> Iterator[None]:
+    """Run every attack's gradient steps (forward + backward in ``input_grad``) under
+    autocast to ``dtype`` (e.g. torch.bfloat16) in the body; None: fp32.  The loss is
+    computed on fp32 logits; the forwards that judge a result, restart selection and
+    AN-PGD's boundary search are not affected."""
+    token = _STEP_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _STEP_DTYPE.reset(token)
+
+
+def step_autocast(device: torch.device):
+    """The autocast context of one gradient step (a no-op unless attack_precision set one)."""
+    dtype = _STEP_DTYPE.get()
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def fp32(device: torch.device):
+    """Autocast off: for forwards whose decisions must be fp32 (the boundary search)."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in fp32 if autocast made it bf16/fp16; fp32 and fp64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def input_grad(model: nn.Module, x: Tensor, y: Tensor, loss_fn) -> tuple[Tensor, Tensor]:
-    """(logits, ∂ Σ loss / ∂x) at x, one forward and one backward."""
+    """(logits, ∂ Σ loss / ∂x) at x, one forward and one backward; the logits (B, K)
+    are fp32 (the loss is computed on them) whatever the step's precision."""
     x = x.detach().requires_grad_(True)
-    logits = model(x)
+    with step_autocast(x.device):
+        logits = full_precision(model(x))
     (grad,) = torch.autograd.grad(loss_fn(logits, y).sum(), x)
     return logits.detach(), grad

@@ -24,6 +24,7 @@ from .core import (
 from .core import step_size as default_step_size
 
 SELECTS = ("target", "loss")
+EXIT_EVERY_CUDA = 5  # early-exit checks on a GPU: one sync per 5 iterations (measure with make gpu-check)
 
 
 def pgd(
@@ -40,6 +41,7 @@ def pgd(
     loss: str = "ce",
     select: str = "target",
     early_exit: bool = True,
+    exit_every: int | None = None,
 ) -> Tensor:
     """PGD adversarial examples for a batch.
 
@@ -65,6 +67,10 @@ def pgd(
         early_exit: with select="target", stop attacking fooled examples.  The
             result is the same as without it (random starts are drawn for the full
             batch, then indexed); it only saves work.
+        exit_every: iterations between early-exit checks (each check is one host
+            sync); None: every iteration on a CPU (a sync costs nothing there, and
+            leaving early saves rows), every EXIT_EVERY_CUDA on other devices.  The
+            result is the same for every value.
 
     Returns:
         x_adv (B, ...), inside the ε-ball around x and inside [0, 1].  Where nothing
@@ -73,8 +79,11 @@ def pgd(
     check_norm(norm)
     if select not in SELECTS:
         raise ValueError(f"unknown select {select!r}: expected one of {', '.join(SELECTS)}")
-    if steps < 1 or restarts < 1:
-        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+    if exit_every is None:
+        exit_every = 1 if x.device.type == "cpu" else EXIT_EVERY_CUDA
+    if steps < 1 or restarts < 1 or exit_every < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}, "
+                         f"exit_every={exit_every}")
     loss_fn = get_loss(loss)
     x = x.detach()
     eps_t = per_example(eps, x)
@@ -83,7 +92,8 @@ def pgd(
     with attack_mode(model):
         if select == "loss":
             return _select_by_loss(model, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn)
-        return _select_target(model, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn, early_exit)
+        return _select_target(model, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn, early_exit,
+                              exit_every)
 
 
 def _start(x: Tensor, eps: Tensor, norm: str, random_init: bool) -> Tensor:
@@ -111,16 +121,18 @@ def _select_by_loss(model, x, y, eps, alpha, norm, steps, restarts, random_init,
     return best
 
 
-def _select_target(model, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, early_exit) -> Tensor:
+def _select_target(model, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, early_exit,
+                   exit_every) -> Tensor:
     result = torch.empty_like(x)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for _ in range(restarts):
+    for r in range(restarts):
         start = _start(x, eps, norm, random_init)  # drawn for the full batch: exactness of early exit
         rows = (~fooled).nonzero().squeeze(1) if early_exit else torch.arange(x.shape[0], device=x.device)
         if rows.numel() == 0:
             break
         x_adv, hit = _run_until_fooled(
-            model, x[rows], y[rows], eps[rows], alpha[rows], start[rows], norm, steps, loss_fn, early_exit
+            model, x[rows], y[rows], eps[rows], alpha[rows], start[rows], norm, steps, loss_fn, early_exit,
+            exit_every, last=r == restarts - 1,
         )
         # a first success is kept; the last iterate of the last restart fills the rest
         new = hit & ~fooled[rows]
@@ -130,38 +142,48 @@ def _select_target(model, x, y, eps, alpha, norm, steps, restarts, random_init, 
     return result
 
 
-def _run_until_fooled(model, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit):
+def _run_until_fooled(model, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit, exit_every, last):
     """One restart.  Returns (per example: the first fooling iterate, else the last
-    iterate; fooled mask).  With early_exit, a fooled example leaves the batch.
+    iterate; fooled mask).  With early_exit, fooled examples leave the batch at the
+    next check, every ``exit_every`` iterations.
 
-    The live rows are kept as compacted tensors, re-indexed only at a step where some
-    example left, so a restart where (almost) nobody is fooled costs what a plain
-    PGD restart does (no gathers and scatters per step)."""
+    The last restart (``last``) skips the forward that checks the final iterate: a row
+    not fooled before it returns the final iterate whether or not it fools, so the
+    check cannot change x_adv (the caller's judging forward does it once); the
+    returned mask then covers the earlier iterates only.
+
+    Between checks nothing is read back to the host: each row's first fooling iterate
+    and its fooled flag are kept by masking (a row fooled between checks keeps
+    stepping, but its recorded iterate is already fixed and rows do not interact in
+    eval mode), so the result is the same for every ``exit_every``.  At a check the
+    live rows are re-indexed only if some example left, so a restart where (almost)
+    nobody is fooled costs what a plain PGD restart does."""
     n = x.shape[0]
     out = x_adv.clone()
     hit = torch.zeros(n, dtype=torch.bool, device=x.device)
     live = torch.arange(n, device=x.device)  # rows still being attacked
-    xa, xl, yl, el, al = x_adv, x, y, eps, alpha  # their iterate, input, label, eps, step size
-    for t in range(steps + 1):
+    # their iterate, input, label, eps, step size, first fooling iterate so far, fooled flag
+    xa, xl, yl, el, al, ol, hl = x_adv, x, y, eps, alpha, out, hit
+    for t in range(steps + 1 - last):
         if t < steps:
             logits, grad = input_grad(model, xa, yl, loss_fn)
-        else:  # the last iterate only needs a check
+        else:  # the final iterate only needs a check (before another restart)
             with torch.no_grad():
                 logits = model(xa)
         now = logits.argmax(dim=1) != yl
-        if not early_exit:  # every row stays: keep only first successes
-            now &= ~hit
-        out[live[now]] = xa[now]
-        hit[live[now]] = True
+        ol = torch.where(expand_like(now & ~hl, ol), xa, ol)  # keep only first successes
+        hl = hl | now
         if t == steps:
             break
         xa = _step(xa, grad, xl, el, al, norm)
-        if early_exit and bool(now.any()):
-            go = ~now
-            live, xa, xl, yl, el, al = live[go], xa[go], xl[go], yl[go], el[go], al[go]
-            if live.numel() == 0:
-                break
-    # rows never fooled (all still live ones): their last iterate
-    never = ~hit[live]
-    out[live[never]] = xa[never]
+        if early_exit and (t + 1) % exit_every == 0:
+            go = ~hl
+            if not bool(go.all()):  # the host sync of a check: some example left
+                out[live], hit[live] = ol, hl
+                live, xa, xl, yl, el, al, ol, hl = (v[go] for v in (live, xa, xl, yl, el, al, ol, hl))
+                if live.numel() == 0:
+                    break
+    # every row still live: its first fooling iterate, else its last iterate
+    out[live] = torch.where(expand_like(hl, ol), ol, xa)
+    hit[live] = hl
     return out, hit

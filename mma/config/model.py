@@ -106,6 +106,10 @@ class ModelSpec(Strict):
     eval_every: PositiveInt = 1000  # steps between validations
     val_limit: Optional[PositiveInt] = None  # validate on the first N validation images
     checkpoint_every: PositiveInt = 500  # steps between resume checkpoints
+    # steps between metric reads: training metrics stay on the device in between (no host
+    # sync per step) and are logged as their mean over the steps since the last read;
+    # also read at every validation and checkpoint
+    log_every: PositiveInt = 100
 
     @model_validator(mode="after")
     def _method_block(self):

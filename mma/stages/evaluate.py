@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 
@@ -51,6 +50,7 @@ def flat_metrics(summary: dict) -> dict[str, float]:
 
 
 def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
+    from .. import compute
     from ..data import load_split, to_float
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json
@@ -61,17 +61,22 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     spec = params.model(name)
     tm = ev.threat_model(spec.dataset, spec.norm)  # present: the params loader checks every model has one
     model, _, _ = load_checked_model(params, name, device)
-    x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size, limit=ev.test_limit)
+    switches = compute.resolve(params.compute, device)
+    model = compute.prepare(model, switches)
+    x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
+                         limit=ev.test_limit)
     transfer_sets = load_transfer_sets(params, name, x_u8, y)  # checked before any attack runs
     x, y = to_float(x_u8, device), y.to(device)
     timings: dict = {}
     t0 = time.monotonic()
-    res = evaluate_model(model, x, y, name=name, tm=tm, ev=ev, whitebox=whitebox_attacks(name, tm, params),
-                         curve=params.curve_attack(), seed=params.seed,
-                         transfer_sets=transfer_sets, timings=timings)
+    with compute.attacks(switches):  # the attacks' gradient steps; every judging forward stays fp32
+        res = evaluate_model(model, x, y, name=name, tm=tm, ev=ev, whitebox=whitebox_attacks(name, tm, params),
+                             curve=params.curve_attack(), seed=params.seed,
+                             transfer_sets=transfer_sets, timings=timings)
     timings["total"] = time.monotonic() - t0
-    summary = summarize(res, name, spec, ev, {"data": data_name(params, spec.dataset), "threat_model": tm.model_dump(), "timings_s": timings,
-                                              "evaluate_params": ev.model_dump(mode="json")})
+    summary = summarize(res, name, spec, ev, {"data": data_name(params, spec.dataset), "threat_model": tm.model_dump(),
+                                              "timings_s": timings, "evaluate_params": ev.model_dump(mode="json"),
+                                              "compute": switches.record()})
     out = paths.eval_dir(name)
     with swapped_in(out) as tmp:  # both files or neither: a kill leaves the previous pair
         save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": identity(params, name, "evaluate")})

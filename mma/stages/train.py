@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import paths
+from .. import interrupt, paths
 from ..params import Params, spec_record
 
 
@@ -89,6 +89,7 @@ def finish(name: str) -> None:
 
 
 def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, float]:
+    from .. import compute
     from ..data import TensorBatcher, load_split, to_float
     from ..io import load_tensors, save_tensors, write_json
     from ..params import ParamsError, data_name, identity
@@ -112,8 +113,10 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     if tracker is not None:
         log, flush = tracker.log_metrics, tracker.flush
     best = checkpoint_dir(name) / "best.pt"
-    result = train(spec, batcher, val, model_path=best, resume_path=paths.resume_file(name), device=device,
-                   log=log, flush=flush, show_progress=True)
+    switches = compute.resolve(params.compute, device)
+    with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
+        result = train(spec, batcher, val, model_path=best, resume_path=paths.resume_file(name), device=device,
+                       log=log, flush=flush, show_progress=True, compute=switches)
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
 
@@ -128,15 +131,16 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
         "best": by_step.get(result.best_step, {}), "final": result.history[-1] if result.history else {},
         "train_examples": len(x), "val_examples": len(x_val), "device": str(device),
         "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
-        "git_commit": git_commit(), "params": spec_record(params, name),
+        "git_commit": git_commit(), "params": spec_record(params, name), "compute": switches.record(),
     }
     write_json(paths.model_dir(name) / "metrics.json", summary)
     metrics = {f"best_{k}": float(v) for k, v in summary["best"].items() if k != "step"}
     metrics["best_step"] = float(result.best_step)
-    if tracker is not None and not _already_logged(tracker, result.step):
-        tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
-    if tracker is not None and hasattr(tracker, "logged"):
-        tracker.logged.update(metrics)  # logged here or by the killed attempt: the CLI must not add them
+    if tracker is not None:
+        if not _already_logged(tracker, result.step):
+            tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
+        if hasattr(tracker, "logged"):
+            tracker.logged.update(metrics)  # logged here or by the killed attempt: the CLI must not add them
         tracker.log_artifact(paths.model_file(name), "model")
         tracker.log_artifact(paths.model_dir(name) / "metrics.json", "model")
     return metrics

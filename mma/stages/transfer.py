@@ -21,6 +21,7 @@ from .. import paths
 def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
     import torch
 
+    from .. import compute
     from ..data import load_split
     from ..evaluation.records import attack_record, record_key
     from ..evaluation.transfer import build_set, save_set, set_name, test_hash
@@ -33,6 +34,8 @@ def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
     rows = params.table1.rows_made_on(source)
     spec = params.model(source)
     model, _, _ = load_checked_model(params, source, device)
+    switches = compute.resolve(params.compute, device)
+    model = compute.prepare(model, switches)
     x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
                          limit=ev.test_limit)
     who, tested = identity(params, source, "transfer"), test_hash(x_u8, y)
@@ -43,10 +46,11 @@ def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
     with swapped_in(out, guard=lambda: stage_lock("transfer-files", source, wait=True)) as tmp:
         for row in rows:
             setting = params.attacks[row.attack]
-            x_adv = build_set(model, x_u8, y, row.eps, setting, norm=spec.norm, loss=ev.loss,
-                              seed=seed_for(params.seed, source, "transfer", row.attack, row.eps),
-                              batch_size=ev.batch_size, device=device,
-                              description=f"transfer {source}: {setting.label()} ε={row.eps:g}")
+            with compute.attacks(switches):
+                x_adv = build_set(model, x_u8, y, row.eps, setting, norm=spec.norm, loss=ev.loss,
+                                  seed=seed_for(params.seed, source, "transfer", row.attack, row.eps),
+                                  batch_size=ev.batch_size, device=device,
+                                  description=f"transfer {source}: {setting.label()} ε={row.eps:g}")
             record = attack_record("transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed,
                                    source=source)
             fname = f"{set_name(row.attack, row.eps)}.pt"

@@ -1,9 +1,15 @@
 """The one training loop.  STD, PGD, PGDLS and MMA differ only in the batch step.
 
 Reads top to bottom: build → resume → for each step (learning rate → batch →
-batch step → finite check → backward → optimiser step → log → validate and keep
-the best → checkpoint).  Batches are a pure function of (seed, step) and the RNG
-states are checkpointed, so a resumed run continues exactly where it stopped.
+batch step → backward → finite check → optimiser step → metrics → every
+``log_every`` steps: read and log → validate and keep the best → checkpoint).
+Batches are a pure function of (seed, step) and the RNG states are checkpointed,
+so a resumed run continues exactly where it stopped.
+
+No host sync per step: the metrics are summed on the device and read every
+``log_every`` steps and at every validation and checkpoint; the finite check keeps
+the first bad step on the device and raises at the next read, before anything is
+saved, so the last checkpoint on disk is always a good one.
 """
 
 from __future__ import annotations
@@ -19,15 +25,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import compute as compute_
+from .. import interrupt
 from ..attacks import an_pgd, pgd
+from ..attacks.core import full_precision
+from ..compute import FP32, Compute
+from ..config.model import ModelSpec
 from ..io import BadFileError, load_tensors, save_tensors
 from ..models import build_model
 from ..progress import progress
-from ..config.model import ModelSpec
 from .steps import make_step
 
 NUM_CLASSES = 10
 IN_CHANNELS = {"mnist": 1, "cifar10": 3}
+
+
+DIVERGED_HINT = ("Rerunning repeats the same steps: change the model's settings (e.g. a lower optimizer.lr; a "
+                 "checkpoint of other settings is discarded) or rerun with --restart")
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,26 +80,29 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
     was_training = model.training
     model.eval()
     n = x_val.shape[0]
-    clean = robust = margin = 0.0
+    clean, robust, margin = (torch.zeros((), device=x_val.device, dtype=torch.float64) for _ in range(3))
     for i in range(0, n, batch_size):
         x, y = x_val[i : i + batch_size], y_val[i : i + batch_size]
         with torch.no_grad():
-            logits = model(x)
+            logits = full_precision(model(x))
         ok = logits.argmax(1) == y
-        clean += ok.sum().item()
+        clean += ok.sum()
         if spec.method == "pgd":
             s = spec.pgd
             x_adv = pgd(model, x, y, s.eps, norm=spec.norm, steps=s.steps, step_size=s.step_size, loss=s.loss)
             with torch.no_grad():
-                robust += (model(x_adv).argmax(1) == y).sum().item()
-        elif spec.method == "mma" and ok.any():
-            m = spec.mma
-            eps_max = m.resolved_eps_max
-            _, length = an_pgd(model, x[ok], y[ok], eps_max / 2, norm=spec.norm, eps_max=eps_max, steps=m.steps,
-                               bisection_steps=m.bisection_steps, attack_loss=m.attack_loss,
-                               clean_logits=logits[ok])
-            margin += length.sum().item()
+                robust += (model(x_adv).argmax(1) == y).sum()
+        elif spec.method == "mma":
+            rows = ok.nonzero().squeeze(1)
+            if rows.numel():
+                m = spec.mma
+                eps_max = m.resolved_eps_max
+                _, length = an_pgd(model, x[rows], y[rows], eps_max / 2, norm=spec.norm, eps_max=eps_max,
+                                   steps=m.steps, bisection_steps=m.bisection_steps, attack_loss=m.attack_loss,
+                                   clean_logits=logits[rows])
+                margin += length.sum()
     model.train(was_training)
+    clean, robust, margin = torch.stack([clean, robust, margin]).tolist()  # the one read
     out = {"val_clean_acc": clean / n}
     if spec.method == "pgd":
         out["val_pgd_acc"] = robust / n
@@ -121,10 +138,68 @@ def set_rng_state(state: dict) -> None:
 
 
 def model_record(spec: ModelSpec, model: nn.Module, **meta) -> dict:
-    """What a model file holds: the weights (a state_dict) and what is needed to
-    rebuild it, nothing that needs code to unpickle."""
-    return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    """What a model file holds: the weights (a state_dict, contiguous) and what is
+    needed to rebuild it, nothing that needs code to unpickle."""
+    return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
             "spec": spec.model_dump(mode="json"), **meta}
+
+
+# --------------------------------------------------------------------------- metrics on the device
+class MetricWindow:
+    """Training metrics summed on the device between reads (see ``steps``: a value is a
+    tensor/float, averaged over steps, or a (total, count) pair, Σtotal/Σcount)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, list] = {}
+
+    def add(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            total, count = v if isinstance(v, tuple) else (v, 1.0)
+            if isinstance(total, Tensor):
+                total = total.detach().to(torch.float64)
+            if k in self.sums:
+                self.sums[k][0] = self.sums[k][0] + total
+                self.sums[k][1] = self.sums[k][1] + count
+            else:
+                self.sums[k] = [total, count]
+
+    def read(self) -> dict[str, float]:
+        """The means since the last read, as floats (one transfer), and a fresh window."""
+        keys = list(self.sums)
+        if not keys:
+            return {}
+        device = next((t.device for k in keys for t in self.sums[k] if isinstance(t, Tensor)), None)
+        flat = torch.stack([torch.as_tensor(t, dtype=torch.float64, device=device).reshape(())
+                            for k in keys for t in self.sums[k]]).tolist()
+        self.sums = {}
+        return {k: flat[2 * i] / flat[2 * i + 1] if flat[2 * i + 1] else math.nan for i, k in enumerate(keys)}
+
+
+class FiniteCheck:
+    """The first step with a non-finite loss or gradient, kept on the device; raised by
+    ``raise_if_bad`` at the next read (before any save)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), -1, dtype=torch.int64, device=device)
+        self.what = torch.zeros((), dtype=torch.int64, device=device)  # 1 loss, 2 gradient, 3 both
+
+    def update(self, step: int, loss: Tensor, params) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        bad_loss = ~torch.isfinite(loss.detach())
+        bad_grad = ~torch.isfinite(torch.stack(torch._foreach_norm(grads, ord=math.inf))).all() if grads \
+            else torch.zeros((), dtype=torch.bool, device=loss.device)
+        new = (self.first < 0) & (bad_loss | bad_grad)
+        self.first = torch.where(new, step, self.first)
+        self.what = torch.where(new, bad_loss.long() + 2 * bad_grad.long(), self.what)
+
+    def raise_if_bad(self, name: str, resume_path: Path) -> None:
+        first, what = torch.stack([self.first, self.what]).tolist()
+        if first < 0:
+            return
+        kind = {1: "loss", 2: "gradient", 3: "loss and gradient"}[what]
+        where = (f"the last resume checkpoint is {resume_path}" if Path(resume_path).exists()
+                 else "no checkpoint was written yet")
+        raise TrainingDiverged(f"{name}: non-finite {kind} at step {first}; {where}. {DIVERGED_HINT}")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", *,
@@ -181,6 +256,7 @@ def train(
     flush: Optional[Callable[[], None]] = None,
     show_progress: bool = True,
     model: Optional[nn.Module] = None,
+    compute: Compute = FP32,
 ) -> TrainResult:
     """Train ``spec`` on ``batcher`` (``batch(step) -> (x, y, idx)``), validating on
     ``val`` every ``spec.eval_every`` steps and keeping the best model at
@@ -189,13 +265,18 @@ def train(
     metrics; ``flush()`` is called right after each checkpoint is in place (metrics
     up to that step are then safe: a resumed run never logs a step twice).
     ``model`` replaces the registry's ``spec.arch`` (any classifier; for research
-    and tests).
+    and tests).  ``compute``: the resolved speed switches (``mma.compute.resolve``;
+    plain fp32 eager by default), recorded in the model file.
+
+    ``log`` receives each metric's mean over the steps since the last read, every
+    ``spec.log_every`` steps and at every validation and checkpoint.
     """
     device = torch.device(device)
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
     random.seed(spec.seed)
     model = (new_model(spec) if model is None else model).to(device)
+    net = compute_.prepare(model, compute)  # what runs (channels_last / compiled); ``model`` is saved
     optimizer = make_optimizer(spec, model)
     step_fn = make_step(spec, batcher.num_examples, device)
     metric = selection_metric(spec)
@@ -219,12 +300,10 @@ def train(
 
     def diverged(what: str, step: int) -> TrainingDiverged:
         if saved_at is None:
-            kept = "no resume checkpoint was written yet"
+            kept = "no checkpoint was written yet"
         else:
             kept = f"the last resume checkpoint is {resume_path} (step {saved_at})"
-        return TrainingDiverged(f"{spec.name}: {what} at step {step}; {kept}. Rerunning repeats the same steps: "
-                                "change the model's settings (e.g. a lower optimizer.lr; a checkpoint of other "
-                                "settings is discarded) or rerun with --restart")
+        return TrainingDiverged(f"{spec.name}: {what} at step {step}; {kept}. {DIVERGED_HINT}")
 
     def checkpoint() -> None:
         nonlocal saved_at
@@ -233,35 +312,44 @@ def train(
         save_tensors(resume_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step_fn": step_fn.state_dict(),
             "rng": rng_state(), "result": result.__dict__, "spec": spec.model_dump(mode="json"),
+            "compute": compute.record(),
         })
         saved_at = result.step
         if flush:
             flush()
 
     model.train()
+    window, finite = MetricWindow(), FiniteCheck(device)
     with progress(spec.train_steps, f"train {spec.name}", start=result.step, enabled=show_progress) as advance:
         while result.step < spec.train_steps:
             step = result.step
             for group in optimizer.param_groups:
                 group["lr"] = spec.optimizer.lr_at(step)
             x, y, idx = batcher.batch(step)
-            loss, metrics = step_fn(model, x, y, idx, step)
-            if not torch.isfinite(loss):
-                raise diverged(f"non-finite loss ({loss.item()})", step)
+            with compute_.autocast(compute):
+                loss, metrics = step_fn(net, x, y, idx, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if not torch.isfinite(torch.stack([g.abs().max() for g in grads])).all():
-                raise diverged("non-finite gradient", step)
+            finite.update(step, loss, model.parameters())
             optimizer.step()
             result.step = step + 1
             metrics["lr"] = optimizer.param_groups[0]["lr"]
-            if log:
-                log(metrics, result.step)
-            advance(1, loss=metrics["loss"])
+            window.add(metrics)
+            validating = result.step % spec.eval_every == 0 or result.step == spec.train_steps
+            stopping = interrupt.requested()  # SIGTERM (scancel, time limit): checkpoint this step, then stop
+            saving = result.step % spec.checkpoint_every == 0 or result.step == spec.train_steps or stopping
+            if result.step % spec.log_every == 0 or validating or saving:
+                finite.raise_if_bad(spec.name, Path(resume_path))  # before anything below saves
+                means = window.read()
+                if log:
+                    log(means, result.step)
+                advance(1, loss=means["loss"])
+            else:
+                advance(1)
 
-            if result.step % spec.eval_every == 0 or result.step == spec.train_steps:
-                values = validate(spec, model, x_val, y_val)
+            if validating:
+                with compute_.attacks(compute):
+                    values = validate(spec, net, x_val, y_val)
                 if hasattr(step_fn, "eps_summary"):
                     values.update(step_fn.eps_summary())
                     if values["warn_eps_collapsed"]:
@@ -274,7 +362,9 @@ def train(
                 if values[metric] > result.best_value:
                     result.best_value, result.best_step = values[metric], result.step
                     save_tensors(model_path, model_record(spec, model, step=result.step, selection_metric=metric,
-                                                          selection_value=values[metric]))
-            if result.step % spec.checkpoint_every == 0 or result.step == spec.train_steps:
+                                                          selection_value=values[metric], compute=compute.record()))
+            if saving:
                 checkpoint()
+            if stopping:
+                raise interrupt.Terminated(f"stopped by SIGTERM after step {result.step}; resume checkpoint {resume_path}")
     return result

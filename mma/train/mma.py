@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attacks.core import full_precision
 from ..attacks import an_pgd, get_loss
 from ..config.model import MMATrainSpec
 
@@ -40,15 +41,17 @@ class MMAStep:
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int):
         s = self.spec
         batch = x.shape[0]
-        logits_clean = model(x)
+        logits_clean = full_precision(model(x))  # (B, K), fp32 also under autocast
         ce_clean = F.cross_entropy(logits_clean, y, reduction="none")
         with torch.no_grad():
             correct = self.split_loss(logits_clean, y) < 0
-        wrong = ~correct
-        self.eps[idx[wrong]] = 0.0
-
-        mma_sum = ce_clean[wrong].sum()
-        metrics = {"frac_correct": correct.float().mean().item()}
+            # wrong examples: stored ε reset to 0 (a mask, no host sync)
+            self.eps[idx] = torch.where(correct, self.eps[idx], torch.zeros_like(self.eps[idx]))
+        mma_sum = torch.where(correct, torch.zeros_like(ce_clean), ce_clean).sum()
+        n_correct = correct.sum()
+        metrics = {"frac_correct": n_correct / batch}
+        # the attack runs on the correct rows only: its cost is per row, and AN-PGD's
+        # search syncs anyway (its loop ends when every bracket is closed)
         rows = correct.nonzero().squeeze(1)
         if rows.numel():
             eps_init = self.eps[idx[rows]].clamp(min=s.eps_min)
@@ -59,19 +62,21 @@ class MMAStep:
                 repgd=s.repgd, clean_logits=logits_clean[rows],
             )
             self.eps[idx[rows]] = eps
+            # the hinge as a mask: CE of rows at or beyond d_max is computed and dropped
+            # (a few rows of one forward, against two syncs for a boolean index)
             within = eps < s.hinge
-            if within.any():
-                ce_adv = F.cross_entropy(model(x_adv[within]), y[rows][within], reduction="sum")
-                mma_sum = mma_sum + ce_adv
+            ce_adv = F.cross_entropy(full_precision(model(x_adv)), y[rows], reduction="none")
+            mma_sum = mma_sum + torch.where(within, ce_adv, torch.zeros_like(ce_adv)).sum()
+            count = torch.ones((), device=eps.device)
             metrics.update(
-                eps_mean=eps.mean().item(), eps_median=eps.median().item(),
-                frac_within_hinge=within.float().mean().item(),
+                eps_mean=(eps.sum(), n_correct), eps_median=(eps.median(), count),
+                frac_within_hinge=(within.sum(), n_correct),
             )
         loss_mma = mma_sum / batch
         loss = (1 - s.clean_loss_coeff) * loss_mma + s.clean_loss_coeff * ce_clean.mean()
         metrics.update(
-            loss=loss.item(), loss_mma=loss_mma.item(), loss_clean=ce_clean.mean().item(),
-            train_acc=(logits_clean.argmax(1) == y).float().mean().item(),
+            loss=loss.detach(), loss_mma=loss_mma.detach(), loss_clean=ce_clean.detach().mean(),
+            train_acc=(logits_clean.detach().argmax(1) == y).float().mean(),
         )
         return loss, metrics
 

@@ -4,6 +4,12 @@ A batch step is called as ``step_fn(model, x, y, idx, step) -> (loss, metrics)``
 with the model in train mode; ``idx`` are the examples' positions in the training
 split (MMA's per-example ε store is indexed by them).  Steps that hold state
 (MMA) expose ``state_dict()`` / ``load_state_dict()`` for checkpoints.
+
+Metrics never leave the device here (no ``.item()``: a host sync per step on a GPU).
+A value is a 0-dim tensor or float (the loop logs its mean over the steps since the
+last read), or a pair ``(total, count)`` of tensors (logged as Σtotal / Σcount over
+those steps: a per-example mean, e.g. of the ε found for the attacked examples).
+Losses are computed on fp32 logits (``full_precision``), also under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attacks.core import full_precision
 from ..attacks import pgd
 from ..config.model import ModelSpec, PGDTrainSpec
 
@@ -20,9 +27,9 @@ class StdStep:
     """Plain training: clean cross-entropy."""
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int):
-        logits = model(x)
+        logits = full_precision(model(x))
         loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.item(), "train_acc": (logits.argmax(1) == y).float().mean().item()}
+        return loss, {"loss": loss.detach(), "train_acc": (logits.detach().argmax(1) == y).float().mean()}
 
     def state_dict(self) -> dict:
         return {}
@@ -52,9 +59,9 @@ class PGDStep:
             step_size = None if s.step_size is None else s.step_size * eps / s.eps
             x = pgd(model, x, y, eps, norm=self.norm, steps=s.steps, step_size=step_size,
                     random_init=s.random_init, loss=s.loss, select="loss")
-        logits = model(x)
+        logits = full_precision(model(x))
         loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.item(), "adv_acc": (logits.argmax(1) == y).float().mean().item(), "eps": eps}
+        return loss, {"loss": loss.detach(), "adv_acc": (logits.detach().argmax(1) == y).float().mean(), "eps": eps}
 
     def state_dict(self) -> dict:
         return {}

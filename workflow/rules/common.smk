@@ -26,7 +26,10 @@ MODELS = P.model_names
 SOURCES = [s.model for s in P.table1.sources.values()]
 # torch threads per job: params.threads, else all cores (Snakemake exports OMP_NUM_THREADS
 # = the rule's threads to each job; with the default of 1 torch would run single-threaded)
-THREADS = P.threads or workflow.cores
+try:
+    THREADS = P.threads or workflow.cores
+except WorkflowError:  # a cluster executor without --cores: 4 CPUs per GPU job (cpus_per_task)
+    THREADS = 4
 # GPU stages hold one GPU each: `snakemake --cores 8 --resources gpu=1` schedules them
 GPU = 0 if P.device == "cpu" else 1
 DATA = P.data.root
@@ -73,3 +76,35 @@ wildcard_constraints:
 def transfer_sets(wildcards):
     """The transfer sets model NAME is evaluated on: the sources of its threat model."""
     return [str(paths.transfer_dir(s)) for s in P.table1.sources_for(wildcards.name, P.models)]
+
+
+# Cluster resources (the SLURM profile, workflow/profiles/slurm, docs/cluster.md): memory by
+# architecture, time from what the params make each job do, so a CIFAR10 WideResNet job asks
+# for more than a LeNet one without hand-edited rules.  Estimates for one GPU, with headroom;
+# a local run ignores them.  Override with `--set-resources train:runtime=900` (minutes).
+MEM_MB = {"lenet5_madry": 4000, "wrn10_1": 6000, "wrn28_4": 16000}
+PASS_S = {"lenet5_madry": 0.003, "wrn10_1": 0.01, "wrn28_4": 0.06}  # s per forward+backward of a batch
+EVAL_MIN = {"lenet5_madry": 240, "wrn10_1": 120, "wrn28_4": 1440}  # transfer, evaluate (minutes)
+
+
+def _passes(spec):
+    """Forward+backward passes per training step: the attack's steps (and MMA's bisection) + 1."""
+    if spec.method == "pgd":
+        return spec.pgd.steps + 1
+    if spec.method == "mma":
+        return spec.mma.steps + spec.mma.bisection_steps + 2
+    return 1
+
+
+def mem_mb(wildcards):
+    return MEM_MB[P.model(wildcards.name).arch]
+
+
+def train_runtime(wildcards):
+    spec = P.model(wildcards.name)
+    seconds = spec.train_steps * _passes(spec) * PASS_S[spec.arch] * 2  # x2: validation, checkpoints, slack
+    return 10 + int(seconds // 60)
+
+
+def eval_runtime(wildcards):
+    return EVAL_MIN[P.model(wildcards.name).arch]

@@ -13,6 +13,8 @@ rule evaluate:
     threads: THREADS
     resources:
         gpu=GPU,
+        mem_mb=mem_mb,
+        runtime=eval_runtime,
     conda:
         ENV
     shell:

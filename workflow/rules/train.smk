@@ -28,6 +28,8 @@ rule train:
     threads: THREADS
     resources:
         gpu=GPU,
+        mem_mb=mem_mb,
+        runtime=train_runtime,
     conda:
         ENV
     shell:

@@ -12,6 +12,8 @@ rule transfer:
     threads: THREADS
     resources:
         gpu=GPU,
+        mem_mb=mem_mb,
+        runtime=eval_runtime,
     conda:
         ENV
     shell:

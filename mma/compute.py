@@ -1,0 +1,129 @@
+"""How tensors are computed: the ``compute:`` section of params.yaml and the helpers
+that apply it.  Speed only: every switch keeps the algorithms as they are.
+
+    precision      fp32 | bf16 | auto   bf16: autocast for the attacks' gradient steps and
+                                        the training forward/backward; kept in fp32: every
+                                        loss (computed on fp32 logits), AN-PGD's boundary
+                                        search (its sign decisions at 2^-10 resolution),
+                                        the forwards that judge an attack, the metrics
+    channels_last  true | false | auto  NHWC memory format for the model's conv weights
+    compile        bool                 torch.compile the model (eager by default)
+    cuda_graphs    bool                 CUDA only: compile with mode="reduce-overhead"
+                                        (captures the fixed-shape forward/backward as
+                                        CUDA graphs; torch re-captures when a shape changes)
+
+``auto`` is resolved per device by :func:`resolve` from measurements
+(docs/performance.md); the resolved values are recorded in the model file and in
+the train stage's metrics.json, the section as written in MLflow's params.
+
+This module imports pydantic only; torch is imported by the helpers that need it
+(``mma.params`` imports this module and must stay torch-free).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Literal, Union
+
+from .config import Strict
+
+
+class ComputeParams(Strict):
+    """params.yaml ``compute:``: the speed switches (see the module docstring)."""
+
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: as measured per device (resolve)
+    channels_last: Union[Literal["auto"], bool] = "auto"  # auto: as measured per device (resolve)
+    compile: bool = False  # torch.compile the model: minutes of compile time, measured gain only on GPU
+    cuda_graphs: bool = False  # CUDA graphs via torch.compile(mode="reduce-overhead"); ignored off CUDA
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The switches resolved for one device (no "auto" left)."""
+
+    device: str = "cpu"  # the device type: cpu or cuda
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    def record(self) -> dict:
+        return asdict(self)
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+
+FP32 = Compute()  # the plain defaults (what a caller that passes nothing gets)
+
+
+def cpu_has_bf16() -> bool:
+    """True if the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16); without it
+    bf16 autocast on a CPU is emulated and several times slower than fp32."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def resolve(params: ComputeParams | None, device) -> Compute:
+    """The switches for ``device`` ("cpu", "cuda", "cuda:1" or a torch.device).
+
+    "auto", as measured (docs/performance.md, `mma bench` switch rows):
+      precision: bf16 on a CPU with bf16 hardware (PGD steps 1.9x faster on AMX-BF16,
+        robust accuracy within binomial noise, tests/test_compute.py); fp32 elsewhere,
+        CUDA included until `make gpu-check` has measured it on the GPU (LeNet5 at batch
+        50 is launch-bound there, and autocast adds cast kernels).
+      channels_last: on for CPU (1.2x on the conv layers); off on CUDA until measured.
+    """
+    p = params or ComputeParams()
+    kind = str(device).split(":")[0]
+    precision = p.precision
+    if precision == "auto":
+        precision = "bf16" if kind == "cpu" and cpu_has_bf16() else "fp32"
+    channels_last = p.channels_last
+    if channels_last == "auto":
+        channels_last = kind == "cpu"
+    return Compute(device=kind, precision=precision, channels_last=bool(channels_last), compile=p.compile,
+                   cuda_graphs=p.cuda_graphs and kind == "cuda")
+
+
+# --------------------------------------------------------------------------- applying them
+def prepare(model, c: Compute):
+    """The model to run: ``model`` itself in channels_last if asked (in place; the
+    state_dict is unchanged, so files save and load as before), compiled if asked.
+    Save ``model``, run the returned one (a compiled wrapper shares its parameters)."""
+    import torch
+
+    if c.channels_last:
+        model.to(memory_format=torch.channels_last)  # only 4-D weights change layout
+    if c.compile or c.cuda_graphs:
+        return torch.compile(model, mode="reduce-overhead" if c.cuda_graphs else "default")
+    return model
+
+
+def autocast(c: Compute):
+    """torch.autocast to bf16 when ``c`` says so (a no-op context otherwise): wrap the
+    training forward/backward.  Losses take ``logits.float()``; the boundary search
+    turns autocast off for its own forwards."""
+    import torch
+
+    return torch.autocast(c.device, dtype=torch.bfloat16, enabled=c.bf16)
+
+
+@contextlib.contextmanager
+def attacks(c: Compute) -> Iterator[None]:
+    """Within the body, every attack's gradient steps run in ``c``'s precision (bf16:
+    autocast); the forwards that judge an attack's result stay fp32 (see
+    ``mma.attacks.core.attack_precision``).  For evaluation and transfer stages."""
+    import torch
+
+    from .attacks.core import attack_precision
+
+    with attack_precision(torch.bfloat16 if c.bf16 else None):
+        yield

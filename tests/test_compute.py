@@ -1,0 +1,148 @@
+"""The speed switches (``mma.compute``): the params section, per-device resolution,
+and that each switch leaves the results as they were (bf16: within binomial noise
+on a trained model; channels_last: the same model file)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mma import compute
+from mma.attacks import an_pgd, boundary_search, pgd
+from mma.attacks.core import attack_precision
+from mma.compute import Compute, ComputeParams
+
+
+# --------------------------------------------------------------------------- the params section
+def test_compute_section_refuses_unknown_keys_and_values(tmp_path):
+    from mma.params import ParamsError, load_params
+
+    from pathlib import Path
+
+    base = (Path(__file__).parents[1] / "profiles" / "smoke.yaml").read_text()
+    base = "\n".join(line for line in base.splitlines() if not line.startswith("compute:")) + "\n"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(base + "compute: {precision: bf16, channels_last: false}\n")
+    assert load_params(ok).compute == ComputeParams(precision="bf16", channels_last=False)
+    for text, key in (("compute: {precision: fp16}\n", "compute.precision = 'fp16'"),
+                      ("compute: {cuda_graph: true}\n", "compute.cuda_graph: unknown key"),
+                      ("compute: {channels_last: maybe}\n", "compute.channels_last")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(base + text)
+        with pytest.raises(ParamsError, match=key.replace(".", r"\.").replace("(", r"\(")) as e:
+            load_params(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_defaults_resolve_per_device():
+    cpu = compute.resolve(None, "cpu")
+    assert cpu.precision == ("bf16" if compute.cpu_has_bf16() else "fp32")  # measured: docs/performance.md
+    assert cpu.channels_last is True and cpu.compile is False and cpu.cuda_graphs is False
+    cuda = compute.resolve(ComputeParams(), "cuda:1")
+    assert (cuda.device, cuda.precision, cuda.channels_last) == ("cuda", "fp32", False)
+    explicit = compute.resolve(ComputeParams(precision="fp32", channels_last=False, cuda_graphs=True), "cpu")
+    assert explicit == Compute("cpu", "fp32", False, False, False)  # CUDA graphs need CUDA
+    assert compute.resolve(ComputeParams(cuda_graphs=True), "cuda").cuda_graphs is True
+    assert compute.FP32.record() == {"device": "cpu", "precision": "fp32", "channels_last": False,
+                                     "compile": False, "cuda_graphs": False}
+
+
+# --------------------------------------------------------------------------- results unchanged
+def test_channels_last_changes_layout_not_values(trained_convnet, eval_batch):
+    x = eval_batch[0][:64]
+    model = copy.deepcopy(trained_convnet)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    net = compute.prepare(model, Compute(channels_last=True))
+    assert net is model and model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), trained_convnet(x), rtol=1e-4, atol=1e-5)
+
+
+def binomial_2sd(p: float, n: int) -> float:
+    return 2 * math.sqrt(p * (1 - p) / n)
+
+
+def test_bf16_pgd_robust_accuracy_is_within_binomial_noise(trained_convnet, eval_batch):
+    """PGD-20 at ε = 0.1 on the trained fixture's correctly classified test images, the
+    attack's gradient steps in bf16 against fp32 (same seed, judged in fp32): the robust
+    accuracies differ by at most two binomial standard deviations of the fp32 row."""
+    x, y = eval_batch
+    acc = {}
+    for dtype in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        with attack_precision(dtype):
+            x_adv = pgd(trained_convnet, x, y, 0.1, steps=20, loss="ce")
+        with torch.no_grad():
+            acc[dtype] = (trained_convnet(x_adv).argmax(1) == y).float().mean().item()
+    p = acc[None]
+    print(f"\nPGD-20 robust accuracy at 0.1 on {len(y)} images: fp32 {p:.3f}, bf16 {acc[torch.bfloat16]:.3f}")
+    assert 0.2 < p < 0.95  # a row where noise is not trivially zero
+    assert abs(acc[torch.bfloat16] - p) <= binomial_2sd(p, len(y))
+
+
+def test_bf16_an_pgd_mean_length_within_noise(trained_convnet, eval_batch):
+    """AN-PGD-10 (the MMA attack) with bf16 gradient steps: the direction PGD finds
+    changes, the fp32 search along it does not; the mean found length differs from
+    fp32's by at most the search resolution plus two standard errors of the per-example
+    differences."""
+    x, y = eval_batch
+    found = {}
+    for dtype in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        with attack_precision(dtype):
+            _, found[dtype] = an_pgd(trained_convnet, x, y, 0.1, eps_max=0.5, steps=10)
+    diff = found[torch.bfloat16] - found[None]
+    resolution = 0.5 / 2**10
+    se = diff.std().item() / math.sqrt(len(diff))
+    print(f"\nAN-PGD mean length fp32 {found[None].mean():.4f}, bf16 {found[torch.bfloat16].mean():.4f}, "
+          f"median |diff| {diff.abs().median():.4f}")
+    assert abs(diff.mean().item()) <= resolution + 2 * se
+
+
+def test_the_boundary_search_ignores_autocast(trained_convnet, eval_batch):
+    """The search's sign decisions are fp32 under a caller's bf16 autocast."""
+    x, y = eval_batch[0][:100], eval_batch[1][:100]
+    u = torch.randn_like(x).sign()
+    args = (trained_convnet, x, y, u, torch.full((100,), 0.1), torch.full((100,), 0.5))
+    plain = boundary_search(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = boundary_search(*args)
+    assert torch.equal(plain, under)
+
+
+def test_training_with_switches_records_them_and_saves_plain_weights(mnist_small, tmp_path):
+    """bf16 + channels_last training on a conv net: finite losses, the switches in the
+    model file, weights saved contiguous (they load into a plain model)."""
+    from conftest import small_convnet
+
+    from mma.io import load_tensors
+    from mma.train import ModelSpec, train
+
+    class Batcher:
+        num_examples = 500
+
+        def batch(self, step):
+            idx = torch.arange(step * 50, step * 50 + 50) % 500
+            return mnist_small["x_train"][idx], mnist_small["y_train"][idx], idx
+
+    spec = ModelSpec(name="switches", dataset="mnist", arch="lenet5_madry", norm="linf", method="pgd",
+                     pgd={"eps": 0.1, "steps": 3}, train_steps=6, eval_every=6, checkpoint_every=6, log_every=3)
+    logged = []
+    torch.manual_seed(0)
+    switches = Compute("cpu", precision="bf16", channels_last=True)
+    train(spec, Batcher(), (mnist_small["x_eval"][:50], mnist_small["y_eval"][:50]), model_path=tmp_path / "m.pt",
+          resume_path=tmp_path / "r.pt", model=small_convnet(), show_progress=False, compute=switches,
+          log=lambda m, s: logged.append(m))
+    assert all(math.isfinite(m["loss"]) for m in logged if "loss" in m)
+    record = load_tensors(tmp_path / "m.pt")
+    assert record["compute"] == switches.record()
+    assert all(v.is_contiguous() for v in record["state_dict"].values())
+    plain = small_convnet()
+    plain.load_state_dict(record["state_dict"])
+    assert isinstance(plain, nn.Module)
