@@ -49,7 +49,7 @@ def test_dry_run_writes_the_whole_json_without_the_pipeline_packages(tmp_path):
     assert "error" not in res["bench"] and "mma_over_pgd_step" in res["bench"]["ratios"]
     assert "pgd_over_torchattacks" not in res["bench"]["ratios"]  # skipped: torchattacks is absent
     for arch, method in (("lenet", "std"), ("lenet", "pgd2"), ("lenet", "mma2"), ("wrn", "pgd2"), ("wrn", "mma2")):
-        for combo in ("fp32", "bf16+channels_last"):
+        for combo in ("fp32", "bf16+channels_last") if arch == "lenet" else ("fp32",):  # dry run: WRN in fp32 only
             case = res["steps"][f"{arch} {method} {combo}"]
             assert case["median_ms"] > 0, (arch, method, combo, case)
     proj = res["projection"]
