@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import compute as compute_
-from ..attacks.core import full_precision
 from ..attacks import an_pgd, pgd
+from ..attacks.core import full_precision
 from ..compute import FP32, Compute
 from ..io import load_tensors, save_tensors
 from ..models import build_model
