@@ -363,11 +363,12 @@ def bench_switches(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
     times = interleaved(cases, rounds=s.rounds, warmup=s.warmup, device=device, before=before)
     for net in nets.values():
         net.load_state_dict(start)
-    speedup = {}
+    speedup, paired = {}, {}
     for name, t in times.items():
         base = name.rsplit(" ", 1)[0] + " default"
         if base in times and base != name:
             speedup[name] = statistics.median(times[base]) / statistics.median(t)
+            paired[name] = statistics.median(b / v for b, v in zip(times[base], t))
     # bf16's effect, judged in fp32 on the same images from the same seeds
     acc = {}
     for k in ("default", "bf16"):
@@ -383,7 +384,7 @@ def bench_switches(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
         found[k] = length
     n = len(y_big)
     return {"times": {k: summary(v) for k, v in times.items()}, "raw": times, "threads": threads,
-            "speedup_vs_default": speedup,
+            "speedup_vs_default": speedup, "paired_speedup_vs_default": paired,
             "bf16_robust_acc": {"fp32": acc["default"], "bf16_autocast": acc["bf16"], "eps": 0.1, "steps": steps,
                                 "images": n, "binomial_noise_2sd": binomial_noise(acc["default"], n),
                                 "within_noise": abs(acc["bf16"] - acc["default"]) <= binomial_noise(acc["default"], n)},

@@ -158,8 +158,10 @@ def format_table(res: dict) -> str:
     if res.get("switches"):
         sw = res["switches"]
         lines.append("")
-        lines.append("switch speed-ups vs fp32 eager (same work): " + ", ".join(
-            f"{k} {v:.2f}x" for k, v in sw["speedup_vs_default"].items()))
+        paired_sw = sw.get("paired_speedup_vs_default", {})
+        lines.append("switch speed-ups vs fp32 eager on the same work (medians; paired):")
+        lines += [f"  {k:44s} {v:5.2f}x" + (f"  {paired_sw[k]:5.2f}x" if k in paired_sw else "")
+                  for k, v in sw["speedup_vs_default"].items()]
         b = sw["bf16_robust_acc"]
         lines.append(f"bf16 robust accuracy (PGD-{b['steps']}, ε={b['eps']}, {b['images']} images, judged in fp32): "
                      f"{b['bf16_autocast']:.1%} vs fp32 {b['fp32']:.1%} (binomial noise ±{b['binomial_noise_2sd']:.1%}: "
