@@ -101,13 +101,13 @@ def _mlflow_runs(uri: str, experiment: str) -> tuple:
 
 
 def _long_training(repo: Path, experiment: str, steps: int, device: str = "cpu") -> str:
-    """params.yaml: the smoke grid, mnist-linf-std trained for ``steps`` steps, checkpointed
+    """params.yaml: the smoke grid, mnist-linf-std trained for ``steps`` steps (metrics of every step), checkpointed
     only at the end (a checkpoint before that can only come from SIGTERM)."""
     doc = yaml.safe_load((repo / "params.yaml").read_text())
     doc["experiment"], doc["device"] = experiment, device
     name = "mnist-linf-std"
     model = next(m for m in doc["models"] if m["name"] == name)
-    model.update(train_steps=steps, eval_every=steps, checkpoint_every=10 * steps)
+    model.update(train_steps=steps, eval_every=steps, checkpoint_every=10 * steps, log_every=1)  # every step logged
     (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return name
 
