@@ -115,15 +115,19 @@ def cifar_like(n: int = 5000):
             torch.randint(0, 10, (n,), generator=g), "random")
 
 
-def time_steps(kind: str, method: str, attack_steps: int, switches, *, steps: int, log_every: int, device: str) -> dict:
-    """Median seconds per step of the real training loop (``mma.train.train``)."""
+def time_steps(kind: str, method: str, attack_steps: int, switches, *, steps: int, log_every: int, device: str,
+               batch: int | None = None) -> dict:
+    """Median seconds per step of the real training loop (``mma.train.train``); ``batch``
+    replaces the paper's batch size (the dry run's WideResNet)."""
     from mma.data import TensorBatcher, to_float
     from mma.train import ModelSpec, train
 
     if kind == "lenet":
         x, y, data = lenet_data(device)
+        # Adam 1e-3 (the quick profile's): from scratch, most of a batch is classified correctly (and
+        # attacked by MMA) after the first window, as in a real run's steady state
         base = dict(dataset="mnist", arch="lenet5_madry", norm="linf", batch_size=50,
-                    optimizer={"name": "adam", "lr": 1e-4})
+                    optimizer={"name": "adam", "lr": 1e-3})
         blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.3, "steps": attack_steps, "step_size": 0.01}},
                   "mma": {"mma": {"d_max": 0.45, "eps_min": 0.1, "steps": attack_steps}}}
     else:
@@ -132,15 +136,21 @@ def time_steps(kind: str, method: str, attack_steps: int, switches, *, steps: in
                     optimizer={"name": "sgd", "lr": 0.3, "momentum": 0.9, "weight_decay": 2e-4})
         blocks = {"pgd": {"pgd": {"eps": 8 / 255, "steps": attack_steps}},
                   "mma": {"mma": {"d_max": 32 / 255, "eps_min": 0.005, "steps": attack_steps}}}
+    if batch:
+        base["batch_size"] = batch
     spec = ModelSpec(name=f"check-{kind}-{method}", method=method, train_steps=steps, eval_every=10**9,
-                     checkpoint_every=10**9, log_every=log_every, val_limit=50, **base, **blocks[method])
+                     checkpoint_every=10**9, log_every=log_every, **base, **blocks[method])
     batcher = TensorBatcher(x, y, spec.batch_size, seed=0, device=device)
-    val = (to_float(x[:50], device), y[:50].to(device))
+    n_val = min(50, spec.batch_size)  # validation runs once, after the last timed step
+    val = (to_float(x[:n_val], device), y[:n_val].to(device))
     marks: list[tuple[int, float]] = [(0, time.perf_counter())]
+    attacked: list[float] = []
 
     def log(metrics, step):
         if "loss" in metrics:  # a read: the loop has synchronised (it read the window back)
             marks.append((step, time.perf_counter()))
+            if "frac_correct" in metrics and len(marks) > 2:
+                attacked.append(metrics["frac_correct"])
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -151,7 +161,8 @@ def time_steps(kind: str, method: str, attack_steps: int, switches, *, steps: in
     per_step = per_step or [(marks[-1][1] - marks[0][1]) / max(1, marks[-1][0])]
     return {"median_ms": 1000 * statistics.median(per_step), "min_ms": 1000 * min(per_step),
             "windows": len(per_step), "first_window_ms": 1000 * (marks[1][1] - marks[0][1]) / max(1, marks[1][0]),
-            "total_s": total, "data": data}
+            "total_s": total, "data": data,
+            "mma_frac_attacked": statistics.mean(attacked) if attacked else None}
 
 
 def eval_rate(device: str, switches, images: int, steps: int) -> dict:
@@ -178,22 +189,18 @@ def eval_rate(device: str, switches, images: int, steps: int) -> dict:
 
 def project(steps: dict, rate: dict) -> dict:
     """GPU-hours of the paper's grids from the measured step times (best switch setting)."""
-    def best(key):
-        vals = [v["median_ms"] for k, v in steps.items() if k.startswith(key + " ") and "median_ms" in v]
+    def best(prefix):  # "lenet pgd" matches "lenet pgd40 bf16" (and the dry run's "lenet pgd2 fp32")
+        vals = [v["median_ms"] for k, v in steps.items() if k.startswith(prefix) and "median_ms" in v]
         return min(vals) / 1000 if vals else math.nan
 
-    mnist = {"std": best("lenet std"), "pgd40": best("lenet pgd40"), "mma40": best("lenet mma40")}
-    cifar = {"pgd10": best("wrn pgd10"), "mma10": best("wrn mma10")}
+    mnist = {"std": best("lenet std"), "pgd40": best("lenet pgd"), "mma40": best("lenet mma")}
+    cifar = {"pgd10": best("wrn pgd"), "mma10": best("wrn mma")}
     train_h = sum(mnist[m] for m in MNIST_GRID) * 100_000 / 3600
-    try:
-        from mma.evaluation.config import ALL_SETTINGS, TABLE1_EPS, _paper_settings
+    from mma.config.evaluation import ALL_PAPER, Table1Params, paper_attacks
 
-        settings = _paper_settings()
-        iters = sum(1 if settings[s].attack == "fgsm" else settings[s].steps * settings[s].restarts
-                    for s in ALL_SETTINGS)
-        n_eps = len(TABLE1_EPS)
-    except Exception:  # noqa: BLE001 - the evaluation config may move; the paper's numbers then
-        iters, n_eps = 1 + 40 + 40 * 50 + 100 + 100 * 50, 3
+    settings = paper_attacks()
+    iters = sum(1 if settings[s].attack == "fgsm" else settings[s].steps * settings[s].restarts for s in ALL_PAPER)
+    n_eps = len(Table1Params().eps)
     # white-box on 3 Table-1 models + transfer sets from 3 sources, 10k images, no early exit
     image_iters = 2 * 3 * n_eps * iters * 10_000
     table1_h = image_iters / rate["image_iterations_per_s"] / 3600 if rate else math.nan
@@ -263,7 +270,11 @@ def main(argv=None) -> int:
                   "bf16+channels_last": Compute(kind, precision="bf16", channels_last=True)}
         if kind == "cuda":  # CUDA graphs through torch.compile(mode="reduce-overhead"): the launch-bound LeNet5
             combos["fp32+cuda_graphs"] = Compute(kind, cuda_graphs=True)
-        cases = [("lenet", "std", 0), ("lenet", "pgd", 40), ("lenet", "mma", 40), ("wrn", "pgd", 10), ("wrn", "mma", 10)]
+        if a.dry_run:  # the code paths, not the numbers: two combinations, 2 attack steps
+            combos = {k: combos[k] for k in ("fp32", "bf16+channels_last")}
+        k40, k10 = (2, 2) if a.dry_run else (40, 10)
+        cases = [("lenet", "std", 0), ("lenet", "pgd", k40), ("lenet", "mma", k40), ("wrn", "pgd", k10),
+                 ("wrn", "mma", k10)]
         timed: dict = {}
         for arch, method, k in cases:
             for cname, c in combos.items():
@@ -274,9 +285,10 @@ def main(argv=None) -> int:
                     timed[key] = {"skipped": "time budget"}
                     continue
                 try:
-                    timed[key] = time_steps(arch, method, k, c, steps=(2 if arch == "wrn" and a.dry_run else steps),
-                                            log_every=(1 if arch == "wrn" and a.dry_run else log_every),
-                                            device=a.device)
+                    tiny = arch == "wrn" and a.dry_run  # WideResNet-28-4 on a CPU: 2 steps of batch 4
+                    timed[key] = time_steps(arch, method, k, c, steps=2 if tiny else steps,
+                                            log_every=1 if tiny else log_every, device=a.device,
+                                            batch=4 if tiny else None)
                 except Exception as e:  # noqa: BLE001
                     timed[key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         out["steps"] = timed
@@ -289,9 +301,9 @@ def main(argv=None) -> int:
         out["projection"] = project(timed, out.get("eval_rate") if "image_iterations_per_s" in out.get("eval_rate", {})
                                     else None)
         p = out["projection"]
-        mma40 = min((v["median_ms"] for k, v in timed.items() if k.startswith("lenet mma40") and "median_ms" in v),
+        mma40 = min((v["median_ms"] for k, v in timed.items() if k.startswith("lenet mma") and "median_ms" in v),
                     default=math.nan)
-        wrn = min((v["median_ms"] for k, v in timed.items() if k.startswith("wrn mma10") and "median_ms" in v),
+        wrn = min((v["median_ms"] for k, v in timed.items() if k.startswith("wrn mma") and "median_ms" in v),
                   default=math.nan)
         out["goals_met"] = {"mnist_mma40_step_ms": mma40 <= GOALS["mnist_mma40_step_ms"],
                             "wrn_mma10_step_ms": wrn <= GOALS["wrn_mma10_step_ms"],

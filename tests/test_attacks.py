@@ -509,3 +509,25 @@ def test_boundary_search_brackets_the_crossing_to_its_resolution(with_g_zero):
         boundary_search(model, x, y, u, eps_mid, eps_hi)
         model.forward = inner
         assert rows_used < sum(calls)
+
+
+def test_last_restart_makes_no_forward_after_its_last_step(trained_convnet, batch):
+    """White-box PGD's last restart does not check its final iterate (that check cannot
+    change x_adv; the caller judges it): k steps cost k forwards, earlier restarts k + 1."""
+    x, y = batch
+
+    class Counting(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.calls = net, 0
+
+        def forward(self, z):
+            self.calls += 1
+            return self.net(z)
+
+    model = Counting(copy.deepcopy(trained_convnet))
+    pgd(model, x, y, 0.001, steps=5, restarts=1)  # ε too small to fool anything: no early exit
+    assert model.calls == 5
+    model.calls = 0
+    pgd(model, x, y, 0.001, steps=5, restarts=3)
+    assert model.calls == 6 + 6 + 5

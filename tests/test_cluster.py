@@ -6,7 +6,8 @@
 * an MLflow server on a PostgreSQL backend store (tests/cluster/tracking.sh) receiving every
   job's run;
 * `scancel` of a training job mid-run: it checkpoints, its MLflow run ends KILLED, and the
-  rerun resumes from the checkpoint in the same MLflow run;
+  rerun resumes from the checkpoint in the same MLflow run — the user's rerun, and the
+  resubmission by Snakemake itself (the profile's `retries: 1`);
 * a DVC remote (a local path) round trip of the cluster run's outputs: `dvc commit` + push,
   pull into a fresh copy, and `mma report` regenerates the report there without retraining.
 
@@ -41,7 +42,7 @@ PROFILE = "workflow/profiles/slurm"
 # the test cluster has no slurmdbd (no sacct): squeue answers the status checks (its
 # MinJobAge=600 is over 3x this initial wait); 2 s instead of 40 s keeps the test short
 SLURM_TEST_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
-PG_PORT, MLFLOW_PORT = "55433", "55001"  # not the scripts' defaults: a cluster tried by hand stays apart
+PG_PORT, MLFLOW_PORT = "15433", "15001"  # not the scripts' defaults: a cluster tried by hand stays apart
 TRACKING_DIR = "/tmp/mma-tracking-pytest"
 DAG_TIMEOUT_S = 1500  # the smoke DAG on the cluster: ~6 min on 2 idle cores
 
@@ -101,13 +102,13 @@ def _mlflow_runs(uri: str, experiment: str) -> tuple:
 
 
 def _long_training(repo: Path, experiment: str, steps: int, device: str = "cpu") -> str:
-    """params.yaml: the smoke grid, mnist-linf-std trained for ``steps`` steps, checkpointed
+    """params.yaml: the smoke grid, mnist-linf-std trained for ``steps`` steps (metrics of every step), checkpointed
     only at the end (a checkpoint before that can only come from SIGTERM)."""
     doc = yaml.safe_load((repo / "params.yaml").read_text())
     doc["experiment"], doc["device"] = experiment, device
     name = "mnist-linf-std"
     model = next(m for m in doc["models"] if m["name"] == name)
-    model.update(train_steps=steps, eval_every=steps, checkpoint_every=10 * steps)
+    model.update(train_steps=steps, eval_every=steps, checkpoint_every=10 * steps, log_every=1)  # every step logged
     (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return name
 
@@ -390,6 +391,46 @@ def test_scancel_of_training_then_the_rerun_resumes_the_same_mlflow_run(slurm, t
     assert train[0].data.tags["mma.resumed"] == "true"
     assert _loss_steps(client, run_id) == list(range(1, steps + 1))  # each step logged once
     assert (repo / target).exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_scancel_with_the_profiles_retries_resubmits_and_resumes(slurm, tracking, tmp_path):
+    """The profile's `retries: 1`: Snakemake itself resubmits the cancelled training job, which
+    resumes from its checkpoint; one Snakemake run, one MLflow run, every step once."""
+    repo = scratch_copy(tmp_path / "repo")
+    steps = 300
+    experiment = "mma-cluster-retry"
+    name = _long_training(repo, experiment, steps, device="auto")
+    target = f"results/models/{name}/model.pt"
+    train_log = repo / "results" / "logs" / "train" / f"{name}.log"
+    log = repo / "snakemake-slurm.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(_bounded(600, _tool("snakemake"), "--workflow-profile", PROFILE, *SLURM_TEST_ARGS,
+                                         target), cwd=repo, env=_env(MLFLOW_TRACKING_URI=tracking), stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 400
+        while _progress(train_log, steps) < steps // 10 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-5000:]
+        first = [j for j, r in _submitted(log.read_text()).items() if r == f"train:{name}"]
+        assert len(first) == 1, log.read_text()[-3000:]
+        subprocess.run(_bounded(30, "scancel", first[0]), check=True)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    finally:
+        _stop(proc)
+    text = log.read_text()
+    assert "Trying to restart job" in text
+    attempts = [j for j, r in _submitted(text).items() if r == f"train:{name}"]
+    assert len(attempts) == 2 and attempts[0] == first[0]
+    jobs = _jobs()
+    assert [jobs[j]["JobState"] for j in attempts] == ["CANCELLED", "COMPLETED"]
+    assert "resuming from" in train_log.read_text()
+    client, found = _mlflow_runs(tracking, experiment)
+    train = [r for r in found if r.data.tags["mma.stage"] == "train"]
+    assert [r.info.status for r in train] == ["FINISHED"] and train[0].data.tags["mma.resumed"] == "true"
+    assert _loss_steps(client, train[0].info.run_id) == list(range(1, steps + 1))
 
 
 # --------------------------------------------------------------------------- DVC remote

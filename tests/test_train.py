@@ -296,7 +296,7 @@ def test_metrics_read_every_log_every_steps_are_the_window_means(method, tmp_pat
 class _SyncCounter:
     """Counts the calls, made from mma's own code, that read a tensor back to the host."""
 
-    METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero")
+    METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "cpu", "numpy")
 
     def __init__(self, monkeypatch):
         import sys

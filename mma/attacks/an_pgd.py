@@ -15,7 +15,9 @@ fallback: the margin is nearly linear along a line close to the crossing, so mos
 examples converge in ~4 one-row probes after the two bracket ends (~6 forward rows
 per example) instead of the authors' 10 bisections, and the bracket keeps it as
 safe as bisection.  It runs under ``torch.no_grad`` on the examples whose bracket
-is still wide, with no Python loop over examples.
+is still wide, with no Python loop over examples.  Its forwards are always fp32
+(autocast off): under ``attack_precision(torch.bfloat16)`` or a bf16 training step
+only the PGD's gradient steps run in bf16 (docs/performance.md, "What stays fp32").
 """
 
 from __future__ import annotations

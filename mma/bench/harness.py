@@ -75,13 +75,13 @@ def ratios(res: dict) -> dict[str, float]:
         "mma_over_pgd_step": t[f"mma{main}-b50"] / t[f"pgd{main}-b50"],
         "mma10_over_pgd10_step": t[f"mma{short}-b50"] / t[f"pgd{short}-b50"],
         "pgd_over_std_step": t[f"pgd{main}-b50"] / t["std-b50"],
-        "pgd_over_torchattacks": res["attack"]["times"]["torchattacks"]["median"] / res["attack"]["times"]["ours"]["median"],
         "restart_speedup": res["restarts"]["large"]["speedup"],
         "restart_speedup_most_survive": res["restarts"]["small"]["speedup"],
     }
-    if "job" in res:
-        j = res["job"]["times"]
-        out["pgd_job_over_torchattacks"] = j["torchattacks"]["median"] / j["ours"]["median"]
+    for key, part in (("pgd_over_torchattacks", "attack"), ("pgd_job_over_torchattacks", "job")):
+        pt = res.get(part, {}).get("times", {})
+        if "torchattacks" in pt:  # skipped where torchattacks is not installed
+            out[key] = pt["torchattacks"]["median"] / pt["ours"]["median"]
     if f"mma{main}-b50-warm" in t:
         out["mma_over_pgd_step_warm"] = t[f"mma{main}-b50-warm"] / t[f"pgd{main}-b50"]
     for b in res["settings"]["train_batches"]:
@@ -102,12 +102,10 @@ def paired_ratios(res: dict) -> dict[str, float]:
                   for b in res["settings"]["train_batches"] if b != 50})
     out = {k: statistics.median(x / y for x, y in zip(raw[a], raw[b]))
            for k, (a, b) in pairs.items() if a in raw and b in raw}
-    if "raw" in res["attack"]:
-        at = res["attack"]["raw"]
-        out["pgd_over_torchattacks"] = statistics.median(t / o for o, t in zip(at["ours"], at["torchattacks"]))
-    if "raw" in res.get("job", {}):
-        jt = res["job"]["raw"]
-        out["pgd_job_over_torchattacks"] = statistics.median(t / o for o, t in zip(jt["ours"], jt["torchattacks"]))
+    for key, part in (("pgd_over_torchattacks", "attack"), ("pgd_job_over_torchattacks", "job")):
+        pr = res.get(part, {}).get("raw", {})
+        if "torchattacks" in pr:
+            out[key] = statistics.median(t / o for o, t in zip(pr["ours"], pr["torchattacks"]))
     for key, label in (("restart_speedup", "large"), ("restart_speedup_most_survive", "small")):
         rs = res["restarts"][label].get("raw")
         if rs:
@@ -160,8 +158,10 @@ def format_table(res: dict) -> str:
     if res.get("switches"):
         sw = res["switches"]
         lines.append("")
-        lines.append("switch speed-ups vs fp32 eager (same work): " + ", ".join(
-            f"{k} {v:.2f}x" for k, v in sw["speedup_vs_default"].items()))
+        paired_sw = sw.get("paired_speedup_vs_default", {})
+        lines.append("switch speed-ups vs fp32 eager on the same work (medians; paired):")
+        lines += [f"  {k:44s} {v:5.2f}x" + (f"  {paired_sw[k]:5.2f}x" if k in paired_sw else "")
+                  for k, v in sw["speedup_vs_default"].items()]
         b = sw["bf16_robust_acc"]
         lines.append(f"bf16 robust accuracy (PGD-{b['steps']}, ε={b['eps']}, {b['images']} images, judged in fp32): "
                      f"{b['bf16_autocast']:.1%} vs fp32 {b['fp32']:.1%} (binomial noise ±{b['binomial_noise_2sd']:.1%}: "

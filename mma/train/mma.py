@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks.core import full_precision
 from ..attacks import an_pgd, get_loss
+from ..attacks.core import full_precision
 from ..config.model import MMATrainSpec
 
 

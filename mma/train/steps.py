@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks.core import full_precision
 from ..attacks import pgd
+from ..attacks.core import full_precision
 from ..config.model import ModelSpec, PGDTrainSpec
 
 

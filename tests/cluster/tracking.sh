@@ -10,14 +10,15 @@
 #   tests/cluster/tracking.sh stop    stops both and removes their data
 #   tests/cluster/tracking.sh uri     prints the tracking URI
 #
-# Ports: $MMA_PG_PORT (default 55432) and $MMA_MLFLOW_PORT (default 55000); data, logs and
+# Ports: $MMA_PG_PORT (default 15432) and $MMA_MLFLOW_PORT (default 15000), below the kernel's
+# ephemeral range (32768-60999: a port there can be taken by any outgoing connection); data, logs and
 # artifacts under $MMA_TRACKING_DIR (default /tmp/mma-tracking).  PostgreSQL runs as the
 # `postgres` user (it refuses root); the database `mlflow` belongs to the role `mma`.
 set -euo pipefail
 
 DIR="${MMA_TRACKING_DIR:-/tmp/mma-tracking}"
-PG_PORT="${MMA_PG_PORT:-55432}"
-PORT="${MMA_MLFLOW_PORT:-55000}"
+PG_PORT="${MMA_PG_PORT:-15432}"
+PORT="${MMA_MLFLOW_PORT:-15000}"
 WAIT_S="${MMA_TRACKING_WAIT_S:-90}"
 PG_BIN="${MMA_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)}"
 DB_URI="postgresql://mma:mma@127.0.0.1:$PG_PORT/mlflow"

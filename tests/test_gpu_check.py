@@ -1,0 +1,59 @@
+"""`make gpu-check`'s script on the CPU: the dry run CI can afford, with the modules the
+GPU machine lacks made unimportable (so the check really needs only the core)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import mnist_source
+
+ROOT = Path(__file__).resolve().parents[1]
+ABSENT = ("mlflow", "dvc", "snakemake", "foolbox", "autoattack", "torchattacks")  # not on the GPU machine
+RUN = ("import runpy, sys\n"
+       f"for m in {ABSENT!r}: sys.modules[m] = None\n"
+       "sys.argv = ['gpu_check.py'] + sys.argv[1:]\n"
+       f"runpy.run_path({str(ROOT / 'scripts' / 'gpu_check.py')!r}, run_name='__main__')\n")
+
+
+def run_check(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMA_DATA_SOURCE": str(mnist_source())}
+    return subprocess.run([sys.executable, "-c", RUN, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there: the refusal cannot happen")
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path):
+    p = run_check("--device", "cuda", "--out", str(tmp_path / "x.json"), timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "DEVICE=cpu" in p.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_dry_run_writes_the_whole_json_without_the_pipeline_packages(tmp_path):
+    out = tmp_path / "check.json"
+    p = run_check("--device", "cpu", "--dry-run", "--out", str(out))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert json.loads(p.stdout[p.stdout.index("{"):]) == res  # printed too
+    assert res["tests"]["ok"] and not res["tests"]["failed"]
+    assert any(v == "passed" for v in res["tests"]["cases"].values())
+    assert "error" not in res["bench"] and "mma_over_pgd_step" in res["bench"]["ratios"]
+    assert "pgd_over_torchattacks" not in res["bench"]["ratios"]  # skipped: torchattacks is absent
+    for arch, method in (("lenet", "std"), ("lenet", "pgd2"), ("lenet", "mma2"), ("wrn", "pgd2"), ("wrn", "mma2")):
+        for combo in ("fp32", "bf16+channels_last") if arch == "lenet" else ("fp32",):  # dry run: WRN in fp32 only
+            case = res["steps"][f"{arch} {method} {combo}"]
+            assert case["median_ms"] > 0, (arch, method, combo, case)
+    proj = res["projection"]
+    for key in ("mnist_grid_train_gpu_h", "table1_attacks_gpu_h_upper_bound", "mnist_linf_grid_with_table1_gpu_h",
+                "cifar10_grid_train_gpu_h"):
+        assert math.isfinite(proj[key]) and proj[key] > 0, key
+    assert set(res["goals_met"]) == set(res["goals"])
