@@ -87,7 +87,12 @@ def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, de
                       f"{', '.join(s.model for s in p.table1.sources.values()) or 'none'})")
             tags["mma.role"] = roles[0]
     else:
-        tags = {"mma.dataset": ",".join(sorted({m.dataset for m in p.models}))}
+        tags = {"mma.dataset": ",".join(sorted({m.dataset for m in p.models.values()}))}
+    if stage.target is not None and stage.name != "train":
+        from .paths import model_file
+
+        if not model_file(target).exists():
+            _fail(f"{model_file(target)}: {target} is not trained yet; run `mma train {target}` first")
     kwargs = {}
     if stage.device:
         kwargs["device"] = tags["mma.device"] = _device(p, device)
@@ -130,16 +135,26 @@ def data(params: ParamsOpt = Path("params.yaml")) -> None:
 
 
 @app.command()
-def spec(name: ModelArg, params: ParamsOpt = Path("params.yaml")) -> None:
+def spec(name: ModelArg, params: ParamsOpt = Path("params.yaml"),
+         evaluate: Annotated[bool, typer.Option("--evaluate", help=(
+             "Write results/specs/NAME.evaluate.json instead: what `mma evaluate NAME` reads (settings, "
+             "and the hash of each transfer set of its threat model)."))] = False) -> None:
     """Write results/specs/NAME.json: the model's resolved settings (defaults filled in).
 
-    Bookkeeping for DVC, which cannot track one element of the `models` list: the train
-    stage depends on this file, so editing one model reruns only that model. Not an
-    MLflow run.
+    Bookkeeping for DVC, which cannot depend on one model of the grid or on files chosen
+    from the params: the train (evaluate) stage depends on this file, so editing one model
+    (one source's transfer sets) reruns only what reads it. Not an MLflow run.
     """
     p = _load(params)
     _model(p, name)
     from .io import write_json
+
+    if evaluate:
+        from .paths import eval_spec_file
+        from .stages.evaluate import inputs_record
+
+        write_json(eval_spec_file(name), inputs_record(p, name))
+        return
     from .params import spec_record
     from .paths import spec_file
 
@@ -264,7 +279,13 @@ def _errors():
 
     try:
         yield
-    except (ParamsError, DataError, TrackingError, UnsafeFileError, FileNotFoundError) as e:
+    except DataError as e:  # mma.data speaks to Python callers (source=...); say what a user sets
+        from .data import SOURCE_HINT
+
+        hint = ("set $MMA_DATA_SOURCE (MNIST) or data.mnist_source / data.cifar10_source in the params file "
+                "to a local folder holding the files, then rerun `mma data`")
+        _fail(" ".join(str(e).replace(SOURCE_HINT, hint).split()))
+    except (ParamsError, TrackingError, UnsafeFileError, FileNotFoundError) as e:
         _fail(" ".join(str(e).split()))
     except TrainingDiverged as e:
         _fail(" ".join(str(e).split()), EXIT_FAILED)

@@ -76,7 +76,7 @@ def world(tmp_path, monkeypatch, trained_convnet):
                 p.add_(0.01 * i * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
         nets[name] = net
         save_tensors(paths.model_file(name), {"state_dict": net.state_dict()})
-    spec_of = {m.name: m for m in params.models}
+    spec_of = dict(params.models)
 
     def fake_load_model(path, device="cpu"):  # the stages load through mma.train.load_model
         name = path.parent.name

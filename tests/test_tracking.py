@@ -121,9 +121,9 @@ def _tiny_params(tmp_path: Path) -> Path:
     doc = {
         "experiment": "kill", "device": "cpu", "threads": 1,
         "data": {"root": "data", "datasets": ["mnist"], "val_size": 500},
-        "models": [{"name": "tiny", "dataset": "mnist", "arch": "lenet5_madry", "norm": "linf", "method": "std",
-                    "optimizer": {"name": "adam", "lr": 0.001}, "train_steps": 200, "batch_size": 20,
-                    "train_limit": 1000, "val_limit": 100, "eval_every": 50, "checkpoint_every": 10}],
+        "models": {"tiny": {"dataset": "mnist", "arch": "lenet5_madry", "norm": "linf", "method": "std",
+                            "optimizer": {"name": "adam", "lr": 0.001}, "train_steps": 200, "batch_size": 20,
+                            "train_limit": 1000, "val_limit": 100, "eval_every": 50, "checkpoint_every": 10}},
         "table1": {"sources": {}, "columns": {}},
     }
     path = tmp_path / "params.yaml"
@@ -172,8 +172,8 @@ def test_snakemake_four_parallel_training_jobs_record_four_complete_runs(tmp_pat
 
     repo = scratch_copy(tmp_path / "repo", profile=None)
     doc = yaml.safe_load(_tiny_params(tmp_path).read_text())
-    tiny = doc["models"][0]
-    doc["models"] = [{**tiny, "name": f"tiny-{i}", "seed": i, "train_steps": 30, "eval_every": 30} for i in range(4)]
+    tiny = next(iter(doc["models"].values()))
+    doc["models"] = {f"tiny-{i}": {**tiny, "seed": i, "train_steps": 30, "eval_every": 30} for i in range(4)}
     (repo / "params.yaml").write_text(yaml.safe_dump(doc))
     targets = [f"results/models/tiny-{i}/model.pt" for i in range(4)]
     result = subprocess.run([_tool("snakemake"), "--cores", "4", *targets], cwd=repo, env=_env(),

@@ -5,10 +5,17 @@
                                       summary, timings, settings used
     results/eval/NAME/per_example.pt  per-example outcomes (``mma.evaluation.results``):
                                       the report takes its numbers from these
+    results/metrics/NAME.json         the DVC metrics: a few headline numbers (percent), see ``headline``
+    results/plots/robust_vs_eps/NAME.tsv  robust accuracy vs ε (DVC plots): curve attack, worst case
+
+What it reads besides the model and the data is ``inputs_record`` (the settings, and the
+hash of every transfer set it reads): Snakemake's params and DVC's results/specs/NAME.evaluate.json,
+so a changed set of another threat model reruns nothing here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -21,7 +28,7 @@ def load_transfer_sets(params, name: str) -> list:
     from ..evaluation.transfer import load_set
 
     out = []
-    for source in params.table1.sources_for(name, params.models):
+    for source in params.table1.sources_for(name, params.models.values()):
         folder = paths.transfer_dir(source)
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
@@ -31,6 +38,60 @@ def load_transfer_sets(params, name: str) -> list:
             x, _ = load_set(folder / entry["file"])
             out.append((entry, x))
     return out
+
+
+def settings_record(params, name: str) -> dict:
+    """The params values the evaluate stage of ``name`` reads (its model's own settings are in model.pt)."""
+    return {"attacks": {k: a.model_dump(mode="json") for k, a in params.attacks.items()},
+            "table1": params.table1.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json"),
+            "seed": params.seed, "compute": params.compute.model_dump(mode="json"),
+            "val_size": params.data.val_size, "sources": params.table1.sources_for(name, params.models.values())}
+
+
+def inputs_record(params, name: str) -> dict:
+    """settings_record plus the md5 of each transfer file it reads (those present)."""
+    files = {}
+    for source in params.table1.sources_for(name, params.models.values()):
+        folder = paths.transfer_dir(source)
+        for f in sorted(folder.glob("*")) if folder.is_dir() else []:
+            files[str(f)] = hashlib.md5(f.read_bytes()).hexdigest()
+    return {"model": name, "settings": settings_record(params, name), "transfer_files": files}
+
+
+def headline(res, name: str, params, tm) -> dict:
+    """results/metrics/NAME.json: clean accuracy, white-box (strongest white-box record) and
+    worst-case (every record) robust accuracy at the threat model's headline ε and, for a
+    Table-1 model, at each Table-1 ε; mean and median margin.  Percent, margins in pixel units."""
+    from ..evaluation.results import eps_key
+
+    eps = {tm.headline_eps}
+    if name in params.table1.columns or name in {s.model for s in params.table1.sources.values()}:
+        eps |= set(params.table1.eps)
+    out = {"clean": res.clean_accuracy()}
+    for e in sorted(eps):
+        wb = [res.accuracy(r) for r in res.at(e, kinds=("whitebox",))]
+        out[f"whitebox@{eps_key(e)}"] = min(wb) if wb else float("nan")
+        out[f"worst@{eps_key(e)}"] = res.worst_case_accuracy(e)
+    margins = res.summary.get("margins", {})
+    for k in ("mean", "median"):
+        if f"margin/{k}" in margins:
+            out[f"margin_{k}"] = margins[f"margin/{k}"]
+    return {k: round(v, 4) for k, v in out.items() if v == v}  # nan: not measured, left out
+
+
+def robust_vs_eps(res, params) -> str:
+    """TSV: eps, the curve attack's robust accuracy, the worst case over every record (percent)."""
+    from ..evaluation.records import attack_record
+
+    curve = params.curve_attack()
+    lines = ["eps\tcurve_attack\tworst_case"]
+    for e in res.eps_values():
+        wanted = attack_record("whitebox", curve, e, loss=params.evaluate.loss, n=res.n, seed=params.seed)
+        same = {f: getattr(wanted, f) for f in ("attack", "steps", "restarts", "loss", "step_factor", "clean_start")}
+        rec = [r for r in res.at(e, kinds=("whitebox",)) if r.matches(**same)]
+        acc = res.accuracy(rec[0]) if rec else float("nan")
+        lines.append(f"{e:g}\t{acc:.4f}\t{res.worst_case_accuracy(e):.4f}")
+    return "\n".join(lines) + "\n"
 
 
 def summarize(res, name: str, spec, ev, extra: dict) -> dict:
@@ -62,7 +123,7 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     from .. import compute
     from ..data import load_split, to_float
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
-    from ..io import save_tensors, write_json
+    from ..io import save_tensors, write_json, write_text
     from ..train import load_model
 
     ev = params.evaluate
@@ -86,6 +147,8 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     out = paths.eval_dir(name)
     save_tensors(out / "per_example.pt", res.to_tensors())
     write_json(out / "metrics.json", summary)
+    write_json(paths.metrics_file(name), headline(res, name, params, tm))
+    write_text(paths.plot_file("robust_vs_eps", name), robust_vs_eps(res, params))
     metrics = flat_metrics(summary)
     if tracker is not None:
         tracker.log_metrics(metrics)

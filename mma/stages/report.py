@@ -22,7 +22,7 @@ def load_results(params) -> dict:
     from ..io import load_tensors
 
     results = {}
-    for spec in params.models:
+    for spec in params.models.values():
         folder = paths.eval_dir(spec.name)
         try:
             results[spec.name] = Results.from_tensors(load_tensors(folder / "per_example.pt"))
@@ -38,7 +38,7 @@ def run(params, *, tracker=None) -> dict[str, float]:
     from ..report.table1 import build_table1, table1_csv, table1_markdown, table1_notes
 
     results = load_results(params)
-    specs = {spec.name: spec for spec in params.models}
+    specs = dict(params.models)
     out, dpi = paths.report_dir(), params.report.dpi
 
     table = build_table1(results, params)

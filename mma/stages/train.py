@@ -1,8 +1,11 @@
 """The train stage: one model of the grid, crash-safe and resumable.
 
     results/models/NAME/model.pt      best-on-validation weights (weights-only torch file: state_dict + spec)
-    results/models/NAME/metrics.json  validation/training summary, resolved params, git commit, seed
-    results/checkpoints/NAME/         while training only: resume.pt, best.pt, spec.json, run.json
+    results/models/NAME/metrics.json  the DVC metrics: steps, best step, validation numbers (accuracies in %)
+    results/models/NAME/info.json     bookkeeping: resolved params, git commit, wall seconds, device, sizes
+    results/plots/train/NAME.tsv      training curves (DVC plots): step, loss, accuracy (%), MMA's mean ε
+    results/plots/val/NAME.tsv        validation curves: step, clean/PGD accuracy (%), mean margin
+    results/checkpoints/NAME/         while training only: resume.pt, best.pt, spec.json, run.json, curves
 
 Why the working files live in results/checkpoints/ and not beside model.pt: DVC and
 Snakemake delete a stage's declared outputs before rerunning it, and a crashed run
@@ -59,6 +62,56 @@ def prepare(params: Params, name: str) -> bool:
     return False
 
 
+def percent(values: dict) -> dict:
+    """The training loop logs accuracies as fractions; every file this stage writes (and the
+    report) uses percent: ``*acc*`` keys × 100, the rest as they are."""
+    return {k: (100.0 * v if "acc" in k and isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+            for k, v in values.items()}
+
+
+class Curves:
+    """The logged training/validation points, kept for the plots files: buffered like the
+    MLflow metrics and appended to the checkpoint folder's TSVs at each flush (right after a
+    checkpoint), so a resumed run's curves hold every step once."""
+
+    def __init__(self, folder: Path, log=None, flush=None):
+        self.folder, self._log, self._flush = folder, log, flush
+        self.pending: dict[str, list[dict]] = {"train": [], "val": []}
+
+    def log(self, values: dict, step: int) -> None:
+        kind = "val" if any(k.startswith("val_") for k in values) else "train"
+        row = {k: v for k, v in percent(values).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.pending[kind].append({"step": step, **row})
+        if self._log:
+            self._log(values, step)
+
+    def flush(self) -> None:
+        for kind, rows in self.pending.items():
+            if rows:
+                path = self.folder / f"{kind}.tsv"
+                header = path.read_text().splitlines()[0].split("\t") if path.exists() else list(rows[0])
+                with path.open("a") as f:
+                    if not path.stat().st_size:
+                        f.write("\t".join(header) + "\n")
+                    for r in rows:
+                        f.write("\t".join(_cell(r.get(k)) for k in header) + "\n")
+        self.pending = {"train": [], "val": []}
+        if self._flush:
+            self._flush()
+
+    def copy_to(self, name: str) -> None:
+        from ..io import write_text
+
+        self.flush()
+        for kind in ("train", "val"):
+            src = self.folder / f"{kind}.tsv"
+            write_text(paths.plot_file(kind, name), src.read_text() if src.exists() else "step\n")
+
+
+def _cell(v) -> str:
+    return "" if v is None else f"{v:.6g}"
+
+
 def finish(name: str) -> None:
     """After a successful run: the resume state is no longer needed."""
     shutil.rmtree(checkpoint_dir(name), ignore_errors=True)
@@ -79,34 +132,38 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     batcher = TensorBatcher(x, y, spec.batch_size, seed=spec.seed, device=device, augment=spec.augment)
     val = (to_float(x_val, device), y_val.to(device))
 
-    log = flush = None
-    if tracker is not None:
-        log, flush = tracker.log_metrics, tracker.flush
+    curves = Curves(checkpoint_dir(name), *((tracker.log_metrics, tracker.flush) if tracker is not None else ()))
     best = checkpoint_dir(name) / "best.pt"
     switches = compute.resolve(params.compute, device)
     with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
         result = train(spec, batcher, val, model_path=best, resume_path=paths.resume_file(name), device=device,
-                       log=log, flush=flush, show_progress=True, compute=switches)
+                       log=curves.log, flush=curves.flush, show_progress=True, compute=switches)
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
 
     with atomic_path(paths.model_file(name)) as tmp:  # the selected model, copied out of the resume folder
         shutil.copyfile(best, tmp)
+    curves.copy_to(name)
     by_step = {h["step"]: h for h in result.history}
-    summary = {
+    best = {k: v for k, v in percent(by_step.get(result.best_step, {})).items()
+            if k.startswith("val_") and not k.startswith("val_warn")}
+    # the DVC metrics file: a few numbers, accuracies in %, nothing that differs between identical runs
+    summary = {"steps": result.step, "best_step": result.best_step, **{k: round(v, 4) for k, v in best.items()}}
+    write_json(paths.model_dir(name) / "metrics.json", summary)
+    info = {
         "model": name, "dataset": spec.dataset, "norm": spec.norm, "method": spec.method, "seed": spec.seed,
-        "steps": result.step, "selection_metric": result.selection_metric,
-        "best_step": result.best_step, "best_value": result.best_value,
-        "best": by_step.get(result.best_step, {}), "final": result.history[-1] if result.history else {},
+        "selection_metric": result.selection_metric, "best_value": result.best_value,
+        "final": percent(result.history[-1]) if result.history else {},
         "train_examples": len(x), "val_examples": len(x_val), "device": str(device),
         "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
         "git_commit": git_commit(), "params": spec_record(params, name), "compute": switches.record(),
     }
-    write_json(paths.model_dir(name) / "metrics.json", summary)
-    metrics = {f"best_{k}": float(v) for k, v in summary["best"].items() if k != "step"}
+    write_json(paths.model_dir(name) / "info.json", info)
+    metrics = {f"best_{k}": float(v) for k, v in best.items()}
     metrics["best_step"] = float(result.best_step)
     if tracker is not None:
         tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
         tracker.log_artifact(paths.model_file(name), "model")
-        tracker.log_artifact(paths.model_dir(name) / "metrics.json", "model")
+        for f in ("metrics.json", "info.json"):
+            tracker.log_artifact(paths.model_dir(name) / f, "model")
     return metrics
