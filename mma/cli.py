@@ -79,7 +79,10 @@ def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, de
     tags: dict = {}
     if stage.target is not None:
         spec_ = _model(p, target)
-        tags = {"mma.model": target, "mma.dataset": spec_.dataset, "mma.norm": spec_.norm, "mma.method": spec_.method}
+        tags = {"mma.model": target, "mma.dataset": spec_.dataset, "mma.norm": spec_.norm, "mma.method": spec_.method,
+                "mma.seed": spec_.seed}
+        if stage.name in ("transfer", "evaluate"):
+            tags["mma.eval_seed"] = p.seed  # the attacks' seed (params.seed); mma.seed: the model's own
         if stage.target == "source":
             roles = [role for role, s in p.table1.sources.items() if s.model == target]
             if not roles:
@@ -108,11 +111,12 @@ def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, de
     else:
         logged = _logged(p, stage.name)
 
-    tags = {"mma.params_file": str(Path(params_path).resolve()), "mma.experiment": p.experiment, **tags}
-    from .tracking import stage_run
+    from .tracking import params_file_tag, stage_run
 
+    tags = {"mma.params_file": params_file_tag(params_path), "mma.experiment": p.experiment, **tags}
     with _errors(), stage_run(p.experiment, stage.name, name=target, tags=tags, params=logged,
                               run_id_file=run_id_file) as tracker:
+        tracker.log_artifact(params_path, "params")  # the values used, kept after a temporary copy is gone
         metrics = module.run(*args, tracker=tracker, **kwargs) or {}
         # the stage's summary, unless the stage logged those keys itself (no duplicate points)
         tracker.log_metrics({k: v for k, v in metrics.items() if k not in tracker.logged})
