@@ -34,14 +34,31 @@ export MMA_DATA_SOURCE
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup test smoke quick paper clean-runs gpu-wheels gpu-check cluster-deps cluster-up cluster-down test-cluster
+.PHONY: setup lock test smoke quick paper clean-runs gpu-wheels gpu-check cluster-deps cluster-up cluster-down test-cluster
 
+# LOCK=1 (the default): the pinned versions of requirements.lock (hashes checked), then the
+# package without resolving again; LOCK=0: the newest versions pyproject.toml allows.
+LOCK ?= 1
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
-	$(VENV)/bin/pip install -e '.[dev,cluster]'
+	if [ "$(LOCK)" = 1 ]; then \
+	  $(VENV)/bin/pip install --require-hashes -r requirements.lock && \
+	  $(VENV)/bin/pip install --no-deps -e . ; \
+	else \
+	  $(VENV)/bin/pip install -e '.[pipeline,dev,cluster]' ; \
+	fi
 	@# torchattacks pins requests~=2.25.1, which would break dvc/mlflow: installed without its deps
 	$(VENV)/bin/pip install --no-deps torchattacks==3.5.1
+
+# requirements.lock and workflow/envs/mma.yaml from the active environment's versions (see the lock's header)
+lock:
+	mkdir -p $(RUNS)
+	pip freeze --exclude-editable | grep -v -e '^torchattacks' -e '^mma' > $(RUNS)/freeze.txt
+	uv pip compile pyproject.toml --extra pipeline --extra dev --extra cluster --generate-hashes \
+	  --constraint $(RUNS)/freeze.txt --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  --no-header -o $(RUNS)/requirements.lock
+	$(PYTHON) scripts/lock_env.py $(RUNS)/requirements.lock
 
 test:
 	@# pytest's exit code 5 means "no tests collected": a broken checkout, never a pass

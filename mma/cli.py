@@ -35,6 +35,21 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
     help="Where tensors live: cpu, cuda, cuda:N or auto (cuda if available). Overrides params.device.")]
 ModelArg = Annotated[str, typer.Argument(metavar="NAME", help="A model name from the params file's `models` list.")]
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"mma {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Max-Margin Adversarial (MMA) training, reproduced: the pipeline's stages
+    (data → train → transfer → evaluate → report). `dvc repro` or `snakemake` run them all."""
+
+
 EXIT_USAGE = 2  # bad input: params, data, model name, tracking store
 EXIT_FAILED = 1  # the work itself failed (e.g. training diverged)
 
