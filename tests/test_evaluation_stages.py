@@ -101,6 +101,16 @@ def test_stages_write_every_file(world):
         out = paths.eval_dir(name)
         assert (out / "metrics.json").is_file() and (out / "per_example.pt").is_file()
         assert t.metrics == m and "clean_accuracy" in m
+        # the DVC metrics file: a few headline numbers (percent), the same as the full metrics.json
+        full, head = json.loads((out / "metrics.json").read_text()), json.loads(paths.metrics_file(name).read_text())
+        tm = params.evaluate.threat_model(params.model(name).dataset, params.model(name).norm)
+        assert head["clean"] == pytest.approx(full["clean_accuracy"], abs=1e-3)
+        assert f"worst@{tm.headline_eps:g}" in head and f"whitebox@{tm.headline_eps:g}" in head
+        assert head[f"worst@{tm.headline_eps:g}"] == pytest.approx(full["worst_case"][f"{tm.headline_eps:g}"], abs=1e-3)
+        assert head[f"worst@{tm.headline_eps:g}"] <= head[f"whitebox@{tm.headline_eps:g}"] <= head["clean"]
+        assert len(head) <= 12 and all(0 <= v <= 100 for k, v in head.items() if not k.startswith("margin"))
+        curve = paths.plot_file("robust_vs_eps", name).read_text().splitlines()
+        assert curve[0] == "eps\tcurve_attack\tworst_case" and len(curve) > 2
     t = Tracker()
     flat = report.run(params, tracker=t)
     out = paths.report_dir()

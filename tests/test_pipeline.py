@@ -120,7 +120,7 @@ def test_dvc_and_snakemake_declare_the_same_stages_and_outputs(tmp_path, profile
     dvc, smk = dvc_declared(repo), snakemake_declared(repo)
     assert dvc == smk, f"only in dvc.yaml: {sorted(dvc - smk)}\nonly in Snakefile: {sorted(smk - dvc)}"
     kinds = {k for k, _, _ in dvc}
-    assert kinds == {"data", "spec", "train", "transfer", "evaluate", "report"}
+    assert kinds == {"data", "spec", "train", "transfer", "inputs", "evaluate", "report"}
 
 
 def test_snakemake_lint_passes():
