@@ -127,7 +127,7 @@ def test_training_curves_in_percent_appended_once_per_flush(tmp_path):
     resumed.flush()
     assert (tmp_path / "train.tsv").read_text() == "step\tloss\ttrain_acc\n10\t1\t25\n20\t0.4\t75\n"
     assert (tmp_path / "val.tsv").read_text() == "step\tval_clean_acc\n10\t50\n"
-    assert sent[0] == (10, {"loss": 1.0, "train_acc": 0.25})  # MLflow still gets the loop's values
+    assert sent[0] == (10, {"loss": 1.0, "train_acc": 25.0})  # MLflow gets percent too
 
 
 def test_cifar_linf_margin_legend_uses_the_axis_units():

@@ -70,7 +70,8 @@ def percent(values: dict) -> dict:
 
 
 class Curves:
-    """The logged training/validation points, kept for the plots files: buffered like the
+    """The logged training/validation points (accuracies converted to percent on their way to
+    MLflow and to the plots files), kept for the plots files: buffered like the
     MLflow metrics and appended to the checkpoint folder's TSVs at each flush (right after a
     checkpoint), so a resumed run's curves hold every step once."""
 
@@ -82,8 +83,8 @@ class Curves:
         kind = "val" if any(k.startswith("val_") for k in values) else "train"
         row = {k: v for k, v in percent(values).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.pending[kind].append({"step": step, **row})
-        if self._log:
-            self._log(values, step)
+        if self._log:  # MLflow gets percent too: one unit everywhere (evaluation reports percent)
+            self._log(percent(values), step)
 
     def flush(self) -> None:
         for kind, rows in self.pending.items():
@@ -147,8 +148,10 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     by_step = {h["step"]: h for h in result.history}
     best = {k: v for k, v in percent(by_step.get(result.best_step, {})).items()
             if k.startswith("val_") and not k.startswith("val_warn")}
-    # the DVC metrics file: a few numbers, accuracies in %, nothing that differs between identical runs
-    summary = {"steps": result.step, "best_step": result.best_step, **{k: round(v, 4) for k, v in best.items()}}
+    # the DVC metrics file: the selected model's validation numbers (accuracies in %), short names
+    # (val_clean, val_pgd, val_margin); nothing that differs between identical runs
+    short = {"val_clean_acc": "val_clean", "val_pgd_acc": "val_pgd", "val_mean_margin": "val_margin"}
+    summary = {"best_step": result.best_step, **{short.get(k, k): round(v, 4) for k, v in best.items()}}
     write_json(paths.model_dir(name) / "metrics.json", summary)
     info = {
         "model": name, "dataset": spec.dataset, "norm": spec.norm, "method": spec.method, "seed": spec.seed,
