@@ -1,8 +1,8 @@
 # Entry points (README "Quick start"):
 #   make setup   create .venv and install the package with its dev tools
 #   make test    the whole test suite (slow tests included, as in CI)
-#   make smoke   the whole DAG on tiny settings (profiles/smoke.yaml), minutes on a CPU
-#   make quick   MNIST Linf reduced reproduction (profiles/quick.yaml), ~75 min on 2 cores
+#   make smoke   the whole DAG on tiny settings (presets/smoke.yaml), minutes on a CPU
+#   make quick   MNIST Linf reduced reproduction (presets/quick.yaml), ~75 min on 2 cores
 #   make paper   the paper's settings: `dvc repro` on params.yaml (meant for a GPU)
 #   make gpu-wheels  (on a machine with PyPI) pydantic's wheels for the GPU machine, into gpu-wheels/
 #   make gpu-check   (on the GPU machine, copied with gpu-wheels/) device tests, bench, step timings and
@@ -71,7 +71,7 @@ smoke quick:
 	git ls-files -z --cached --others --exclude-standard \
 	  | while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done \
 	  | xargs -0 cp --parents -t $(RUNS)/$@
-	cp profiles/$@.yaml $(RUNS)/$@/params.yaml
+	cp presets/$@.yaml $(RUNS)/$@/params.yaml
 	@# a folder inside this git repository: DVC runs it without git of its own
 	cd $(RUNS)/$@ && dvc config --local core.no_scm true && dvc repro
 	@echo "report: $(RUNS)/$@/results/report/ (table1.md, table1.csv, figure3.png, summary.json)"

@@ -1,5 +1,5 @@
 # The pipeline for Snakemake: the same stages, commands and outputs as dvc.yaml (a test
-# checks that).  Run a preset with `snakemake --cores 2 --configfile profiles/smoke.yaml`;
+# checks that).  Run a preset with `snakemake --cores 2 --configfile presets/smoke.yaml`;
 # rules only call the `mma` CLI, with the params file Snakemake was given.
 configfile: "params.yaml"
 

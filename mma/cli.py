@@ -28,7 +28,7 @@ app = typer.Typer(
 
 ParamsOpt = Annotated[Path, typer.Option(
     "--params", "-p", metavar="FILE",
-    help="Params file to read (the params.yaml schema; profiles/smoke.yaml and profiles/quick.yaml are "
+    help="Params file to read (the params.yaml schema; presets/smoke.yaml and presets/quick.yaml are "
          "complete params files). Validated before any work.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", metavar="DEVICE",

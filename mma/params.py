@@ -5,7 +5,7 @@ before any work starts.  Every problem becomes ONE line naming the key path and 
 bad value (``params.yaml: models.mnist-linf-pgd-0.3.pgd.eps = -0.3: must be > 0``);
 the CLI prints it and exits 2 without creating or touching any output.
 
-Profiles (``profiles/smoke.yaml``, ``profiles/quick.yaml``) are complete params files
+Profiles (``presets/smoke.yaml``, ``presets/quick.yaml``) are complete params files
 with the same schema, never overlays: a stage reads one file, so a profile replaces the
 grid whole.  ``models`` maps each model's name to its settings (DVC's ``foreach`` names the
 stages by these keys: ``train@mnist-linf-std``).  This module imports no torch (``mma --help`` stays instant).

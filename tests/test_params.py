@@ -15,7 +15,7 @@ from mma.cli import app
 from mma.params import DATA_SOURCE_ENV, ParamsError, load_params, mnist_source
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 
 
 def _set(doc: dict, path: str, value) -> dict:
@@ -107,13 +107,13 @@ def test_missing_params_file(tmp_path, monkeypatch):
 def test_unknown_model_name_exit_2(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    result = CliRunner().invoke(app, ["train", "nope", "--params", str(ROOT / "profiles" / "smoke.yaml")])
+    result = CliRunner().invoke(app, ["train", "nope", "--params", str(ROOT / "presets" / "smoke.yaml")])
     assert result.exit_code == 2
     assert "no model named 'nope'" in result.stderr
     assert list(tmp_path.iterdir()) == []  # not even the MLflow store
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "profiles/smoke.yaml", "profiles/quick.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "presets/smoke.yaml", "presets/quick.yaml"])
 def test_shipped_params_files_are_valid(name):
     p = load_params(ROOT / name)
     # dvc.yaml iterates over these keys of the raw file: they must be written out, not defaulted

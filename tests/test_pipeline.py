@@ -54,7 +54,7 @@ def scratch_copy(dest: Path, profile: str | None = "smoke") -> Path:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dest / f)
     if profile:
-        shutil.copy(ROOT / "profiles" / f"{profile}.yaml", dest / "params.yaml")
+        shutil.copy(ROOT / "presets" / f"{profile}.yaml", dest / "params.yaml")
     if not (dest / ".dvc").is_dir():
         subprocess.run([_tool("dvc"), "init", "--no-scm", "-q"], cwd=dest, check=True)
     subprocess.run([_tool("dvc"), "config", "--local", "core.no_scm", "true"], cwd=dest, check=True)
@@ -306,7 +306,7 @@ def test_resume_state_of_other_settings_is_discarded(tmp_path, monkeypatch):
     from mma.stages import train as stage
 
     monkeypatch.chdir(tmp_path)
-    p = load_params(ROOT / "profiles" / "smoke.yaml")
+    p = load_params(ROOT / "presets" / "smoke.yaml")
     name = p.model_names[0]
     assert stage.prepare(p, name) is False  # nothing to resume
     folder = stage.checkpoint_dir(name)
@@ -315,7 +315,7 @@ def test_resume_state_of_other_settings_is_discarded(tmp_path, monkeypatch):
     assert stage.prepare(p, name) is True  # same settings: resume, same MLflow run
     assert (folder / "run.json").exists()
 
-    doc = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
     for key, value in [("checkpoint_every", 7), ("log_every", 3)]:  # cannot change the model: resumed
         edited = {**doc, "models": {**doc["models"], name: {**doc["models"][name], key: value}}}
         (tmp_path / "edited.yaml").write_text(yaml.safe_dump({**edited, "threads": 1, "device": "cpu"}))

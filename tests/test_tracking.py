@@ -88,7 +88,7 @@ def _closed_port() -> int:
 def test_unreachable_server_fails_fast_before_any_work(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}"}
     t0 = time.monotonic()
-    result = subprocess.run(MMA + ["train", "mnist-linf-std", "--params", str(ROOT / "profiles" / "smoke.yaml")],
+    result = subprocess.run(MMA + ["train", "mnist-linf-std", "--params", str(ROOT / "presets" / "smoke.yaml")],
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - t0
     assert result.returncode == 2, result.stderr

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from mma.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ROOT / "profiles"
+PRESETS = ROOT / "presets"  # the params presets (not Snakemake profiles)
 SMOKE = PRESETS / "smoke.yaml"
 
 
