@@ -33,7 +33,8 @@ ParamsOpt = Annotated[Path, typer.Option(
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", metavar="DEVICE",
     help="Where tensors live: cpu, cuda, cuda:N or auto (cuda if available). Overrides params.device.")]
-ModelArg = Annotated[str, typer.Argument(metavar="NAME", help="A model name from the params file's `models` list.")]
+ModelArg = Annotated[str, typer.Argument(metavar="NAME", help="A model name: a key of the params file's `models`.")]
+
 
 def _version(value: bool) -> None:
     if value:

@@ -326,3 +326,44 @@ def test_resume_state_of_other_settings_is_discarded(tmp_path, monkeypatch):
     assert not (folder / "resume.pt").exists() and not (folder / "run.json").exists()
     stage.finish(name)
     assert not folder.exists()
+
+
+def _git_copy(src: Path, dest: Path) -> Path:
+    """A copy of a finished no-scm run (its DVC cache included) as a git repository."""
+    shutil.copytree(src, dest, symlinks=True)
+    subprocess.run([_tool("dvc"), "config", "--local", "--unset", "core.no_scm"], cwd=dest, check=True)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke run"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+@pytest.mark.slow
+def test_dvc_exp_show_metrics_and_plots_are_readable(smoke_runs, tmp_path):
+    """`dvc exp show` in a 200-column terminal fits it, the headline metrics first; `dvc metrics
+    show` is one row per file of a few percent numbers; `dvc plots show` draws the robust-accuracy
+    and training curves from the TSVs."""
+    repo = _git_copy(smoke_runs["dvc"], tmp_path / "git")
+    env = _env(COLUMNS="200")
+    shown = subprocess.run([_tool("dvc"), "exp", "show", "--no-pager"], cwd=repo, env=env, check=True,
+                           capture_output=True, text=True).stdout
+    print(shown)
+    assert max(len(line) for line in shown.splitlines()) <= 200
+    assert "clean" in shown.splitlines()[1]  # the first metric column is shown, not collapsed
+    metrics = json.loads(subprocess.run([_tool("dvc"), "metrics", "show", "--json"], cwd=repo, env=env, check=True,
+                                        capture_output=True, text=True).stdout)
+    files = next(iter(metrics.values()))["data"]
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    assert set(files) == {f"results/metrics/{n}.json" for n in p["models"]} | \
+        {f"results/models/{n}/metrics.json" for n in p["models"]}
+    for name, entry in files.items():
+        data = entry["data"]
+        assert len(data) <= 9 and not {"git_commit", "params", "wall_seconds_this_attempt"} & set(data), name
+        for key, value in data.items():
+            if key in ("clean", "whitebox", "worst", "val_clean", "val_pgd") or "@" in key:
+                assert 0 <= value <= 100, (name, key, value)  # percent
+    plots = json.loads(subprocess.run([_tool("dvc"), "plots", "show", "--json"], cwd=repo, env=env, check=True,
+                                      capture_output=True, text=True).stdout)["data"]
+    for name in p["models"]:
+        for kind in ("train", "val", "robust_vs_eps"):
+            assert f"results/plots/{kind}/{name}.tsv" in plots, (kind, name)
