@@ -5,10 +5,11 @@ before any work starts.  Every problem becomes ONE line naming the key path and 
 bad value (``params.yaml: models.mnist-linf-pgd-0.3.pgd.eps = -0.3: must be > 0``);
 the CLI prints it and exits 2 without creating or touching any output.
 
-Profiles (``presets/smoke.yaml``, ``presets/quick.yaml``) are complete params files
-with the same schema, never overlays: a stage reads one file, so a profile replaces the
+Presets (``presets/smoke.yaml``, ``presets/quick.yaml``) are complete params files
+with the same schema, never overlays: a stage reads one file, so a preset replaces the
 grid whole.  ``models`` maps each model's name to its settings (DVC's ``foreach`` names the
-stages by these keys: ``train@mnist-linf-std``).  This module imports no torch (``mma --help`` stays instant).
+stages by these keys: ``train@mnist-linf-std``).  This module imports no torch (``mma
+--help`` stays instant).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
 
 def _cross_check(p: Params) -> Optional[str]:
     """Checks that span keys (pydantic checks each block alone)."""
-    seen = set(p.models)
+    seen = list(p.models)  # names, in the file's order
     for key, m in p.models.items():
         where = f"models.{key}"
         if m.name != key:
