@@ -1,8 +1,8 @@
 # Entry points (README "Quick start"):
 #   make setup   create .venv and install the package with its dev tools
 #   make test    the whole test suite (slow tests included, as in CI)
-#   make smoke   the whole DAG on tiny settings (profiles/smoke.yaml), minutes on a CPU
-#   make quick   MNIST Linf reduced reproduction (profiles/quick.yaml), ~75 min on 2 cores
+#   make smoke   the whole DAG on tiny settings (presets/smoke.yaml), minutes on a CPU
+#   make quick   MNIST Linf reduced reproduction (presets/quick.yaml), ~75 min on 2 cores
 #   make paper   the paper's settings: `dvc repro` on params.yaml (meant for a GPU)
 #   make gpu-wheels  (on a machine with PyPI) pydantic's wheels for the GPU machine, into gpu-wheels/
 #   make gpu-check   (on the GPU machine, copied with gpu-wheels/) device tests, bench, step timings and
@@ -34,14 +34,31 @@ export MMA_DATA_SOURCE
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup test smoke quick paper clean-runs gpu-wheels gpu-check cluster-deps cluster-up cluster-down test-cluster
+.PHONY: setup lock test smoke quick paper clean-runs gpu-wheels gpu-check cluster-deps cluster-up cluster-down test-cluster
 
+# LOCK=1 (the default): the pinned versions of requirements.lock (hashes checked), then the
+# package without resolving again; LOCK=0: the newest versions pyproject.toml allows.
+LOCK ?= 1
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
-	$(VENV)/bin/pip install -e '.[dev,cluster]'
+	if [ "$(LOCK)" = 1 ]; then \
+	  $(VENV)/bin/pip install --require-hashes -r requirements.lock && \
+	  $(VENV)/bin/pip install --no-deps -e . ; \
+	else \
+	  $(VENV)/bin/pip install -e '.[pipeline,dev,cluster]' ; \
+	fi
 	@# torchattacks pins requests~=2.25.1, which would break dvc/mlflow: installed without its deps
 	$(VENV)/bin/pip install --no-deps torchattacks==3.5.1
+
+# requirements.lock and workflow/envs/mma.yaml from the active environment's versions (see the lock's header)
+lock:
+	mkdir -p $(RUNS)
+	pip freeze --exclude-editable | grep -v -e '^torchattacks' -e '^mma' > $(RUNS)/freeze.txt
+	uv pip compile pyproject.toml --extra pipeline --extra dev --extra cluster --generate-hashes \
+	  --constraint $(RUNS)/freeze.txt --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  --no-header -o $(RUNS)/requirements.lock
+	$(PYTHON) scripts/lock_env.py $(RUNS)/requirements.lock
 
 test:
 	@# pytest's exit code 5 means "no tests collected": a broken checkout, never a pass
@@ -54,7 +71,7 @@ smoke quick:
 	git ls-files -z --cached --others --exclude-standard \
 	  | while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done \
 	  | xargs -0 cp --parents -t $(RUNS)/$@
-	cp profiles/$@.yaml $(RUNS)/$@/params.yaml
+	cp presets/$@.yaml $(RUNS)/$@/params.yaml
 	@# a folder inside this git repository: DVC runs it without git of its own
 	cd $(RUNS)/$@ && dvc config --local core.no_scm true && dvc repro
 	@echo "report: $(RUNS)/$@/results/report/ (table1.md, table1.csv, figure3.png, summary.json)"

@@ -1,5 +1,5 @@
 # The pipeline for Snakemake: the same stages, commands and outputs as dvc.yaml (a test
-# checks that).  Run a profile with `snakemake --cores 2 --configfile profiles/smoke.yaml`;
+# checks that).  Run a preset with `snakemake --cores 2 --configfile presets/smoke.yaml`;
 # rules only call the `mma` CLI, with the params file Snakemake was given.
 configfile: "params.yaml"
 
@@ -22,6 +22,11 @@ rule all:
 onstart:
     # The MLflow experiment, created once before any job starts: parallel jobs each creating
     # it against a tracking server can put runs under "Default" (docs/cluster.md)
-    from mma.tracking import open_store
+    # One id for every job of this invocation (MLflow tag mma.pipeline_run): jobs inherit the
+    # environment (local jobs directly, SLURM jobs through sbatch's default --export=ALL)
+    import uuid
 
+    from mma.tracking import PIPELINE_ENV, open_store
+
+    os.environ.setdefault(PIPELINE_ENV, f"snakemake:{uuid.uuid4().hex[:12]}")
     open_store(P.experiment)

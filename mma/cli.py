@@ -31,12 +31,28 @@ app = typer.Typer(
 
 ParamsOpt = Annotated[Path, typer.Option(
     "--params", "-p", metavar="FILE",
-    help="Params file to read (the params.yaml schema; profiles/smoke.yaml and profiles/quick.yaml are "
+    help="Params file to read (the params.yaml schema; presets/smoke.yaml and presets/quick.yaml are "
          "complete params files). Validated before any work.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", metavar="DEVICE",
     help="Where tensors live: cpu, cuda, cuda:N or auto (cuda if available). Overrides params.device.")]
-ModelArg = Annotated[str, typer.Argument(metavar="NAME", help="A model name from the params file's `models` list.")]
+ModelArg = Annotated[str, typer.Argument(metavar="NAME", help="A model name: a key of the params file's `models`.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"mma {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Max-Margin Adversarial (MMA) training, reproduced: the pipeline's stages
+    (data → train → transfer → evaluate → report). `dvc repro` or `snakemake` run them all."""
+
 
 EXIT_USAGE = 2  # bad input: params, data, model name, tracking store
 EXIT_FAILED = 1  # the work itself failed (e.g. training diverged)
@@ -104,7 +120,9 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
     if stage.target is not None:
         spec_ = _model(p, target)
         tags = {"mma.model": target, "mma.dataset": data_name(p, spec_.dataset), "mma.norm": spec_.norm,
-                "mma.method": spec_.method}
+                "mma.method": spec_.method, "mma.seed": spec_.seed}
+        if stage.name in ("transfer", "evaluate"):
+            tags["mma.eval_seed"] = p.seed  # the attacks' seed (params.seed); mma.seed: the model's own
         if stage.target == "source":
             roles = [role for role, s in p.table1.sources.items() if s.model == target]
             if not roles:
@@ -112,7 +130,12 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
                       f"{', '.join(s.model for s in p.table1.sources.values()) or 'none'})")
             tags["mma.role"] = roles[0]
     else:
-        tags = {"mma.dataset": ",".join(sorted({data_name(p, m.dataset) for m in p.models}))}
+        tags = {"mma.dataset": ",".join(sorted({data_name(p, m.dataset) for m in p.models.values()}))}
+    if stage.target is not None and stage.name != "train":
+        from .paths import model_file
+
+        if not model_file(target).exists():
+            _fail(f"{model_file(target)}: {target} is not trained yet; run `mma train {target}` first")
     kwargs = {}
     if stage.device:
         kwargs["device"] = tags["mma.device"] = _device(p, device)
@@ -134,11 +157,12 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
         else:
             logged = _logged(p, stage.name)
 
-        tags = {"mma.params_file": str(Path(params_path).resolve()), "mma.experiment": p.experiment, **tags}
-        from .tracking import stage_run
+        from .tracking import params_file_tag, stage_run
 
+        tags = {"mma.params_file": params_file_tag(params_path), "mma.experiment": p.experiment, **tags}
         with stage_run(p.experiment, stage.name, name=target, tags=tags, params=logged,
                        run_id_file=run_id_file) as tracker:
+            tracker.log_artifact(params_path, "params")  # the values used, kept after a temporary copy is gone
             metrics = module.run(*args, tracker=tracker, **kwargs) or {}
             # the stage's summary, unless the stage logged those keys itself (no duplicate points)
             tracker.log_metrics({k: v for k, v in metrics.items() if k not in tracker.logged})
@@ -161,17 +185,27 @@ def data(params: ParamsOpt = Path("params.yaml")) -> None:
 
 
 @app.command()
-def spec(name: ModelArg, params: ParamsOpt = Path("params.yaml")) -> None:
+def spec(name: ModelArg, params: ParamsOpt = Path("params.yaml"),
+         evaluate: Annotated[bool, typer.Option("--evaluate", help=(
+             "Write results/specs/NAME.evaluate.json instead: what `mma evaluate NAME` reads (settings, "
+             "and the hash of each transfer set of its threat model)."))] = False) -> None:
     """Write results/specs/NAME.json: the model's resolved settings (defaults filled in).
 
-    Bookkeeping for DVC, which cannot track one element of the `models` list: the train
-    stage depends on this file, so editing one model reruns only that model. Not an
-    MLflow run.
+    Bookkeeping for DVC, which cannot depend on one model of the grid or on files chosen
+    from the params: the train (evaluate) stage depends on this file, so editing one model
+    (one source's transfer sets) reruns only what reads it. Not an MLflow run.
     """
     with _errors():
         p = _load(params)
         _model(p, name)
         from .io import write_json
+
+        if evaluate:
+            from .paths import eval_spec_file
+            from .stages.evaluate import inputs_record
+
+            write_json(eval_spec_file(name), inputs_record(p, name))
+            return
         from .params import spec_record
         from .paths import spec_file
 
@@ -305,9 +339,15 @@ def _errors():
         yield
     except typer.Exit:
         raise
+    except DataError as e:  # mma.data speaks to Python callers (source=...); say what a user sets
+        from .data import SOURCE_HINT
+
+        hint = ("set $MMA_DATA_SOURCE (MNIST) or data.mnist_source / data.cifar10_source in the params file "
+                "to a local folder holding the files, then rerun `mma data`")
+        _fail(" ".join(str(e).replace(SOURCE_HINT, hint).split()))
     except TrainingDiverged as e:
         _fail(" ".join(str(e).split()), EXIT_FAILED)
-    except (ParamsError, DataError, TrackingError, BadFileError, BusyError) as e:
+    except (ParamsError, TrackingError, BadFileError, BusyError) as e:
         _fail(" ".join(str(e).split()))
     except OSError as e:  # the file system: full disk, read-only folder, permissions, a missing file
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""

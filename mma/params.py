@@ -2,12 +2,14 @@
 
 One file drives every stage: ``mma <stage> --params FILE`` validates the whole file
 before any work starts.  Every problem becomes ONE line naming the key path and the
-bad value (``params.yaml: models[2] (mnist-linf-pgd-0.3).pgd.eps = -0.3: must be > 0``);
+bad value (``params.yaml: models.mnist-linf-pgd-0.3.pgd.eps = -0.3: must be > 0``);
 the CLI prints it and exits 2 without creating or touching any output.
 
-Profiles (``profiles/smoke.yaml``, ``profiles/quick.yaml``) are complete params files
-with the same schema, never overlays: ``models`` is a list, so a profile replaces the
-grid whole.  This module imports no torch (``mma --help`` stays instant).
+Presets (``presets/smoke.yaml``, ``presets/quick.yaml``) are complete params files
+with the same schema, never overlays: a stage reads one file, so a preset replaces the
+grid whole.  ``models`` maps each model's name to its settings (DVC's ``foreach`` names the
+stages by these keys: ``train@mnist-linf-std``).  This module imports no torch (``mma
+--help`` stays instant).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .compute import ComputeParams
 from .config import NonNegativeInt, PositiveInt, Strict
@@ -52,21 +54,34 @@ class Params(Strict):
     threads: NonNegativeInt = Field(0, le=1024)  # torch CPU threads per process; 0: leave torch's default
     compute: ComputeParams = ComputeParams()  # speed switches (precision, channels_last, ...): mma/compute.py
     data: DataParams = DataParams()
-    models: list[ModelSpec] = Field(min_length=1)  # the grid: one trained model per entry, unique names
+    models: dict[str, ModelSpec] = Field(min_length=1)  # the grid: name → settings, one trained model each
     attacks: dict[str, AttackSetting] = Field(default_factory=paper_attacks)  # every attack setting, by name
     table1: Table1Params = Table1Params()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_from_keys(cls, models: Any) -> Any:
+        """Each model's ``name`` is its key in ``models`` (written there, it must equal the key)."""
+        if isinstance(models, list) and all(isinstance(m, ModelSpec) for m in models):
+            return {m.name: m for m in models}  # built in Python (tests): keyed by their names
+        if isinstance(models, list):
+            raise ValueError("must be a mapping NAME → settings (models: {mnist-linf-std: {dataset: mnist, ...}}), "
+                             "not a list")
+        if isinstance(models, dict):
+            return {k: {"name": k, **v} if isinstance(v, dict) else v for k, v in models.items()}
+        return models
+
     def model(self, name: str) -> ModelSpec:
-        for spec in self.models:
-            if spec.name == name:
-                return spec
-        raise ParamsError(f"no model named {name!r} in the grid; models: {', '.join(self.model_names)}")
+        spec = self.models.get(name)
+        if spec is None:
+            raise ParamsError(f"no model named {name!r} in the grid; models: {', '.join(self.model_names)}")
+        return spec
 
     @property
     def model_names(self) -> list[str]:
-        return [m.name for m in self.models]
+        return list(self.models)
 
     def curve_attack(self) -> AttackSetting:
         """Figure 3's white-box attack (``evaluate.curve_attack``)."""
@@ -189,12 +204,11 @@ def _expanded_size(node, memo: dict, active: set) -> int:
 
 def _cross_check(p: Params) -> Optional[str]:
     """Checks that span keys (pydantic checks each block alone)."""
-    seen: dict[str, int] = {}
-    for i, m in enumerate(p.models):
-        where = f"models[{i}] ({m.name})"
-        if m.name in seen:
-            return f"{where}.name = {m.name!r}: duplicate model name (also models[{seen[m.name]}])"
-        seen[m.name] = i
+    seen = list(p.models)  # names, in the file's order
+    for key, m in p.models.items():
+        where = f"models.{key}"
+        if m.name != key:
+            return f"{where}.name = {m.name!r}: differs from its key (leave `name` out: the key is the name)"
         if m.dataset not in p.data.datasets:
             return (f"{where}.dataset = {m.dataset!r}: not in data.datasets {p.data.datasets}; "
                     f"add it there so the data stage prepares it")
@@ -254,7 +268,8 @@ def _first_error(e: ValidationError, raw: dict) -> str:
 
 
 def _key_path(loc: list, raw: Any) -> str:
-    """('models', 2, 'pgd', 'eps') -> 'models[2] (mnist-linf-pgd-0.3).pgd.eps'."""
+    """('models', 'mnist-linf-pgd-0.3', 'pgd', 'eps') -> 'models.mnist-linf-pgd-0.3.pgd.eps';
+    a list index as ``[i] (its name)``."""
     out, node = "", raw
     for part in loc:
         if isinstance(part, int):
@@ -269,13 +284,16 @@ def _key_path(loc: list, raw: Any) -> str:
 
 
 def _allowed_keys(cls: type[BaseModel], loc: list) -> list[str]:
+    keyed = False  # the previous part was a dict field: this part is one of its keys
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         field = cls.model_fields.get(part)
         nested = _model_in(field.annotation) if field else None
         if nested is None:
             return []
+        keyed = get_origin(field.annotation) is dict
         cls = nested
     return sorted(cls.model_fields)
 
@@ -321,11 +339,19 @@ def data_name(p: Params, dataset: str) -> str:
     return "cifar10-synthetic" if dataset == "cifar10" and p.data.cifar10_source == "synthetic" else dataset
 
 
+# Model keys that cannot change a trained model (how often it is checkpointed or its
+# metrics are read): left out of spec_record, so editing them neither reruns a train stage
+# nor discards a resume checkpoint.  (`threads`, `device`: not model keys, never recorded.)
+NO_RESULT_KEYS = ("checkpoint_every", "log_every")
+
+
 def spec_record(p: Params, name: str) -> dict:
-    """Everything the train stage of ``name`` reads from params: the resolved model spec
-    (defaults filled in) and the data settings it depends on.  DVC tracks it as the
-    train stage's dependency (results/specs/NAME.json), see README "Why results/specs"."""
-    return {"model": p.model(name).model_dump(mode="json"), "val_size": p.data.val_size,
+    """Everything the train stage of ``name`` reads from params that can change its result:
+    the resolved model spec (defaults filled in, NO_RESULT_KEYS left out) and the data
+    settings it depends on.  DVC tracks it as the train stage's dependency
+    (results/specs/NAME.json), Snakemake as the spec job's params; a resume checkpoint is
+    resumed only under the same record."""
+    return {"model": p.model(name).model_dump(mode="json", exclude=set(NO_RESULT_KEYS)), "val_size": p.data.val_size,
             "compute": p.compute.model_dump(mode="json")}
 
 

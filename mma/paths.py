@@ -24,6 +24,26 @@ def spec_file(name: str) -> Path:
     return RESULTS / "specs" / f"{name}.json"
 
 
+def eval_spec_file(name: str) -> Path:
+    """results/specs/NAME.evaluate.json: what the evaluate stage of NAME reads besides its
+    model and the data (settings, and each transfer set's hash): `mma spec NAME --evaluate`."""
+    return RESULTS / "specs" / f"{name}.evaluate.json"
+
+
+def metrics_file(name: str) -> Path:
+    """results/metrics/NAME.json: the model's headline numbers (DVC metrics, percent)."""
+    return RESULTS / "metrics" / f"{name}.json"
+
+
+PLOTS = ("train", "val", "robust_vs_eps")  # train.py writes the first two, evaluate.py the last
+
+
+def plot_file(kind: str, name: str) -> Path:
+    """results/plots/KIND/NAME.tsv (DVC plots, one folder per kind: dvc.yaml's top-level `plots`)."""
+    assert kind in PLOTS, kind
+    return RESULTS / "plots" / kind / f"{name}.tsv"
+
+
 def resume_file(name: str) -> Path:
     """Outside the declared outputs (DVC deletes outputs before a rerun; a resume
     checkpoint must survive a crash)."""

@@ -87,6 +87,69 @@ def git_commit(root: Path | None = None) -> str:
     return (head + ("-dirty" if dirty else "")) if head else "unknown"
 
 
+# --------------------------------------------------------------------------- which invocation
+PIPELINE_ENV = "MMA_PIPELINE_RUN"  # set once per `snakemake` invocation (Snakefile onstart), or by hand
+
+
+def pipeline_run() -> Optional[str]:
+    """An id shared by the stage runs of one pipeline invocation (tag ``mma.pipeline_run``):
+    $MMA_PIPELINE_RUN (Snakemake's onstart sets it for its jobs); under DVC, the experiment's
+    name (`dvc exp run`) or the `dvc` process that runs the stages (`dvc repro`); else None."""
+    if os.environ.get(PIPELINE_ENV):
+        return os.environ[PIPELINE_ENV]
+    if os.environ.get("DVC_EXP_NAME"):
+        return f"dvc-exp:{os.environ['DVC_EXP_NAME']}"
+    if os.environ.get("DVC_STAGE"):  # set by DVC for every stage command
+        proc = _ancestor("dvc")
+        if proc:
+            return f"dvc:{os.uname().nodename}:{proc[0]}:{proc[1]}"
+    return None
+
+
+def _ancestor(program: str) -> Optional[tuple[int, str]]:
+    """(pid, start time in clock ticks) of the nearest ancestor process running ``program``
+    (Linux /proc; None elsewhere or if there is none)."""
+    pid = os.getppid()
+    for _ in range(20):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2:].split()
+        if any(Path(a.decode(errors="replace")).name == program for a in argv[:2]):
+            return pid, fields[19]  # starttime: pid + start time never repeat together
+        pid = int(fields[1])  # ppid
+        if pid <= 1:
+            return None
+    return None
+
+
+def dvc_experiment_tags() -> dict:
+    """Under `dvc exp run`: the experiment's name and baseline commit.  The run used the
+    baseline's code with the experiment's params applied, so ``mma.git_commit`` is marked
+    ``-dirty`` (stage_run) rather than naming a commit whose params it did not use."""
+    name = os.environ.get("DVC_EXP_NAME")
+    if not name:
+        return {}
+    return {"mma.dvc_exp": name, "mma.dvc_exp_baseline": os.environ.get("DVC_EXP_BASELINE_REV", "")}
+
+
+def params_file_tag(path: str | os.PathLike) -> str:
+    """How a run names its params file: relative to the repository (a `dvc exp run --temp`
+    workspace maps back to it: its temporary copy is deleted afterwards), else absolute.
+    The file's content is logged with the run as the artifact params/FILE."""
+    path = Path(path).resolve()
+    root = repo_root(path.parent)
+    here = Path(os.getcwd()).resolve()
+    for base in (here, root):
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
+
+
 # --------------------------------------------------------------------------- locking
 def _lock_file(uri: str) -> Optional[Path]:
     """The lock beside a sqlite store; None for servers (they serialise themselves)."""
@@ -248,6 +311,7 @@ def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = 
     uri = tracking_uri()
     client, experiment_id = open_store(experiment, uri)
     run_id = _resumable(client, run_id_file, experiment_id)
+    _end_stale_runs(client, uri, experiment_id, stage, name, keep=run_id)
     with _locked(uri):
         if run_id is None:
             run_id = client.create_run(experiment_id, run_name=f"{stage}:{name}" if name else stage).info.run_id
@@ -263,10 +327,14 @@ def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = 
     status = "FAILED"
     try:
         with interrupt.on_sigterm():  # SIGTERM (scancel, time limit, kill) ends the run KILLED, as Ctrl-C does
-            commit = git_commit(repo_root())
+            commit, exp = git_commit(repo_root()), dvc_experiment_tags()
+            if exp and not commit.endswith("-dirty") and commit != "unknown":
+                commit += "-dirty"  # the experiment's params, applied on top of that commit
+            where = {"mma.pipeline_run": pipeline_run(), "mma.host": os.uname().nodename, "mma.pid": os.getpid()}
             tracker.set_tags({"mma.stage": stage, "mma.git_commit": commit,
                               "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-                              "mma.resumed": str(resumed).lower(), **tags})
+                              "mma.resumed": str(resumed).lower(), **exp,
+                              **{k: v for k, v in where.items() if v is not None}, **tags})
             if params:
                 tracker.log_params(params)
             yield tracker
@@ -284,6 +352,39 @@ def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = 
         # logs those steps again, and must not find them twice
         with _locked(uri):
             client.set_terminated(run_id, status)
+
+
+def _end_stale_runs(client, uri: str, experiment_id: str, stage: str, name: Optional[str], keep: Optional[str]) -> None:
+    """Runs of this stage (and model) left RUNNING by a process that died without a word
+    (kill -9, out of memory, a lost node) on this machine: marked KILLED.  A run whose
+    process is alive, or that was made on another machine, is left alone."""
+    host = os.uname().nodename
+    query = f"attributes.status = 'RUNNING' and tags.`mma.stage` = '{stage}' and tags.`mma.host` = '{host}'"
+    if name:
+        query += f" and tags.`mma.model` = '{name}'"
+    try:
+        runs = client.search_runs([experiment_id], filter_string=query, max_results=100)
+    except Exception:  # noqa: BLE001 - housekeeping must not stop a stage
+        return
+    for run in runs:
+        pid = run.data.tags.get("mma.pid", "")
+        if run.info.run_id == keep or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with _locked(uri):
+            client.set_terminated(run.info.run_id, "KILLED")
+        client.set_tag(run.info.run_id, "mma.ended_by", f"a later {stage} run: its process {pid} was gone")
+        print(f"{stage}{' ' + name if name else ''}: MLflow run {run.info.run_id} was left RUNNING by process "
+              f"{pid}, which is gone; marked KILLED", file=sys.stderr)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _resumable(client, run_id_file: Path | None, experiment_id: str) -> Optional[str]:

@@ -49,7 +49,7 @@ def test_bad_device_is_one_line_exit_2(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    smoke = Path(__file__).resolve().parents[1] / "profiles" / "smoke.yaml"
+    smoke = Path(__file__).resolve().parents[1] / "presets" / "smoke.yaml"
     result = CliRunner().invoke(app, ["train", "mnist-linf-std", "--params", str(smoke), "--device", "tpu"])
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0 and "tpu" in result.stderr

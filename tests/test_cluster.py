@@ -107,7 +107,7 @@ def _long_training(repo: Path, experiment: str, steps: int, device: str = "cpu")
     doc = yaml.safe_load((repo / "params.yaml").read_text())
     doc["experiment"], doc["device"] = experiment, device
     name = "mnist-linf-std"
-    model = next(m for m in doc["models"] if m["name"] == name)
+    model = doc["models"][name]
     model.update(train_steps=steps, eval_every=steps, checkpoint_every=10 * steps, log_every=1)  # every step logged
     (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return name

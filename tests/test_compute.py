@@ -23,7 +23,7 @@ def test_compute_section_refuses_unknown_keys_and_values(tmp_path):
 
     from pathlib import Path
 
-    base = (Path(__file__).parents[1] / "profiles" / "smoke.yaml").read_text()
+    base = (Path(__file__).parents[1] / "presets" / "smoke.yaml").read_text()
     base = "\n".join(line for line in base.splitlines() if not line.startswith("compute:")) + "\n"
     ok = tmp_path / "ok.yaml"
     ok.write_text(base + "compute: {precision: bf16, channels_last: false}\n")

@@ -347,9 +347,9 @@ def test_data_stage_never_deletes_foreign_files(tmp_path, monkeypatch, source):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MMA_DATA_SOURCE", str(source))
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles" / "smoke.yaml").read_text())
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "presets" / "smoke.yaml").read_text())
     params["data"].update(root="D", datasets=["mnist"])
-    params["models"] = [m for m in params["models"] if m["dataset"] == "mnist"]
+    params["models"] = {k: m for k, m in params["models"].items() if m["dataset"] == "mnist"}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     user = tmp_path / "D" / "MNIST"
     (user / "processed").mkdir(parents=True)

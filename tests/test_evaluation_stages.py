@@ -76,7 +76,7 @@ def world(tmp_path, monkeypatch, trained_convnet):
                 p.add_(0.01 * i * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
         nets[name] = net
         save_tensors(paths.model_file(name), {"state_dict": net.state_dict()})
-    spec_of = {m.name: m for m in params.models}
+    spec_of = dict(params.models)
 
     def fake_load_model(path, device="cpu", remedy=""):  # the stages load through mma.train.load_model
         from mma.params import identity
@@ -103,6 +103,19 @@ def test_stages_write_every_file(world):
         out = paths.eval_dir(name)
         assert (out / "metrics.json").is_file() and (out / "per_example.pt").is_file()
         assert t.metrics == m and "clean_accuracy" in m
+        # the DVC metrics file: a few headline numbers (percent), the same as the full metrics.json
+        full, head = json.loads((out / "metrics.json").read_text()), json.loads(paths.metrics_file(name).read_text())
+        tm = params.evaluate.threat_model(params.model(name).dataset, params.model(name).norm)
+        assert head["clean"] == pytest.approx(full["clean_accuracy"], abs=1e-3)
+        assert head["eps"] == tm.headline_eps
+        assert head["worst"] == pytest.approx(full["worst_case"][f"{tm.headline_eps:g}"], abs=1e-3)
+        assert head["worst"] <= head["whitebox"] <= head["clean"]
+        for e in params.table1.eps if name in params.table1.columns else []:
+            if e != tm.headline_eps:
+                assert head[f"worst@{e:g}"] <= head[f"whitebox@{e:g}"] <= head["clean"]
+        assert len(head) <= 10 and all(0 <= v <= 100 for k, v in head.items() if not k.startswith("margin"))
+        curve = paths.plot_file("robust_vs_eps", name).read_text().splitlines()
+        assert curve[0] == "eps\tcurve_attack\tworst_case" and len(curve) > 2
     t = Tracker()
     flat = report.run(params, tracker=t)
     out = paths.report_dir()

@@ -11,6 +11,7 @@ with the costly checks switched off); each fault runs in a copy of it.
 from __future__ import annotations
 
 import copy
+import re
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ from mma.cli import app
 from conftest import mnist_source
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 STD, PGD = "mnist-linf-std", "mnist-linf-pgd-0.3"
 
 
@@ -38,8 +39,8 @@ def project_params(data_root: Path) -> dict:
     p = copy.deepcopy(SMOKE)
     p["experiment"] = "faults"
     p["data"].update(root=str(data_root), datasets=["mnist"])
-    p["models"] = [m for m in p["models"] if m["name"] in (STD, PGD)]
-    for m in p["models"]:
+    p["models"] = {n: m for n, m in p["models"].items() if n in (STD, PGD)}
+    for m in p["models"].values():
         m.update(train_steps=10, eval_every=10, checkpoint_every=5, train_limit=600, val_limit=50)
     p["table1"] = {"eps": [0.3], "sources": {"PGD": {"model": PGD, "attacks": ["fgsm", "pgd5x1"]},
                                             "STD": {"model": STD, "attacks": ["fgsm", "pgd5x1"]}},
@@ -130,7 +131,7 @@ def resave(path: Path, change) -> None:
 
 # --------------------------------------------------------------------------- params faults
 def _lr_steps(doc, steps):
-    doc["models"][0]["optimizer"]["lr_steps"] = steps
+    doc["models"]["mnist-linf-std"]["optimizer"]["lr_steps"] = steps
 
 
 PARAMS_FAULTS = [
@@ -144,13 +145,13 @@ PARAMS_FAULTS = [
      ["curve_eps[0]", "-0.2"]),
     ("negative lr in lr_steps", lambda d: _lr_steps(d, [[10, -1.0]]), ["optimizer.lr_steps[0][1]", "-1.0"]),
     ("lr_steps not increasing", lambda d: _lr_steps(d, [[10, 0.1], [5, 0.01]]), ["lr_steps", "increase"]),
-    ("inf pgd eps", lambda d: d["models"][1]["pgd"].update(eps=float("inf")),
-     ["models[1] (mnist-linf-pgd-0.3).pgd.eps", "finite"]),
-    ("inf lr", lambda d: d["models"][0]["optimizer"].update(lr=float("inf")), ["optimizer.lr", "finite"]),
-    ("true as eps", lambda d: d["models"][1]["pgd"].update(eps=True), ["pgd.eps = True", "number"]),
-    ("true as train_steps", lambda d: d["models"][0].update(train_steps=True), ["train_steps = True", "integer"]),
-    ("float as steps", lambda d: d["models"][1]["pgd"].update(steps=3.5), ["pgd.steps = 3.5"]),
-    ("string as bool", lambda d: d["models"][0].update(augment="yes"), ["augment", "'yes'"]),
+    ("inf pgd eps", lambda d: d["models"]["mnist-linf-pgd-0.3"]["pgd"].update(eps=float("inf")),
+     ["models.mnist-linf-pgd-0.3.pgd.eps", "finite"]),
+    ("inf lr", lambda d: d["models"]["mnist-linf-std"]["optimizer"].update(lr=float("inf")), ["optimizer.lr", "finite"]),
+    ("true as eps", lambda d: d["models"]["mnist-linf-pgd-0.3"]["pgd"].update(eps=True), ["pgd.eps = True", "number"]),
+    ("true as train_steps", lambda d: d["models"]["mnist-linf-std"].update(train_steps=True), ["train_steps = True", "integer"]),
+    ("float as steps", lambda d: d["models"]["mnist-linf-pgd-0.3"]["pgd"].update(steps=3.5), ["pgd.steps = 3.5"]),
+    ("string as bool", lambda d: d["models"]["mnist-linf-std"].update(augment="yes"), ["augment", "'yes'"]),
 ]
 
 
@@ -181,7 +182,7 @@ def test_params_file_faults(tmp_path, monkeypatch, content, expected):
     monkeypatch.chdir(tmp_path)
     if content is None:  # a duplicate key inside a model: last-wins would silently train 5 steps
         text = yaml.safe_dump(project_params(tmp_path / "data"), sort_keys=False)
-        content = text.replace("  train_steps: 10\n", "  train_steps: 40\n  train_steps: 5\n", 1).encode()
+        content = re.sub(r"( +)train_steps: 10\n", r"\1train_steps: 40\n\1train_steps: 5\n", text, count=1).encode()
     (tmp_path / "bad.yaml").write_bytes(content)
     one_line_exit_2(invoke("train", STD, "--params", "bad.yaml"), "bad.yaml", *expected)
     assert sorted(os.listdir(tmp_path)) == ["bad.yaml"]
@@ -311,8 +312,8 @@ def test_file_faults(project, damage, command, expected):
 
 # --------------------------------------------------------------------------- data, store, locks
 def test_batch_size_larger_than_the_data(project):
-    bad = write_params(project, lambda d: d["models"][0].update(batch_size=5000))
-    one_line_exit_2(invoke("train", STD, "--params", bad), "models[0] (mnist-linf-std).batch_size = 5000",
+    bad = write_params(project, lambda d: d["models"]["mnist-linf-std"].update(batch_size=5000))
+    one_line_exit_2(invoke("train", STD, "--params", bad), "models.mnist-linf-std.batch_size = 5000",
                     "training images")
 
 
@@ -432,7 +433,7 @@ def test_corrupt_resume_checkpoint_says_what_to_do_and_restart_discards_it(proje
 
 
 def test_divergence_before_the_first_checkpoint_names_no_checkpoint(project):
-    bad = write_params(project, lambda d: d["models"][0]["optimizer"].update(lr=1e30))
+    bad = write_params(project, lambda d: d["models"]["mnist-linf-std"]["optimizer"].update(lr=1e30))
     result = invoke("train", STD, "--params", bad)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     line = result.stderr.strip().splitlines()[-1]
@@ -559,13 +560,13 @@ def test_synthetic_cifar10_is_named_as_such(tmp_path):
     from mma.params import data_name, identity, load_params
     from mma.report.figures import figure3
 
-    smoke = load_params(ROOT / "profiles" / "smoke.yaml")  # data.cifar10_source: synthetic
+    smoke = load_params(ROOT / "presets" / "smoke.yaml")  # data.cifar10_source: synthetic
     assert data_name(smoke, "cifar10") == "cifar10-synthetic" and data_name(smoke, "mnist") == "mnist"
     assert identity(smoke, "cifar10-linf-pgd-8", "train")["data"] == "cifar10-synthetic"
-    panels = figure3({}, {m.name: m for m in smoke.models}, smoke, tmp_path / "f.png", dpi=50)
+    panels = figure3({}, dict(smoke.models), smoke, tmp_path / "f.png", dpi=50)
     assert "(c) CIFAR10 (synthetic stand-in), Linf" in panels and "(d) CIFAR10 (synthetic stand-in), L2" in panels
     doc = copy.deepcopy(SMOKE)
     doc["data"]["cifar10_source"] = None
     (tmp_path / "real.yaml").write_text(yaml.safe_dump(doc))
     real = load_params(tmp_path / "real.yaml")
-    assert "(c) CIFAR10, Linf" in figure3({}, {m.name: m for m in real.models}, real, tmp_path / "g.png", dpi=50)
+    assert "(c) CIFAR10, Linf" in figure3({}, dict(real.models), real, tmp_path / "g.png", dpi=50)

@@ -15,13 +15,13 @@ from mma.cli import app
 from mma.params import DATA_SOURCE_ENV, ParamsError, load_params, mnist_source
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 
 
 def _set(doc: dict, path: str, value) -> dict:
-    """A copy of ``doc`` with ``path`` ("models.1.pgd.eps") set to ``value``."""
+    """A copy of ``doc`` with ``path`` ("models/mnist-linf-pgd-0.3/pgd/eps") set to ``value``."""
     doc = copy.deepcopy(doc)
-    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
     node = doc
     for p in parents:
         node = node[p]
@@ -31,7 +31,7 @@ def _set(doc: dict, path: str, value) -> dict:
 
 def _without(doc: dict, path: str) -> dict:
     doc = copy.deepcopy(doc)
-    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
     node = doc
     for p in parents:
         node = node[p]
@@ -42,37 +42,39 @@ def _without(doc: dict, path: str) -> dict:
 # (id, params document or raw text, substrings the one-line error must contain)
 BAD = [
     ("unknown top-level key", _set(SMOKE, "experimnt", "x"), ["experimnt", "unknown key"]),
-    ("unknown model key", _set(SMOKE, "models.0.lrr", 0.1), ["models[0] (mnist-linf-std).lrr", "0.1"]),
+    ("unknown model key", _set(SMOKE, "models/mnist-linf-std/lrr", 0.1), ["models.mnist-linf-std.lrr", "0.1"]),
     ("wrong type", _set(SMOKE, "seed", "abc"), ["seed", "'abc'"]),
-    ("wrong type nested", _set(SMOKE, "models.0.train_steps", "many"), ["models[0] (mnist-linf-std).train_steps", "many"]),
-    ("negative eps", _set(SMOKE, "models.1.pgd.eps", -0.3), ["models[1] (mnist-linf-pgd-0.3).pgd.eps", "-0.3"]),
-    ("steps 0", _set(SMOKE, "models.1.pgd.steps", 0), ["models[1] (mnist-linf-pgd-0.3).pgd.steps", "0"]),
-    ("train_steps 0", _set(SMOKE, "models.0.train_steps", 0), ["train_steps", "0"]),
-    ("unknown norm", _set(SMOKE, "models.0.norm", "l3"), ["models[0] (mnist-linf-std).norm", "'l3'"]),
-    ("unknown arch", _set(SMOKE, "models.0.arch", "resnet"), ["models[0] (mnist-linf-std).arch", "'resnet'"]),
-    ("unknown dataset", _set(SMOKE, "models.0.dataset", "svhn"), ["models[0] (mnist-linf-std).dataset", "'svhn'"]),
-    ("unknown method", _set(SMOKE, "models.0.method", "trades"), ["models[0] (mnist-linf-std).method", "'trades'"]),
-    ("eps_min > d_max", _set(_set(SMOKE, "models.2.mma.eps_min", 0.5), "models.2.mma.eps_max", 1.0),
-     ["models[2] (mnist-linf-mma-0.45).mma.eps_min", "0.5", "d_max"]),
-    ("duplicate name", _set(SMOKE, "models.1.name", "mnist-linf-std"), ["models[1]", "'mnist-linf-std'", "duplicate"]),
-    ("table1 names a model not in the grid", _set(SMOKE, "table1.columns", {"mnist-linf-nope": "MMA"}),
+    ("wrong type nested", _set(SMOKE, "models/mnist-linf-std/train_steps", "many"), ["models.mnist-linf-std.train_steps", "many"]),
+    ("negative eps", _set(SMOKE, "models/mnist-linf-pgd-0.3/pgd/eps", -0.3), ["models.mnist-linf-pgd-0.3.pgd.eps", "-0.3"]),
+    ("steps 0", _set(SMOKE, "models/mnist-linf-pgd-0.3/pgd/steps", 0), ["models.mnist-linf-pgd-0.3.pgd.steps", "0"]),
+    ("train_steps 0", _set(SMOKE, "models/mnist-linf-std/train_steps", 0), ["train_steps", "0"]),
+    ("unknown norm", _set(SMOKE, "models/mnist-linf-std/norm", "l3"), ["models.mnist-linf-std.norm", "'l3'"]),
+    ("unknown arch", _set(SMOKE, "models/mnist-linf-std/arch", "resnet"), ["models.mnist-linf-std.arch", "'resnet'"]),
+    ("unknown dataset", _set(SMOKE, "models/mnist-linf-std/dataset", "svhn"), ["models.mnist-linf-std.dataset", "'svhn'"]),
+    ("unknown method", _set(SMOKE, "models/mnist-linf-std/method", "trades"), ["models.mnist-linf-std.method", "'trades'"]),
+    ("eps_min > d_max", _set(_set(SMOKE, "models/mnist-linf-mma-0.45/mma/eps_min", 0.5), "models/mnist-linf-mma-0.45/mma/eps_max", 1.0),
+     ["models.mnist-linf-mma-0.45.mma.eps_min", "0.5", "d_max"]),
+    ("name differs from its key", _set(SMOKE, "models/mnist-linf-pgd-0.3/name", "mnist-linf-std"),
+     ["models.mnist-linf-pgd-0.3.name", "'mnist-linf-std'", "differs from its key"]),
+    ("the grid as a list", _set(SMOKE, "models", [{"name": "mnist-linf-std"}]), ["models", "mapping", "not a list"]),
+    ("table1 names a model not in the grid", _set(SMOKE, "table1/columns", {"mnist-linf-nope": "MMA"}),
      ["table1.columns.mnist-linf-nope", "'mnist-linf-nope'"]),
-    ("transfer source not in the grid", _set(SMOKE, "table1.sources.MMA.model", "mnist-linf-nope"),
+    ("transfer source not in the grid", _set(SMOKE, "table1/sources/MMA/model", "mnist-linf-nope"),
      ["table1.sources.MMA.model", "'mnist-linf-nope'"]),
-    ("unknown attack name", _set(SMOKE, "table1.sources.PGD.attacks", ["fgsm", "pgd7x7"]),
+    ("unknown attack name", _set(SMOKE, "table1/sources/PGD/attacks", ["fgsm", "pgd7x7"]),
      ["table1.sources.PGD.attacks", "'pgd7x7'", "attacks"]),
-    ("curve attack not defined", _set(SMOKE, "evaluate.curve_attack", "pgd9x9"), ["evaluate.curve_attack", "'pgd9x9'"]),
-    ("table1 over two threat models", _set(SMOKE, "table1.columns", {"mnist-l2-mma-2.0": "MMA"}),
+    ("curve attack not defined", _set(SMOKE, "evaluate/curve_attack", "pgd9x9"), ["evaluate.curve_attack", "'pgd9x9'"]),
+    ("table1 over two threat models", _set(SMOKE, "table1/columns", {"mnist-l2-mma-2.0": "MMA"}),
      ["table1", "one dataset × norm"]),
-    ("column role without a source", _set(SMOKE, "table1.columns", {"mnist-linf-std": "TRADES"}),
+    ("column role without a source", _set(SMOKE, "table1/columns", {"mnist-linf-std": "TRADES"}),
      ["table1", "'TRADES'", "not a role"]),
     ("unknown device", _set(SMOKE, "device", "tpu"), ["device", "'tpu'"]),
     ("negative threads", _set(SMOKE, "threads", -1), ["threads", "-1"]),
-    ("pgd without its block", _without(SMOKE, "models.1.pgd"), ["models[1] (mnist-linf-pgd-0.3)", "pgd"]),
-    ("dataset not prepared", _set(SMOKE, "data.datasets", ["mnist"]), ["dataset", "'cifar10'", "data.datasets"]),
-    ("empty grid", _set(SMOKE, "models", []), ["models"]),
+    ("pgd without its block", _without(SMOKE, "models/mnist-linf-pgd-0.3/pgd"), ["models.mnist-linf-pgd-0.3", "pgd"]),
+    ("dataset not prepared", _set(SMOKE, "data/datasets", ["mnist"]), ["dataset", "'cifar10'", "data.datasets"]),
+    ("empty grid", _set(SMOKE, "models", {}), ["models"]),
     ("missing grid", _without(SMOKE, "models"), ["models", "missing"]),
-    ("bad model name", _set(SMOKE, "models.0.name", "a/b"), ["models[0]", "name", "'a/b'"]),
+    ("bad model name", {**SMOKE, "models": {"a/b": SMOKE["models"]["mnist-linf-std"]}}, ["models.a/b.name", "'a/b'"]),
     ("not YAML", "models: [\n  - {name: x\n", ["not valid YAML", "line"]),
     ("not a mapping", "- 1\n- 2\n", ["expected a mapping"]),
 ]
@@ -105,13 +107,13 @@ def test_missing_params_file(tmp_path, monkeypatch):
 def test_unknown_model_name_exit_2(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    result = CliRunner().invoke(app, ["train", "nope", "--params", str(ROOT / "profiles" / "smoke.yaml")])
+    result = CliRunner().invoke(app, ["train", "nope", "--params", str(ROOT / "presets" / "smoke.yaml")])
     assert result.exit_code == 2
     assert "no model named 'nope'" in result.stderr
     assert list(tmp_path.iterdir()) == []  # not even the MLflow store
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "profiles/smoke.yaml", "profiles/quick.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "presets/smoke.yaml", "presets/quick.yaml"])
 def test_shipped_params_files_are_valid(name):
     p = load_params(ROOT / name)
     # dvc.yaml iterates over these keys of the raw file: they must be written out, not defaulted
@@ -136,11 +138,11 @@ def test_params_yaml_with_every_switch_on_is_valid(tmp_path):
     p = load_params(tmp_path / "all.yaml")
     names = p.model_names
     assert any(n.startswith("mnist-l2-") for n in names) and any(n.startswith("cifar10-") for n in names)
-    assert {(m.dataset, m.norm) for m in p.models} == {("mnist", "linf"), ("mnist", "l2"), ("cifar10", "linf"), ("cifar10", "l2")}
+    assert {(m.dataset, m.norm) for m in p.models.values()} == {("mnist", "linf"), ("mnist", "l2"), ("cifar10", "linf"), ("cifar10", "l2")}
 
 
 def test_data_source_env_wins(monkeypatch, tmp_path):
-    doc = _set(SMOKE, "data.mnist_source", "/from/params")
+    doc = _set(SMOKE, "data/mnist_source", "/from/params")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
     p = load_params(tmp_path / "p.yaml")
     monkeypatch.delenv(DATA_SOURCE_ENV, raising=False)
@@ -150,6 +152,6 @@ def test_data_source_env_wins(monkeypatch, tmp_path):
 
 
 def test_error_is_a_params_error_not_a_traceback(tmp_path):
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "models.1.pgd.eps", -1)))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "models/mnist-linf-pgd-0.3/pgd/eps", -1)))
     with pytest.raises(ParamsError, match=r"pgd\.eps = -1: Input should be greater than 0"):
         load_params(tmp_path / "p.yaml")

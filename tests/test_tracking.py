@@ -88,7 +88,7 @@ def _closed_port() -> int:
 def test_unreachable_server_fails_fast_before_any_work(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}"}
     t0 = time.monotonic()
-    result = subprocess.run(MMA + ["train", "mnist-linf-std", "--params", str(ROOT / "profiles" / "smoke.yaml")],
+    result = subprocess.run(MMA + ["train", "mnist-linf-std", "--params", str(ROOT / "presets" / "smoke.yaml")],
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - t0
     assert result.returncode == 2, result.stderr
@@ -121,10 +121,10 @@ def _tiny_params(tmp_path: Path) -> Path:
     doc = {
         "experiment": "kill", "device": "cpu", "threads": 1,
         "data": {"root": "data", "datasets": ["mnist"], "val_size": 500},
-        "models": [{"name": "tiny", "dataset": "mnist", "arch": "lenet5_madry", "norm": "linf", "method": "std",
-                    "optimizer": {"name": "adam", "lr": 0.001}, "train_steps": 200, "batch_size": 20,
-                    "train_limit": 1000, "val_limit": 100, "eval_every": 50, "checkpoint_every": 10,
-                    "log_every": 1}],
+        "models": {"tiny": {"dataset": "mnist", "arch": "lenet5_madry", "norm": "linf", "method": "std",
+                            "optimizer": {"name": "adam", "lr": 0.001}, "train_steps": 200, "batch_size": 20,
+                            "train_limit": 1000, "val_limit": 100, "eval_every": 50, "checkpoint_every": 10,
+                            "log_every": 1}},
         "table1": {"sources": {}, "columns": {}},
     }
     path = tmp_path / "params.yaml"
@@ -173,8 +173,8 @@ def test_snakemake_four_parallel_training_jobs_record_four_complete_runs(tmp_pat
 
     repo = scratch_copy(tmp_path / "repo", profile=None)
     doc = yaml.safe_load(_tiny_params(tmp_path).read_text())
-    tiny = doc["models"][0]
-    doc["models"] = [{**tiny, "name": f"tiny-{i}", "seed": i, "train_steps": 30, "eval_every": 30} for i in range(4)]
+    tiny = next(iter(doc["models"].values()))
+    doc["models"] = {f"tiny-{i}": {**tiny, "seed": i, "train_steps": 30, "eval_every": 30} for i in range(4)}
     (repo / "params.yaml").write_text(yaml.safe_dump(doc))
     targets = [f"results/models/tiny-{i}/model.pt" for i in range(4)]
     result = subprocess.run([_tool("snakemake"), "--cores", "4", *targets], cwd=repo, env=_env(),

@@ -59,7 +59,7 @@ ALL_PAPER = ["fgsm", "pgd40x1", "pgd40x50", "pgd100x1", "pgd100x50"]
 class Table1Source(Strict):
     """A source role of Table 1: the model whose attacks make the role's rows."""
 
-    model: str  # a models[].name
+    model: str  # a key of `models`
     attacks: list[str] = Field(min_length=1)  # names in `attacks`
 
 

@@ -21,6 +21,13 @@ def _scale(dataset: str, norm: str) -> tuple[float, str]:
     return 1.0, f"ε ({NORM_LABELS[norm]}, pixel units of [0, 1])"
 
 
+def margin_label(model: str, estimate: str, v, scale: float) -> str:
+    """A margin CDF's legend entry, in the units of its x-axis (``v`` already × ``scale``):
+    CIFAR10 Linf reads "mean 28.6/255" on its ×1/255 axis, the rest pixel units."""
+    unit = "/255" if scale == 255.0 else ""
+    return f"{model}: {estimate}, mean {float(v.mean()):.3g}{unit}, median {float(v.median()):.3g}{unit}"
+
+
 def curve_points(res: Results, curve_eps: list[float], **fields) -> list[tuple[float, float]]:
     """(ε, robust accuracy %) of the record with ``fields`` at each curve ε that has one."""
     points = []
@@ -127,7 +134,7 @@ def margins_figure(results: dict[str, Results], specs: dict, path: Path, *, dpi:
                 frac = torch.arange(1, len(v) + 1, dtype=torch.float64) / len(v)
                 name = "margin (min of estimates)" if key == "margin" else "AN-PGD alone"
                 (line,) = ax.step(v.numpy(), frac.numpy(), ls=style, where="post", color=color,
-                                  label=f"{n}: {name}, mean {float(v.mean()) / scale:.3g}, median {float(v.median()) / scale:.3g}")
+                                  label=margin_label(n, name, v, scale))
                 color = line.get_color()
         ax.set_title(f"{panel_title(title, params) if params is not None else title}: margin distribution")
         ax.set_xlabel(_scale(dataset, norm)[1].replace("ε", "margin (shortest adversarial perturbation)"))

@@ -5,10 +5,17 @@
                                       summary, timings, settings used
     results/eval/NAME/per_example.pt  per-example outcomes (``mma.evaluation.results``):
                                       the report takes its numbers from these
+    results/metrics/NAME.json         the DVC metrics: a few headline numbers (percent), see ``headline``
+    results/plots/robust_vs_eps/NAME.tsv  robust accuracy vs ε (DVC plots): curve attack, worst case
+
+What it reads besides the model and the data is ``inputs_record`` (the settings, and the
+hash of every transfer set it reads): Snakemake's params and DVC's results/specs/NAME.evaluate.json,
+so a changed set of another threat model reruns nothing here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict
 
@@ -20,8 +27,61 @@ def load_transfer_sets(params, name: str, x_u8, y) -> list:
     model, each checked (``transfer.load_sets``) against the test images evaluated."""
     from .transfer import load_sets
 
-    return [item for source in params.table1.sources_for(name, params.models)
+    return [item for source in params.table1.sources_for(name, params.models.values())
             for item in load_sets(params, source, x_u8, y)]
+
+
+def settings_record(params, name: str) -> dict:
+    """The params values the evaluate stage of ``name`` reads (its model's own settings are in model.pt)."""
+    return {"attacks": {k: a.model_dump(mode="json") for k, a in params.attacks.items()},
+            "table1": params.table1.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json"),
+            "seed": params.seed, "compute": params.compute.model_dump(mode="json"),
+            "val_size": params.data.val_size, "sources": params.table1.sources_for(name, params.models.values())}
+
+
+def inputs_record(params, name: str) -> dict:
+    """settings_record plus the md5 of each transfer file it reads (those present)."""
+    files = {}
+    for source in params.table1.sources_for(name, params.models.values()):
+        folder = paths.transfer_dir(source)
+        for f in sorted(folder.glob("*")) if folder.is_dir() else []:
+            files[str(f)] = hashlib.md5(f.read_bytes()).hexdigest()
+    return {"model": name, "settings": settings_record(params, name), "transfer_files": files}
+
+
+def headline(res, name: str, params, tm) -> dict:
+    """results/metrics/NAME.json, a few numbers (percent; margins in pixel units):
+    clean accuracy; at the threat model's headline ε (``eps``), white-box robust accuracy
+    (the worst case over the white-box attacks) and the worst case over every attack (white-box,
+    transfer, AutoAttack, Boundary); the same at each other Table-1 ε for a Table-1 model
+    (``whitebox@0.4``, ...); mean and median margin of the correctly classified test images."""
+    from ..evaluation.results import eps_key
+
+    out = {"clean": res.clean_accuracy(), "eps": tm.headline_eps,
+           "whitebox": res.worst_case_accuracy(tm.headline_eps, kinds=("whitebox",)),
+           "worst": res.worst_case_accuracy(tm.headline_eps)}
+    if name in params.table1.columns or name in {s.model for s in params.table1.sources.values()}:
+        for e in sorted(set(params.table1.eps) - {tm.headline_eps}):
+            out[f"whitebox@{eps_key(e)}"] = res.worst_case_accuracy(e, kinds=("whitebox",))
+            out[f"worst@{eps_key(e)}"] = res.worst_case_accuracy(e)
+    margins = res.summary.get("margins", {})
+    for k in ("mean", "median"):
+        if f"margin/{k}" in margins:
+            out[f"margin_{k}"] = margins[f"margin/{k}"]
+    return {k: round(v, 4) for k, v in out.items() if v == v}  # nan: not measured, left out
+
+
+def robust_vs_eps(res, params) -> str:
+    """TSV: eps, the curve attack's robust accuracy, the worst case over every record (percent)."""
+    from ..evaluation.records import attack_fields
+
+    fields = attack_fields(params.curve_attack(), params.evaluate.loss)
+    lines = ["eps\tcurve_attack\tworst_case"]
+    for e in res.eps_values():
+        rec = res.find(kind="whitebox", eps=e, **fields)
+        acc = float("nan") if rec is None else res.accuracy(rec)
+        lines.append(f"{e:g}\t{acc:.4f}\t{res.worst_case_accuracy(e):.4f}")
+    return "\n".join(lines) + "\n"
 
 
 def summarize(res, name: str, spec, ev, extra: dict) -> dict:
@@ -32,7 +92,8 @@ def summarize(res, name: str, spec, ev, extra: dict) -> dict:
     records = {record_key(r): {**asdict(r), "label": label(r), "accuracy": res.accuracy(r),
                                "n_attacked": int((res.survived[r] != -1).sum())} for r in res.records}
     worst = {eps_key(e): res.worst_case_accuracy(e) for e in res.eps_values()}
-    return {"model": name, "dataset": spec.dataset, "data": extra.pop("data", spec.dataset), "norm": spec.norm, "method": spec.method, "n": res.n,
+    return {"model": name, "dataset": spec.dataset, "data": extra.pop("data", spec.dataset), "norm": spec.norm,
+            "method": spec.method, "n": res.n,
             "clean_accuracy": res.clean_accuracy(), "loss": ev.loss, "cascade": ev.cascade,
             "records": records, "worst_case": worst, "margins": res.summary.get("margins", {}), **extra}
 
@@ -53,7 +114,7 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     from .. import compute
     from ..data import load_split, to_float
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
-    from ..io import save_tensors, write_json
+    from ..io import save_tensors, write_json, write_text
     from ..params import data_name, identity
     from .files import load_checked_model, swapped_in
 
@@ -81,6 +142,8 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     with swapped_in(out) as tmp:  # both files or neither: a kill leaves the previous pair
         save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": identity(params, name, "evaluate")})
         write_json(tmp / "metrics.json", summary)
+    write_json(paths.metrics_file(name), headline(res, name, params, tm))
+    write_text(paths.plot_file("robust_vs_eps", name), robust_vs_eps(res, params))
     metrics = flat_metrics(summary)
     if tracker is not None:
         tracker.log_metrics(metrics)

@@ -25,7 +25,7 @@ def load_results(params) -> dict:
     from .files import check_identity
 
     results = {}
-    for spec in params.models:
+    for spec in params.models.values():
         path = paths.eval_dir(spec.name) / "per_example.pt"
         remedy = f"rerun `mma evaluate {spec.name}`"
         obj = load_tensors(path, remedy=remedy)
@@ -47,7 +47,7 @@ def run(params, *, tracker=None) -> dict[str, float]:
     from .files import swapped_in
 
     results = load_results(params)
-    specs = {spec.name: spec for spec in params.models}
+    specs = dict(params.models)
     final, dpi = paths.report_dir(), params.report.dpi
 
     with swapped_in(final) as out:  # every file of one run, or the previous run's: never a mix

@@ -1,8 +1,11 @@
 """The train stage: one model of the grid, crash-safe and resumable.
 
     results/models/NAME/model.pt      best-on-validation weights (weights-only torch file: state_dict + spec)
-    results/models/NAME/metrics.json  validation/training summary, resolved params, git commit, seed
-    results/checkpoints/NAME/         while training only: resume.pt, best.pt, spec.json, run.json
+    results/models/NAME/metrics.json  the DVC metrics: steps, best step, validation numbers (accuracies in %)
+    results/models/NAME/info.json     bookkeeping: resolved params, git commit, wall seconds, device, sizes
+    results/plots/train/NAME.tsv      training curves (DVC plots): step, loss, accuracy (%), MMA's mean ε
+    results/plots/val/NAME.tsv        validation curves: step, clean/PGD accuracy (%), mean margin
+    results/checkpoints/NAME/         while training only: resume.pt, best.pt, spec.json, run.json, curves
 
 Why the working files live in results/checkpoints/ and not beside model.pt: DVC and
 Snakemake delete a stage's declared outputs before rerunning it, and a crashed run
@@ -64,7 +67,7 @@ def prepare(params: Params, name: str, restart: bool = False) -> bool:
     return False
 
 
-WORKING_FILES = ("resume.pt", "best.pt", "spec.json", "run.json")
+WORKING_FILES = ("resume.pt", "best.pt", "spec.json", "run.json", "train.tsv", "val.tsv")
 
 
 def _discard(folder: Path) -> None:
@@ -77,6 +80,57 @@ def _discard(folder: Path) -> None:
         raise BadFileError(f"{folder}: holds files a train run did not make ({', '.join(sorted(foreign)[:3])}); "
                            "nothing was deleted: move them elsewhere, then rerun")
     shutil.rmtree(folder)
+
+
+def percent(values: dict) -> dict:
+    """The training loop logs accuracies as fractions; every file this stage writes (and the
+    report) uses percent: ``*acc*`` keys × 100, the rest as they are."""
+    return {k: (100.0 * v if "acc" in k and isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+            for k, v in values.items()}
+
+
+class Curves:
+    """The logged training/validation points (accuracies converted to percent on their way to
+    MLflow and to the plots files), kept for the plots files: buffered like the
+    MLflow metrics and appended to the checkpoint folder's TSVs at each flush (right after a
+    checkpoint), so a resumed run's curves hold every step once."""
+
+    def __init__(self, folder: Path, log=None, flush=None):
+        self.folder, self._log, self._flush = folder, log, flush
+        self.pending: dict[str, list[dict]] = {"train": [], "val": []}
+
+    def log(self, values: dict, step: int) -> None:
+        kind = "val" if any(k.startswith("val_") for k in values) else "train"
+        row = {k: v for k, v in percent(values).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.pending[kind].append({"step": step, **row})
+        if self._log:  # MLflow gets percent too: one unit everywhere (evaluation reports percent)
+            self._log(percent(values), step)
+
+    def flush(self) -> None:
+        for kind, rows in self.pending.items():
+            if rows:
+                path = self.folder / f"{kind}.tsv"
+                header = path.read_text().splitlines()[0].split("\t") if path.exists() else list(rows[0])
+                with path.open("a") as f:
+                    if not path.stat().st_size:
+                        f.write("\t".join(header) + "\n")
+                    for r in rows:
+                        f.write("\t".join(_cell(r.get(k)) for k in header) + "\n")
+        self.pending = {"train": [], "val": []}
+        if self._flush:
+            self._flush()
+
+    def copy_to(self, name: str) -> None:
+        from ..io import write_text
+
+        self.flush()
+        for kind in ("train", "val"):
+            src = self.folder / f"{kind}.tsv"
+            write_text(paths.plot_file(kind, name), src.read_text() if src.exists() else "step\n")
+
+
+def _cell(v) -> str:
+    return "" if v is None else f"{v:.6g}"
 
 
 def finish(name: str) -> None:
@@ -103,38 +157,43 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     x, y = load_split(data, d.root, "train", val_size=d.val_size, limit=spec.train_limit)
     x_val, y_val = load_split(data, d.root, "val", val_size=d.val_size, limit=spec.val_limit)
     if spec.batch_size > len(x):
-        where = f"models[{params.model_names.index(name)}] ({name}).batch_size"
+        where = f"models.{name}.batch_size"
         raise ParamsError(f"{where} = {spec.batch_size}: larger than the {len(x)} training images of {data} "
                           f"(after data.val_size and train_limit); lower it")
     batcher = TensorBatcher(x, y, spec.batch_size, seed=spec.seed, device=device, augment=spec.augment)
     val = (to_float(x_val, device), y_val.to(device))
 
-    log = flush = None
-    if tracker is not None:
-        log, flush = tracker.log_metrics, tracker.flush
+    curves = Curves(checkpoint_dir(name), *((tracker.log_metrics, tracker.flush) if tracker is not None else ()))
     best = checkpoint_dir(name) / "best.pt"
     switches = compute.resolve(params.compute, device)
     with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
         result = train(spec, batcher, val, model_path=best, resume_path=paths.resume_file(name), device=device,
-                       log=log, flush=flush, show_progress=True, compute=switches)
+                       log=curves.log, flush=curves.flush, show_progress=True, compute=switches)
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
 
     # the selected model, out of the resume folder, with who it is (checked by every reader)
     record = load_tensors(best, remedy=f"rerun `mma train {name} --restart`")
     save_tensors(paths.model_file(name), {**record, "identity": identity(params, name, "train")})
+    curves.copy_to(name)
     by_step = {h["step"]: h for h in result.history}
-    summary = {
-        "model": name, "dataset": spec.dataset, "data": data, "norm": spec.norm, "method": spec.method, "seed": spec.seed,
-        "steps": result.step, "selection_metric": result.selection_metric,
-        "best_step": result.best_step, "best_value": result.best_value,
-        "best": by_step.get(result.best_step, {}), "final": result.history[-1] if result.history else {},
+    best = {k: v for k, v in percent(by_step.get(result.best_step, {})).items()
+            if k.startswith("val_") and not k.startswith("val_warn")}
+    # the DVC metrics file: the selected model's validation numbers (accuracies in %), short names
+    # (val_clean, val_pgd, val_margin); nothing that differs between identical runs
+    short = {"val_clean_acc": "val_clean", "val_pgd_acc": "val_pgd", "val_mean_margin": "val_margin"}
+    summary = {"best_step": result.best_step, **{short.get(k, k): round(v, 4) for k, v in best.items()}}
+    write_json(paths.model_dir(name) / "metrics.json", summary)
+    info = {
+        "model": name, "dataset": spec.dataset, "data": data, "norm": spec.norm, "method": spec.method,
+        "seed": spec.seed, "selection_metric": result.selection_metric, "best_value": result.best_value,
+        "final": percent(result.history[-1]) if result.history else {},
         "train_examples": len(x), "val_examples": len(x_val), "device": str(device),
         "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
         "git_commit": git_commit(), "params": spec_record(params, name), "compute": switches.record(),
     }
-    write_json(paths.model_dir(name) / "metrics.json", summary)
-    metrics = {f"best_{k}": float(v) for k, v in summary["best"].items() if k != "step"}
+    write_json(paths.model_dir(name) / "info.json", info)
+    metrics = {f"best_{k}": float(v) for k, v in best.items()}
     metrics["best_step"] = float(result.best_step)
     if tracker is not None:
         if not _already_logged(tracker, result.step):
@@ -142,7 +201,8 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
         if hasattr(tracker, "logged"):
             tracker.logged.update(metrics)  # logged here or by the killed attempt: the CLI must not add them
         tracker.log_artifact(paths.model_file(name), "model")
-        tracker.log_artifact(paths.model_dir(name) / "metrics.json", "model")
+        for f in ("metrics.json", "info.json"):
+            tracker.log_artifact(paths.model_dir(name) / f, "model")
     return metrics
 
 

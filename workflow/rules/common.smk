@@ -6,6 +6,7 @@ import re
 
 from mma import paths
 from mma.params import ParamsError, load_params, spec_record
+from mma.stages.evaluate import settings_record
 
 # The stages read the params FILE (`mma ... --params FILE`), so the DAG is built from that
 # same file: the last --configfile, else params.yaml.  (Snakemake's own `config` merges the
@@ -21,6 +22,16 @@ try:
     P = load_params(PARAMS)
 except ParamsError as e:
     raise WorkflowError(f"invalid params: {e}") from None
+
+
+def params_file(wildcards, input):
+    """The params file, for the command line only.  Snakemake's params rerun trigger compares
+    the *values* of non-derived params; a params function that takes `input` counts as derived
+    (snakemake.persistence: non_derived_params), so the file's name is not compared: a copied or
+    renamed params file with the same values reruns nothing.  What each job reads from it is
+    in its `settings`/`record` params (or, for train, its spec file)."""
+    return PARAMS
+
 
 MODELS = P.model_names
 SOURCES = [s.model for s in P.table1.sources.values()]
@@ -52,21 +63,43 @@ def _plain(block):
 # params trigger reruns a job when it changes (a model's settings are in its spec file)
 SETTINGS = {
     "data": _dump(P.data, P.seed),
-    "transfer": _dump(P.attacks, P.table1, P.evaluate.loss, P.evaluate.test_limit, P.evaluate.batch_size, P.seed),
-    "evaluate": _dump(P.attacks, P.table1, P.evaluate, P.seed),
+    "transfer": _dump(P.attacks, P.table1, P.evaluate.loss, P.evaluate.test_limit, P.evaluate.batch_size, P.seed,
+                      P.compute),
     "report": _dump(P.attacks, P.table1, P.evaluate, P.report),
 }
 
+
+def spec_settings(wildcards):
+    """A model's resolved settings (mma.params.spec_record), as its spec job's params."""
+    return json.dumps(spec_record(P, wildcards.name), sort_keys=True)
+
+
+def evaluate_settings(wildcards):
+    """What the evaluate job of a model reads from params (mma.stages.evaluate.settings_record)."""
+    return json.dumps(settings_record(P, wildcards.name), sort_keys=True)
+
 # Output paths as wildcard patterns, from mma/paths.py (the CLI writes exactly these)
 SPEC = str(paths.spec_file("{name}"))
+EVAL_SPEC = str(paths.eval_spec_file("{name}"))
 MODEL = str(paths.model_file("{name}"))
 TRAIN_METRICS = str(paths.model_dir("{name}") / "metrics.json")
+TRAIN_INFO = str(paths.model_dir("{name}") / "info.json")
+METRICS = str(paths.metrics_file("{name}"))
+PLOT = {kind: str(paths.plot_file(kind, "{name}")) for kind in paths.PLOTS}
 TRANSFER = str(paths.transfer_dir("{name}"))
 EVAL = str(paths.eval_dir("{name}"))
 REPORT_FILES = [
     str(paths.report_dir() / f)
     for f in ("table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json", "summary.md")
 ]
+# shown by `snakemake --report report.html` (the rest stay plain outputs)
+IN_REPORT = {"table1.md": "Table 1", "table1.csv": "Table 1", "figure3.png": "Figure 3",
+             "margins.png": "Margins", "summary.md": "Summary"}
+
+
+def report_outputs():
+    return [report(f, category=IN_REPORT[os.path.basename(f)]) if os.path.basename(f) in IN_REPORT else f
+            for f in REPORT_FILES]
 
 
 wildcard_constraints:
@@ -75,7 +108,7 @@ wildcard_constraints:
 
 def transfer_sets(wildcards):
     """The transfer sets model NAME is evaluated on: the sources of its threat model."""
-    return [str(paths.transfer_dir(s)) for s in P.table1.sources_for(wildcards.name, P.models)]
+    return [str(paths.transfer_dir(s)) for s in P.table1.sources_for(wildcards.name, P.models.values())]
 
 
 # Cluster resources (the SLURM profile, workflow/profiles/slurm, docs/cluster.md): memory by

@@ -2,7 +2,7 @@ rule data:
     output:
         directory(DATA),
     params:
-        file=PARAMS,
+        file=params_file,
         settings=SETTINGS["data"],
     log:
         "results/logs/data.log",

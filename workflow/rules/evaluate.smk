@@ -1,13 +1,33 @@
+# inputs: what evaluate reads besides its model and the data (dvc.yaml's `inputs` stage;
+# here its inputs are already exactly the transfer sets of the model's threat model)
+rule inputs:
+    input:
+        transfer=transfer_sets,
+    output:
+        EVAL_SPEC,
+    params:
+        file=params_file,
+        settings=evaluate_settings,
+    log:
+        "results/logs/inputs/{name}.log",
+    conda:
+        ENV
+    shell:
+        "mma spec {wildcards.name} --evaluate --params {params.file} > {log} 2>&1"
+
+
 rule evaluate:
     input:
         model=MODEL,
         data=DATA,
         transfer=transfer_sets,
+        inputs=EVAL_SPEC,
     output:
         directory(EVAL),
+        metrics=METRICS,
+        curve=report(PLOT["robust_vs_eps"], category="Robust accuracy vs eps", labels={"model": "{name}"}),
     params:
-        file=PARAMS,
-        settings=SETTINGS["evaluate"],
+        file=params_file,
     log:
         "results/logs/evaluate/{name}.log",
     threads: THREADS

@@ -2,9 +2,9 @@ rule report:
     input:
         expand(EVAL, name=MODELS),
     output:
-        REPORT_FILES,
+        report_outputs(),
     params:
-        file=PARAMS,
+        file=params_file,
         settings=SETTINGS["report"],
     log:
         "results/logs/report.log",

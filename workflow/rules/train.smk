@@ -1,11 +1,11 @@
 # spec: the resolved settings of one model.  Snakemake's params trigger reruns it only
-# when that model's settings change (dvc.yaml needs the file to track one list element).
+# when that model's settings change (dvc.yaml needs the file to track one model).
 rule spec:
     output:
         SPEC,
     params:
-        file=PARAMS,
-        record=lambda wildcards: spec_record(P, wildcards.name),
+        file=params_file,
+        record=spec_settings,
     log:
         "results/logs/spec/{name}.log",
     conda:
@@ -21,8 +21,11 @@ rule train:
     output:
         model=MODEL,
         metrics=TRAIN_METRICS,
+        info=TRAIN_INFO,
+        train_curve=report(PLOT["train"], category="Training curves", labels={"model": "{name}", "curve": "train"}),
+        val_curve=report(PLOT["val"], category="Training curves", labels={"model": "{name}", "curve": "validation"}),
     params:
-        file=PARAMS,
+        file=params_file,
     log:
         "results/logs/train/{name}.log",
     threads: THREADS

@@ -5,7 +5,7 @@ rule transfer:
     output:
         directory(TRANSFER),
     params:
-        file=PARAMS,
+        file=params_file,
         settings=SETTINGS["transfer"],
     log:
         "results/logs/transfer/{name}.log",
