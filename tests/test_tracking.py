@@ -123,7 +123,8 @@ def _tiny_params(tmp_path: Path) -> Path:
         "data": {"root": "data", "datasets": ["mnist"], "val_size": 500},
         "models": [{"name": "tiny", "dataset": "mnist", "arch": "lenet5_madry", "norm": "linf", "method": "std",
                     "optimizer": {"name": "adam", "lr": 0.001}, "train_steps": 200, "batch_size": 20,
-                    "train_limit": 1000, "val_limit": 100, "eval_every": 50, "checkpoint_every": 10}],
+                    "train_limit": 1000, "val_limit": 100, "eval_every": 50, "checkpoint_every": 10,
+                    "log_every": 1}],
         "transfer": {"sources": []},
         "evaluate": {"table1_columns": {}},
     }
