@@ -50,6 +50,9 @@ setup:
 	fi
 	@# torchattacks pins requests~=2.25.1, which would break dvc/mlflow: installed without its deps
 	$(VENV)/bin/pip install --no-deps torchattacks==3.5.1
+	@# as root: Debian's SLURM, munge and PostgreSQL for the cluster tests (they skip without them)
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory cluster-deps; \
+	  else echo "setup: not root: Debian packages of the cluster tests not installed (sudo make cluster-deps)"; fi
 
 # requirements.lock and workflow/envs/mma.yaml from the active environment's versions (see the lock's header)
 lock:
