@@ -67,7 +67,7 @@ def prepare(params: Params, name: str, restart: bool = False) -> bool:
     return False
 
 
-WORKING_FILES = ("resume.pt", "best.pt", "spec.json", "run.json", "train.tsv", "val.tsv")
+WORKING_FILES = ("resume.pt", "best.pt", "spec.json", "run.json", "train.tsv", "val.tsv", "journal.jsonl")
 
 
 def _discard(folder: Path) -> None:
@@ -98,13 +98,48 @@ class Curves:
     def __init__(self, folder: Path, log=None, flush=None):
         self.folder, self._log, self._flush = folder, log, flush
         self.pending: dict[str, list[dict]] = {"train": [], "val": []}
+        # every point also goes to a journal the moment it is logged: a kill after a checkpoint
+        # but before its flush would otherwise lose the points the checkpoint covers (``recover``)
+        self.journal = folder / "journal.jsonl"
 
     def log(self, values: dict, step: int) -> None:
         kind = "val" if any(k.startswith("val_") for k in values) else "train"
         row = {k: v for k, v in percent(values).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        with self.journal.open("a") as f:
+            f.write(json.dumps({"kind": kind, "step": step, "values": {k: float(v) for k, v in row.items()}}) + "\n")
+        self._add(kind, step, row)
+
+    def _add(self, kind: str, step: int, row: dict) -> None:
         self.pending[kind].append({"step": step, **row})
         if self._log:  # MLflow gets percent too: one unit everywhere (evaluation reports percent)
-            self._log(percent(values), step)
+            self._log(row, step)
+
+    def recover(self, resumed_at: int, mlflow_steps=None) -> None:
+        """Before (re)starting at step ``resumed_at``: journal points the checkpoint covers
+        (step ≤ resumed_at) that the TSVs or MLflow lack are sent now; later ones are dropped
+        (they are computed again).  ``mlflow_steps(key)``: the steps MLflow holds for ``key``."""
+        if not self.journal.exists():
+            return
+        rows = []
+        for line in self.journal.read_text().splitlines():
+            with contextlib.suppress(ValueError):  # a line cut by the kill
+                rows.append(json.loads(line))
+        sent: dict[str, set] = {}
+        for kind in ("train", "val"):
+            path = self.folder / f"{kind}.tsv"
+            in_tsv = {int(float(line.split("\t")[0])) for line in path.read_text().splitlines()[1:] if line} \
+                if path.exists() else set()
+            for r in rows:
+                if r["kind"] != kind or r["step"] > resumed_at or not r["values"]:
+                    continue
+                key = next(iter(r["values"]))
+                if key not in sent:
+                    sent[key] = set(mlflow_steps(key)) if mlflow_steps else set()
+                if r["step"] not in in_tsv:
+                    self.pending[kind].append({"step": r["step"], **r["values"]})
+                if r["step"] not in sent[key] and self._log:
+                    self._log(r["values"], r["step"])
+        self.flush()
 
     def flush(self) -> None:
         for kind, rows in self.pending.items():
@@ -119,6 +154,7 @@ class Curves:
         self.pending = {"train": [], "val": []}
         if self._flush:
             self._flush()
+        self.journal.unlink(missing_ok=True)  # everything in it is in the TSVs and sent
 
     def copy_to(self, name: str) -> None:
         from ..io import write_text
@@ -138,6 +174,8 @@ def finish(name: str) -> None:
     folder = checkpoint_dir(name)
     for f in WORKING_FILES:  # only what a train run made; anything else (and so the folder) stays
         (folder / f).unlink(missing_ok=True)
+        for tmp in folder.glob(f".{f}.*.tmp"):  # an atomic write of ours cut short by a kill
+            tmp.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         folder.rmdir()
 
@@ -148,6 +186,7 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     from ..io import load_tensors, save_tensors, write_json
     from ..params import ParamsError, data_name, identity
     from ..train import train
+    from ..train.loop import load_resume
     from ..tracking import git_commit
 
     spec = params.model(name)
@@ -164,6 +203,8 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     val = (to_float(x_val, device), y_val.to(device))
 
     curves = Curves(checkpoint_dir(name), *((tracker.log_metrics, tracker.flush) if tracker is not None else ()))
+    resume = paths.resume_file(name)
+    curves.recover(load_resume(resume, "cpu")["result"]["step"] if resume.exists() else 0, _mlflow_steps(tracker))
     best = checkpoint_dir(name) / "best.pt"
     switches = compute.resolve(params.compute, device)
     with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
@@ -204,6 +245,14 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
         for f in ("metrics.json", "info.json"):
             tracker.log_artifact(paths.model_dir(name) / f, "model")
     return metrics
+
+
+def _mlflow_steps(tracker):
+    """``key -> steps`` the tracker's MLflow run already holds (None without a store)."""
+    client = getattr(tracker, "client", None)
+    if client is None:
+        return None
+    return lambda key: [m.step for m in client.get_metric_history(tracker.run_id, key)]
 
 
 def _already_logged(tracker, step: int) -> bool:
