@@ -27,16 +27,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Union
 
-from .config import Strict
+from .config import Bool, Strict
 
 
 class ComputeParams(Strict):
     """params.yaml ``compute:``: the speed switches (see the module docstring)."""
 
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: as measured per device (resolve)
-    channels_last: Union[Literal["auto"], bool] = "auto"  # auto: as measured per device (resolve)
-    compile: bool = False  # torch.compile the model: minutes of compile time, measured gain only on GPU
-    cuda_graphs: bool = False  # CUDA graphs via torch.compile(mode="reduce-overhead"); ignored off CUDA
+    channels_last: Union[Literal["auto"], Bool] = "auto"  # auto: as measured per device (resolve)
+    compile: Bool = False  # torch.compile the model: minutes of compile time, measured gain only on GPU
+    cuda_graphs: Bool = False  # CUDA graphs via torch.compile(mode="reduce-overhead"); ignored off CUDA
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class Compute:
     device: str = "cpu"  # the device type: cpu or cuda
     precision: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
-    cuda_graphs: bool = False
+    compile: Bool = False
+    cuda_graphs: Bool = False
 
     def record(self) -> dict:
         return asdict(self)

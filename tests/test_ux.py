@@ -314,3 +314,30 @@ def test_wheel_carries_the_reference_csvs_and_runs_the_report(tmp_path):
     assert out.returncode == 0, out.stderr
     rows, anchors = map(int, out.stdout.split())
     assert rows > 0 and anchors > 0
+
+
+def test_curves_recover_points_a_kill_left_between_checkpoint_and_flush(tmp_path):
+    """A kill after the checkpoint at step 20 but before its flush: the journal holds steps
+    11..25; on resume at 20, steps 11..20 reach the TSV and MLflow once, 21..25 are dropped
+    (they are computed again), and what MLflow already holds is not sent twice."""
+    from mma.stages.train import Curves
+
+    sent = []
+    first = Curves(tmp_path, log=lambda values, step: sent.append(step), flush=lambda: None)
+    for step in range(1, 11):
+        first.log({"loss": 1.0 / step, "acc": 0.5}, step)
+    first.flush()  # the checkpoint at step 10 and its flush
+    for step in range(11, 26):
+        first.log({"loss": 1.0 / step, "acc": 0.5}, step)  # killed before the flush of step 20
+    assert (tmp_path / "journal.jsonl").exists()
+    with (tmp_path / "journal.jsonl").open("a") as f:
+        f.write('{"kind": "train", "st')  # the line the kill cut
+    sent.clear()
+    held = {"loss": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}  # MLflow got 11, 12 from a flush cut mid-way
+    resumed = Curves(tmp_path, log=lambda values, step: sent.append(step), flush=lambda: None)
+    resumed.recover(20, lambda key: held.get(key, []))
+    assert sent == list(range(13, 21))
+    rows = (tmp_path / "train.tsv").read_text().splitlines()
+    assert [int(r.split("\t")[0]) for r in rows[1:]] == list(range(1, 21))
+    assert float(rows[1 + 19].split("\t")[rows[0].split("\t").index("acc")]) == 50.0  # percent
+    assert not (tmp_path / "journal.jsonl").exists()
