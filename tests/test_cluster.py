@@ -28,7 +28,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -342,21 +341,18 @@ def test_every_job_tracked_in_the_mlflow_server_on_postgresql(runs):
 
 
 # --------------------------------------------------------------------------- scancel, resume
-@pytest.mark.cluster
-@pytest.mark.slow
-def test_scancel_of_training_then_the_rerun_resumes_the_same_mlflow_run(slurm, tracking, tmp_path):
-    repo = scratch_copy(tmp_path / "repo")
-    steps = 300
-    experiment = "mma-cluster-resume"
+def _scancel_training(repo, tracking, experiment: str, steps: int, *snakemake_args: str, wait: int):
+    """Start the long training through the SLURM profile, scancel its job once a tenth of the
+    steps are done, and wait for Snakemake: (model name, cancelled job id, Snakemake's exit
+    code, the training log, Snakemake's log)."""
     name = _long_training(repo, experiment, steps, device="auto")
     target = f"results/models/{name}/model.pt"
-    env = _env(MLFLOW_TRACKING_URI=tracking)
     train_log = repo / "results" / "logs" / "train" / f"{name}.log"
     log = repo / "snakemake-slurm.log"
-    with log.open("w") as out:  # no retries: the rerun below is the user's
+    with log.open("w") as out:
         proc = subprocess.Popen(_bounded(600, _tool("snakemake"), "--workflow-profile", PROFILE, *SLURM_TEST_ARGS,
-                                         "--retries", "0", target), cwd=repo, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                         *snakemake_args, target), cwd=repo, env=_env(MLFLOW_TRACKING_URI=tracking),
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 400
         while _progress(train_log, steps) < steps // 10 and proc.poll() is None and time.monotonic() < deadline:
@@ -365,10 +361,24 @@ def test_scancel_of_training_then_the_rerun_resumes_the_same_mlflow_run(slurm, t
         first = [j for j, r in _submitted(log.read_text()).items() if r == f"train:{name}"]
         assert len(first) == 1, log.read_text()[-3000:]
         subprocess.run(_bounded(30, "scancel", first[0]), check=True)
-        assert proc.wait(timeout=300) != 0  # the job was cancelled: Snakemake reports it failed
+        rc = proc.wait(timeout=wait)
     finally:
         _stop(proc)
-    assert _jobs()[first[0]]["JobState"] == "CANCELLED"
+    return name, first[0], rc, train_log, log
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_scancel_of_training_then_the_rerun_resumes_the_same_mlflow_run(slurm, tracking, tmp_path):
+    repo = scratch_copy(tmp_path / "repo")
+    steps = 300
+    experiment = "mma-cluster-resume"
+    env = _env(MLFLOW_TRACKING_URI=tracking)
+    # no retries: the rerun below is the user's
+    name, first, rc, train_log, log = _scancel_training(repo, tracking, experiment, steps, "--retries", "0", wait=300)
+    target = f"results/models/{name}/model.pt"
+    assert rc != 0  # the job was cancelled: Snakemake reports it failed
+    assert _jobs()[first]["JobState"] == "CANCELLED"
     text = train_log.read_text()
     stopped = re.search(r"stopped by SIGTERM after step (\d+)", text)
     assert stopped and "ended KILLED" in text, text
@@ -382,7 +392,7 @@ def test_scancel_of_training_then_the_rerun_resumes_the_same_mlflow_run(slurm, t
     assert _loss_steps(client, run_id) == list(range(1, k + 1))
 
     _, text = _snakemake_on_slurm(repo, env, target, seconds=600)  # the rerun
-    second = [j for j, r in _submitted(text).items() if r == f"train:{name}" and j not in first]
+    second = [j for j, r in _submitted(text).items() if r == f"train:{name}" and j != first]
     assert len(second) == 1 and _jobs()[second[0]]["JobState"] == "COMPLETED"
     assert "resuming from" in train_log.read_text()
     client, found = _mlflow_runs(tracking, experiment)
@@ -401,29 +411,12 @@ def test_scancel_with_the_profiles_retries_resubmits_and_resumes(slurm, tracking
     repo = scratch_copy(tmp_path / "repo")
     steps = 300
     experiment = "mma-cluster-retry"
-    name = _long_training(repo, experiment, steps, device="auto")
-    target = f"results/models/{name}/model.pt"
-    train_log = repo / "results" / "logs" / "train" / f"{name}.log"
-    log = repo / "snakemake-slurm.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(_bounded(600, _tool("snakemake"), "--workflow-profile", PROFILE, *SLURM_TEST_ARGS,
-                                         target), cwd=repo, env=_env(MLFLOW_TRACKING_URI=tracking), stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 400
-        while _progress(train_log, steps) < steps // 10 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, log.read_text()[-5000:]
-        first = [j for j, r in _submitted(log.read_text()).items() if r == f"train:{name}"]
-        assert len(first) == 1, log.read_text()[-3000:]
-        subprocess.run(_bounded(30, "scancel", first[0]), check=True)
-        assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
-    finally:
-        _stop(proc)
+    name, first, rc, train_log, log = _scancel_training(repo, tracking, experiment, steps, wait=600)
+    assert rc == 0, log.read_text()[-5000:]
     text = log.read_text()
     assert "Trying to restart job" in text
     attempts = [j for j, r in _submitted(text).items() if r == f"train:{name}"]
-    assert len(attempts) == 2 and attempts[0] == first[0]
+    assert len(attempts) == 2 and attempts[0] == first
     jobs = _jobs()
     assert [jobs[j]["JobState"] for j in attempts] == ["CANCELLED", "COMPLETED"]
     assert "resuming from" in train_log.read_text()
