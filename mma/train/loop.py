@@ -91,7 +91,9 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
             s = spec.pgd
             x_adv = pgd(model, x, y, s.eps, norm=spec.norm, steps=s.steps, step_size=s.step_size, loss=s.loss)
             with torch.no_grad():
-                robust += (model(x_adv).argmax(1) == y).sum()
+                # robust = correct on the clean AND the adversarial point (a misclassified example
+                # that PGD happens to push onto its label is not robust)
+                robust += ((full_precision(model(x_adv)).argmax(1) == y) & ok).sum()
         elif spec.method == "mma":
             rows = ok.nonzero().squeeze(1)
             if rows.numel():
