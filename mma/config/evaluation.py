@@ -273,5 +273,8 @@ class ReportParams(Strict):
     monotone_tol: NonNegativeFinite = 0.5  # % points a curve may rise with ε before it is flagged
     unbounded_max: NonNegativeFinite = 1.0  # % robust allowed at unbounded ε
     more_attack_tol: NonNegativeFinite = 0.1  # % points more steps/restarts may "help" the model (seed noise: ~10 of 10k images)
+    # % points the masking checks' stronger attacks (more steps, more restarts; independent starts)
+    # may lower the curve attack's robust accuracy before the curve attack is flagged as not converged
+    more_attack_gain_tol: NonNegativeFinite = 2.0
     transfer_tol: NonNegativeFinite = 0.0  # % points transfer may beat white-box before it is flagged
     dpi: PositiveInt = Field(150, ge=50, le=1200)  # figure resolution
