@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config.evaluation import AttackSetting, EvaluateParams, ThreatModel
+from .finite import finite_logits
 from .records import Record, attack_fields, attack_record, parse_key
 from .results import NOT_RUN, Results, eps_key
 from .whitebox import predict, seed_for, survival, whitebox_seed
@@ -111,6 +112,7 @@ def evaluate_model(
     whitebox: see ``whitebox_attacks``; curve: Figure 3's attack (its ε-sweep seeds the margins);
     transfer_sets: (manifest entry, uint8 images (≥ N, ...))."""
     timings = {} if timings is None else timings
+    model = finite_logits(model, name)  # every forward below: non-finite logits stop the evaluation
     device = x.device
     bs = ev.batch_size
     clean_pred = predict(model, x, bs)
@@ -178,6 +180,7 @@ def evaluate_model(
                                   seed=seed, device=device)
         res.summary["margins"] = margin_summary
         timings["margins"] = time.monotonic() - t0
+    model.check()  # a GPU gradient step's flag not read yet
     return res
 
 
