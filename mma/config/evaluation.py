@@ -206,6 +206,9 @@ class MarginParams(Strict):
     enabled: Bool = True
     limit: Optional[PositiveInt] = None  # first N test images; None = all evaluated
     an_pgd_steps: PositiveInt = 100  # AN-PGD's PGD steps (Algorithm 1)
+    # AN-PGD's attack loss here: the hard logit margin (max_{j≠y} f_j − f_y) aims PGD at the nearest
+    # boundary; the soft margin (training's choice) blends the other classes and overstates the margin
+    an_pgd_loss: Literal["margin", "soft_margin", "ce"] = "margin"
     bisection_steps: PositiveInt = 10  # resolution margin_eps_max / 2**bisection_steps
     cross_check: Literal["fab", "none"] = "fab"  # minimal-norm attack: FAB (exact on linear models)
     fab_steps: PositiveInt = 100
