@@ -149,3 +149,20 @@ def test_table1_pair_flags_more_restarts_that_leave_the_model_more_robust():
     pairs = [c for c in masking_checks("m", res, TM, params) if c["check"] == "more_attack/table1"]
     assert len(pairs) == 1 and pairs[0]["status"] == "flag", pairs
     assert (pairs[0]["base_accuracy"], pairs[0]["stronger_accuracy"]) == (20.0, 60.0)
+
+
+def test_transfer_is_compared_with_white_box_runs_on_the_same_images():
+    """A white-box check run on the first 2 of 4 images (0 % there) is not the "strongest
+    white-box attack" for a transfer set over all 4: the full run (75 %) is, and transfer's
+    50 % beats it, so the check flags (hand-made outcomes)."""
+    from mma.evaluation.records import Record
+    from mma.evaluation.results import Results
+
+    params = checks_params(more_restarts=3)
+    res = Results(torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+    res.add(Record(kind="transfer", attack="pgd", eps=0.05, steps=20, loss="ce", source="s", n=4),
+            torch.tensor([1, 1, 0, 0]))
+    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, loss="ce", n=4), torch.tensor([1, 1, 1, 0]))
+    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=60, loss="ce", n=2), torch.tensor([0, 0, -1, -1]))
+    [c] = [c for c in masking_checks("m", res, TM, params) if c["check"] == "transfer_vs_whitebox"]
+    assert c["status"] == "flag" and (c["transfer_accuracy"], c["whitebox_accuracy"]) == (50.0, 75.0), c
