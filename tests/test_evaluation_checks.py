@@ -166,3 +166,22 @@ def test_transfer_is_compared_with_white_box_runs_on_the_same_images():
     res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=60, loss="ce", n=2), torch.tensor([0, 0, -1, -1]))
     [c] = [c for c in masking_checks("m", res, TM, params) if c["check"] == "transfer_vs_whitebox"]
     assert c["status"] == "flag" and (c["transfer_accuracy"], c["whitebox_accuracy"]) == (50.0, 75.0), c
+
+
+def test_more_steps_that_break_much_more_than_the_curve_attack_flag():
+    """The gain side of the check, by hand: PGD-60 breaks 2 of the 10 examples PGD-20 (the
+    curve attack) left robust, 20 % points more: flagged at the default tolerance (2), passed
+    at a tolerance of 25."""
+    from mma.evaluation.records import Record
+    from mma.evaluation.results import Results
+
+    params = checks_params(more_restarts=3)
+    res = Results(torch.zeros(10, dtype=torch.long), torch.ones(10, dtype=torch.bool))
+    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, loss="ce", n=10), torch.ones(10))
+    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=60, loss="ce", n=10),
+            torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1]))
+    [c] = [c for c in masking_checks("m", res, TM, params) if c["check"] == "more_attack/more_steps"]
+    assert c["status"] == "flag" and (c["base_accuracy"], c["stronger_accuracy"]) == (100.0, 80.0), c
+    lenient = params.model_copy(update={"report": ReportParams(more_attack_gain_tol=25.0)})
+    [c] = [c for c in masking_checks("m", res, TM, lenient) if c["check"] == "more_attack/more_steps"]
+    assert c["status"] == "pass", c
