@@ -93,3 +93,95 @@ def test_paper_table1_flags_mma_transfer():
     mma = [c for c in checks if c["model"] == "paper MMA model" and c["eps"] == 0.3]
     assert mma and mma[0]["status"] == "flag"
     assert mma[0]["transfer_accuracy"] == 92.86 and mma[0]["whitebox_accuracy"] == 93.64
+
+
+# --------------------------------------------------------------------------- more steps / restarts can flag
+def checks_params(more_restarts, table1_attacks=()):
+    """Model "m" with the curve attack PGD-20×1 and the checks at ε 0.05; ``table1_attacks``:
+    names of ATTACKS run white-box as Table 1's rows at ε 0.05 (m as the PGD column)."""
+    attacks = {"pgd100x1": AttackSetting(steps=20), "pgd100x50": AttackSetting(steps=20, restarts=more_restarts)}
+    table1 = (Table1Params(eps=[0.05], sources={"PGD": {"model": "m", "attacks": list(table1_attacks)}},
+                           columns={"m": "PGD"}) if table1_attacks else Table1Params(sources={}, columns={}))
+    return PARAMS.model_copy(update={"attacks": attacks, "table1": table1, "evaluate": PARAMS.evaluate.model_copy(
+        update={"checks": ChecksParams(unbounded_steps=50, more_steps=60, more_restarts=more_restarts)})})
+
+
+def run_checks(model, x, y, params):
+    res = evaluate_model(model, x, y, name="m", tm=TM, ev=params.evaluate, whitebox=whitebox_attacks("m", TM, params),
+                         curve=params.curve_attack(), seed=0, show_progress=False)
+    checks = masking_checks("m", res, TM, params)
+    return res, {c["check"]: c for c in checks}
+
+
+def test_more_restarts_check_flags_what_the_base_run_misses():
+    """Behind a rounding, PGD cannot move (zero gradient): each restart is one random
+    point of the ball, and ten independent ones break many examples the curve attack's
+    one missed.  The same check passes the honest model (PGD converges on it)."""
+    honest, x, y = honest_model()
+    params = checks_params(more_restarts=10)
+    res, checks = run_checks(Quantized(honest).eval(), x, y, params)
+    c = checks["more_attack/more_restarts"]
+    assert c["status"] == "flag", c
+    assert c["base_accuracy"] - c["stronger_accuracy"] > ReportParams().more_attack_gain_tol, c
+    # independent starts: the ×10 run does not contain the ×1 run (an example ×1 broke survives ×10)
+    base = res.find(kind="whitebox", eps=0.05, steps=20, restarts=1)
+    strong = res.find(kind="whitebox", eps=0.05, steps=20, restarts=10)
+    assert bool((~res.robust(base) & res.robust(strong)).any())
+
+    _, checks = run_checks(honest, x, y, params)
+    for name in ("more_attack/more_restarts", "more_attack/more_steps"):
+        assert checks[name]["status"] == "pass", checks[name]
+
+
+def test_table1_pair_flags_more_restarts_that_leave_the_model_more_robust():
+    """With independent runs ×50 can come out weaker than ×1, and the check says so
+    (hand-made outcomes: ×1 breaks 3 of 4 correct examples, ×50 only 1)."""
+    from mma.evaluation.records import Record
+    from mma.evaluation.results import Results
+
+    params = checks_params(more_restarts=50, table1_attacks=["pgd100x1", "pgd100x50"])
+    y = torch.zeros(5, dtype=torch.long)
+    res = Results(y, torch.tensor([True, True, True, True, False]))
+    one = Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, restarts=1, loss="ce", n=5)
+    fifty = Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, restarts=50, loss="ce", n=5)
+    res.add(one, torch.tensor([1, 0, 0, 0, -1]))
+    res.add(fifty, torch.tensor([50, 50, 50, 7, -1]))
+    pairs = [c for c in masking_checks("m", res, TM, params) if c["check"] == "more_attack/table1"]
+    assert len(pairs) == 1 and pairs[0]["status"] == "flag", pairs
+    assert (pairs[0]["base_accuracy"], pairs[0]["stronger_accuracy"]) == (20.0, 60.0)
+
+
+def test_transfer_is_compared_with_white_box_runs_on_the_same_images():
+    """A white-box check run on the first 2 of 4 images (0 % there) is not the "strongest
+    white-box attack" for a transfer set over all 4: the full run (75 %) is, and transfer's
+    50 % beats it, so the check flags (hand-made outcomes)."""
+    from mma.evaluation.records import Record
+    from mma.evaluation.results import Results
+
+    params = checks_params(more_restarts=3)
+    res = Results(torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+    res.add(Record(kind="transfer", attack="pgd", eps=0.05, steps=20, loss="ce", source="s", n=4),
+            torch.tensor([1, 1, 0, 0]))
+    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, loss="ce", n=4), torch.tensor([1, 1, 1, 0]))
+    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=60, loss="ce", n=2), torch.tensor([0, 0, -1, -1]))
+    [c] = [c for c in masking_checks("m", res, TM, params) if c["check"] == "transfer_vs_whitebox"]
+    assert c["status"] == "flag" and (c["transfer_accuracy"], c["whitebox_accuracy"]) == (50.0, 75.0), c
+
+
+def test_more_steps_that_break_much_more_than_the_curve_attack_flag():
+    """The gain side of the check, by hand: PGD-60 breaks 2 of the 10 examples PGD-20 (the
+    curve attack) left robust, 20 % points more: flagged at the default tolerance (2), passed
+    at a tolerance of 25."""
+    from mma.evaluation.records import Record
+    from mma.evaluation.results import Results
+
+    params = checks_params(more_restarts=3)
+    res = Results(torch.zeros(10, dtype=torch.long), torch.ones(10, dtype=torch.bool))
+    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, loss="ce", n=10), torch.ones(10))
+    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=60, loss="ce", n=10),
+            torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1]))
+    [c] = [c for c in masking_checks("m", res, TM, params) if c["check"] == "more_attack/more_steps"]
+    assert c["status"] == "flag" and (c["base_accuracy"], c["stronger_accuracy"]) == (100.0, 80.0), c
+    lenient = params.model_copy(update={"report": ReportParams(more_attack_gain_tol=25.0)})
+    [c] = [c for c in masking_checks("m", res, TM, lenient) if c["check"] == "more_attack/more_steps"]
+    assert c["status"] == "pass", c

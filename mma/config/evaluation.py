@@ -206,6 +206,9 @@ class MarginParams(Strict):
     enabled: Bool = True
     limit: Optional[PositiveInt] = None  # first N test images; None = all evaluated
     an_pgd_steps: PositiveInt = 100  # AN-PGD's PGD steps (Algorithm 1)
+    # AN-PGD's attack loss here: the hard logit margin (max_{j≠y} f_j − f_y) aims PGD at the nearest
+    # boundary; the soft margin (training's choice) blends the other classes and overstates the margin
+    an_pgd_loss: Literal["margin", "soft_margin", "ce"] = "margin"
     bisection_steps: PositiveInt = 10  # resolution margin_eps_max / 2**bisection_steps
     cross_check: Literal["fab", "none"] = "fab"  # minimal-norm attack: FAB (exact on linear models)
     fab_steps: PositiveInt = 100
@@ -273,5 +276,8 @@ class ReportParams(Strict):
     monotone_tol: NonNegativeFinite = 0.5  # % points a curve may rise with ε before it is flagged
     unbounded_max: NonNegativeFinite = 1.0  # % robust allowed at unbounded ε
     more_attack_tol: NonNegativeFinite = 0.1  # % points more steps/restarts may "help" the model (seed noise: ~10 of 10k images)
+    # % points the masking checks' stronger attacks (more steps, more restarts; independent starts)
+    # may lower the curve attack's robust accuracy before the curve attack is flagged as not converged
+    more_attack_gain_tol: NonNegativeFinite = 2.0
     transfer_tol: NonNegativeFinite = 0.0  # % points transfer may beat white-box before it is flagged
     dpi: PositiveInt = Field(150, ge=50, le=1200)  # figure resolution

@@ -9,6 +9,7 @@
     boundary    the Boundary attack (foolbox) for Figure 3(b)
     autoattack  AutoAttack, standard version (pyautoattack), at each headline ε
     margins     per-example margins: AN-PGD, FAB, the PGD ε-sweep, and their disagreement
+    finite      every forward of an evaluation checked: non-finite logits stop it, naming the model
 
 The settings are ``mma.config.evaluation`` (no torch).
 """

@@ -4,7 +4,10 @@ quantity MMA maximises), estimated three ways and cross-checked.
 * ``anpgd``: AN-PGD (the paper's Algorithm 1): PGD, then a search for the decision
   boundary along PGD's direction.  It looks along ONE direction, so on its own it can
   only overstate the margin.  Here it starts at the PGD ε-sweep's first breaking ε
-  (not at ε_max/2), so the direction it searches is one where PGD already succeeded.
+  (not at ε_max/2), so the direction it searches is one where PGD already succeeded,
+  and its PGD ascends the hard logit margin (``margins.an_pgd_loss``), the function whose
+  zero set is the boundary: the soft margin of training aims at a blend of classes and
+  overstates the margin (tests/test_evaluation_margins.py measures both on a linear model).
 * ``fab``: FAB (Croce & Hein 2020) from the reference AutoAttack package, a
   minimal-norm attack that recovers the exact margin of a linear model.
 * ``sweep``: the PGD ε-sweep of Figure 3, per example: the smallest ε on the grid at
@@ -54,7 +57,7 @@ def anpgd_margins(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, eps_in
             idx = rows[i: i + batch_size]
             e0 = eps_init[idx].clamp(max=eps_max).to(x.device, x.dtype)
             _, eps = an_pgd(model, x[idx], y[idx], e0, norm=norm, eps_max=eps_max, steps=params.an_pgd_steps,
-                            bisection_steps=params.bisection_steps)
+                            bisection_steps=params.bisection_steps, attack_loss=params.an_pgd_loss)
             out[idx] = eps.double().cpu()
             advance(1)
     return out

@@ -23,6 +23,7 @@ from mma.io import BadFileError, load_tensors, save_tensors
 from mma.progress import progress
 
 from ..config.evaluation import AttackSetting
+from .finite import finite_logits
 from .records import parse_key
 from .results import eps_key
 from .whitebox import restart_loss, seed_for
@@ -75,8 +76,11 @@ def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting
 
 
 def build_set(model: nn.Module, x_u8: Tensor, y: Tensor, eps: float, setting: AttackSetting, *, norm: str,
-              loss: str, seed: int, batch_size: int, device, description: str = "") -> Tensor:
-    """The whole set as uint8 images (N, C, H, W), on the CPU."""
+              loss: str, seed: int, batch_size: int, device, description: str = "", source: str = "") -> Tensor:
+    """The whole set as uint8 images (N, C, H, W), on the CPU; ``source``: the model's name
+    (for the error if its logits are not finite)."""
+    model = finite_logits(model, source or "(transfer source)",
+                          None if source else "check the source model's file and retrain it")
     out = torch.empty_like(x_u8)
     n = x_u8.shape[0]
     with progress((n + batch_size - 1) // batch_size, description or f"{setting.label()} ε={eps:.4g}") as advance:
@@ -87,6 +91,7 @@ def build_set(model: nn.Module, x_u8: Tensor, y: Tensor, eps: float, setting: At
             x_adv = make_adversarial(model, xb, yb, eps, setting, norm=norm, loss=loss, seed=seed_for(seed, b))
             out[i: i + batch_size] = quantize_toward(x_adv.cpu(), clean, eps, norm)
             advance(1)
+    model.check()
     return out
 
 

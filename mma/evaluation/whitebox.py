@@ -38,9 +38,12 @@ def seed_for(*parts) -> int:
 
 
 def whitebox_seed(seed: int, model: str, setting: AttackSetting, loss: str, eps: float) -> int:
-    """The seed of one white-box run: the same for settings that differ only in restarts
-    (so ×1 is the first restart of ×R), different for every other setting, model and ε."""
-    signature = (setting.attack, setting.steps, setting.loss or loss, setting.step_size_factor, setting.random_init)
+    """The seed of one white-box run, different for every setting, model and ε.  The
+    restarts are part of it: ×1 and ×R draw independent random starts, so ×R can come out
+    weaker than ×1 (were ×1 the first restart of ×R, the check "more restarts never help
+    the model" could not fail)."""
+    signature = (setting.attack, setting.steps, setting.restarts, setting.loss or loss, setting.step_size_factor,
+                 setting.random_init)
     return seed_for(seed, model, "wb", signature, eps_key(eps))
 
 

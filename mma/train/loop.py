@@ -75,8 +75,10 @@ def selection_metric(spec: ModelSpec) -> str:
 
 
 def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, batch_size: int = 500) -> dict:
-    """Clean accuracy, plus PGD robust accuracy at the training ε (PGD models) or the
-    mean AN-PGD margin (MMA models; misclassified examples count 0)."""
+    """Clean accuracy, plus PGD robust accuracy at the training ε (PGD models: an example
+    counts only if it is classified correctly both clean and at its adversarial point, as
+    in every robust accuracy) or the mean AN-PGD margin (MMA models; misclassified
+    examples count 0)."""
     was_training = model.training
     model.eval()
     n = x_val.shape[0]
@@ -91,9 +93,7 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
             s = spec.pgd
             x_adv = pgd(model, x, y, s.eps, norm=spec.norm, steps=s.steps, step_size=s.step_size, loss=s.loss)
             with torch.no_grad():
-                # robust = correct on the clean AND the adversarial point (a misclassified example
-                # that PGD happens to push onto its label is not robust)
-                robust += ((full_precision(model(x_adv)).argmax(1) == y) & ok).sum()
+                robust += (ok & (model(x_adv).argmax(1) == y)).sum()
         elif spec.method == "mma":
             rows = ok.nonzero().squeeze(1)
             if rows.numel():
