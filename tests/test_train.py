@@ -243,7 +243,7 @@ def test_mma_step_is_algorithm_2(d_max, clean_loss_coeff):
     eps_init = torch.linspace(0.0, 0.2, 64)[correct].clamp(min=0.02)
     # the step hands its clean logits to the search (saves forwards; same guarantees)
     x_adv, eps = an_pgd(model, x[correct], y[correct], eps_init, norm="l2", eps_max=spec.resolved_eps_max, steps=5,
-                        clean_logits=logits[correct])
+                        search_loss=spec.search_loss, clean_logits=logits[correct])
     with torch.no_grad():
         ce_adv = nn.functional.cross_entropy(model(x_adv), y[correct], reduction="none")
     hinge = float("inf") if d_max is None else d_max

@@ -62,8 +62,13 @@ class MMATrainSpec(Strict):
     bisection_steps: PositiveInt = 10
     eps_inc: Optional[PositiveFinite] = None  # None: search up to eps_max (the authors' final code)
     attack_loss: Literal["ce", "margin", "soft_margin", "cw"] = "soft_margin"
-    search_loss: Literal["margin", "soft_margin"] = "margin"
-    split_loss: Literal["soft_margin", "margin"] = "soft_margin"  # correct = split loss < 0
+    # the boundary search's function (its zero crossing is the length found): the authors'
+    # final code searches the soft logit margin (config.py, search_loss_fn = "slm"), which
+    # crosses zero before the hard margin does, so the lengths it finds are shorter
+    search_loss: Literal["margin", "soft_margin"] = "soft_margin"
+    # correct = split loss < 0 on the clean logits; None: the search loss, as the authors'
+    # trainer splits (trainer.py, train_one_batch: search_loss < 0)
+    split_loss: Optional[Literal["soft_margin", "margin"]] = None
     repgd: Bool = False  # arXiv v1's second PGD at the found length
 
     @model_validator(mode="after")
@@ -80,6 +85,10 @@ class MMATrainSpec(Strict):
     @property
     def resolved_eps_max(self) -> float:
         return self.eps_max if self.eps_max is not None else 1.05 * self.d_max
+
+    @property
+    def resolved_split_loss(self) -> str:
+        return self.search_loss if self.split_loss is None else self.split_loss
 
     @property
     def hinge(self) -> float:

@@ -1,18 +1,29 @@
-"""Algorithm 2 of the paper: the MMA training batch step.
+"""Algorithm 2 of the paper: the MMA training batch step, as the authors' final code
+runs it (BorealisAI/mma_training, trainer.py, ``Trainer.train_one_batch``).
 
-Per batch (B examples, positions ``idx`` in the training split):
+Per batch (B examples, positions ``idx`` in the training split), the model in train mode:
 
-1. one forward of the clean batch (train mode, kept for the backward): its logits
-   split the batch into correct (split loss < 0) and wrong examples, and give the
-   clean cross-entropy;
-2. wrong examples: their stored ε is reset to 0, they get clean cross-entropy;
+1. one forward of the clean batch (kept for the backward): its logits split the
+   batch into correct (split loss < 0; by default the search loss, as theirs) and
+   wrong examples, and give the clean loss L_clean = mean CE over the B rows;
+2. wrong examples: their stored ε is reset to 0;
 3. correct examples: AN-PGD (Algorithm 1) from ε_init = max(eps_min, stored ε)
-   finds the approximate minimal perturbation; the stored ε becomes its length;
-   they get cross-entropy at x + δ*, kept only where the length is below d_max
-   (the final paper's hinge; d_max = ∞ is the arXiv v1 form);
-4. L_MMA = (Σ_correct CE_adv·[ε < d_max] + Σ_wrong CE_clean) / B, and the loss
-   is (1 − c)·L_MMA + c·mean CE_clean (c = 1/3 in the final paper, 0 = OMMA),
-   one backward pass.
+   finds the approximate minimal perturbation x + δ*; the stored ε becomes its length;
+4. one forward of the *mixed* batch: x + δ* in the rows of the correct examples (all
+   of them, whatever their length), x in the rows of the wrong ones; a batch-norm
+   model normalises it with the statistics of these B rows, and its running
+   statistics see it, as theirs do;
+5. L_MMA = (Σ_correct CE_mixed·[ε < d_max] + Σ_wrong CE_mixed) / B: the hinge (the
+   final paper's; d_max = ∞ is the arXiv v1 form) drops rows from the loss, not
+   from the forward;
+6. loss = (1 − c)·L_MMA + c·L_clean (c = 1/3 in the final paper, 0 = OMMA), one
+   backward.  Theirs backpropagates L_clean right after the clean forward, keeps
+   that gradient aside, backpropagates L_MMA and sets grad = (1 − c)·∇L_MMA +
+   c·∇L_clean (``GradCloner.combine_grad``): the same gradient, since a gradient
+   is linear in the loss.
+
+The attack itself runs in eval mode (``attack_mode``): their PGD does too
+(``ctx_noparamgrad_and_eval``), their boundary search does not (docs/faithfulness.md).
 
 The ε store is a (N,) tensor on the training device, indexed by dataset position;
 it belongs to the trainer and goes into checkpoints.
@@ -33,7 +44,7 @@ class MMAStep:
     def __init__(self, spec: MMATrainSpec, norm: str, num_train: int, *, device: torch.device | str = "cpu"):
         self.spec, self.norm = spec, norm
         self.eps_max = spec.resolved_eps_max
-        self.split_loss = get_loss(spec.split_loss)
+        self.split_loss = get_loss(spec.resolved_split_loss)
         # Algorithm 2, line 1 initialises every ε to eps_min; storing 0 and reading
         # max(eps_min, stored) is the same and lets "reset when wrong" be a plain 0
         self.eps = torch.zeros(num_train, device=device)
@@ -47,32 +58,33 @@ class MMAStep:
             correct = self.split_loss(logits_clean, y) < 0
             # wrong examples: stored ε reset to 0 (a mask, no host sync)
             self.eps[idx] = torch.where(correct, self.eps[idx], torch.zeros_like(self.eps[idx]))
-        mma_sum = torch.where(correct, torch.zeros_like(ce_clean), ce_clean).sum()
         n_correct = correct.sum()
         metrics = {"frac_correct": n_correct / batch}
+        mixed, eps = x, torch.zeros(batch, device=x.device)  # wrong rows: x, length 0
         # the attack runs on the correct rows only: its cost is per row, and AN-PGD's
         # search syncs anyway (its loop ends when every bracket is closed)
         rows = correct.nonzero().squeeze(1)
         if rows.numel():
             eps_init = self.eps[idx[rows]].clamp(min=s.eps_min)
-            x_adv, eps = an_pgd(
+            x_adv, eps_rows = an_pgd(
                 model, x[rows], y[rows], eps_init, norm=self.norm, eps_max=self.eps_max, eps_inc=s.eps_inc,
                 steps=s.steps, step_size=s.step_size, random_init=s.random_init,
                 bisection_steps=s.bisection_steps, attack_loss=s.attack_loss, search_loss=s.search_loss,
                 repgd=s.repgd, clean_logits=logits_clean[rows],
             )
-            self.eps[idx[rows]] = eps
-            # the hinge as a mask: CE of rows at or beyond d_max is computed and dropped
-            # (a few rows of one forward, against two syncs for a boolean index)
-            within = eps < s.hinge
-            ce_adv = F.cross_entropy(full_precision(model(x_adv)), y[rows], reduction="none")
-            mma_sum = mma_sum + torch.where(within, ce_adv, torch.zeros_like(ce_adv)).sum()
-            count = torch.ones((), device=eps.device)
+            self.eps[idx[rows]] = eps_rows
+            mixed = x.index_put((rows,), x_adv.to(x.dtype))
+            eps = eps.index_put((rows,), eps_rows.to(eps.dtype))
+            within = eps_rows < s.hinge
             metrics.update(
-                eps_mean=(eps.sum(), n_correct), eps_median=(eps.median(), count),
+                eps_mean=(eps_rows.sum(), n_correct), eps_median=(eps_rows.median(), torch.ones((), device=x.device)),
                 frac_within_hinge=(within.sum(), n_correct),
             )
-        loss_mma = mma_sum / batch
+        # one forward of the mixed batch, also when every row is wrong (then x again): the
+        # batch statistics and running statistics of a batch-norm model are those of B rows
+        ce_mixed = F.cross_entropy(full_precision(model(mixed)), y, reduction="none")
+        keep = ~correct | (eps < s.hinge)  # the hinge, as a mask on the loss
+        loss_mma = torch.where(keep, ce_mixed, torch.zeros_like(ce_mixed)).sum() / batch
         loss = (1 - s.clean_loss_coeff) * loss_mma + s.clean_loss_coeff * ce_clean.mean()
         metrics.update(
             loss=loss.detach(), loss_mma=loss_mma.detach(), loss_clean=ce_clean.detach().mean(),
