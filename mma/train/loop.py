@@ -93,7 +93,7 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
             s = spec.pgd
             x_adv = pgd(model, x, y, s.eps, norm=spec.norm, steps=s.steps, step_size=s.step_size, loss=s.loss)
             with torch.no_grad():
-                robust += (ok & (model(x_adv).argmax(1) == y)).sum()
+                robust += (ok & (full_precision(model(x_adv)).argmax(1) == y)).sum()  # judged in fp32
         elif spec.method == "mma":
             rows = ok.nonzero().squeeze(1)
             if rows.numel():
