@@ -76,7 +76,7 @@ def an_pgd(
             "cw" is refused: clamped at 0, its gradient vanishes once an example is
             fooled, so PGD stops where it first crossed and u points wherever the
             random start and those first steps led, not at the boundary (on the binary
-            linear model of tests/test_attacks.py at ε_init = 1.5x the margin: lengths
+            linear model of tests/test_attacks.py, Linf, ε_init = 1.5x the margin: lengths
             1.42-1.50x the margin against 1.00 with the soft margin; issue 11
             measured 19-71x at larger ε_init).
         search_loss: the function whose zero crossing is the boundary ("margin").
