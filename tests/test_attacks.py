@@ -152,6 +152,22 @@ def test_an_pgd_on_ten_class_linear_model(norm, attack_loss, logit_scale):
     assert is_fooled(model, x_adv, y).all()
 
 
+def test_an_pgd_refuses_the_cw_loss():
+    """Past the boundary the CW loss (the margin clamped at 0) is flat: its gradient is
+    exactly zero where an example is fooled, so a PGD that crossed early stops moving and
+    its last iterate says nothing about where the boundary is.  an_pgd refuses it."""
+    model, x, y, margin = binary_problem("linf")
+    beyond = pgd(model, x, y, 1.5 * margin, steps=40, loss="margin", select="loss")
+    assert is_fooled(model, beyond, y).all()
+    z = beyond.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(get_loss("cw")(model(z), y).sum(), z)
+    assert torch.equal(grad, torch.zeros_like(grad))
+    (grad,) = torch.autograd.grad(get_loss("margin")(model(z), y).sum(), z)
+    assert (grad.abs().sum(1) > 0).all()  # the losses an_pgd accepts still point somewhere
+    with pytest.raises(ValueError, match="attack_loss 'cw' is not supported.*soft_margin"):
+        an_pgd(model, x, y, 0.5 * margin, eps_max=2 * margin.max().item(), steps=5, attack_loss="cw")
+
+
 # --------------------------------------------------------------------------- invariants (trained conv net)
 EPS = {"linf": 0.075, "l2": 1.0}  # robust accuracy of the fixture model is mid-range here (measured ~50 %)
 

@@ -72,7 +72,13 @@ def an_pgd(
         steps, step_size, random_init: of the PGD (step_size None: 2.5·ε/steps).
         bisection_steps: the search's resolution is the bracket width / 2**bisection_steps
             (that of the authors' bisection) and its iteration cap.
-        attack_loss: the PGD's loss (soft logit margin by default, as the authors).
+        attack_loss: the PGD's loss: "soft_margin" (the authors'), "margin" or "ce".
+            "cw" is refused: clamped at 0, its gradient vanishes once an example is
+            fooled, so PGD stops where it first crossed and u points wherever the
+            random start and those first steps led, not at the boundary (on the binary
+            linear model of tests/test_attacks.py, Linf, ε_init = 1.5x the margin: lengths
+            1.42-1.50x the margin against 1.00 with the soft margin; issue 11
+            measured 19-71x at larger ε_init).
         search_loss: the function whose zero crossing is the boundary ("margin").
         repgd: run PGD again at the found length (arXiv v1) instead of scaling u.
         clean_logits: the model's logits on x if the caller has them (MMA training's
@@ -87,6 +93,10 @@ def an_pgd(
         none is found up to the upper end, eps is that upper end.
     """
     check_norm(norm)
+    if attack_loss == "cw":
+        raise ValueError("an_pgd: attack_loss 'cw' is not supported: the Carlini-Wagner loss is clamped at 0, so "
+                         "its gradient vanishes once an example is fooled and PGD gives no direction to the "
+                         "boundary; use 'soft_margin' (the authors'), 'margin' or 'ce'")
     x = x.detach()
     eps0 = per_example(eps_init, x).clamp(max=eps_max)
     delta = pgd(
