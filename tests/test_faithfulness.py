@@ -105,7 +105,7 @@ OTHER_FORMS = {
 
 def ours(m: ModelSpec, key: str):
     """Our value of ``key`` for model ``m``."""
-    if key in ("optimizer",):
+    if key == "optimizer":
         return m.optimizer.name
     if key in ("lr", "momentum", "weight_decay"):
         return getattr(m.optimizer, key)
