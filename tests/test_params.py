@@ -68,6 +68,8 @@ BAD = [
      ["table1", "one dataset × norm"]),
     ("column role without a source", _set(SMOKE, "table1/columns", {"mnist-linf-std": "TRADES"}),
      ["table1", "'TRADES'", "not a role"]),
+    ("cw as AN-PGD's attack loss", _set(SMOKE, "models/mnist-linf-mma-0.45/mma/attack_loss", "cw"),
+     ["models.mnist-linf-mma-0.45.mma.attack_loss", "'cw'"]),
     ("unknown device", _set(SMOKE, "device", "tpu"), ["device", "'tpu'"]),
     ("negative threads", _set(SMOKE, "threads", -1), ["threads", "-1"]),
     ("pgd without its block", _without(SMOKE, "models/mnist-linf-pgd-0.3/pgd"), ["models.mnist-linf-pgd-0.3", "pgd"]),

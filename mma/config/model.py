@@ -61,7 +61,8 @@ class MMATrainSpec(Strict):
     random_init: Bool = True
     bisection_steps: PositiveInt = 10
     eps_inc: Optional[PositiveFinite] = None  # None: search up to eps_max (the authors' final code)
-    attack_loss: Literal["ce", "margin", "soft_margin", "cw"] = "soft_margin"
+    # not "cw": flat past the boundary (zero gradient once fooled), an_pgd refuses it
+    attack_loss: Literal["ce", "margin", "soft_margin"] = "soft_margin"
     # the boundary search's function (its zero crossing is the length found): the authors'
     # final code searches the soft logit margin (config.py, search_loss_fn = "slm"), which
     # crosses zero before the hard margin does, so the lengths it finds are shorter
