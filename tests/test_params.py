@@ -4,7 +4,6 @@ exit code 2, and nothing is created (checked through the real CLI, in-process)."
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 
 import pytest
@@ -126,18 +125,9 @@ def test_shipped_params_files_are_valid(name):
 
 def test_params_yaml_with_every_switch_on_is_valid(tmp_path):
     """The commented MNIST-L2 / CIFAR10 blocks of params.yaml stay valid when switched on."""
-    lines, out, inside = (ROOT / "params.yaml").read_text().splitlines(), [], False
-    for line in lines:
-        if line.strip().startswith("# >>> switch"):
-            inside = True
-        elif line.strip().startswith("# <<< switch"):
-            inside = False
-        elif inside and line.strip().startswith("# "):
-            line = re.sub(r"^(\s*)# ", r"\1", line)
-        out.append(line)
-    text = "\n".join(out).replace("datasets: [mnist]", "datasets: [mnist, cifar10]")
-    (tmp_path / "all.yaml").write_text(text)
-    p = load_params(tmp_path / "all.yaml")
+    from test_faithfulness import params_with_every_switch_on
+
+    p = params_with_every_switch_on(tmp_path)
     names = p.model_names
     assert any(n.startswith("mnist-l2-") for n in names) and any(n.startswith("cifar10-") for n in names)
     assert {(m.dataset, m.norm) for m in p.models.values()} == {("mnist", "linf"), ("mnist", "l2"), ("cifar10", "linf"), ("cifar10", "l2")}
