@@ -1,5 +1,5 @@
 """The report stage: reads every model's evaluation, calls ``mma.report``, writes the files.
-Everything printed traces to results/eval/NAME/per_example.pt; the only other numbers are
+Everything printed traces to results/eval/NAME/seedS/per_example.pt; the only other numbers are
 the paper's, from mma/report/reference/ (with their source).
 
     results/report/table1.md, table1.csv   Table 1 with our numbers beside the paper's + worst case
@@ -17,22 +17,22 @@ FILES = ("table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json"
 
 
 def load_results(params) -> dict:
-    """Results by model, for every model of the grid, each per_example.pt checked: intact,
-    readable, and evaluated for exactly this params entry."""
+    """Results by model, then by seed, for every member of the grid, each per_example.pt
+    checked: intact, readable, and evaluated for exactly this params entry and seed."""
     from ..evaluation.results import Results
     from ..io import BadFileError, load_tensors
     from ..params import identity
     from .files import check_identity
 
     results = {}
-    for spec in params.models.values():
-        path = paths.eval_dir(spec.name) / "per_example.pt"
-        remedy = f"rerun `mma evaluate {spec.name}`"
+    for name, seed in params.members():
+        path = paths.eval_dir(name, seed) / "per_example.pt"
+        remedy = f"rerun `mma evaluate {name} --seed {seed}`"
         obj = load_tensors(path, remedy=remedy)
         check_identity(path, obj.get("identity") if isinstance(obj, dict) else None,
-                       identity(params, spec.name, "evaluate"), remedy)
+                       identity(params, name, seed, "evaluate"), remedy)
         try:
-            results[spec.name] = Results.from_tensors(obj)
+            results.setdefault(name, {})[seed] = Results.from_tensors(obj)
         except Exception as e:  # noqa: BLE001 - a damaged or foreign record, whatever the exception
             raise BadFileError(f"{path}: not per-example results ({type(e).__name__}: {str(e)[:120]}); "
                                f"{remedy}") from None
@@ -46,7 +46,9 @@ def run(params, *, tracker=None) -> dict[str, float]:
     from ..report.table1 import build_table1, table1_csv, table1_markdown, table1_notes
     from .files import swapped_in
 
-    results = load_results(params)
+    # every member is loaded and checked; the report's tables and figures show each model's first
+    # seed until they learn to aggregate over seeds (the next commit)
+    results = {name: by_seed[params.seeds[0]] for name, by_seed in load_results(params).items()}
     specs = dict(params.models)
     final, dpi = paths.report_dir(), params.report.dpi
 
