@@ -2,10 +2,12 @@
 Everything printed traces to results/eval/NAME/seedS/per_example.pt; the only other numbers are
 the paper's, from mma/report/reference/ (with their source).
 
-    results/report/table1.md, table1.csv   Table 1 with our numbers beside the paper's + worst case
-    results/report/figure3.png             Figure 3, four panels
+    results/report/table1.md, table1.csv   Table 1 with our numbers (mean ± sd over seeds; the CSV also
+                                           each seed's) beside the paper's + worst case
+    results/report/figure3.png             Figure 3, four panels (mean over seeds, min–max band)
     results/report/margins.png             margin distributions (CDFs) per threat model
-    results/report/summary.json            AutoAttack beside PGD and the anchors, margins, checks (pass/flag)
+    results/report/summary.json            AutoAttack beside PGD (same rows) and the anchors, margins, checks
+                                           (pass/flag), which differences lie within the seed spread
     results/report/summary.md              the same, for reading
 """
 
@@ -46,9 +48,7 @@ def run(params, *, tracker=None) -> dict[str, float]:
     from ..report.table1 import build_table1, table1_csv, table1_markdown, table1_notes
     from .files import swapped_in
 
-    # every member is loaded and checked; the report's tables and figures show each model's first
-    # seed until they learn to aggregate over seeds (the next commit)
-    results = {name: by_seed[params.seeds[0]] for name, by_seed in load_results(params).items()}
+    results = load_results(params)  # model → seed → results: every number is over the grid's seeds
     specs = dict(params.models)
     final, dpi = paths.report_dir(), params.report.dpi
 
