@@ -15,7 +15,7 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         REPORT_FILES,
-        expand(TRANSFER, name=SOURCES),  # every source's sets, used or not (as dvc repro makes them)
+        expand(TRANSFER, role=ROLES, seed=SEEDS),  # every source's sets, used or not (as dvc repro makes them)
     default_target: True
 
 

@@ -37,6 +37,10 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", metavar="DEVICE",
     help="Where tensors live: cpu, cuda, cuda:N or auto (cuda if available). Overrides params.device.")]
 ModelArg = Annotated[str, typer.Argument(metavar="NAME", help="A model name: a key of the params file's `models`.")]
+SeedOpt = Annotated[Optional[int], typer.Option(
+    "--seed", metavar="S", min=0,
+    help="Which training seed (one of the params file's `seeds`): each model is trained once per seed. "
+         "Optional when `seeds` lists one.")]
 
 
 def _version(value: bool) -> None:
@@ -61,9 +65,9 @@ EXIT_FAILED = 1  # the work itself failed (e.g. training diverged)
 # --------------------------------------------------------------------------- the stages
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage as the CLI runs it: ``mma.stages.<name>.run(params, [target], ...)``
-    inside one MLflow run.  ``target``: what its argument names ("model": any model of the
-    grid, "source": a Table-1 source model, None: no argument)."""
+    """One pipeline stage as the CLI runs it: ``mma.stages.<name>.run(params, [target, seed], ...)``
+    inside one MLflow run.  ``target``: what it works on ("model": one member, a model of the
+    grid × a seed; "role": a Table-1 role's source model × a seed; None: the whole grid)."""
 
     name: str
     target: Optional[str]
@@ -74,7 +78,7 @@ class Stage:
 STAGES = {s.name: s for s in [
     Stage("data", None, device=False),
     Stage("train", "model", device=True, resumable=True),
-    Stage("transfer", "source", device=True),
+    Stage("transfer", "role", device=True),
     Stage("evaluate", "model", device=True),
     Stage("report", None, device=False),
 ]}
@@ -90,87 +94,89 @@ def _logged(p, stage: str) -> dict:
     return sections[stage]()
 
 
-def _outputs(p, stage: Stage, target: Optional[str]) -> list[Path]:
+def _outputs(p, stage: Stage, target: Optional[str], seed: Optional[int]) -> list[Path]:
     """The folders a stage writes (checked for writability before any work)."""
     from . import paths
 
     folders = {"data": lambda: [Path(p.data.root)],
-               "train": lambda: [paths.model_dir(target), paths.resume_file(target).parent],
-               "transfer": lambda: [paths.transfer_dir(target)],
-               "evaluate": lambda: [paths.eval_dir(target)],
+               "train": lambda: [paths.model_dir(target, seed), paths.resume_file(target, seed).parent],
+               "transfer": lambda: [paths.transfer_dir(target, seed)],
+               "evaluate": lambda: [paths.eval_dir(target, seed)],
                "report": lambda: [paths.report_dir()]}[stage.name]()
     return folders + [f.parent for f in folders]  # outputs are built beside, then renamed into place
 
 
 def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, device: Optional[str] = None,
-               restart: bool = False) -> None:
+               restart: bool = False, seed: Optional[int] = None) -> None:
     """Validate (once), then run the stage in its MLflow run and print its headline numbers.
     Every expected failure, wherever it happens, leaves through ``_errors``: one line, exit 2."""
     with _errors():
-        _stage(stage, params_path, target, device, restart)
+        _stage(stage, params_path, target, device, restart, seed)
 
 
-def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optional[str], restart: bool) -> None:
+def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optional[str], restart: bool,
+           seed: Optional[int]) -> None:
     from importlib import import_module
 
     from .params import data_name
 
     p = _load(params_path)
     tags: dict = {}
+    model = None  # the model whose member the stage works on (transfer: the role's source)
     if stage.target is not None:
-        spec_ = _model(p, target)
-        tags = {"mma.model": target, "mma.dataset": data_name(p, spec_.dataset), "mma.norm": spec_.norm,
-                "mma.method": spec_.method, "mma.seed": spec_.seed}
+        model = p.source_model(target) if stage.target == "role" else target
+        spec_ = _model(p, model)
+        seed = p.pick_seed(seed)
+        # mma.group: the model a member belongs to, so the members of one model are found together
+        tags = {"mma.model": model, "mma.group": model, "mma.seed": seed, "mma.dataset": data_name(p, spec_.dataset),
+                "mma.norm": spec_.norm, "mma.method": spec_.method}
         if stage.name in ("transfer", "evaluate"):
-            tags["mma.eval_seed"] = p.seed  # the attacks' seed (params.seed); mma.seed: the model's own
-        if stage.target == "source":
-            roles = [role for role, s in p.table1.sources.items() if s.model == target]
-            if not roles:
-                _fail(f"{target!r} is not a source in table1.sources (sources: "
-                      f"{', '.join(s.model for s in p.table1.sources.values()) or 'none'})")
-            tags["mma.role"] = roles[0]
+            tags["mma.eval_seed"] = p.seed  # the attacks' seed (params.seed); mma.seed: the model's training seed
+        if stage.target == "role":
+            tags["mma.role"] = target
     else:
         tags = {"mma.dataset": ",".join(sorted({data_name(p, m.dataset) for m in p.models.values()}))}
+    member = f"{model} --seed {seed}" if model else ""
     if stage.target is not None and stage.name != "train":
         from .paths import model_file
 
-        if not model_file(target).exists():
-            _fail(f"{model_file(target)}: {target} is not trained yet; run `mma train {target}` first")
+        if not model_file(model, seed).exists():
+            _fail(f"{model_file(model, seed)}: {model} (seed {seed}) is not trained yet; run `mma train {member}` first")
     kwargs = {}
     if stage.device:
         kwargs["device"] = tags["mma.device"] = _device(p, device)
     from .stages.files import ensure_writable, stage_lock
 
-    ensure_writable(*_outputs(p, stage, target))
+    ensure_writable(*_outputs(p, stage, target, seed))
     _preflight(p)
     module = import_module(f"mma.stages.{stage.name}")
-    args = (p,) if stage.target is None else (p, target)
-    # one invocation per model / source / report at a time: a second one is refused, never interleaved
-    with stage_lock(stage.name, target or "all"):
+    args = (p,) if stage.target is None else (p, target, seed)
+    # one invocation per member / role / report at a time: a second one is refused, never interleaved
+    with stage_lock(stage.name, target or "all", seed):
         run_id_file = None
         if stage.resumable:
             from .params import spec_record
 
-            resumed = module.prepare(p, target, restart=restart)  # the first write: after every check
+            resumed = module.prepare(p, target, seed, restart=restart)  # the first write: after every check
             tags["mma.resumed_from_checkpoint"] = str(resumed).lower()
-            run_id_file, logged = module.run_id_file(target), spec_record(p, target)
+            run_id_file, logged = module.run_id_file(target, seed), spec_record(p, target, seed)
         else:
             logged = _logged(p, stage.name)
 
         from .tracking import params_file_tag, stage_run
 
         tags = {"mma.params_file": params_file_tag(params_path), "mma.experiment": p.experiment, **tags}
-        with stage_run(p.experiment, stage.name, name=target, tags=tags, params=logged,
+        with stage_run(p.experiment, stage.name, name=model, seed=seed, tags=tags, params=logged,
                        run_id_file=run_id_file) as tracker:
             tracker.log_artifact(params_path, "params")  # the values used, kept after a temporary copy is gone
             metrics = module.run(*args, tracker=tracker, **kwargs) or {}
             # the stage's summary, unless the stage logged those keys itself (no duplicate points)
             tracker.log_metrics({k: v for k, v in metrics.items() if k not in tracker.logged})
         if stage.resumable:
-            module.finish(target)
+            module.finish(target, seed)
     if metrics:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:8])
-        print(f"{stage.name}{' ' + target if target else ''}: {shown}", file=sys.stderr)
+        print(f"{stage.name}{' ' + member if member else ''}: {shown}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- commands
@@ -184,64 +190,91 @@ def data(params: ParamsOpt = Path("params.yaml")) -> None:
     _run_stage(STAGES["data"], params)
 
 
+RoleOpt = Annotated[Optional[str], typer.Option(
+    "--role", metavar="ROLE", help="A Table-1 role (a key of table1.sources: MMA, PGD, STD, ...): its source model.")]
+
+
 @app.command()
-def spec(name: ModelArg, params: ParamsOpt = Path("params.yaml"),
+def spec(name: Annotated[Optional[str], typer.Argument(
+             metavar="NAME", help="A model name: a key of the params file's `models`.")] = None,
+         params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None,
          evaluate: Annotated[bool, typer.Option("--evaluate", help=(
-             "Write results/specs/NAME.evaluate.json instead: what `mma evaluate NAME` reads (settings, "
-             "and the hash of each transfer set of its threat model)."))] = False) -> None:
-    """Write results/specs/NAME.json: the model's resolved settings (defaults filled in).
+             "Write results/specs/NAME/seedS.evaluate.json instead: what `mma evaluate NAME --seed S` reads "
+             "(settings, and the hash of each transfer set of its threat model and seed)."))] = False,
+         role: RoleOpt = None) -> None:
+    """Write results/specs/NAME/seedS.json: the member's resolved settings (defaults filled in).
 
     Bookkeeping for DVC, which cannot depend on one model of the grid or on files chosen
     from the params: the train (evaluate) stage depends on this file, so editing one model
-    (one source's transfer sets) reruns only what reads it. Not an MLflow run.
+    (one source's transfer sets) reruns only what reads it. With --role ROLE instead of NAME:
+    results/sources/ROLE/seedS.json, the role's source model and its model file's hash (what
+    the transfer stage of ROLE depends on). Not an MLflow run.
     """
     with _errors():
         p = _load(params)
-        _model(p, name)
+        if (name is None) == (role is None):
+            _fail("give a model NAME or --role ROLE (one of them)")
         from .io import write_json
 
+        seed = p.pick_seed(seed)
+        if role is not None:
+            from .paths import source_file
+            from .stages.transfer import source_record
+
+            write_json(source_file(role, seed), source_record(p, role, seed))
+            return
+        _model(p, name)
         if evaluate:
             from .paths import eval_spec_file
             from .stages.evaluate import inputs_record
 
-            write_json(eval_spec_file(name), inputs_record(p, name))
+            write_json(eval_spec_file(name, seed), inputs_record(p, name, seed))
             return
         from .params import spec_record
         from .paths import spec_file
 
-        write_json(spec_file(name), spec_record(p, name))
+        write_json(spec_file(name, seed), spec_record(p, name, seed))
 
 
 @app.command()
-def train(name: ModelArg, params: ParamsOpt = Path("params.yaml"), device: DeviceOpt = None,
+def train(name: ModelArg, params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None, device: DeviceOpt = None,
           restart: Annotated[bool, typer.Option(
-              "--restart", help="Discard the resume checkpoint in results/checkpoints/NAME/ (e.g. a corrupt one) "
-                                "and train from step 0 in a new MLflow run.")] = False) -> None:
-    """Train model NAME; writes results/models/NAME/{model.pt,metrics.json}.
+              "--restart", help="Discard the resume checkpoint in results/checkpoints/NAME/seedS/ (e.g. a corrupt "
+                                "one) and train from step 0 in a new MLflow run.")] = False) -> None:
+    """Train model NAME with seed S; writes results/models/NAME/seedS/{model.pt,metrics.json}.
 
     Resumable: after a crash or kill, the same command continues from the last resume
-    checkpoint (results/checkpoints/NAME/) and the same MLflow run; --restart discards it.
-    Only one `mma train NAME` runs at a time (a second one is refused).
+    checkpoint (results/checkpoints/NAME/seedS/) and the same MLflow run; --restart discards it.
+    Only one `mma train NAME --seed S` runs at a time (a second one is refused).
     """
-    _run_stage(STAGES["train"], params, name, device, restart=restart)
+    _run_stage(STAGES["train"], params, name, device, restart=restart, seed=seed)
 
 
 @app.command()
-def transfer(source: Annotated[str, typer.Argument(metavar="SOURCE", help="A source model named in table1.sources.")],
-             params: ParamsOpt = Path("params.yaml"), device: DeviceOpt = None) -> None:
-    """Make the adversarial test sets of source model SOURCE (results/transfer/SOURCE/).
+def transfer(source: Annotated[Optional[str], typer.Argument(
+                 metavar="SOURCE", help="A source model named in table1.sources (or give --role).")] = None,
+             params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None, role: RoleOpt = None,
+             device: DeviceOpt = None) -> None:
+    """Make the adversarial test sets of a Table-1 role's source model, seed S
+    (results/transfer/ROLE/seedS/).
 
     One set per Table-1 row of its role (attack × ε); restarts are chosen on the source
     model only, as a transfer attacker would.
     """
-    _run_stage(STAGES["transfer"], params, source, device)
+    with _errors():
+        if (source is None) == (role is None):
+            _fail("give a SOURCE model or --role ROLE (one of them)")
+        if role is None:
+            role = _load(params).role_of(source)
+    _run_stage(STAGES["transfer"], params, role, device, seed=seed)
 
 
 @app.command()
-def evaluate(name: ModelArg, params: ParamsOpt = Path("params.yaml"), device: DeviceOpt = None) -> None:
-    """Evaluate model NAME (results/eval/NAME/): natural and white-box robust accuracy,
+def evaluate(name: ModelArg, params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None,
+             device: DeviceOpt = None) -> None:
+    """Evaluate model NAME, seed S (results/eval/NAME/seedS/): natural and white-box robust accuracy,
     the transfer sets of its threat model, robust accuracy vs ε, margins and checks."""
-    _run_stage(STAGES["evaluate"], params, name, device)
+    _run_stage(STAGES["evaluate"], params, name, device, seed=seed)
 
 
 @app.command()

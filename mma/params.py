@@ -7,15 +7,17 @@ the CLI prints it and exits 2 without creating or touching any output.
 
 Presets (``presets/smoke.yaml``, ``presets/quick.yaml``) are complete params files
 with the same schema, never overlays: a stage reads one file, so a preset replaces the
-grid whole.  ``models`` maps each model's name to its settings (DVC's ``foreach`` names the
-stages by these keys: ``train@mnist-linf-std``).  This module imports no torch (``mma
---help`` stays instant).
+grid whole.  ``models`` maps each model's name to its settings and ``seeds`` lists the
+training seeds: every model is trained once per seed, each (name, seed) a *member* with
+its own stages (DVC's ``matrix`` names them ``train@mnist-linf-std-0``), files
+(``mma.paths``) and MLflow run.  This module imports no torch (``mma --help`` stays instant).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
@@ -49,7 +51,9 @@ class Params(Strict):
     """The whole of params.yaml."""
 
     experiment: str = Field("mma", min_length=1, max_length=200)  # MLflow experiment: one per pipeline
-    seed: NonNegativeInt = 0  # for what is not a model's own (synthetic data); each model has its own `seed`
+    seed: NonNegativeInt = 0  # the evaluation's and the data's seed (attacks' random starts, synthetic data)
+    # training seeds: every model is trained once per seed (the paper: one); a model entry sets none
+    seeds: list[NonNegativeInt] = Field([0], min_length=1, max_length=100)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
     threads: NonNegativeInt = Field(0, le=1024)  # torch CPU threads per process; 0: leave torch's default
     compute: ComputeParams = ComputeParams()  # speed switches (precision, channels_last, ...): mma/compute.py
@@ -59,6 +63,14 @@ class Params(Strict):
     table1: Table1Params = Table1Params()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        if twice:
+            raise ValueError(f"seed {twice[0]} is listed twice; list each training seed once")
+        return seeds
 
     @field_validator("models", mode="before")
     @classmethod
@@ -70,6 +82,10 @@ class Params(Strict):
             raise ValueError("must be a mapping NAME → settings (models: {mnist-linf-std: {dataset: mnist, ...}}), "
                              "not a list")
         if isinstance(models, dict):
+            for k, v in models.items():
+                if isinstance(v, dict) and "seed" in v:  # the seed of a member comes from `seeds`
+                    raise ValueError(f"{k}.seed = {_short(v['seed'])}: a model entry sets no seed; list the "
+                                     "training seeds in the top-level `seeds:` (every model is trained once per seed)")
             return {k: {"name": k, **v} if isinstance(v, dict) else v for k, v in models.items()}
         return models
 
@@ -82,6 +98,44 @@ class Params(Strict):
     @property
     def model_names(self) -> list[str]:
         return list(self.models)
+
+    def member(self, name: str, seed: int) -> ModelSpec:
+        """Model ``name`` as trained with seed ``seed`` (one of ``seeds``): its spec with that seed."""
+        spec = self.model(name)
+        if seed not in self.seeds:
+            raise ParamsError(f"seed {seed} is not in the grid's seeds {self.seeds}; pick one of those "
+                              "(or add it to `seeds:`)")
+        return spec.model_copy(update={"seed": seed})
+
+    def members(self) -> list[tuple[str, int]]:
+        """Every (model name, seed) the pipeline trains, model by model."""
+        return [(name, seed) for name in self.models for seed in self.seeds]
+
+    def pick_seed(self, seed: Optional[int]) -> int:
+        """The seed a command works on: ``seed`` if given (and in ``seeds``), else the only seed."""
+        if seed is None:
+            if len(self.seeds) == 1:
+                return self.seeds[0]
+            raise ParamsError(f"the grid has {len(self.seeds)} seeds ({', '.join(map(str, self.seeds))}); "
+                              "pass --seed S to pick one")
+        if seed not in self.seeds:
+            raise ParamsError(f"--seed {seed}: not one of the grid's seeds ({', '.join(map(str, self.seeds))})")
+        return seed
+
+    def source_model(self, role: str) -> str:
+        """The model whose transfer sets Table-1 role ``role`` makes."""
+        source = self.table1.sources.get(role)
+        if source is None:
+            raise ParamsError(f"{role!r} is not a role of table1.sources (roles: {', '.join(self.table1.sources)})")
+        return source.model
+
+    def role_of(self, source: str) -> str:
+        """The Table-1 role whose source is model ``source`` (one role per source model)."""
+        for role, s in self.table1.sources.items():
+            if s.model == source:
+                return role
+        raise ParamsError(f"{source!r} is not a source in table1.sources (sources: "
+                          f"{', '.join(s.model for s in self.table1.sources.values()) or 'none'})")
 
     def curve_attack(self) -> AttackSetting:
         """Figure 3's white-box attack (``evaluate.curve_attack``)."""
@@ -202,6 +256,9 @@ def _expanded_size(node, memo: dict, active: set) -> int:
     return n
 
 
+ROLE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
 def _cross_check(p: Params) -> Optional[str]:
     """Checks that span keys (pydantic checks each block alone)."""
     seen = list(p.models)  # names, in the file's order
@@ -221,6 +278,10 @@ def _cross_check(p: Params) -> Optional[str]:
             and p.data.val_size >= p.data.synthetic_train:
         return (f"data.val_size = {p.data.val_size}: must be below data.synthetic_train "
                 f"({p.data.synthetic_train}) or no training images are left")
+    for role in p.table1.sources:  # a folder and a DVC stage key (transfer@ROLE-SEED), like a model name
+        if not ROLE_PATTERN.fullmatch(role):
+            return (f"table1.sources.{role}: a role is a folder name and a DVC stage key: letters, digits, "
+                    "'_', '.', '-' (starting with a letter or digit)")
     for key, name in _referenced_models(p):
         if name not in seen:
             return f"{key} = {name!r}: no model of that name in the grid (models: {', '.join(seen)})"
@@ -261,7 +322,7 @@ def _first_error(e: ValidationError, raw: dict) -> str:
         return f"{key}: required key is missing"
     if isinstance(value, dict) and loc and err["type"] == "value_error":
         field = msg.split(" = ", 1)[0]
-        if field in value:  # a block's check that names one of its keys: "eps_min = 0.5: ..."
+        if field in value or field.split(".", 1)[0] in value:  # names one of its keys: "eps_min = 0.5: ..."
             return f"{key}.{msg}"
         return f"{key}: {msg}"  # a whole-block check (e.g. method 'pgd' needs a 'pgd:' block)
     return f"{key} = {_short(value)}: {msg}"
@@ -345,28 +406,29 @@ def data_name(p: Params, dataset: str) -> str:
 NO_RESULT_KEYS = ("checkpoint_every", "log_every")
 
 
-def spec_record(p: Params, name: str) -> dict:
-    """Everything the train stage of ``name`` reads from params that can change its result:
-    the resolved model spec (defaults filled in, NO_RESULT_KEYS left out) and the data
-    settings it depends on.  DVC tracks it as the train stage's dependency
-    (results/specs/NAME.json), Snakemake as the spec job's params; a resume checkpoint is
-    resumed only under the same record."""
-    return {"model": p.model(name).model_dump(mode="json", exclude=set(NO_RESULT_KEYS)), "val_size": p.data.val_size,
-            "compute": p.compute.model_dump(mode="json")}
+def spec_record(p: Params, name: str, seed: int) -> dict:
+    """Everything the train stage of member (``name``, ``seed``) reads from params that can
+    change its result: the resolved model spec with its seed (defaults filled in,
+    NO_RESULT_KEYS left out) and the data settings it depends on.  DVC tracks it as the train
+    stage's dependency (results/specs/NAME/seedS.json), Snakemake as the spec job's params; a
+    resume checkpoint is resumed only under the same record."""
+    return {"model": p.member(name, seed).model_dump(mode="json", exclude=set(NO_RESULT_KEYS)),
+            "val_size": p.data.val_size, "compute": p.compute.model_dump(mode="json")}
 
 
-def spec_hash(p: Params, name: str) -> str:
+def spec_hash(p: Params, name: str, seed: int) -> str:
     """sha256 of ``spec_record`` (canonical JSON): what a model file says it was trained with."""
     import hashlib
     import json
 
-    text = json.dumps(spec_record(p, name), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(spec_record(p, name, seed), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def identity(p: Params, name: str, stage: str) -> dict:
-    """Who a file between stages is: the model it belongs to, the hash of that model's
-    resolved settings, the data it used and the stage that wrote it.  Readers compare it
+def identity(p: Params, name: str, seed: int, stage: str) -> dict:
+    """Who a file between stages is: the member it belongs to (model and seed), the hash of
+    its resolved settings, the data it used and the stage that wrote it.  Readers compare it
     with the params entry they use it for (``mma.stages.files``)."""
     m = p.model(name)
-    return {"model": name, "spec_sha256": spec_hash(p, name), "data": data_name(p, m.dataset), "stage": stage}
+    return {"model": name, "seed": seed, "spec_sha256": spec_hash(p, name, seed), "data": data_name(p, m.dataset),
+            "stage": stage}

@@ -302,7 +302,8 @@ class Tracker:
 
 @contextlib.contextmanager
 def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = None,
-              run_id_file: Path | None = None, name: str | None = None) -> Iterator[Tracker]:
+              run_id_file: Path | None = None, name: str | None = None,
+              seed: int | None = None) -> Iterator[Tracker]:
     """An MLflow run around one stage invocation; FINISHED on success, FAILED/KILLED otherwise.
 
     run_id_file: where the run id is kept while the stage can be resumed; if it names
@@ -311,10 +312,10 @@ def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = 
     uri = tracking_uri()
     client, experiment_id = open_store(experiment, uri)
     run_id = _resumable(client, run_id_file, experiment_id)
-    _end_stale_runs(client, uri, experiment_id, stage, name, keep=run_id)
+    _end_stale_runs(client, uri, experiment_id, stage, name, seed, keep=run_id)
     with _locked(uri):
         if run_id is None:
-            run_id = client.create_run(experiment_id, run_name=f"{stage}:{name}" if name else stage).info.run_id
+            run_id = client.create_run(experiment_id, run_name=_run_name(stage, name, seed)).info.run_id
             resumed = False
         else:
             client.update_run(run_id, status="RUNNING")
@@ -354,14 +355,22 @@ def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = 
             client.set_terminated(run_id, status)
 
 
-def _end_stale_runs(client, uri: str, experiment_id: str, stage: str, name: Optional[str], keep: Optional[str]) -> None:
-    """Runs of this stage (and model) left RUNNING by a process that died without a word
+def _run_name(stage: str, name: Optional[str], seed: Optional[int]) -> str:
+    """train:mnist-linf-std:seed0 (one member), report (the whole grid)."""
+    return ":".join([stage] + ([name] if name else []) + ([f"seed{seed}"] if seed is not None else []))
+
+
+def _end_stale_runs(client, uri: str, experiment_id: str, stage: str, name: Optional[str], seed: Optional[int],
+                    keep: Optional[str]) -> None:
+    """Runs of this stage (and member) left RUNNING by a process that died without a word
     (kill -9, out of memory, a lost node) on this machine: marked KILLED.  A run whose
     process is alive, or that was made on another machine, is left alone."""
     host = os.uname().nodename
     query = f"attributes.status = 'RUNNING' and tags.`mma.stage` = '{stage}' and tags.`mma.host` = '{host}'"
     if name:
         query += f" and tags.`mma.model` = '{name}'"
+    if seed is not None:
+        query += f" and tags.`mma.seed` = '{seed}'"
     try:
         runs = client.search_runs([experiment_id], filter_string=query, max_results=100)
     except Exception:  # noqa: BLE001 - housekeeping must not stop a stage

@@ -232,10 +232,12 @@ def _jobs() -> dict[str, dict]:
 
 
 def _submitted(log_text: str) -> dict[str, str]:
-    """{SLURM job id: rule or rule_wildcards_NAME} from Snakemake's log of a SLURM run."""
+    """{SLURM job id: 'rule' or 'rule:NAME:SEED' (transfer: 'rule:ROLE:SEED'), as test_pipeline's
+    snakemake_jobs} from Snakemake's log of a SLURM run (the plugin joins the wildcards with '_':
+    rule_train/NAME_SEED/; the seed is the last wildcard and holds no '_')."""
     found = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/?([^/\s]*)/",
                        log_text)
-    return {jid: rule + (f":{name}" if name else "") for jid, rule, name in found}
+    return {jid: ":".join([rule, *wildcards.rsplit("_", 1)]) if wildcards else rule for jid, rule, wildcards in found}
 
 
 def _snakemake_on_slurm(repo: Path, env: dict, *extra: str, seconds: int = DAG_TIMEOUT_S,
@@ -346,8 +348,8 @@ def _scancel_training(repo, tracking, experiment: str, steps: int, *snakemake_ar
     steps are done, and wait for Snakemake: (model name, cancelled job id, Snakemake's exit
     code, the training log, Snakemake's log)."""
     name = _long_training(repo, experiment, steps, device="auto")
-    target = f"results/models/{name}/model.pt"
-    train_log = repo / "results" / "logs" / "train" / f"{name}.log"
+    target = f"results/models/{name}/seed0/model.pt"
+    train_log = repo / "results" / "logs" / "train" / name / "seed0.log"
     log = repo / "snakemake-slurm.log"
     with log.open("w") as out:
         proc = subprocess.Popen(_bounded(600, _tool("snakemake"), "--workflow-profile", PROFILE, *SLURM_TEST_ARGS,
@@ -358,7 +360,7 @@ def _scancel_training(repo, tracking, experiment: str, steps: int, *snakemake_ar
         while _progress(train_log, steps) < steps // 10 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, log.read_text()[-5000:]
-        first = [j for j, r in _submitted(log.read_text()).items() if r == f"train:{name}"]
+        first = [j for j, r in _submitted(log.read_text()).items() if r == f"train:{name}:0"]
         assert len(first) == 1, log.read_text()[-3000:]
         subprocess.run(_bounded(30, "scancel", first[0]), check=True)
         rc = proc.wait(timeout=wait)
@@ -376,7 +378,7 @@ def test_scancel_of_training_then_the_rerun_resumes_the_same_mlflow_run(slurm, t
     env = _env(MLFLOW_TRACKING_URI=tracking)
     # no retries: the rerun below is the user's
     name, first, rc, train_log, log = _scancel_training(repo, tracking, experiment, steps, "--retries", "0", wait=300)
-    target = f"results/models/{name}/model.pt"
+    target = f"results/models/{name}/seed0/model.pt"
     assert rc != 0  # the job was cancelled: Snakemake reports it failed
     assert _jobs()[first]["JobState"] == "CANCELLED"
     text = train_log.read_text()
@@ -392,7 +394,7 @@ def test_scancel_of_training_then_the_rerun_resumes_the_same_mlflow_run(slurm, t
     assert _loss_steps(client, run_id) == list(range(1, k + 1))
 
     _, text = _snakemake_on_slurm(repo, env, target, seconds=600)  # the rerun
-    second = [j for j, r in _submitted(text).items() if r == f"train:{name}" and j != first]
+    second = [j for j, r in _submitted(text).items() if r == f"train:{name}:0" and j != first]
     assert len(second) == 1 and _jobs()[second[0]]["JobState"] == "COMPLETED"
     assert "resuming from" in train_log.read_text()
     client, found = _mlflow_runs(tracking, experiment)
@@ -415,7 +417,7 @@ def test_scancel_with_the_profiles_retries_resubmits_and_resumes(slurm, tracking
     assert rc == 0, log.read_text()[-5000:]
     text = log.read_text()
     assert "Trying to restart job" in text
-    attempts = [j for j, r in _submitted(text).items() if r == f"train:{name}"]
+    attempts = [j for j, r in _submitted(text).items() if r == f"train:{name}:0"]
     assert len(attempts) == 2 and attempts[0] == first
     jobs = _jobs()
     assert [jobs[j]["JobState"] for j in attempts] == ["CANCELLED", "COMPLETED"]
@@ -454,7 +456,8 @@ def test_dvc_remote_round_trip_regenerates_the_report_without_retraining(runs, t
     run(laptop, dvc, "pull")
     for model in runs["jobs"].values():
         if model.startswith("train:"):
-            path = Path("results/models", model.split(":", 1)[1], "model.pt")
+            _, name, seed = model.split(":")
+            path = Path("results/models", name, f"seed{seed}", "model.pt")
             assert (laptop / path).read_bytes() == (cluster / path).read_bytes()
     assert json.loads(run(laptop, dvc, "status", "--json")) == {}  # no stage to rerun
 

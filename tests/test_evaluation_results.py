@@ -98,7 +98,7 @@ def test_table1_assembly_by_hand():
     add(p, "whitebox", "pgd100x50", t(2, 0, 2, 0))
     add(p, "transfer", "pgd100x1", t(1, 1, 1, 1), "m")
     add(p, "transfer", "pgd100x50", t(2, 2, 0, 2), "m")
-    table = build_table1({"m": m, "p": p}, params)
+    table = build_table1({"m": {0: m}, "p": {0: p}}, params)  # one seed each
     got = {(r["attack"], r["source"], r["setting"]): {k: c["ours"] for k, c in r["cells"].items()} for r in table["rows"]}
     assert got[("Natural", "", "")] == {"m": 100.0, "p": 75.0}
     assert got[("PGD", "MMA", "pgd100x1")] == {"m": 75.0, "p": 75.0}  # p's example 3 is misclassified
@@ -115,7 +115,8 @@ def test_table1_assembly_by_hand():
     md = table1_markdown(table, notes=["White-box loss: ce"])
     assert "93.64" in md and "PGD-7×2" in md and "Worst case" in md and "White-box loss: ce" in md
     csv = table1_csv(table).splitlines()
-    assert csv[0].startswith("attack,eps,steps,restarts,source,our_setting,m,m_kind,paper_m,p,p_kind,paper_p")
+    assert csv[0] == ("attack,eps,steps,restarts,source,our_setting,m,m_sd,m_n_seeds,m_seed0,m_kind,paper_m,"
+                      "p,p_sd,p_n_seeds,p_seed0,p_kind,paper_p")
     assert len(csv) == 1 + len(table["rows"])
 
 

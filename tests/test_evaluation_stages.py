@@ -75,14 +75,14 @@ def world(tmp_path, monkeypatch, trained_convnet):
             for p in net.parameters():
                 p.add_(0.01 * i * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
         nets[name] = net
-        save_tensors(paths.model_file(name), {"state_dict": net.state_dict()})
+        save_tensors(paths.model_file(name, 0), {"state_dict": net.state_dict()})
     spec_of = dict(params.models)
 
     def fake_load_model(path, device="cpu", remedy=""):  # the stages load through mma.train.load_model
         from mma.params import identity
 
-        name = path.parent.name
-        return copy.deepcopy(nets[name]).to(device).eval(), spec_of[name], {"identity": identity(params, name, "train")}
+        name = path.parent.parent.name  # results/models/NAME/seed0/model.pt
+        return copy.deepcopy(nets[name]).to(device).eval(), spec_of[name], {"identity": identity(params, name, 0, "train")}
 
     monkeypatch.setattr("mma.train.load_model", fake_load_model)
     return params
@@ -92,19 +92,20 @@ def test_stages_write_every_file(world):
     from mma.stages import evaluate, report, transfer
 
     params = world
-    for s in params.table1.sources.values():
-        m = transfer.run(params, s.model, device="cpu", tracker=Tracker())
+    for role, s in params.table1.sources.items():
+        m = transfer.run(params, role, 0, device="cpu", tracker=Tracker())
         assert m and all(0 <= v <= 100 for v in m.values())
-        manifest = json.loads((paths.transfer_dir(s.model) / "manifest.json").read_text())
+        manifest = json.loads((paths.transfer_dir(role, 0) / "manifest.json").read_text())
+        assert (manifest["source"], manifest["role"], manifest["seed"]) == (s.model, role, 0)
         assert len(manifest["sets"]) == len(s.attacks) * len(params.table1.eps)
     for name, _, _ in NAMES:
         t = Tracker()
-        m = evaluate.run(params, name, device="cpu", tracker=t)
-        out = paths.eval_dir(name)
+        m = evaluate.run(params, name, 0, device="cpu", tracker=t)
+        out = paths.eval_dir(name, 0)
         assert (out / "metrics.json").is_file() and (out / "per_example.pt").is_file()
         assert t.metrics == m and "clean_accuracy" in m
         # the DVC metrics file: a few headline numbers (percent), the same as the full metrics.json
-        full, head = json.loads((out / "metrics.json").read_text()), json.loads(paths.metrics_file(name).read_text())
+        full, head = json.loads((out / "metrics.json").read_text()), json.loads(paths.metrics_file(name, 0).read_text())
         tm = params.evaluate.threat_model(params.model(name).dataset, params.model(name).norm)
         assert head["clean"] == pytest.approx(full["clean_accuracy"], abs=1e-3)
         assert head["eps"] == tm.headline_eps
@@ -114,7 +115,7 @@ def test_stages_write_every_file(world):
             if e != tm.headline_eps:
                 assert head[f"worst@{e:g}"] <= head[f"whitebox@{e:g}"] <= head["clean"]
         assert len(head) <= 10 and all(0 <= v <= 100 for k, v in head.items() if not k.startswith("margin"))
-        curve = paths.plot_file("robust_vs_eps", name).read_text().splitlines()
+        curve = paths.plot_file("robust_vs_eps", name, 0).read_text().splitlines()
         assert curve[0] == "eps\tcurve_attack\tworst_case" and len(curve) > 2
     t = Tracker()
     flat = report.run(params, tracker=t)
@@ -130,7 +131,7 @@ def test_stages_write_every_file(world):
     assert "93.64" in md and "Worst case" in md and "white-box and transfer sets): **ce**" in md
     # every number traces to the evaluate outputs: Table 1's natural row = metrics.json's clean accuracy
     for name in ("mnist-linf-std", "mnist-linf-pgd-0.3", "mnist-linf-mma-v1"):
-        metrics = json.loads((paths.eval_dir(name) / "metrics.json").read_text())
+        metrics = json.loads((paths.eval_dir(name, 0) / "metrics.json").read_text())
         row = summary["table1"]["rows"][0]
         assert row["cells"][name]["ours"] == pytest.approx(metrics["clean_accuracy"])
         assert summary["models"][name]["worst_case"]["0.3"] == pytest.approx(metrics["worst_case"]["0.3"])

@@ -32,6 +32,7 @@ from conftest import mnist_source
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 STD, PGD = "mnist-linf-std", "mnist-linf-pgd-0.3"
+ROLE = {STD: "STD", PGD: "PGD"}  # their Table-1 roles: transfer sets live under results/transfer/ROLE/seedS
 
 
 def project_params(data_root: Path) -> dict:
@@ -208,34 +209,34 @@ def test_bad_value_error_is_bounded(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- files between stages
 def _copy_model(p: Path):
-    shutil.copy(p / "results/models" / PGD / "model.pt", p / "results/models" / STD / "model.pt")
+    shutil.copy(p / "results/models" / PGD / "seed0" / "model.pt", p / "results/models" / STD / "seed0" / "model.pt")
 
 
 def _other_architecture(p: Path):
     def swap(obj):
         obj["state_dict"] = {"0.weight": torch.zeros(8, 1, 4, 4), "0.bias": torch.zeros(8)}
-    resave(p / "results/models" / STD / "model.pt", swap)
+    resave(p / "results/models" / STD / "seed0" / "model.pt", swap)
 
 
 def _inf_weights(p: Path):
     def poison(obj):
         key = next(k for k, v in obj["state_dict"].items() if v.is_floating_point())
         obj["state_dict"][key][0] = float("inf")
-    resave(p / "results/models" / STD / "model.pt", poison)
+    resave(p / "results/models" / STD / "seed0" / "model.pt", poison)
 
 
 def _no_identity(p: Path):
-    resave(p / "results/models" / STD / "model.pt", lambda obj: obj.pop("identity"))
+    resave(p / "results/models" / STD / "seed0" / "model.pt", lambda obj: obj.pop("identity"))
 
 
 def _other_settings(p: Path):
     def change(obj):
         obj["identity"]["spec_sha256"] = "0" * 64
-    resave(p / "results/models" / STD / "model.pt", change)
+    resave(p / "results/models" / STD / "seed0" / "model.pt", change)
 
 
 def _set_file(p: Path, source: str = PGD) -> Path:
-    return next((p / "results/transfer" / source).glob("fgsm_*.pt"))
+    return next((p / "results/transfer" / ROLE[source] / "seed0").glob("fgsm_*.pt"))
 
 
 def _inverted_set(p: Path):
@@ -246,7 +247,7 @@ def _inverted_set(p: Path):
 
 
 def _set_of_other_record(p: Path):
-    sets = sorted((p / "results/transfer" / PGD).glob("*.pt"))
+    sets = sorted((p / "results/transfer" / "PGD" / "seed0").glob("*.pt"))
     shutil.copy(sets[1], sets[0])
 
 
@@ -261,15 +262,15 @@ def _truncate(path: Path, keep: float = 0.5):
 
 FILE_FAULTS = [
     # (id, damage(project), command, substrings of the one line)
-    ("empty model.pt", lambda p: (p / "results/models" / STD / "model.pt").write_bytes(b""),
-     ["evaluate", STD], ["results/models/mnist-linf-std/model.pt", "empty", f"mma train {STD}"]),
-    ("flipped byte in model.pt", lambda p: flip_byte(p / "results/models" / STD / "model.pt", 3000),
+    ("empty model.pt", lambda p: (p / "results/models" / STD / "seed0" / "model.pt").write_bytes(b""),
+     ["evaluate", STD], ["results/models/mnist-linf-std/seed0/model.pt", "empty", f"mma train {STD}"]),
+    ("flipped byte in model.pt", lambda p: flip_byte(p / "results/models" / STD / "seed0" / "model.pt", 3000),
      ["evaluate", STD], ["model.pt", f"mma train {STD}"]),
     ("flipped byte late in model.pt",
-     lambda p: flip_byte(p / "results/models" / STD / "model.pt",
-                         (p / "results/models" / STD / "model.pt").stat().st_size // 2),
+     lambda p: flip_byte(p / "results/models" / STD / "seed0" / "model.pt",
+                         (p / "results/models" / STD / "seed0" / "model.pt").stat().st_size // 2),
      ["evaluate", STD], ["model.pt", "corrupt", f"mma train {STD}"]),
-    ("truncated model.pt", lambda p: _truncate(p / "results/models" / STD / "model.pt"),
+    ("truncated model.pt", lambda p: _truncate(p / "results/models" / STD / "seed0" / "model.pt"),
      ["transfer", STD], ["model.pt", f"mma train {STD}"]),
     ("model.pt copied from another model", _copy_model,
      ["evaluate", STD], ["model.pt", f"belongs to model '{PGD}'", f"mma train {STD}"]),
@@ -279,25 +280,26 @@ FILE_FAULTS = [
     ("model.pt without identity", _no_identity, ["transfer", STD], ["model.pt", "identity", f"mma train {STD}"]),
     ("model.pt of other settings", _other_settings, ["evaluate", STD], ["model.pt", "other settings"]),
     ("truncated transfer set", lambda p: _truncate(_set_file(p), 0.7),
-     ["evaluate", STD], ["results/transfer/mnist-linf-pgd-0.3/fgsm", f"mma transfer {PGD}"]),
+     ["evaluate", STD], ["results/transfer/PGD/seed0/fgsm", "mma transfer --role PGD --seed 0"]),
     ("flipped byte in transfer set", lambda p: flip_byte(_set_file(p), _set_file(p).stat().st_size // 2),
-     ["evaluate", STD], ["fgsm", f"mma transfer {PGD}"]),
+     ["evaluate", STD], ["fgsm", "mma transfer --role PGD --seed 0"]),
     ("inverted images in transfer set", _inverted_set,
-     ["evaluate", STD], ["fgsm", "outside its ε-ball", f"mma transfer {PGD}"]),
+     ["evaluate", STD], ["fgsm", "outside its ε-ball", "mma transfer --role PGD --seed 0"]),
     ("transfer set under another row's name", _set_of_other_record,
-     ["evaluate", STD], ["manifest says", f"mma transfer {PGD}"]),
+     ["evaluate", STD], ["manifest says", "mma transfer --role PGD --seed 0"]),
     ("transfer set of another source", _set_of_other_source,
-     ["evaluate", STD], [f"belongs to model '{STD}'", f"mma transfer {PGD}"]),
-    ("invalid manifest.json", lambda p: (p / "results/transfer" / PGD / "manifest.json").write_text("{\"sets\": [tru"),
-     ["evaluate", STD], ["manifest.json", "not valid JSON", f"mma transfer {PGD}"]),
-    ("manifest.json missing", lambda p: (p / "results/transfer" / PGD / "manifest.json").unlink(),
-     ["evaluate", STD], ["manifest.json", "missing", f"mma transfer {PGD}"]),
+     ["evaluate", STD], [f"belongs to model '{STD}'", "mma transfer --role PGD --seed 0"]),
+    ("invalid manifest.json", lambda p: (p / "results/transfer" / "PGD" / "seed0" / "manifest.json").write_text("{\"sets\": [tru"),
+     ["evaluate", STD], ["manifest.json", "not valid JSON", "mma transfer --role PGD --seed 0"]),
+    ("manifest.json missing", lambda p: (p / "results/transfer" / "PGD" / "seed0" / "manifest.json").unlink(),
+     ["evaluate", STD], ["manifest.json", "missing", "mma transfer --role PGD --seed 0"]),
     ("per_example.pt copied from another model",
-     lambda p: shutil.copy(p / "results/eval" / PGD / "per_example.pt", p / "results/eval" / STD / "per_example.pt"),
-     ["report"], ["results/eval/mnist-linf-std/per_example.pt", f"belongs to model '{PGD}'", f"mma evaluate {STD}"]),
-    ("truncated per_example.pt", lambda p: _truncate(p / "results/eval" / STD / "per_example.pt"),
+     lambda p: shutil.copy(p / "results/eval" / PGD / "seed0" / "per_example.pt",
+                           p / "results/eval" / STD / "seed0" / "per_example.pt"),
+     ["report"], ["results/eval/mnist-linf-std/seed0/per_example.pt", f"belongs to model '{PGD}'", f"mma evaluate {STD}"]),
+    ("truncated per_example.pt", lambda p: _truncate(p / "results/eval" / STD / "seed0" / "per_example.pt"),
      ["report"], ["per_example.pt", f"mma evaluate {STD}"]),
-    ("per_example.pt missing", lambda p: (p / "results/eval" / STD / "per_example.pt").unlink(),
+    ("per_example.pt missing", lambda p: (p / "results/eval" / STD / "seed0" / "per_example.pt").unlink(),
      ["report"], ["per_example.pt", "missing", f"mma evaluate {STD}"]),
     ("output folder is a file", lambda p: (shutil.rmtree(p / "results/report"), (p / "results/report").write_text("x")),
      ["report"], ["results/report", "not a folder"]),
@@ -321,7 +323,7 @@ def test_batch_size_larger_than_the_data(project):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders (the file-in-the-way case covers root)")
 def test_read_only_output_folder_is_refused_before_the_work(project):
-    out = project / "results/eval" / STD
+    out = project / "results/eval" / STD / "seed0"
     out.chmod(0o555)
     try:
         one_line_exit_2(invoke("evaluate", STD, "--params", "params.yaml"), "results/eval/mnist-linf-std",
@@ -381,14 +383,16 @@ def test_copied_store_would_write_into_the_original(project, built, monkeypatch)
     assert (tree(built / "mlartifacts") if (built / "mlartifacts").exists() else {}) == before
 
 
-@pytest.mark.parametrize("command, lock", [(["train", STD], ("train", STD)), (["transfer", PGD], ("transfer", PGD)),
-                                           (["evaluate", STD], ("evaluate", STD)), (["report"], ("report", "all"))])
-def test_second_invocation_is_refused_while_the_first_runs(project, command, lock):
+@pytest.mark.parametrize("command, lock, shown", [
+    (["train", STD], ("train", STD, 0), f"train {STD} --seed 0"),
+    (["transfer", PGD], ("transfer", "PGD", 0), "transfer PGD --seed 0"),
+    (["evaluate", STD], ("evaluate", STD, 0), f"evaluate {STD} --seed 0"), (["report"], ("report", "all"), "report")])
+def test_second_invocation_is_refused_while_the_first_runs(project, command, lock, shown):
     from mma.stages.files import stage_lock
 
     before = tree(project)
     with stage_lock(*lock):  # what the first invocation holds while it works
-        one_line_exit_2(invoke(*command, "--params", "params.yaml"), f"another `mma {' '.join(command)}` is running",
+        one_line_exit_2(invoke(*command, "--params", "params.yaml"), f"another `mma {shown}` is running",
                         f"pid {os.getpid()}")
     assert tree(project) == before
 
@@ -402,11 +406,11 @@ def _resume(project: Path) -> Path:
     from mma.train import train
 
     params = load_params(project / "params.yaml")
-    train_stage.prepare(params, STD)  # the checkpoint folder of exactly these settings
-    spec = params.model(STD)
+    train_stage.prepare(params, STD, 0)  # the checkpoint folder of exactly these settings
+    spec = params.member(STD, 0)
     x, y = load_split("mnist", params.data.root, "train", val_size=params.data.val_size, limit=spec.train_limit)
     xv, yv = load_split("mnist", params.data.root, "val", val_size=params.data.val_size, limit=spec.val_limit)
-    resume = train_stage.checkpoint_dir(STD) / "resume.pt"
+    resume = train_stage.checkpoint_dir(STD, 0) / "resume.pt"
     train(spec.model_copy(update={"train_steps": 5}), TensorBatcher(x, y, spec.batch_size, seed=spec.seed),
           (to_float(xv, "cpu"), yv), model_path=resume.parent / "best.pt", resume_path=resume, show_progress=False)
     assert resume.is_file()
@@ -423,7 +427,7 @@ def test_corrupt_resume_checkpoint_says_what_to_do_and_restart_discards_it(proje
     resume = _resume(project)
     damage(resume)
     for _ in range(2):  # the same clear line on every rerun, nothing deleted
-        one_line_exit_2(invoke("train", STD, "--params", "params.yaml"), f"mma train {STD} --restart", *expected)
+        one_line_exit_2(invoke("train", STD, "--params", "params.yaml"), f"mma train {STD} --seed 0 --restart", *expected)
         assert resume.is_file()
     result = invoke("train", STD, "--params", "params.yaml", "--restart")
     assert result.exit_code == 0, result.output
@@ -431,7 +435,7 @@ def test_corrupt_resume_checkpoint_says_what_to_do_and_restart_discards_it(proje
     from mma.stages.files import load_checked_model
     from mma.params import load_params
 
-    load_checked_model(load_params("params.yaml"), STD, "cpu")  # a model of this params entry
+    load_checked_model(load_params("params.yaml"), STD, 0, "cpu")  # a model of this params entry
 
 
 def test_divergence_before_the_first_checkpoint_names_no_checkpoint(project):
@@ -440,7 +444,7 @@ def test_divergence_before_the_first_checkpoint_names_no_checkpoint(project):
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     line = result.stderr.strip().splitlines()[-1]
     assert "non-finite" in line and "no checkpoint was written yet" in line, line
-    assert not (project / "results/checkpoints" / STD / "resume.pt").exists()
+    assert not (project / "results/checkpoints" / STD / "seed0" / "resume.pt").exists()
 
 
 # --------------------------------------------------------------------------- the table's size
@@ -478,17 +482,17 @@ def test_kill_after_the_final_flush_logs_no_metric_twice(built, tmp_path, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     real_finish = train_stage.finish
 
-    def killed(name):
+    def killed(name, seed):
         raise KeyboardInterrupt  # as a kill between the final flush and the clean-up
 
     monkeypatch.setattr(train_stage, "finish", killed)
     result = invoke("train", STD, "--params", "params.yaml")
     assert result.exit_code == 130 and "Traceback" not in result.output, result.output
-    assert (train_stage.checkpoint_dir(STD) / "run.json").is_file()
+    assert (train_stage.checkpoint_dir(STD, 0) / "run.json").is_file()
     monkeypatch.setattr(train_stage, "finish", real_finish)
     result = invoke("train", STD, "--params", "params.yaml")
     assert result.exit_code == 0, result.output
-    assert not train_stage.checkpoint_dir(STD).exists()
+    assert not train_stage.checkpoint_dir(STD, 0).exists()
 
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
@@ -538,7 +542,7 @@ def test_killed_transfer_leaves_the_previous_sets_and_manifest(project, monkeypa
     """Killed after its first new set: the old sets and the old manifest stay together."""
     from mma.evaluation import transfer as transfer_module
 
-    before = tree(project / "results/transfer" / PGD)
+    before = tree(project / "results/transfer" / "PGD" / "seed0")
     real, calls = transfer_module.build_set, []
 
     def killed_on_second(*a, **k):
@@ -550,8 +554,9 @@ def test_killed_transfer_leaves_the_previous_sets_and_manifest(project, monkeypa
     monkeypatch.setattr(transfer_module, "build_set", killed_on_second)
     result = invoke("transfer", PGD, "--params", "params.yaml")
     assert result.exit_code == 130 and "Traceback" not in result.output, result.output
-    assert tree(project / "results/transfer" / PGD) == before
-    assert sorted(p.name for p in (project / "results/transfer").iterdir()) == sorted([PGD, STD])  # no temp left
+    assert tree(project / "results/transfer" / "PGD" / "seed0") == before
+    assert sorted(p.name for p in (project / "results/transfer").iterdir()) == ["PGD", "STD"]
+    assert [p.name for p in (project / "results/transfer" / "PGD").iterdir()] == ["seed0"]  # no temp left
     monkeypatch.setattr(transfer_module, "build_set", real)
     assert invoke("evaluate", STD, "--params", "params.yaml").exit_code == 0  # the old sets still check out
 
@@ -564,7 +569,7 @@ def test_synthetic_cifar10_is_named_as_such(tmp_path):
 
     smoke = load_params(ROOT / "presets" / "smoke.yaml")  # data.cifar10_source: synthetic
     assert data_name(smoke, "cifar10") == "cifar10-synthetic" and data_name(smoke, "mnist") == "mnist"
-    assert identity(smoke, "cifar10-linf-pgd-8", "train")["data"] == "cifar10-synthetic"
+    assert identity(smoke, "cifar10-linf-pgd-8", 0, "train")["data"] == "cifar10-synthetic"
     panels = figure3({}, dict(smoke.models), smoke, tmp_path / "f.png", dpi=50)
     assert "(c) CIFAR10 (synthetic stand-in), Linf" in panels and "(d) CIFAR10 (synthetic stand-in), L2" in panels
     doc = copy.deepcopy(SMOKE)

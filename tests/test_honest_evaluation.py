@@ -10,7 +10,6 @@ weak attack could inflate are refused or flagged.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ import yaml
 import torch.nn.functional as F
 from torch import nn
 
+from mma import paths
 from mma.train import ModelSpec, OptimizerSpec, PGDTrainSpec, validate
 
 
@@ -118,11 +118,11 @@ def test_cli_evaluate_of_a_model_with_inf_logits_is_one_line_exit_2(tmp_path, mo
     monkeypatch.setenv("MMA_DATA_SOURCE", str(src))
     for args in (["data"], ["train", STD]):
         assert invoke(*args, "--params", "params.yaml").exit_code == 0, args
-    path = Path("results/models") / STD / "model.pt"
+    path = paths.model_file(STD, 0)
     obj = torch.load(path, weights_only=True)
     obj["state_dict"] = {k: torch.full_like(v, 1e20) if v.is_floating_point() else v
                          for k, v in obj["state_dict"].items()}
     torch.save(obj, path)
     one_line_exit_2(invoke("evaluate", STD, "--params", "params.yaml"),
                     f"model {STD}: its logits are not finite", f"mma train {STD} --restart")
-    assert not (Path("results/eval") / STD / "metrics.json").exists()
+    assert not (paths.eval_dir(STD, 0) / "metrics.json").exists()

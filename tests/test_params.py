@@ -76,6 +76,17 @@ BAD = [
     ("empty grid", _set(SMOKE, "models", {}), ["models"]),
     ("missing grid", _without(SMOKE, "models"), ["models", "missing"]),
     ("bad model name", {**SMOKE, "models": {"a/b": SMOKE["models"]["mnist-linf-std"]}}, ["models.a/b.name", "'a/b'"]),
+    ("a model entry sets a seed", _set(SMOKE, "models/mnist-linf-std/seed", 3),
+     ["models.mnist-linf-std.seed = 3", "top-level `seeds:`"]),
+    ("empty seeds", _set(SMOKE, "seeds", []), ["seeds = []"]),
+    ("seeds not a list", _set(SMOKE, "seeds", 3), ["seeds = 3"]),
+    ("negative seed", _set(SMOKE, "seeds", [0, -1]), ["seeds[1] = -1", "greater than or equal to 0"]),
+    ("seed listed twice", _set(SMOKE, "seeds", [0, 1, 0]), ["seeds = [0, 1, 0]", "seed 0 is listed twice"]),
+    ("not an int seed", _set(SMOKE, "seeds", [0, 1.5]), ["seeds[1] = 1.5", "integer"]),
+    ("role not usable as a folder", _set(_set(SMOKE, "table1/sources", {
+        ("P/GD" if r == "PGD" else r): v for r, v in SMOKE["table1"]["sources"].items()}),
+        "table1/columns", {m: ("P/GD" if r == "PGD" else r) for m, r in SMOKE["table1"]["columns"].items()}),
+     ["table1.sources.P/GD", "folder name"]),
     ("not YAML", "models: [\n  - {name: x\n", ["not valid YAML", "line"]),
     ("not a mapping", "- 1\n- 2\n", ["expected a mapping"]),
 ]
@@ -147,3 +158,48 @@ def test_error_is_a_params_error_not_a_traceback(tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "models/mnist-linf-pgd-0.3/pgd/eps", -1)))
     with pytest.raises(ParamsError, match=r"pgd\.eps = -1: Input should be greater than 0"):
         load_params(tmp_path / "p.yaml")
+
+
+def test_every_model_is_trained_once_per_seed(tmp_path):
+    """seeds: [0, 2] → each model twice, the member's spec carries its seed, and the resolved
+    record (hence the identity every file between stages carries) differs between members."""
+    from mma.params import identity, spec_record
+
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "seeds", [0, 2]), sort_keys=False))
+    p = load_params(tmp_path / "p.yaml")
+    names = list(SMOKE["models"])
+    assert p.members() == [(n, s) for n in names for s in (0, 2)]
+    assert p.member("mnist-linf-std", 2).seed == 2 and p.member("mnist-linf-std", 0).seed == 0
+    assert p.member("mnist-linf-std", 2).model_dump(exclude={"seed"}) == p.model("mnist-linf-std").model_dump(
+        exclude={"seed"})
+    a, b = spec_record(p, "mnist-linf-std", 0), spec_record(p, "mnist-linf-std", 2)
+    assert a["model"]["seed"] == 0 and b["model"]["seed"] == 2 and {**a["model"], "seed": 2} == b["model"]
+    ia, ib = identity(p, "mnist-linf-std", 0, "train"), identity(p, "mnist-linf-std", 2, "train")
+    assert (ia["seed"], ib["seed"]) == (0, 2) and ia["spec_sha256"] != ib["spec_sha256"]
+    with pytest.raises(ParamsError, match=r"seed 1 is not in the grid's seeds \[0, 2\]"):
+        p.member("mnist-linf-std", 1)
+    # which seed a command works on
+    assert p.pick_seed(2) == 2
+    with pytest.raises(ParamsError, match=r"^the grid has 2 seeds \(0, 2\); pass --seed S to pick one$"):
+        p.pick_seed(None)
+    with pytest.raises(ParamsError, match=r"^--seed 1: not one of the grid's seeds \(0, 2\)$"):
+        p.pick_seed(1)
+    one = load_params(ROOT / "presets" / "smoke.yaml")
+    assert one.seeds == [0] and one.pick_seed(None) == 0  # one seed: --seed may be left out
+
+
+def test_member_paths_are_built_from_name_and_seed():
+    """One layout, built only in mma.paths (a test of the pipeline files checks dvc.yaml and the
+    Snakefile against these)."""
+    from mma import paths
+
+    assert str(paths.model_file("m-1.0", 3)) == "results/models/m-1.0/seed3/model.pt"
+    assert str(paths.spec_file("m-1.0", 3)) == "results/specs/m-1.0/seed3.json"
+    assert str(paths.eval_spec_file("m-1.0", 3)) == "results/specs/m-1.0/seed3.evaluate.json"
+    assert str(paths.metrics_file("m-1.0", 3)) == "results/metrics/m-1.0/seed3.json"
+    assert str(paths.plot_file("val", "m-1.0", 3)) == "results/plots/val/m-1.0/seed3.tsv"
+    assert str(paths.resume_file("m-1.0", 3)) == "results/checkpoints/m-1.0/seed3/resume.pt"
+    assert str(paths.eval_dir("m-1.0", 3)) == "results/eval/m-1.0/seed3"
+    assert str(paths.transfer_dir("PGD", 3)) == "results/transfer/PGD/seed3"
+    assert str(paths.source_file("PGD", 3)) == "results/sources/PGD/seed3.json"
+    assert str(paths.model_file("{name}", "{seed}")) == "results/models/{name}/seed{seed}/model.pt"  # Snakemake

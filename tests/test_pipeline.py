@@ -99,7 +99,8 @@ def snakemake_declared(repo: Path, *extra: str) -> set[tuple[str, str, frozenset
 
 
 def snakemake_jobs(repo: Path, *extra: str) -> list[str]:
-    """The jobs a (non-forced) dry run would run, as 'rule' or 'rule:NAME'."""
+    """The jobs a (non-forced) dry run would run, as 'rule' or 'rule:NAME:SEED' (transfer:
+    'rule:ROLE:SEED'): the wildcards' values in order."""
     text = subprocess.run([_tool("snakemake"), "--dry-run", "--cores", "1", *extra], cwd=repo, env=_env(),
                           capture_output=True, text=True, check=True).stdout
     jobs, rule = [], None
@@ -108,8 +109,9 @@ def snakemake_jobs(repo: Path, *extra: str) -> list[str]:
         if m:
             rule = m.group(1)
             jobs.append(rule)
-        elif rule and line.strip().startswith("wildcards: name="):
-            jobs[-1] = f"{rule}:{line.split('=', 1)[1].strip()}"
+        elif rule and line.strip().startswith("wildcards: "):
+            values = [kv.split("=", 1)[1] for kv in line.strip().removeprefix("wildcards: ").split(", ")]
+            jobs[-1] = ":".join([rule, *values])
     return [j for j in jobs if j != "all"]
 
 
@@ -120,7 +122,7 @@ def test_dvc_and_snakemake_declare_the_same_stages_and_outputs(tmp_path, profile
     dvc, smk = dvc_declared(repo), snakemake_declared(repo)
     assert dvc == smk, f"only in dvc.yaml: {sorted(dvc - smk)}\nonly in Snakefile: {sorted(smk - dvc)}"
     kinds = {k for k, _, _ in dvc}
-    assert kinds == {"data", "spec", "train", "transfer", "inputs", "evaluate", "report"}
+    assert kinds == {"data", "spec", "train", "source", "transfer", "inputs", "evaluate", "report"}
 
 
 def test_snakemake_lint_passes():
@@ -223,9 +225,11 @@ def test_one_finished_mlflow_run_per_stage_invocation(smoke_runs, tool):
     p = load_params(repo / "params.yaml")
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(p.experiment).experiment_id], max_results=1000)
-    got = sorted((r.data.tags["mma.stage"], r.data.tags.get("mma.model", "")) for r in runs)
-    expected = sorted([("data", ""), ("report", "")] + [("train", n) for n in p.model_names]
-                      + [("evaluate", n) for n in p.model_names] + [("transfer", s.model) for s in p.table1.sources.values()])
+    got = sorted((r.data.tags["mma.stage"], r.data.tags.get("mma.model", ""), r.data.tags.get("mma.seed", ""))
+                 for r in runs)
+    expected = sorted([("data", "", ""), ("report", "", "")] + [("train", n, str(s)) for n, s in p.members()]
+                      + [("evaluate", n, str(s)) for n, s in p.members()]
+                      + [("transfer", src.model, str(s)) for src in p.table1.sources.values() for s in p.seeds])
     assert got == expected
     assert {r.info.status for r in runs} == {"FINISHED"}
     train = [r for r in runs if r.data.tags["mma.stage"] == "train"]
@@ -243,8 +247,8 @@ def _ran_dvc_stages(output: str) -> set[str]:
 
 @pytest.mark.slow
 def test_editing_one_model_reruns_only_that_model(smoke_runs, tmp_path):
-    """One lr edit.  DVC: every (cheap) spec stage runs, then only that model's train and
-    evaluate stages and the report; no other evaluate (its inputs file is unchanged).
+    """One lr edit.  DVC: every (cheap) spec, source and inputs stage runs, then only that model's
+    train and evaluate stages and the report; no other evaluate (its inputs file is unchanged).
     Snakemake, given the edit in a COPIED params file (another name, same other values):
     only that model's spec, train, evaluate jobs and the report would run."""
     name = "mnist-l2-mma-2.0"  # not a Table-1 source: no transfer set changes
@@ -263,8 +267,9 @@ def test_editing_one_model_reruns_only_that_model(smoke_runs, tmp_path):
                 subprocess.run([_tool("dvc"), "repro"], cwd=repo, env=_env(), check=True, capture_output=True)
             ran = _ran_dvc_stages(out)
             print(f"\ndvc repro after one lr edit ran: {sorted(ran)}")
-            specs = {f"spec@{n}" for n in doc["models"]} | {f"inputs@{n}" for n in doc["models"]}
-            assert ran - specs == {f"train@{name}", f"evaluate@{name}", "report"}, ran
+            cheap = {f"{stage}@{n}-0" for n in doc["models"] for stage in ("spec", "inputs")} | \
+                {f"source@{role}-0" for role in doc["table1"]["sources"]}
+            assert ran - cheap == {f"train@{name}-0", f"evaluate@{name}-0", "report"}, ran
         else:
             copy = tmp_path / "my-params.yaml"
             (repo / "params.yaml").write_text(original)
@@ -273,7 +278,7 @@ def test_editing_one_model_reruns_only_that_model(smoke_runs, tmp_path):
             copy.write_text(yaml.safe_dump(doc, sort_keys=False))
             jobs = set(snakemake_jobs(repo, "--configfile", str(copy)))
             print(f"snakemake -n --configfile {copy.name} after one lr edit plans: {sorted(jobs)}")
-            assert jobs == {f"spec:{name}", f"train:{name}", f"evaluate:{name}", "report"}, jobs
+            assert jobs == {f"spec:{name}:0", f"train:{name}:0", f"evaluate:{name}:0", "report"}, jobs
 
 
 @pytest.mark.slow
@@ -308,23 +313,24 @@ def test_resume_state_of_other_settings_is_discarded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = load_params(ROOT / "presets" / "smoke.yaml")
     name = p.model_names[0]
-    assert stage.prepare(p, name) is False  # nothing to resume
-    folder = stage.checkpoint_dir(name)
+    assert stage.prepare(p, name, 0) is False  # nothing to resume
+    folder = stage.checkpoint_dir(name, 0)
+    assert folder == tmp_path.joinpath("results", "checkpoints", name, "seed0").relative_to(tmp_path)
     (folder / "resume.pt").write_bytes(b"checkpoint")
     (folder / "run.json").write_text('{"run_id": "abc"}')
-    assert stage.prepare(p, name) is True  # same settings: resume, same MLflow run
+    assert stage.prepare(p, name, 0) is True  # same settings: resume, same MLflow run
     assert (folder / "run.json").exists()
 
     doc = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
     for key, value in [("checkpoint_every", 7), ("log_every", 3)]:  # cannot change the model: resumed
         edited = {**doc, "models": {**doc["models"], name: {**doc["models"][name], key: value}}}
         (tmp_path / "edited.yaml").write_text(yaml.safe_dump({**edited, "threads": 1, "device": "cpu"}))
-        assert stage.prepare(load_params(tmp_path / "edited.yaml"), name) is True, key
+        assert stage.prepare(load_params(tmp_path / "edited.yaml"), name, 0) is True, key
     doc["models"][name]["optimizer"]["lr"] = 0.5
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(doc))
-    assert stage.prepare(load_params(tmp_path / "edited.yaml"), name) is False
+    assert stage.prepare(load_params(tmp_path / "edited.yaml"), name, 0) is False
     assert not (folder / "resume.pt").exists() and not (folder / "run.json").exists()
-    stage.finish(name)
+    stage.finish(name, 0)
     assert not folder.exists()
 
 
@@ -354,8 +360,8 @@ def test_dvc_metrics_and_plots_are_readable(smoke_runs, tmp_path):
                                         capture_output=True, text=True).stdout)
     files = next(iter(metrics.values()))["data"]
     p = yaml.safe_load((repo / "params.yaml").read_text())
-    assert set(files) == {f"results/metrics/{n}.json" for n in p["models"]} | \
-        {f"results/models/{n}/metrics.json" for n in p["models"]}
+    assert set(files) == {f"results/metrics/{n}/seed0.json" for n in p["models"]} | \
+        {f"results/models/{n}/seed0/metrics.json" for n in p["models"]}
     for name, entry in files.items():
         data = entry["data"]
         assert len(data) <= 9 and not {"git_commit", "params", "wall_seconds_this_attempt"} & set(data), name
@@ -366,4 +372,4 @@ def test_dvc_metrics_and_plots_are_readable(smoke_runs, tmp_path):
                                       capture_output=True, text=True).stdout)["data"]
     for name in p["models"]:
         for kind in ("train", "val", "robust_vs_eps"):
-            assert f"results/plots/{kind}/{name}.tsv" in plots, (kind, name)
+            assert f"results/plots/{kind}/{name}/seed0.tsv" in plots, (kind, name)

@@ -140,7 +140,7 @@ def test_kill_9_then_rerun_continues_the_same_mlflow_run(tmp_path):
            "MMA_DATA_SOURCE": str(mnist_source())}
     params = _tiny_params(tmp_path)
     subprocess.run(MMA + ["data", "--params", str(params)], env=env, cwd=tmp_path, check=True, capture_output=True)
-    resume = tmp_path / "results" / "checkpoints" / "tiny" / "resume.pt"
+    resume = tmp_path / "results" / "checkpoints" / "tiny" / "seed0" / "resume.pt"
     proc = subprocess.Popen(MMA + ["train", "tiny", "--params", str(params)], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
@@ -162,27 +162,29 @@ def test_kill_9_then_rerun_continues_the_same_mlflow_run(tmp_path):
     assert train_runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "loss")]
     assert sorted(steps) == list(range(1, 201))  # every step exactly once
-    assert (tmp_path / "results" / "models" / "tiny" / "model.pt").exists()
+    assert (tmp_path / "results" / "models" / "tiny" / "seed0" / "model.pt").exists()
     assert not resume.parent.exists()  # resume state removed once finished
 
 
 @pytest.mark.slow
 def test_snakemake_four_parallel_training_jobs_record_four_complete_runs(tmp_path):
-    """`snakemake --cores 4` with 4 training jobs at once on a fresh default sqlite store."""
+    """`snakemake --cores 4` with 4 training jobs at once (2 models × 2 seeds) on a fresh default sqlite store."""
     from test_pipeline import _env, _tool, scratch_copy
 
     repo = scratch_copy(tmp_path / "repo", profile=None)
     doc = yaml.safe_load(_tiny_params(tmp_path).read_text())
     tiny = next(iter(doc["models"].values()))
-    doc["models"] = {f"tiny-{i}": {**tiny, "seed": i, "train_steps": 30, "eval_every": 30} for i in range(4)}
+    doc["models"] = {f"tiny-{i}": {**tiny, "train_steps": 30, "eval_every": 30} for i in range(2)}
+    doc["seeds"] = [0, 1]
     (repo / "params.yaml").write_text(yaml.safe_dump(doc))
-    targets = [f"results/models/tiny-{i}/model.pt" for i in range(4)]
+    targets = [f"results/models/tiny-{i}/seed{s}/model.pt" for i in range(2) for s in (0, 1)]
     result = subprocess.run([_tool("snakemake"), "--cores", "4", *targets], cwd=repo, env=_env(),
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client, runs = _runs(repo / "mlflow.db", "kill")
     train = [r for r in runs if r.data.tags.get("mma.stage") == "train"]
-    assert sorted(r.data.tags["mma.model"] for r in train) == [f"tiny-{i}" for i in range(4)]
+    assert sorted((r.data.tags["mma.model"], r.data.tags["mma.seed"]) for r in train) == \
+        [(f"tiny-{i}", s) for i in range(2) for s in ("0", "1")]
     assert {r.info.status for r in train} == {"FINISHED"}
     for r in train:
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == list(range(1, 31))

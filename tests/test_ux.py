@@ -44,7 +44,7 @@ def test_snakemake_reruns_nothing_for_a_copied_params_file_and_one_spec_for_one_
     _env, _tool, scratch_copy, snakemake_jobs = _tools()
     repo = scratch_copy(tmp_path / "repo")
     names = list(yaml.safe_load((repo / "params.yaml").read_text())["models"])
-    specs = [f"results/specs/{n}.json" for n in names]
+    specs = [f"results/specs/{n}/seed0.json" for n in names]
     subprocess.run([_tool("snakemake"), "--cores", "1", *specs], cwd=repo, env=_env(), check=True,
                    capture_output=True)
     copy = tmp_path / "my-params.yaml"
@@ -58,54 +58,88 @@ def test_snakemake_reruns_nothing_for_a_copied_params_file_and_one_spec_for_one_
     assert snakemake_jobs(repo, *specs, "--configfile", str(copy)) == []
     doc["models"]["mnist-linf-pgd-0.3"]["optimizer"]["lr"] = 0.002
     copy.write_text(yaml.safe_dump(doc, sort_keys=False))
-    assert snakemake_jobs(repo, *specs, "--configfile", str(copy)) == ["spec:mnist-linf-pgd-0.3"]
+    assert snakemake_jobs(repo, *specs, "--configfile", str(copy)) == ["spec:mnist-linf-pgd-0.3:0"]
 
 
 def test_dvc_stages_by_model_name_and_one_edit_changes_one_spec_file(tmp_path):
-    """`dvc stage list` names per-model stages by model; after an lr edit the spec stages
-    rerun (cheap) but only that model's file changes, so only its train stage is out of date;
-    checkpoint_every changes no file."""
+    """`dvc stage list` names per-member stages by model and seed; after an lr edit the spec
+    stages rerun (cheap) but only that model's file changes, so only its train stage is out of
+    date; checkpoint_every changes no file."""
     _env, _tool, scratch_copy, _ = _tools()
     repo = scratch_copy(tmp_path / "repo")
     listed = subprocess.run([_tool("dvc"), "stage", "list", "--name-only"], cwd=repo, env=_env(), check=True,
                             capture_output=True, text=True).stdout.split()
-    for stage in ("train@mnist-linf-pgd-0.3", "evaluate@cifar10-l2-mma-1.0", "spec@mnist-linf-std",
-                  "inputs@mnist-l2-mma-2.0", "transfer@PGD"):
+    for stage in ("train@mnist-linf-pgd-0.3-0", "evaluate@cifar10-l2-mma-1.0-0", "spec@mnist-linf-std-0",
+                  "inputs@mnist-l2-mma-2.0-0", "transfer@PGD-0", "source@PGD-0"):
         assert stage in listed, listed
     subprocess.run([_tool("dvc"), "repro", "--glob", "spec@*"], cwd=repo, env=_env(), check=True, capture_output=True)
-    before = {p.name: _md5(p) for p in (repo / "results" / "specs").glob("*.json")}
+    before = {p.parent.name: _md5(p) for p in (repo / "results" / "specs").glob("*/seed0.json")}
+    assert set(before) == set(yaml.safe_load((repo / "params.yaml").read_text())["models"])
     doc = yaml.safe_load((repo / "params.yaml").read_text())
     doc["models"]["mnist-linf-std"]["checkpoint_every"] = 7
     (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     subprocess.run([_tool("dvc"), "repro", "--glob", "spec@*"], cwd=repo, env=_env(), check=True, capture_output=True)
-    assert {p.name: _md5(p) for p in (repo / "results" / "specs").glob("*.json")} == before
+    assert {p.parent.name: _md5(p) for p in (repo / "results" / "specs").glob("*/seed0.json")} == before
     doc["models"]["mnist-linf-pgd-0.3"]["optimizer"]["lr"] = 0.002
     (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     subprocess.run([_tool("dvc"), "repro", "--glob", "spec@*"], cwd=repo, env=_env(), check=True, capture_output=True)
-    after = {p.name: _md5(p) for p in (repo / "results" / "specs").glob("*.json")}
-    assert {n for n in after if after[n] != before[n]} == {"mnist-linf-pgd-0.3.json"}
+    after = {p.parent.name: _md5(p) for p in (repo / "results" / "specs").glob("*/seed0.json")}
+    assert {n for n in after if after[n] != before[n]} == {"mnist-linf-pgd-0.3"}
+
+
+def test_two_seeds_plan_one_job_per_model_and_seed_in_both_tools(tmp_path):
+    """seeds: [0, 1]: `dvc stage list` and `snakemake -n` list one train (spec, inputs, evaluate)
+    job per (model, seed) and one transfer (source) job per (role, seed), one data and one report."""
+    _env, _tool, scratch_copy, snakemake_jobs = _tools()
+    repo = scratch_copy(tmp_path / "repo")
+    doc = yaml.safe_load((repo / "params.yaml").read_text())
+    doc["seeds"] = [0, 1]
+    (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    members = {f"{n}-{s}" for n in doc["models"] for s in (0, 1)}
+    roles = {f"{r}-{s}" for r in doc["table1"]["sources"] for s in (0, 1)}
+    assert len(members) == 2 * 6 and len(roles) == 2 * 3
+    expected = {"data", "report"} | {f"{kind}@{m}" for kind in ("spec", "train", "inputs", "evaluate") for m in members} \
+        | {f"{kind}@{r}" for kind in ("source", "transfer") for r in roles}
+    listed = subprocess.run([_tool("dvc"), "stage", "list", "--name-only"], cwd=repo, env=_env(), check=True,
+                            capture_output=True, text=True).stdout.split()
+    assert sorted(listed) == sorted(expected)
+    jobs = snakemake_jobs(repo)  # nothing built yet: every job, once
+    as_dvc = {j if ":" not in j else "{}@{}-{}".format(*j.split(":")) for j in jobs}
+    assert len(jobs) == len(as_dvc) and as_dvc == expected
+    cmds = subprocess.run([_tool("snakemake"), "-n", "-p", "--cores", "1", "results/models/mnist-linf-std/seed1/model.pt"],
+                          cwd=repo, env=_env(), check=True, capture_output=True, text=True).stdout
+    assert "mma train mnist-linf-std --seed 1 --params params.yaml" in cmds
 
 
 def test_evaluate_inputs_record_holds_only_its_threat_models_sets(tmp_path, monkeypatch):
-    """What DVC's evaluate@NAME depends on (results/specs/NAME.evaluate.json): the sets of its
-    own threat model's sources, by hash; another threat model's sets are not in it."""
+    """What DVC's evaluate@NAME-S depends on (results/specs/NAME/seedS.evaluate.json): the seed-S
+    sets of its own threat model's sources, by hash; another threat model's or seed's are not in it."""
     from mma.params import load_params
     from mma.stages.evaluate import inputs_record
 
     monkeypatch.chdir(tmp_path)
-    p = load_params(SMOKE)
-    for source in ("mnist-linf-std", "mnist-linf-pgd-0.3"):
-        folder = tmp_path / "results" / "transfer" / source
-        folder.mkdir(parents=True)
-        (folder / "manifest.json").write_text(source)
-    linf = inputs_record(p, "mnist-linf-mma-0.45")
-    assert set(linf["transfer_files"]) == {"results/transfer/mnist-linf-std/manifest.json",
-                                           "results/transfer/mnist-linf-pgd-0.3/manifest.json"}
-    assert inputs_record(p, "mnist-l2-mma-2.0")["transfer_files"] == {}
-    before = inputs_record(p, "mnist-l2-mma-2.0")
-    (tmp_path / "results" / "transfer" / "mnist-linf-std" / "manifest.json").write_text("changed")
-    assert inputs_record(p, "mnist-l2-mma-2.0") == before
-    assert inputs_record(p, "mnist-linf-mma-0.45") != linf
+    doc = yaml.safe_load(SMOKE.read_text())
+    (tmp_path / "two-seeds.yaml").write_text(yaml.safe_dump({**doc, "seeds": [0, 1]}))
+    p = load_params(tmp_path / "two-seeds.yaml")
+    assert {r: s.model for r, s in p.table1.sources.items()} == {"MMA": "mnist-linf-mma-0.45", "PGD": "mnist-linf-pgd-0.3",
+                                                                 "STD": "mnist-linf-std"}  # MMA: its own, not read
+    for role in ("STD", "PGD"):
+        for seed in (0, 1):
+            folder = tmp_path / "results" / "transfer" / role / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "manifest.json").write_text(f"{role} {seed}")
+    linf = inputs_record(p, "mnist-linf-mma-0.45", 0)
+    assert set(linf["transfer_files"]) == {"results/transfer/STD/seed0/manifest.json",
+                                           "results/transfer/PGD/seed0/manifest.json"}
+    assert set(inputs_record(p, "mnist-linf-mma-0.45", 1)["transfer_files"]) == {
+        "results/transfer/STD/seed1/manifest.json", "results/transfer/PGD/seed1/manifest.json"}
+    assert inputs_record(p, "mnist-l2-mma-2.0", 0)["transfer_files"] == {}
+    before = inputs_record(p, "mnist-l2-mma-2.0", 0)
+    (tmp_path / "results" / "transfer" / "STD" / "seed1" / "manifest.json").write_text("changed")
+    assert inputs_record(p, "mnist-l2-mma-2.0", 0) == before
+    assert inputs_record(p, "mnist-linf-mma-0.45", 0) == linf  # another seed's set: not read by seed 0
+    (tmp_path / "results" / "transfer" / "STD" / "seed0" / "manifest.json").write_text("changed")
+    assert inputs_record(p, "mnist-linf-mma-0.45", 0) != linf
 
 
 # --------------------------------------------------------------------------- metrics, plots, units
@@ -145,11 +179,32 @@ def test_cifar_linf_margin_legend_uses_the_axis_units():
 def test_evaluate_before_training_names_the_train_command(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    for stage, name in (("evaluate", "mnist-linf-std"), ("transfer", "mnist-linf-pgd-0.3")):
-        result = CliRunner().invoke(app, [stage, name, "--params", str(SMOKE)])
+    for args, name in ((["evaluate", "mnist-linf-std"], "mnist-linf-std"),
+                       (["transfer", "mnist-linf-pgd-0.3"], "mnist-linf-pgd-0.3"),
+                       (["transfer", "--role", "PGD", "--seed", "0"], "mnist-linf-pgd-0.3")):
+        result = CliRunner().invoke(app, [*args, "--params", str(SMOKE)])
         assert result.exit_code == 2, result.output
-        assert f"run `mma train {name}` first" in result.stderr
+        assert f"run `mma train {name} --seed 0` first" in result.stderr
         assert "Errno" not in result.stderr
+
+
+def test_a_member_stage_without_seed_on_a_two_seed_grid_lists_the_seeds(tmp_path, monkeypatch):
+    """One seed: --seed may be left out; several: one line naming them, exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    doc = yaml.safe_load(SMOKE.read_text())
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump({**doc, "seeds": [0, 3]}))
+    for args in (["train", "mnist-linf-std"], ["evaluate", "mnist-linf-std"], ["spec", "mnist-linf-std"],
+                 ["transfer", "--role", "PGD"]):
+        result = CliRunner().invoke(app, [*args, "--params", "two.yaml"])
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.strip() == ("mma: error: the grid has 2 seeds (0, 3); pass --seed S to pick one"), args
+    result = CliRunner().invoke(app, ["train", "mnist-linf-std", "--seed", "1", "--params", "two.yaml"])
+    assert result.exit_code == 2 and "--seed 1: not one of the grid's seeds (0, 3)" in result.stderr
+    assert not (tmp_path / "results").exists()
+    result = CliRunner().invoke(app, ["spec", "mnist-linf-std", "--seed", "3", "--params", "two.yaml"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "results/specs/mnist-linf-std/seed3.json").read_text())["model"]["seed"] == 3
 
 
 def test_offline_data_error_names_the_env_var_and_the_param(tmp_path, monkeypatch):
@@ -250,13 +305,13 @@ def test_evaluation_run_tags_and_params_file_of_a_temporary_copy(tmp_path, monke
 
     seen = {}
 
-    def fake_stage_run(experiment, stage, *, name, tags, params, run_id_file):
+    def fake_stage_run(experiment, stage, *, name, seed, tags, params, run_id_file):
         seen.update(tags)
         raise SystemExit(0)
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    model = tmp_path / "results" / "models" / "mnist-l2-mma-2.0" / "model.pt"
+    model = tmp_path / "results" / "models" / "mnist-l2-mma-2.0" / "seed0" / "model.pt"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"")
     monkeypatch.setattr("mma.tracking.stage_run", fake_stage_run)
@@ -264,7 +319,7 @@ def test_evaluation_run_tags_and_params_file_of_a_temporary_copy(tmp_path, monke
     with pytest.raises(SystemExit):
         cli._run_stage(cli.STAGES["evaluate"], SMOKE, "mnist-l2-mma-2.0")
     assert {"mma.method": "mma", "mma.norm": "l2", "mma.dataset": "mnist", "mma.seed": 0,
-            "mma.eval_seed": 0}.items() <= seen.items()
+            "mma.group": "mnist-l2-mma-2.0", "mma.eval_seed": 0}.items() <= seen.items()
 
 
 # --------------------------------------------------------------------------- environment

@@ -111,7 +111,7 @@ class ModelSpec(Strict):
     batch_size: PositiveInt = 50
     augment: Bool = False  # CIFAR10: reflect-pad 4, random crop, horizontal flip
     train_limit: Optional[PositiveInt] = None  # first N training images only (smoke runs)
-    seed: NonNegativeInt = 0
+    seed: NonNegativeInt = 0  # set per member from the grid's `seeds` (Params.member); a params entry sets none
     # model selection on the validation split (the first val_size training images)
     eval_every: PositiveInt = 1000  # steps between validations
     val_limit: Optional[PositiveInt] = None  # validate on the first N validation images

@@ -6,6 +6,7 @@ models' evaluation results (``mma.evaluation``) beside the paper's numbers.
     checks      gradient-masking checks as pass/flag with numbers
     summary     AutoAttack beside PGD and the anchors, margins, Boundary, checks (json, markdown)
     reference   the paper's numbers (package data in reference/, with their source)
+    spread      numbers over training seeds (mean ± sample sd) and the "not distinguishable" rule
     format      how numbers and names are written
 
 Cells are found by record fields (``mma.evaluation.records``), never by parsing keys.

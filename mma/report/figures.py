@@ -1,4 +1,8 @@
-"""Figure 3 (robust accuracy vs ε, four panels) and the margin distributions, as PNG."""
+"""Figure 3 (robust accuracy vs ε, four panels) and the margin distributions, as PNG.
+
+With several training seeds, Figure 3 draws each model's mean over seeds with a band from the
+lowest to the highest seed (min–max, said in the legend and the title); the margin CDFs pool
+the correctly classified test images of every seed."""
 
 from __future__ import annotations
 
@@ -28,6 +32,27 @@ def margin_label(model: str, estimate: str, v, scale: float) -> str:
     return f"{model}: {estimate}, mean {float(v.mean()):.3g}{unit}, median {float(v.median()):.3g}{unit}"
 
 
+def seed_curves(by_seed: dict[int, Results], curve_eps: list[float], **fields) -> list[tuple[float, float, float, float]]:
+    """(ε, mean, min, max over seeds) at each curve ε that every seed's results hold."""
+    per_seed = [dict(curve_points(res, curve_eps, **fields)) for res in by_seed.values()]
+    common = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
+    return [(e, sum(p[e] for p in per_seed) / len(per_seed), min(p[e] for p in per_seed), max(p[e] for p in per_seed))
+            for e in common]
+
+
+def _draw(ax, pts, scale: float, label: str, n_seeds: int, **style) -> None:
+    """The mean curve and, with several seeds, its min–max band in the same colour."""
+    if not pts:
+        return
+    xs = [e * scale for e, *_ in pts]
+    if n_seeds > 1:
+        label += f"; mean of {n_seeds} seeds, band: min–max"
+    (line,) = ax.plot(xs, [m for _, m, _, _ in pts], label=label, **style)
+    if n_seeds > 1:
+        ax.fill_between(xs, [lo for _, _, lo, _ in pts], [hi for *_, hi in pts], color=line.get_color(), alpha=0.2,
+                        linewidth=0)
+
+
 def curve_points(res: Results, curve_eps: list[float], **fields) -> list[tuple[float, float]]:
     """(ε, robust accuracy %) of the record with ``fields`` at each curve ε that has one."""
     points = []
@@ -43,8 +68,8 @@ def _save(fig, path: Path, dpi: int) -> None:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
 
 
-def figure3(results: dict[str, Results], specs: dict, params, path: Path, *, dpi: int = 150) -> dict:
-    """Four panels; returns {panel: [model names plotted]}."""
+def figure3(results: dict[str, dict[int, Results]], specs: dict, params, path: Path, *, dpi: int = 150) -> dict:
+    """Four panels (``results``: model → seed → results); returns {panel: [model names plotted]}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,18 +92,17 @@ def figure3(results: dict[str, Results], specs: dict, params, path: Path, *, dpi
         tm = params.evaluate.threat_model(dataset, norm)
         fields = attack_fields(params.curve_attack(), params.evaluate.loss)
         for n in names:
-            res = results[n]
-            pts = curve_points(res, tm.curve_eps, kind="whitebox", **fields)
-            if pts:
-                ax.plot([e * scale for e, _ in pts], [a for _, a in pts], marker="o", ms=3,
-                        label=f"{n}: white-box {params.curve_attack().label()} ({params.evaluate.loss})")
-            boundary = res.select(kind="boundary")
+            by_seed = results[n]
+            k = len(by_seed)
+            _draw(ax, seed_curves(by_seed, tm.curve_eps, kind="whitebox", **fields), scale,
+                  f"{n}: white-box {params.curve_attack().label()} ({params.evaluate.loss})", k, marker="o", ms=3)
+            first = next(iter(by_seed.values()))
+            boundary = first.select(kind="boundary")
             if boundary:
-                bpts = curve_points(res, tm.curve_eps, kind="boundary")
                 r = boundary[0]
-                lim = "all" if not res.is_subset(r) else f"first {r.n}"
-                ax.plot([e * scale for e, _ in bpts], [a for _, a in bpts], ls="--", marker="s", ms=3,
-                        label=f"{n}: Boundary attack ({r.steps} steps, {lim} test images)")
+                lim = "all" if not first.is_subset(r) else f"first {r.n}"
+                _draw(ax, seed_curves(by_seed, tm.curve_eps, kind="boundary"), scale,
+                      f"{n}: Boundary attack ({r.steps} steps, {lim} test images)", k, ls="--", marker="s", ms=3)
         if (dataset, norm) == ("mnist", "linf"):
             fin = [a for a in anchors() if a["dataset"] == "MNIST" and a["norm"] == "Linf" and a["model"] == "MMA-0.45"
                    and a["metric"] == "robust_all_attacks"]
@@ -92,23 +116,27 @@ def figure3(results: dict[str, Results], specs: dict, params, path: Path, *, dpi
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Figure 3: robust accuracy vs ε (white-box PGD; Boundary attack on MNIST L2)")
+    k = len(params.seeds)
+    over = f"; lines: mean over {k} training seeds, bands: min–max over seeds" if k > 1 else "; one training seed"
+    fig.suptitle(f"Figure 3: robust accuracy vs ε (white-box PGD; Boundary attack on MNIST L2){over}")
     fig.tight_layout()
     _save(fig, path, dpi)
     plt.close(fig)
     return plotted
 
 
-def margins_figure(results: dict[str, Results], specs: dict, path: Path, *, dpi: int = 150, params=None) -> list[str]:
+def margins_figure(results: dict[str, dict[int, Results]], specs: dict, path: Path, *, dpi: int = 150,
+                   params=None) -> list[str]:
     """Per threat model with margins: the CDF of each model's margin (the smallest of the
-    estimates) and, dotted, AN-PGD's alone, over correctly classified examples."""
+    estimates) and, dotted, AN-PGD's alone, over correctly classified examples (of every seed,
+    pooled: ``results`` is model → seed → results)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = [p for p in PANELS if any((specs[n].dataset, specs[n].norm) == p[:2] and "margin" in results[n].values
-                                        for n in results)]
+    present = [p for p in PANELS if any((specs[n].dataset, specs[n].norm) == p[:2]
+                                        and all("margin" in r.values for r in results[n].values()) for n in results)]
     cols = min(2, max(1, len(present)))
     rows = (max(1, len(present)) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.8 * rows), squeeze=False)
@@ -120,19 +148,21 @@ def margins_figure(results: dict[str, Results], specs: dict, path: Path, *, dpi:
     for ax, (dataset, norm, title) in zip(axes.flat, present):
         scale, _ = _scale(dataset, norm)
         for n in results:
-            r = results[n]
-            if (specs[n].dataset, specs[n].norm) != (dataset, norm) or "margin" not in r.values:
+            members = list(results[n].values())
+            if (specs[n].dataset, specs[n].norm) != (dataset, norm) or not all("margin" in r.values for r in members):
                 continue
             color = None
             for key, style in (("margin", "-"), ("margin_anpgd", ":")):
-                v = r.values.get(key)
-                if v is None:
+                if any(r.values.get(key) is None for r in members):
                     continue
-                v = v[r.clean_correct & ~torch.isnan(v)].double().sort().values * scale
+                v = torch.cat([r.values[key][r.clean_correct & ~torch.isnan(r.values[key])].double() for r in members])
+                v = v.sort().values * scale
                 if not len(v):
                     continue
                 frac = torch.arange(1, len(v) + 1, dtype=torch.float64) / len(v)
                 name = "margin (min of estimates)" if key == "margin" else "AN-PGD alone"
+                if len(members) > 1:
+                    name += f", {len(members)} seeds pooled"
                 (line,) = ax.step(v.numpy(), frac.numpy(), ls=style, where="post", color=color,
                                   label=margin_label(n, name, v, scale))
                 color = line.get_color()

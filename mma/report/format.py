@@ -20,3 +20,19 @@ def panel_title(title: str, params) -> str:
 def fmt(v: Optional[float]) -> str:
     """A percentage (or any number) with two decimals; '—' for missing or nan."""
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def fmt_spread(mean: Optional[float], sd: Optional[float]) -> str:
+    """A number over seeds: "92.05 ± 0.31" (mean ± sample sd); one seed (sd None): the value
+    alone, never "± 0" (``mma.report.spread``)."""
+    if sd is None or fmt(mean) == "—":
+        return fmt(mean)
+    return f"{fmt(mean)} ± {fmt(sd)}"
+
+
+def seeds_note(seeds: list[int]) -> str:
+    """What the report's numbers are, over the grid's training seeds."""
+    if len(seeds) == 1:
+        return f"One training seed ({seeds[0]}): each number is that model's; its seed spread is unknown."
+    return (f"Mean ± sample standard deviation (ddof = 1) over {len(seeds)} training seeds "
+            f"({', '.join(map(str, seeds))}); per-seed values in table1.csv and summary.json.")

@@ -5,7 +5,9 @@ every (source role, attack), then the row the paper lacks — the worst case ove
 attacks of that ε per example.  Columns are ``table1.columns`` (target model → role): a
 row whose role is the column's role is a white-box attack on the column's model
 (restarts: robust only if every restart fails); any other row is the source's transfer
-set (restarts chosen on the source).  Each cell is found by the record's fields.
+set (restarts chosen on the source).  Each cell is found by the record's fields, in each
+seed's results; it shows the mean ± sd over seeds (``mma.report.spread``), the CSV also
+every seed's value.
 """
 
 from __future__ import annotations
@@ -16,16 +18,24 @@ import io
 from ..config.evaluation import paper_attacks
 from ..evaluation.records import attack_fields, record_key
 from ..evaluation.results import Results
-from .format import fmt
+from .format import fmt, fmt_spread, seeds_note
 from .reference import TABLE1_SOURCE, paper_table1
+from .spread import Spread, over_seeds
 
 PAPER_ROLES = ("MMA", "PGD")  # the paper's two target columns
 
 
-def build_table1(results: dict[str, Results], params) -> dict:
-    """{"columns": [{model, role}], "rows": [{attack, eps, steps, restarts, source, setting, label,
-    cells: {model: {ours, paper, kind, key}}}]}; kind is white-box, transfer, natural or worst-case;
-    key is the record's (``records.record_key``)."""
+def _cell(spread: Spread, **rest) -> dict:
+    """A cell: our number over seeds (``ours`` = the mean, ``sd``: None with one seed) and the rest."""
+    return {"ours": spread.mean if spread.n else None, "sd": spread.sd, "n_seeds": spread.n,
+            "per_seed": {str(s): (None if v != v else v) for s, v in spread.values.items()}, **rest}
+
+
+def build_table1(results: dict[str, dict[int, Results]], params) -> dict:
+    """{"seeds": [...], "columns": [{model, role}], "rows": [{attack, eps, steps, restarts, source, setting,
+    label, cells: {model: {ours, sd, n_seeds, per_seed, paper, kind, key}}}]}; ``results``: model → seed →
+    results; ours is the mean over seeds, sd the sample sd (None with one seed); kind is white-box,
+    transfer, natural or worst-case; key is the record's (``records.record_key``)."""
     paper_settings = paper_attacks()
     t1 = params.table1
     columns = [{"model": m, "role": r} for m, r in t1.columns.items() if m in results]
@@ -34,8 +44,8 @@ def build_table1(results: dict[str, Results], params) -> dict:
     def paper(attack, eps, steps, restarts, source, role):
         return paper_table1(attack, eps, steps, restarts, source, role) if role in PAPER_ROLES else None
 
-    cells = {c["model"]: {"ours": results[c["model"]].clean_accuracy(), "kind": "natural", "key": "clean",
-                          "paper": paper("Natural", None, None, None, "", c["role"])} for c in columns}
+    cells = {c["model"]: _cell(over_seeds(results[c["model"]], Results.clean_accuracy), kind="natural", key="clean",
+                               paper=paper("Natural", None, None, None, "", c["role"])) for c in columns}
     rows.append({"attack": "Natural", "eps": None, "steps": None, "restarts": None, "source": "", "setting": "",
                  "label": "Natural", "cells": cells})
     by_eps: dict[float, list] = {}
@@ -57,27 +67,36 @@ def build_table1(results: dict[str, Results], params) -> dict:
                     continue
                 else:
                     wanted, kind = {"kind": "transfer", "source": row.source}, "transfer"
-                res = results[c["model"]]
-                record = res.find(eps=eps, **fields, **wanted)
-                cells[c["model"]] = {"ours": None if record is None else res.accuracy(record),
-                                     "paper": paper(attack, eps, steps, restarts, row.role, c["role"]) if ps else None,
-                                     "kind": kind, "key": None if record is None else record_key(record)}
+                by_seed = results[c["model"]]
+                found = {seed: res.find(eps=eps, **fields, **wanted) for seed, res in by_seed.items()}
+                spread = Spread({seed: float("nan") if found[seed] is None else res.accuracy(found[seed])
+                                 for seed, res in by_seed.items()})
+                record = next((r for r in found.values() if r is not None), None)
+                cells[c["model"]] = _cell(spread, kind=kind, key=None if record is None else record_key(record),
+                                          paper=paper(attack, eps, steps, restarts, row.role, c["role"]) if ps else None)
             rows.append({"attack": attack, "eps": eps, "steps": steps, "restarts": restarts, "source": row.role,
                          "setting": row.attack, "label": ours_setting.label(), "cells": cells})
-        cells = {c["model"]: {"ours": results[c["model"]].worst_case_accuracy(eps), "paper": None,
-                              "kind": "worst-case", "key": None} for c in columns}
+        cells = {c["model"]: _cell(over_seeds(results[c["model"]], lambda res: res.worst_case_accuracy(eps)),
+                                   paper=None, kind="worst-case", key=None) for c in columns}
         rows.append({"attack": "Worst case (all attacks)", "eps": eps, "steps": None, "restarts": None, "source": "all",
                      "setting": "", "label": "every attack of this ε", "cells": cells})
-    return {"columns": columns, "rows": rows}
+    return {"seeds": list(params.seeds), "columns": columns, "rows": rows}
+
+
+def _num(v) -> str | float:
+    return "" if v is None or v != v else round(v, 4)
 
 
 def table1_csv(table: dict) -> str:
-    """Wide CSV: the paper's columns, our setting, then per target our number and the paper's."""
+    """Wide CSV: the paper's columns, our setting, then per target our mean over seeds, its sample
+    sd (empty with one seed), the number of seeds, each seed's value, the kind and the paper's number."""
     buf = io.StringIO()
     w = csv.writer(buf)
+    seeds = table["seeds"]
     head = ["attack", "eps", "steps", "restarts", "source", "our_setting"]
     for c in table["columns"]:
-        head += [f"{c['model']}", f"{c['model']}_kind", f"paper_{c['model']}"]
+        m = c["model"]
+        head += [m, f"{m}_sd", f"{m}_n_seeds", *(f"{m}_seed{s}" for s in seeds), f"{m}_kind", f"paper_{m}"]
     w.writerow(head)
     for r in table["rows"]:
         line = [r["attack"], "" if r["eps"] is None else r["eps"], r["steps"] or "", r["restarts"] or "", r["source"],
@@ -85,9 +104,10 @@ def table1_csv(table: dict) -> str:
         for c in table["columns"]:
             cell = r["cells"].get(c["model"])
             if cell is None:
-                line += ["", "", ""]
+                line += [""] * (5 + len(seeds))
             else:
-                line += ["" if cell["ours"] is None else round(cell["ours"], 4), cell["kind"],
+                line += [_num(cell["ours"]), _num(cell["sd"]), cell["n_seeds"],
+                         *(_num(cell["per_seed"].get(str(s))) for s in seeds), cell["kind"],
                          "" if cell["paper"] is None else cell["paper"]]
         w.writerow(line)
     return buf.getvalue()
@@ -97,7 +117,7 @@ def table1_markdown(table: dict, *, notes: list[str]) -> str:
     cols = table["columns"]
     head = "| Attack | ε | Source | Ours ran | " + " | ".join(f"{c['model']} ({c['role']}) ours | paper" for c in cols) + " |"
     sep = "|" + "---|" * (4 + 2 * len(cols))
-    lines = ["# Table 1: MNIST, Linf — robust accuracy (%)", "", head, sep]
+    lines = ["# Table 1: MNIST, Linf — robust accuracy (%)", "", seeds_note(table["seeds"]), "", head, sep]
     for r in table["rows"]:
         if r["attack"] == "FGSM" or r["attack"] == "Natural" or r["attack"].startswith("Worst"):
             name = r["attack"]
@@ -111,7 +131,7 @@ def table1_markdown(table: dict, *, notes: list[str]) -> str:
                 cells += ["", ""]
                 continue
             mark = " (wb)" if cell["kind"] == "white-box" else ""
-            ours = fmt(cell["ours"])
+            ours = fmt_spread(cell["ours"], cell["sd"])
             if cell["kind"] == "worst-case":
                 ours = f"**{ours}**"
             cells += [ours + mark, fmt(cell["paper"])]
@@ -124,13 +144,16 @@ def table1_markdown(table: dict, *, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table1_notes(results: dict[str, Results], params) -> list[str]:
+def table1_notes(results: dict[str, dict[int, Results]], params) -> list[str]:
     """What every reader of Table 1 must know: the loss, the images, what ran instead of the paper."""
     ev = params.evaluate
-    n_eval = sorted({r.n for r in results.values()})
+    n_eval = sorted({r.n for by_seed in results.values() for r in by_seed.values()})
     aa_note = "standard" if not ev.autoattack.reduced else (
         f"REDUCED ({ev.autoattack.version}, n_iter={ev.autoattack.n_iter}, n_queries={ev.autoattack.n_queries})")
-    return [f"Attack loss (white-box and transfer sets): **{ev.loss}**"
+    spread = ("Whether two columns differ by more than their seed spread: summary.md, \"Differences between "
+              "models within the seed spread\"." if len(params.seeds) > 1 else
+              "One training seed: the seed spread is unknown, so no difference is claimed to exceed it.")
+    return [spread, f"Attack loss (white-box and transfer sets): **{ev.loss}**"
             + (" (restarts alternate cross-entropy and CW)" if ev.loss == "mixed" else "") + f"; cascade: {ev.cascade}.",
             f"Test images evaluated: {', '.join(map(str, n_eval))} (evaluate.test_limit = {ev.test_limit}).",
             "Our attack settings are in the 'Ours ran' column; the paper's steps × restarts in the first column.",

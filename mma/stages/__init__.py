@@ -3,9 +3,9 @@ the Snakefile call the CLI.  Each ``run(params, ...)`` reads only its params
 section(s), writes only the paths of ``mma.paths`` and returns its summary metrics.
 
     data      mma.stages.data.run(params, *, tracker)              -> data/...
-    train     mma.stages.train.run(params, name, *, device, tracker) -> results/models/NAME/
-    transfer  mma.stages.transfer.run(params, source, *, device, tracker) -> results/transfer/SOURCE/
-    evaluate  mma.stages.evaluate.run(params, name, *, device, tracker)   -> results/eval/NAME/
+    train     mma.stages.train.run(params, name, seed, *, device, tracker)    -> results/models/NAME/seedS/
+    transfer  mma.stages.transfer.run(params, role, seed, *, device, tracker) -> results/transfer/ROLE/seedS/
+    evaluate  mma.stages.evaluate.run(params, name, seed, *, device, tracker) -> results/eval/NAME/seedS/
     report    mma.stages.report.run(params, *, tracker)            -> results/report/
 
 ``files`` holds what they share: the identity check of every file read from another

@@ -1,16 +1,19 @@
 """The evaluate stage: every attack of the protocol on one target model.
 
-    results/eval/NAME/metrics.json    clean accuracy, every record's robust accuracy (by its
+One member (model NAME trained with seed S):
+
+    results/eval/NAME/seedS/metrics.json    clean accuracy, every record's robust accuracy (by its
                                       key, with its fields), worst case per ε, margins
                                       summary, timings, settings used
-    results/eval/NAME/per_example.pt  per-example outcomes (``mma.evaluation.results``):
+    results/eval/NAME/seedS/per_example.pt  per-example outcomes (``mma.evaluation.results``):
                                       the report takes its numbers from these
-    results/metrics/NAME.json         the DVC metrics: a few headline numbers (percent), see ``headline``
-    results/plots/robust_vs_eps/NAME.tsv  robust accuracy vs ε (DVC plots): curve attack, worst case
+    results/metrics/NAME/seedS.json         the DVC metrics: a few headline numbers (percent), see ``headline``
+    results/plots/robust_vs_eps/NAME/seedS.tsv  robust accuracy vs ε (DVC plots): curve attack, worst case
 
 What it reads besides the model and the data is ``inputs_record`` (the settings, and the
-hash of every transfer set it reads): Snakemake's params and DVC's results/specs/NAME.evaluate.json,
-so a changed set of another threat model reruns nothing here.
+hash of every transfer set it reads: its sources' seed-S sets): Snakemake's params and DVC's
+results/specs/NAME/seedS.evaluate.json, so a changed set of another threat model or seed
+reruns nothing here.
 """
 
 from __future__ import annotations
@@ -22,35 +25,37 @@ from dataclasses import asdict
 from .. import paths
 
 
-def load_transfer_sets(params, name: str, x_u8, y) -> list:
-    """(manifest entry, uint8 images) for every set of every source of ``name``'s threat
-    model, each checked (``transfer.load_sets``) against the test images evaluated."""
+def load_transfer_sets(params, name: str, seed: int, x_u8, y) -> list:
+    """(manifest entry, uint8 images) for every set of the seed-``seed`` member of every source
+    of ``name``'s threat model, each checked (``transfer.load_sets``) against the test images evaluated."""
     from .transfer import load_sets
 
     return [item for source in params.table1.sources_for(name, params.models.values())
-            for item in load_sets(params, source, x_u8, y)]
+            for item in load_sets(params, source, seed, x_u8, y)]
 
 
-def settings_record(params, name: str) -> dict:
-    """The params values the evaluate stage of ``name`` reads (its model's own settings are in model.pt)."""
+def settings_record(params, name: str, seed: int) -> dict:
+    """The params values the evaluate stage of member (``name``, ``seed``) reads (its model's own
+    settings are in model.pt)."""
     return {"attacks": {k: a.model_dump(mode="json") for k, a in params.attacks.items()},
             "table1": params.table1.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json"),
             "seed": params.seed, "compute": params.compute.model_dump(mode="json"),
-            "val_size": params.data.val_size, "sources": params.table1.sources_for(name, params.models.values())}
+            "val_size": params.data.val_size, "model_seed": seed,
+            "sources": params.table1.sources_for(name, params.models.values())}
 
 
-def inputs_record(params, name: str) -> dict:
+def inputs_record(params, name: str, seed: int) -> dict:
     """settings_record plus the md5 of each transfer file it reads (those present)."""
     files = {}
     for source in params.table1.sources_for(name, params.models.values()):
-        folder = paths.transfer_dir(source)
+        folder = paths.transfer_dir(params.role_of(source), seed)
         for f in sorted(folder.glob("*")) if folder.is_dir() else []:
             files[str(f)] = hashlib.md5(f.read_bytes()).hexdigest()
-    return {"model": name, "settings": settings_record(params, name), "transfer_files": files}
+    return {"model": name, "seed": seed, "settings": settings_record(params, name, seed), "transfer_files": files}
 
 
 def headline(res, name: str, params, tm) -> dict:
-    """results/metrics/NAME.json, a few numbers (percent; margins in pixel units):
+    """results/metrics/NAME/seedS.json, a few numbers (percent; margins in pixel units):
     clean accuracy; at the threat model's headline ε (``eps``), white-box robust accuracy
     (the worst case over the white-box attacks) and the worst case over every attack (white-box,
     transfer, AutoAttack, Boundary); the same at each other Table-1 ε for a Table-1 model
@@ -92,7 +97,7 @@ def summarize(res, name: str, spec, ev, extra: dict) -> dict:
     records = {record_key(r): {**asdict(r), "label": label(r), "accuracy": res.accuracy(r),
                                "n_attacked": int((res.survived[r] != -1).sum())} for r in res.records}
     worst = {eps_key(e): res.worst_case_accuracy(e) for e in res.eps_values()}
-    return {"model": name, "dataset": spec.dataset, "data": extra.pop("data", spec.dataset), "norm": spec.norm,
+    return {"model": name, "seed": spec.seed, "dataset": spec.dataset, "data": extra.pop("data", spec.dataset), "norm": spec.norm,
             "method": spec.method, "n": res.n,
             "clean_accuracy": res.clean_accuracy(), "loss": ev.loss, "cascade": ev.cascade,
             "records": records, "worst_case": worst, "margins": res.summary.get("margins", {}), **extra}
@@ -110,7 +115,7 @@ def flat_metrics(summary: dict) -> dict[str, float]:
     return {k: float(v) for k, v in m.items() if v == v}  # drop nan
 
 
-def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
+def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str, float]:
     from .. import compute
     from ..data import load_split, to_float
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
@@ -119,14 +124,14 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     from .files import load_checked_model, swapped_in
 
     ev = params.evaluate
-    spec = params.model(name)
+    spec = params.member(name, seed)
     tm = ev.threat_model(spec.dataset, spec.norm)  # present: the params loader checks every model has one
-    model, _, _ = load_checked_model(params, name, device)
+    model, _, _ = load_checked_model(params, name, seed, device)
     switches = compute.resolve(params.compute, device)
     model = compute.prepare(model, switches)
     x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
                          limit=ev.test_limit)
-    transfer_sets = load_transfer_sets(params, name, x_u8, y)  # checked before any attack runs
+    transfer_sets = load_transfer_sets(params, name, seed, x_u8, y)  # checked before any attack runs
     x, y = to_float(x_u8, device), y.to(device)
     timings: dict = {}
     t0 = time.monotonic()
@@ -138,12 +143,12 @@ def run(params, name: str, *, device: str, tracker=None) -> dict[str, float]:
     summary = summarize(res, name, spec, ev, {"data": data_name(params, spec.dataset), "threat_model": tm.model_dump(),
                                               "timings_s": timings, "evaluate_params": ev.model_dump(mode="json"),
                                               "compute": switches.record()})
-    out = paths.eval_dir(name)
+    out = paths.eval_dir(name, seed)
     with swapped_in(out) as tmp:  # both files or neither: a kill leaves the previous pair
-        save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": identity(params, name, "evaluate")})
+        save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": identity(params, name, seed, "evaluate")})
         write_json(tmp / "metrics.json", summary)
-    write_json(paths.metrics_file(name), headline(res, name, params, tm))
-    write_text(paths.plot_file("robust_vs_eps", name), robust_vs_eps(res, params))
+    write_json(paths.metrics_file(name, seed), headline(res, name, params, tm))
+    write_text(paths.plot_file("robust_vs_eps", name, seed), robust_vs_eps(res, params))
     metrics = flat_metrics(summary)
     if tracker is not None:
         tracker.log_metrics(metrics)

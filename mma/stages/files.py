@@ -38,6 +38,9 @@ def check_identity(path: Path, found, want: dict, remedy: str) -> None:
     if found.get("model") != want["model"]:
         raise BadFileError(f"{path}: belongs to model {found.get('model')!r}, not {want['model']!r} (copied or "
                            f"moved?); {remedy}")
+    if found.get("seed") != want["seed"]:
+        raise BadFileError(f"{path}: belongs to seed {found.get('seed')!r} of {want['model']}, not seed "
+                           f"{want['seed']} (copied or moved?); {remedy}")
     if found.get("data") != want["data"]:
         raise BadFileError(f"{path}: made on data {found.get('data')!r}, the params say {want['data']!r}; {remedy}")
     if found.get("spec_sha256") != want["spec_sha256"]:
@@ -48,25 +51,26 @@ def check_identity(path: Path, found, want: dict, remedy: str) -> None:
         raise BadFileError(f"{path}: written by stage {found.get('stage')!r}, expected {want['stage']!r}; {remedy}")
 
 
-def load_checked_model(params, name: str, device: str):
-    """(model, spec, meta) of results/models/NAME/model.pt, checked: intact, loadable and
-    trained for exactly this params entry."""
+def load_checked_model(params, name: str, seed: int, device: str):
+    """(model, spec, meta) of results/models/NAME/seedS/model.pt, checked: intact, loadable and
+    trained for exactly this params entry and seed."""
     from ..params import identity
     from ..train import load_model
 
-    path = paths.model_file(name)
-    remedy = f"rerun `mma train {name}`"
+    path = paths.model_file(name, seed)
+    remedy = f"rerun `mma train {name} --seed {seed}`"
     model, spec, meta = load_model(path, device, remedy=remedy)
-    check_identity(path, meta.get("identity"), identity(params, name, "train"), remedy)
+    check_identity(path, meta.get("identity"), identity(params, name, seed, "train"), remedy)
     return model, spec, meta
 
 
 # --------------------------------------------------------------------------- locks
 @contextlib.contextmanager
-def stage_lock(stage: str, name: str, *, shared: bool = False, wait: bool = False) -> Iterator[None]:
-    """An flock on results/.locks/STAGE-NAME.lock for the block.  Exclusive (a writer) or
-    shared (readers); ``wait=False``: refuse at once with BusyError naming the holder."""
-    path = paths.lock_file(stage, name)
+def stage_lock(stage: str, name: str, seed: int | None = None, *, shared: bool = False,
+               wait: bool = False) -> Iterator[None]:
+    """An flock on results/.locks/STAGE-NAME[-seedS].lock for the block.  Exclusive (a writer)
+    or shared (readers); ``wait=False``: refuse at once with BusyError naming the holder."""
+    path = paths.lock_file(stage, name, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
@@ -75,7 +79,8 @@ def stage_lock(stage: str, name: str, *, shared: bool = False, wait: bool = Fals
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            command = f"mma {stage}" + ("" if name == "all" else f" {name}")
+            command = f"mma {stage}" + ("" if name == "all" else f" {name}") \
+                + ("" if seed is None else f" --seed {seed}")
             raise BusyError(f"another `{command}` is running ({holder}; lock {path}); wait for it to "
                             "finish, then rerun") from None
         if not shared:

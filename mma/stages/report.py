@@ -1,11 +1,13 @@
 """The report stage: reads every model's evaluation, calls ``mma.report``, writes the files.
-Everything printed traces to results/eval/NAME/per_example.pt; the only other numbers are
+Everything printed traces to results/eval/NAME/seedS/per_example.pt; the only other numbers are
 the paper's, from mma/report/reference/ (with their source).
 
-    results/report/table1.md, table1.csv   Table 1 with our numbers beside the paper's + worst case
-    results/report/figure3.png             Figure 3, four panels
+    results/report/table1.md, table1.csv   Table 1 with our numbers (mean ± sd over seeds; the CSV also
+                                           each seed's) beside the paper's + worst case
+    results/report/figure3.png             Figure 3, four panels (mean over seeds, min–max band)
     results/report/margins.png             margin distributions (CDFs) per threat model
-    results/report/summary.json            AutoAttack beside PGD and the anchors, margins, checks (pass/flag)
+    results/report/summary.json            AutoAttack beside PGD (same rows) and the anchors, margins, checks
+                                           (pass/flag), which differences lie within the seed spread
     results/report/summary.md              the same, for reading
 """
 
@@ -17,22 +19,22 @@ FILES = ("table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json"
 
 
 def load_results(params) -> dict:
-    """Results by model, for every model of the grid, each per_example.pt checked: intact,
-    readable, and evaluated for exactly this params entry."""
+    """Results by model, then by seed, for every member of the grid, each per_example.pt
+    checked: intact, readable, and evaluated for exactly this params entry and seed."""
     from ..evaluation.results import Results
     from ..io import BadFileError, load_tensors
     from ..params import identity
     from .files import check_identity
 
     results = {}
-    for spec in params.models.values():
-        path = paths.eval_dir(spec.name) / "per_example.pt"
-        remedy = f"rerun `mma evaluate {spec.name}`"
+    for name, seed in params.members():
+        path = paths.eval_dir(name, seed) / "per_example.pt"
+        remedy = f"rerun `mma evaluate {name} --seed {seed}`"
         obj = load_tensors(path, remedy=remedy)
         check_identity(path, obj.get("identity") if isinstance(obj, dict) else None,
-                       identity(params, spec.name, "evaluate"), remedy)
+                       identity(params, name, seed, "evaluate"), remedy)
         try:
-            results[spec.name] = Results.from_tensors(obj)
+            results.setdefault(name, {})[seed] = Results.from_tensors(obj)
         except Exception as e:  # noqa: BLE001 - a damaged or foreign record, whatever the exception
             raise BadFileError(f"{path}: not per-example results ({type(e).__name__}: {str(e)[:120]}); "
                                f"{remedy}") from None
@@ -46,7 +48,7 @@ def run(params, *, tracker=None) -> dict[str, float]:
     from ..report.table1 import build_table1, table1_csv, table1_markdown, table1_notes
     from .files import swapped_in
 
-    results = load_results(params)
+    results = load_results(params)  # model → seed → results: every number is over the grid's seeds
     specs = dict(params.models)
     final, dpi = paths.report_dir(), params.report.dpi
 

@@ -1,16 +1,18 @@
-"""The train stage: one model of the grid, crash-safe and resumable.
+"""The train stage.
 
-    results/models/NAME/model.pt      best-on-validation weights (weights-only torch file: state_dict + spec)
-    results/models/NAME/metrics.json  the DVC metrics: steps, best step, validation numbers (accuracies in %)
-    results/models/NAME/info.json     bookkeeping: resolved params, git commit, wall seconds, device, sizes
-    results/plots/train/NAME.tsv      training curves (DVC plots): step, loss, accuracy (%), MMA's mean ε
-    results/plots/val/NAME.tsv        validation curves: step, clean/PGD accuracy (%), mean margin
-    results/checkpoints/NAME/         while training only: resume.pt, best.pt, spec.json, run.json, curves
+One member of the grid (model NAME trained with seed S), crash-safe and resumable:
+
+    results/models/NAME/seedS/model.pt      best-on-validation weights (weights-only torch file: state_dict + spec)
+    results/models/NAME/seedS/metrics.json  the DVC metrics: steps, best step, validation numbers (accuracies in %)
+    results/models/NAME/seedS/info.json     bookkeeping: resolved params, git commit, wall seconds, device, sizes
+    results/plots/train/NAME/seedS.tsv      training curves (DVC plots): step, loss, accuracy (%), MMA's mean ε
+    results/plots/val/NAME/seedS.tsv        validation curves: step, clean/PGD accuracy (%), mean margin
+    results/checkpoints/NAME/seedS/         while training only: resume.pt, best.pt, spec.json, run.json, curves
 
 Why the working files live in results/checkpoints/ and not beside model.pt: DVC and
 Snakemake delete a stage's declared outputs before rerunning it, and a crashed run
 must find its resume checkpoint *and* its best-so-far model again.  The best model is
-copied into results/models/NAME/ at the end; the folder is then deleted (only the
+copied into results/models/NAME/seedS/ at the end; the folder is then deleted (only the
 last resume checkpoint and the selected model are ever kept on disk).
 
 A checkpoint made with other settings (``spec.json`` differs) is discarded, never
@@ -32,21 +34,21 @@ from .. import interrupt, paths
 from ..params import Params, spec_record
 
 
-def checkpoint_dir(name: str) -> Path:
-    return paths.resume_file(name).parent
+def checkpoint_dir(name: str, seed: int) -> Path:
+    return paths.resume_file(name, seed).parent
 
 
-def run_id_file(name: str) -> Path:
+def run_id_file(name: str, seed: int) -> Path:
     """Where the MLflow run id is kept while the run can be resumed."""
-    return checkpoint_dir(name) / "run.json"
+    return checkpoint_dir(name, seed) / "run.json"
 
 
-def prepare(params: Params, name: str, restart: bool = False) -> bool:
+def prepare(params: Params, name: str, seed: int, restart: bool = False) -> bool:
     """Keep a resumable checkpoint of these exact settings, discard any other (or any, with
     ``restart``); True if resuming.  Only the files a train run makes are deleted."""
     from ..io import write_json
 
-    folder, record = checkpoint_dir(name), spec_record(params, name)
+    folder, record = checkpoint_dir(name, seed), spec_record(params, name, seed)
     spec_file = folder / "spec.json"
     if folder.exists() and restart:
         print(f"train {name}: --restart: discarding {folder}", file=sys.stderr)
@@ -57,9 +59,9 @@ def prepare(params: Params, name: str, restart: bool = False) -> bool:
         except (OSError, ValueError):
             same = False
         if same:  # also without resume.pt (killed before the first checkpoint): keep the MLflow run id
-            resuming = paths.resume_file(name).exists()
+            resuming = paths.resume_file(name, seed).exists()
             if resuming:
-                print(f"train {name}: resuming from {paths.resume_file(name)}", file=sys.stderr)
+                print(f"train {name}: resuming from {paths.resume_file(name, seed)}", file=sys.stderr)
             return resuming
         print(f"train {name}: discarding {folder} (made with other settings)", file=sys.stderr)
         _discard(folder)
@@ -156,22 +158,22 @@ class Curves:
             self._flush()
         self.journal.unlink(missing_ok=True)  # everything in it is in the TSVs and sent
 
-    def copy_to(self, name: str) -> None:
+    def copy_to(self, name: str, seed: int) -> None:
         from ..io import write_text
 
         self.flush()
         for kind in ("train", "val"):
             src = self.folder / f"{kind}.tsv"
-            write_text(paths.plot_file(kind, name), src.read_text() if src.exists() else "step\n")
+            write_text(paths.plot_file(kind, name, seed), src.read_text() if src.exists() else "step\n")
 
 
 def _cell(v) -> str:
     return "" if v is None else f"{v:.6g}"
 
 
-def finish(name: str) -> None:
+def finish(name: str, seed: int) -> None:
     """After a successful run: the resume state is no longer needed."""
-    folder = checkpoint_dir(name)
+    folder = checkpoint_dir(name, seed)
     for f in WORKING_FILES:  # only what a train run made; anything else (and so the folder) stays
         (folder / f).unlink(missing_ok=True)
         for tmp in folder.glob(f".{f}.*.tmp"):  # an atomic write of ours cut short by a kill
@@ -180,7 +182,7 @@ def finish(name: str) -> None:
         folder.rmdir()
 
 
-def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, float]:
+def run(params: Params, name: str, seed: int, *, device: str, tracker=None) -> dict[str, float]:
     from .. import compute
     from ..data import TensorBatcher, load_split, to_float
     from ..io import load_tensors, save_tensors, write_json
@@ -189,7 +191,7 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     from ..train.loop import load_resume
     from ..tracking import git_commit
 
-    spec = params.model(name)
+    spec = params.member(name, seed)  # the seed drives the batches, the initialisation and the attacks' starts
     d = params.data
     t0 = time.monotonic()
     data = data_name(params, spec.dataset)
@@ -202,21 +204,21 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     batcher = TensorBatcher(x, y, spec.batch_size, seed=spec.seed, device=device, augment=spec.augment)
     val = (to_float(x_val, device), y_val.to(device))
 
-    curves = Curves(checkpoint_dir(name), *((tracker.log_metrics, tracker.flush) if tracker is not None else ()))
-    resume = paths.resume_file(name)
-    curves.recover(load_resume(resume, "cpu")["result"]["step"] if resume.exists() else 0, _mlflow_steps(tracker))
-    best = checkpoint_dir(name) / "best.pt"
+    curves = Curves(checkpoint_dir(name, seed), *((tracker.log_metrics, tracker.flush) if tracker is not None else ()))
+    resume = paths.resume_file(name, seed)
+    curves.recover(load_resume(resume, "cpu", f"mma train {name} --seed {seed} --restart")["result"]["step"] if resume.exists() else 0, _mlflow_steps(tracker))
+    best = checkpoint_dir(name, seed) / "best.pt"
     switches = compute.resolve(params.compute, device)
     with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
-        result = train(spec, batcher, val, model_path=best, resume_path=paths.resume_file(name), device=device,
+        result = train(spec, batcher, val, model_path=best, resume_path=resume, device=device,
                        log=curves.log, flush=curves.flush, show_progress=True, compute=switches)
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
 
     # the selected model, out of the resume folder, with who it is (checked by every reader)
-    record = load_tensors(best, remedy=f"rerun `mma train {name} --restart`")
-    save_tensors(paths.model_file(name), {**record, "identity": identity(params, name, "train")})
-    curves.copy_to(name)
+    record = load_tensors(best, remedy=f"rerun `mma train {name} --seed {seed} --restart`")
+    save_tensors(paths.model_file(name, seed), {**record, "identity": identity(params, name, seed, "train")})
+    curves.copy_to(name, seed)
     by_step = {h["step"]: h for h in result.history}
     best = {k: v for k, v in percent(by_step.get(result.best_step, {})).items()
             if k.startswith("val_") and not k.startswith("val_warn")}
@@ -224,16 +226,16 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
     # (val_clean, val_pgd, val_margin); nothing that differs between identical runs
     short = {"val_clean_acc": "val_clean", "val_pgd_acc": "val_pgd", "val_mean_margin": "val_margin"}
     summary = {"best_step": result.best_step, **{short.get(k, k): round(v, 4) for k, v in best.items()}}
-    write_json(paths.model_dir(name) / "metrics.json", summary)
+    write_json(paths.model_dir(name, seed) / "metrics.json", summary)
     info = {
         "model": name, "dataset": spec.dataset, "data": data, "norm": spec.norm, "method": spec.method,
         "seed": spec.seed, "selection_metric": result.selection_metric, "best_value": result.best_value,
         "final": percent(result.history[-1]) if result.history else {},
         "train_examples": len(x), "val_examples": len(x_val), "device": str(device),
         "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
-        "git_commit": git_commit(), "params": spec_record(params, name), "compute": switches.record(),
+        "git_commit": git_commit(), "params": spec_record(params, name, seed), "compute": switches.record(),
     }
-    write_json(paths.model_dir(name) / "info.json", info)
+    write_json(paths.model_dir(name, seed) / "info.json", info)
     metrics = {f"best_{k}": float(v) for k, v in best.items()}
     metrics["best_step"] = float(result.best_step)
     if tracker is not None:
@@ -241,9 +243,9 @@ def run(params: Params, name: str, *, device: str, tracker=None) -> dict[str, fl
             tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
         if hasattr(tracker, "logged"):
             tracker.logged.update(metrics)  # logged here or by the killed attempt: the CLI must not add them
-        tracker.log_artifact(paths.model_file(name), "model")
+        tracker.log_artifact(paths.model_file(name, seed), "model")
         for f in ("metrics.json", "info.json"):
-            tracker.log_artifact(paths.model_dir(name) / f, "model")
+            tracker.log_artifact(paths.model_dir(name, seed) / f, "model")
     return metrics
 
 

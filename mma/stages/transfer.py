@@ -1,10 +1,15 @@
-"""The transfer stage: adversarial test sets made on one source model.
+"""The transfer stage: adversarial test sets made on one member (seed) of a Table-1 role's
+source model (``table1.sources.ROLE.model``).
 
-    results/transfer/SOURCE/ATTACK_epsE.pt   one set per Table-1 row made on SOURCE
-                                              (``table1.rows_made_on``): zlib-compressed
-                                              8-bit images, weights-only loadable
-    results/transfer/SOURCE/manifest.json    each file's record (``mma.evaluation.records``),
-                                              the source's identity and the test images' hash
+    results/transfer/ROLE/seedS/ATTACK_epsE.pt   one set per Table-1 row made on the source
+                                                  (``table1.rows_made_on``): zlib-compressed
+                                                  8-bit images, weights-only loadable
+    results/transfer/ROLE/seedS/manifest.json    each file's record (``mma.evaluation.records``),
+                                                  the source's identity and the test images' hash
+
+Folders are by role (dvc.yaml names the stages transfer@ROLE-SEED and cannot look the
+role's model up); the records inside name the source model.  A target of seed S is
+evaluated on the sets of its sources' seed-S members.
 
 Restarts are chosen on the source (the attacker has only the source model).  The folder
 is written beside and swapped in whole (``files.swapped_in``): a killed run leaves the
@@ -18,7 +23,7 @@ import time
 from .. import paths
 
 
-def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
+def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str, float]:
     import torch
 
     from .. import compute
@@ -31,19 +36,20 @@ def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
     from .files import load_checked_model, stage_lock, swapped_in
 
     ev = params.evaluate
+    source = params.source_model(role)
     rows = params.table1.rows_made_on(source)
     spec = params.model(source)
-    model, _, _ = load_checked_model(params, source, device)
+    model, _, _ = load_checked_model(params, source, seed, device)
     switches = compute.resolve(params.compute, device)
     model = compute.prepare(model, switches)
     x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
                          limit=ev.test_limit)
-    who, tested = identity(params, source, "transfer"), test_hash(x_u8, y)
-    out = paths.transfer_dir(source)
+    who, tested = identity(params, source, seed, "transfer"), test_hash(x_u8, y)
+    out = paths.transfer_dir(role, seed)
     sets, metrics = [], {}
     t0 = time.monotonic()
     # readers (evaluate) share the "transfer-files" lock: they never see a half-done swap
-    with swapped_in(out, guard=lambda: stage_lock("transfer-files", source, wait=True)) as tmp:
+    with swapped_in(out, guard=lambda: stage_lock("transfer-files", role, seed, wait=True)) as tmp:
         for row in rows:
             setting = params.attacks[row.attack]
             with compute.attacks(switches):
@@ -61,7 +67,7 @@ def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
             acc = 100.0 * float((pred.cpu() == y).float().mean())
             sets.append({"file": fname, "record": record_key(record), "attack": row.attack, "source_accuracy": acc})
             metrics[f"source_accuracy/{record_key(record)}"] = acc
-        manifest = {"source": source, "dataset": data_name(params, spec.dataset), "norm": spec.norm, "n": int(len(y)),
+        manifest = {"source": source, "role": role, "seed": seed, "dataset": data_name(params, spec.dataset), "norm": spec.norm, "n": int(len(y)),
                     "test_limit": ev.test_limit, "identity": who, "test_sha256": tested, "sets": sets,
                     "wall_seconds": round(time.monotonic() - t0, 1)}
         write_json(tmp / "manifest.json", manifest)
@@ -71,19 +77,32 @@ def run(params, source: str, *, device: str, tracker=None) -> dict[str, float]:
     return metrics
 
 
-def load_sets(params, source: str, x_u8, y) -> list:
-    """(manifest entry, uint8 images) of every set of ``source``, each checked against the
-    params and the evaluated test images (``x_u8``, ``y``: the first n of them)."""
+def source_record(params, role: str, seed: int) -> dict:
+    """results/sources/ROLE/seedS.json: the role's source model and the md5 of its seed-S model
+    file (absent: not trained yet).  DVC's transfer@ROLE-SEED depends on this file, so it reruns
+    exactly when that model file changes (dvc.yaml cannot name the model file by role)."""
+    import hashlib
+
+    source = params.source_model(role)
+    path = paths.model_file(source, seed)
+    md5 = hashlib.md5(path.read_bytes()).hexdigest() if path.exists() else None
+    return {"role": role, "model": source, "seed": seed, "model_file": str(path), "model_md5": md5}
+
+
+def load_sets(params, source: str, seed: int, x_u8, y) -> list:
+    """(manifest entry, uint8 images) of every set made on member (``source``, ``seed``), each
+    checked against the params and the evaluated test images (``x_u8``, ``y``: the first n)."""
     from ..evaluation.transfer import check_set, load_set, test_hash
     from ..io import read_json
     from ..params import identity
     from .files import check_identity, stage_lock
 
-    folder = paths.transfer_dir(source)
-    remedy = f"rerun `mma transfer {source}`"
+    role = params.role_of(source)
+    folder = paths.transfer_dir(role, seed)
+    remedy = f"rerun `mma transfer --role {role} --seed {seed}`"
     norm = params.model(source).norm
-    want = identity(params, source, "transfer")
-    with stage_lock("transfer-files", source, shared=True, wait=True):
+    want = identity(params, source, seed, "transfer")
+    with stage_lock("transfer-files", role, seed, shared=True, wait=True):
         manifest = read_json(folder / "manifest.json", remedy=remedy)
         try:
             entries, n, tested = manifest["sets"], int(manifest["n"]), manifest["test_sha256"]

@@ -223,10 +223,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *,
     return model.to(device).eval(), spec, {k: v for k, v in record.items() if k not in ("state_dict", "spec")}
 
 
-def load_resume(path: str | Path, device: torch.device) -> dict:
+def load_resume(path: str | Path, device: torch.device, restart: str | None = None) -> dict:
     """A resume checkpoint, checked: readable, complete and with finite weights.  Any problem
-    raises BadFileError saying what exists and how to discard it (``mma train NAME --restart``)."""
-    todo = f"it cannot be resumed: run `mma train {_name_of(path)} --restart` to discard it and train from step 0"
+    raises BadFileError saying what exists and how to discard it (``restart``: the command,
+    e.g. ``mma train NAME --seed S --restart``)."""
+    restart = restart or f"mma train {_name_of(path)} --restart"
+    todo = f"it cannot be resumed: run `{restart}` to discard it and train from step 0"
     state = load_tensors(path, map_location=device, remedy=todo)
     try:
         if not all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()):
@@ -287,7 +289,8 @@ def train(
 
     saved_at = None  # the step of the last resume checkpoint on disk (None: there is none)
     if Path(resume_path).exists():
-        state = load_resume(resume_path, device)
+        restart = f"mma train {spec.name} --seed {spec.seed} --restart"  # the member's own command
+        state = load_resume(resume_path, device, restart)
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -296,7 +299,7 @@ def train(
             result = TrainResult(**state["result"])
         except Exception as e:  # noqa: BLE001 - made by other code or for another model
             raise BadFileError(f"{resume_path}: does not fit this model ({type(e).__name__}: "
-                               f"{str(e).strip()[:160]}); run `mma train {_name_of(resume_path)} --restart` to "
+                               f"{str(e).strip()[:160]}); run `{restart}` to "
                                "discard it and train from step 0") from None
         saved_at = result.step
 

@@ -34,7 +34,8 @@ def params_file(wildcards, input):
 
 
 MODELS = P.model_names
-SOURCES = [s.model for s in P.table1.sources.values()]
+SEEDS = P.seeds  # every model is trained once per seed: jobs have wildcards name (or role) and seed
+ROLES = list(P.table1.sources)  # transfer jobs are by Table-1 role, as dvc.yaml's transfer@ROLE-SEED
 # torch threads per job: params.threads, else all cores (Snakemake exports OMP_NUM_THREADS
 # = the rule's threads to each job; with the default of 1 torch would run single-threaded)
 try:
@@ -65,29 +66,31 @@ SETTINGS = {
     "data": _dump(P.data, P.seed),
     "transfer": _dump(P.attacks, P.table1, P.evaluate.loss, P.evaluate.test_limit, P.evaluate.batch_size, P.seed,
                       P.compute),
-    "report": _dump(P.attacks, P.table1, P.evaluate, P.report),
+    "source": _dump(P.table1.sources),
+    "report": _dump(P.seeds, P.attacks, P.table1, P.evaluate, P.report),
 }
 
 
 def spec_settings(wildcards):
-    """A model's resolved settings (mma.params.spec_record), as its spec job's params."""
-    return json.dumps(spec_record(P, wildcards.name), sort_keys=True)
+    """A member's resolved settings (mma.params.spec_record), as its spec job's params."""
+    return json.dumps(spec_record(P, wildcards.name, int(wildcards.seed)), sort_keys=True)
 
 
 def evaluate_settings(wildcards):
-    """What the evaluate job of a model reads from params (mma.stages.evaluate.settings_record)."""
-    return json.dumps(settings_record(P, wildcards.name), sort_keys=True)
+    """What the evaluate job of a member reads from params (mma.stages.evaluate.settings_record)."""
+    return json.dumps(settings_record(P, wildcards.name, int(wildcards.seed)), sort_keys=True)
 
 # Output paths as wildcard patterns, from mma/paths.py (the CLI writes exactly these)
-SPEC = str(paths.spec_file("{name}"))
-EVAL_SPEC = str(paths.eval_spec_file("{name}"))
-MODEL = str(paths.model_file("{name}"))
-TRAIN_METRICS = str(paths.model_dir("{name}") / "metrics.json")
-TRAIN_INFO = str(paths.model_dir("{name}") / "info.json")
-METRICS = str(paths.metrics_file("{name}"))
-PLOT = {kind: str(paths.plot_file(kind, "{name}")) for kind in paths.PLOTS}
-TRANSFER = str(paths.transfer_dir("{name}"))
-EVAL = str(paths.eval_dir("{name}"))
+SPEC = str(paths.spec_file("{name}", "{seed}"))
+EVAL_SPEC = str(paths.eval_spec_file("{name}", "{seed}"))
+MODEL = str(paths.model_file("{name}", "{seed}"))
+TRAIN_METRICS = str(paths.model_dir("{name}", "{seed}") / "metrics.json")
+TRAIN_INFO = str(paths.model_dir("{name}", "{seed}") / "info.json")
+METRICS = str(paths.metrics_file("{name}", "{seed}"))
+PLOT = {kind: str(paths.plot_file(kind, "{name}", "{seed}")) for kind in paths.PLOTS}
+SOURCE = str(paths.source_file("{role}", "{seed}"))
+TRANSFER = str(paths.transfer_dir("{role}", "{seed}"))
+EVAL = str(paths.eval_dir("{name}", "{seed}"))
 REPORT_FILES = [
     str(paths.report_dir() / f)
     for f in ("table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json", "summary.md")
@@ -104,11 +107,19 @@ def report_outputs():
 
 wildcard_constraints:
     name="|".join(re.escape(n) for n in MODELS),
+    seed="|".join(str(s) for s in SEEDS),
+    role="|".join(re.escape(r) for r in ROLES),
 
 
 def transfer_sets(wildcards):
-    """The transfer sets model NAME is evaluated on: the sources of its threat model."""
-    return [str(paths.transfer_dir(s)) for s in P.table1.sources_for(wildcards.name, P.models.values())]
+    """The transfer sets member (NAME, SEED) is evaluated on: the seed's sets of its threat model's sources."""
+    return [str(paths.transfer_dir(P.role_of(s), wildcards.seed))
+            for s in P.table1.sources_for(wildcards.name, P.models.values())]
+
+
+def source_model(wildcards):
+    """The model file of the seed's member of the role's source (Table 1)."""
+    return str(paths.model_file(P.source_model(wildcards.role), wildcards.seed))
 
 
 # Cluster resources (the SLURM profile, workflow/profiles/slurm, docs/cluster.md): memory by
@@ -129,8 +140,13 @@ def _passes(spec):
     return 1
 
 
+def _model_of(wildcards):
+    """The model a job works on: its name, or (transfer, source) its role's source model."""
+    return P.model(wildcards.name if "name" in wildcards.keys() else P.source_model(wildcards.role))
+
+
 def mem_mb(wildcards):
-    return MEM_MB[P.model(wildcards.name).arch]
+    return MEM_MB[_model_of(wildcards).arch]
 
 
 def train_runtime(wildcards):
@@ -140,4 +156,4 @@ def train_runtime(wildcards):
 
 
 def eval_runtime(wildcards):
-    return EVAL_MIN[P.model(wildcards.name).arch]
+    return EVAL_MIN[_model_of(wildcards).arch]

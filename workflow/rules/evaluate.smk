@@ -9,11 +9,11 @@ rule inputs:
         file=params_file,
         settings=evaluate_settings,
     log:
-        "results/logs/inputs/{name}.log",
+        "results/logs/inputs/{name}/seed{seed}.log",
     conda:
         ENV
     shell:
-        "mma spec {wildcards.name} --evaluate --params {params.file} > {log} 2>&1"
+        "mma spec {wildcards.name} --seed {wildcards.seed} --evaluate --params {params.file} > {log} 2>&1"
 
 
 rule evaluate:
@@ -25,11 +25,11 @@ rule evaluate:
     output:
         directory(EVAL),
         metrics=METRICS,
-        curve=report(PLOT["robust_vs_eps"], category="Robust accuracy vs eps", labels={"model": "{name}"}),
+        curve=report(PLOT["robust_vs_eps"], category="Robust accuracy vs eps", labels={"model": "{name}", "seed": "{seed}"}),
     params:
         file=params_file,
     log:
-        "results/logs/evaluate/{name}.log",
+        "results/logs/evaluate/{name}/seed{seed}.log",
     threads: THREADS
     resources:
         gpu=GPU,
@@ -38,4 +38,4 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "mma evaluate {wildcards.name} --params {params.file} > {log} 2>&1"
+        "mma evaluate {wildcards.name} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"

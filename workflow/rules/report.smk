@@ -1,6 +1,6 @@
 rule report:
     input:
-        expand(EVAL, name=MODELS),
+        expand(EVAL, name=MODELS, seed=SEEDS),
     output:
         report_outputs(),
     params:

@@ -1,5 +1,5 @@
-# spec: the resolved settings of one model.  Snakemake's params trigger reruns it only
-# when that model's settings change (dvc.yaml needs the file to track one model).
+# spec: the resolved settings of one member (model × seed).  Snakemake's params trigger reruns
+# it only when that member's settings change (dvc.yaml needs the file to track one member).
 rule spec:
     output:
         SPEC,
@@ -7,11 +7,11 @@ rule spec:
         file=params_file,
         record=spec_settings,
     log:
-        "results/logs/spec/{name}.log",
+        "results/logs/spec/{name}/seed{seed}.log",
     conda:
         ENV
     shell:
-        "mma spec {wildcards.name} --params {params.file} > {log} 2>&1"
+        "mma spec {wildcards.name} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"
 
 
 rule train:
@@ -22,12 +22,12 @@ rule train:
         model=MODEL,
         metrics=TRAIN_METRICS,
         info=TRAIN_INFO,
-        train_curve=report(PLOT["train"], category="Training curves", labels={"model": "{name}", "curve": "train"}),
-        val_curve=report(PLOT["val"], category="Training curves", labels={"model": "{name}", "curve": "validation"}),
+        train_curve=report(PLOT["train"], category="Training curves", labels={"model": "{name}", "seed": "{seed}", "curve": "train"}),
+        val_curve=report(PLOT["val"], category="Training curves", labels={"model": "{name}", "seed": "{seed}", "curve": "validation"}),
     params:
         file=params_file,
     log:
-        "results/logs/train/{name}.log",
+        "results/logs/train/{name}/seed{seed}.log",
     threads: THREADS
     resources:
         gpu=GPU,
@@ -36,4 +36,4 @@ rule train:
     conda:
         ENV
     shell:
-        "mma train {wildcards.name} --params {params.file} > {log} 2>&1"
+        "mma train {wildcards.name} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"

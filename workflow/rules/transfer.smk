@@ -1,6 +1,26 @@
+# source: which model a Table-1 role's source is and its seed-S model file's hash (dvc.yaml's
+# source stage; here the transfer job could name the model file itself, but both tools keep
+# the same stages and files)
+rule source:
+    input:
+        model=source_model,
+    output:
+        SOURCE,
+    params:
+        file=params_file,
+        settings=SETTINGS["source"],
+    log:
+        "results/logs/source/{role}/seed{seed}.log",
+    conda:
+        ENV
+    shell:
+        "mma spec --role {wildcards.role} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"
+
+
 rule transfer:
     input:
-        model=MODEL,
+        model=source_model,
+        source=SOURCE,
         data=DATA,
     output:
         directory(TRANSFER),
@@ -8,7 +28,7 @@ rule transfer:
         file=params_file,
         settings=SETTINGS["transfer"],
     log:
-        "results/logs/transfer/{name}.log",
+        "results/logs/transfer/{role}/seed{seed}.log",
     threads: THREADS
     resources:
         gpu=GPU,
@@ -17,4 +37,4 @@ rule transfer:
     conda:
         ENV
     shell:
-        "mma transfer {wildcards.name} --params {params.file} > {log} 2>&1"
+        "mma transfer --role {wildcards.role} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"
