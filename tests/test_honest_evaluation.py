@@ -124,5 +124,6 @@ def test_cli_evaluate_of_a_model_with_inf_logits_is_one_line_exit_2(tmp_path, mo
                          for k, v in obj["state_dict"].items()}
     torch.save(obj, path)
     one_line_exit_2(invoke("evaluate", STD, "--params", "params.yaml"),
-                    f"model {STD}: its logits are not finite", f"mma train {STD} --restart")
+                    f"model {STD}: its logits are not finite", str(paths.model_file(STD, 0)),
+                    f"mma train {STD} --seed 0 --restart")
     assert not (paths.eval_dir(STD, 0) / "metrics.json").exists()

@@ -34,8 +34,7 @@ class FiniteLogits(nn.Module):
         super().__init__()
         self.model = model
         self.name = name
-        self.remedy = remedy or (f"check results/models/{name}/model.pt and retrain it (`mma train {name} --restart`, "
-                                 "e.g. with a lower optimizer.lr)")
+        self.remedy = remedy or retrain_remedy(name)
         self._pending: Optional[Tensor] = None  # a bad forward not read yet (GPU gradient steps)
         self.train(model.training)  # attack_mode restores *this* flag onto the model afterwards
 
@@ -54,6 +53,15 @@ class FiniteLogits(nn.Module):
             raise NonFiniteLogits(
                 f"model {self.name}: its logits are not finite (NaN or inf), so none of its predictions can be counted "
                 f"(a NaN argmax is an arbitrary class); nothing was written: {self.remedy}")
+
+
+def retrain_remedy(name: str, seed: Optional[int] = None) -> str:
+    """What to do about a model (seed ``seed``'s member, when given) whose logits are not finite."""
+    if seed is None:
+        return f"retrain it (`mma train {name} --restart`, e.g. with a lower optimizer.lr)"
+    from ..paths import model_file
+    return (f"check {model_file(name, seed)} and retrain it (`mma train {name} --seed {seed} --restart`, "
+            "e.g. with a lower optimizer.lr)")
 
 
 def finite_logits(model: nn.Module, name: str, remedy: Optional[str] = None) -> FiniteLogits:

@@ -56,13 +56,14 @@ def inputs_record(params, name: str, seed: int) -> dict:
 
 def headline(res, name: str, params, tm) -> dict:
     """results/metrics/NAME/seedS.json, a few numbers (percent; margins in pixel units):
-    clean accuracy; at the threat model's headline ε (``eps``), white-box robust accuracy
+    clean accuracy; at the threat model's headline ε (its ``headline_eps``, a param: not repeated
+    here, where it would be one more column of `dvc metrics show`), white-box robust accuracy
     (the worst case over the white-box attacks) and the worst case over every attack (white-box,
     transfer, AutoAttack, Boundary); the same at each other Table-1 ε for a Table-1 model
     (``whitebox@0.4``, ...); mean and median margin of the correctly classified test images."""
     from ..evaluation.results import eps_key
 
-    out = {"clean": res.clean_accuracy(), "eps": tm.headline_eps,
+    out = {"clean": res.clean_accuracy(),
            "whitebox": res.worst_case_accuracy(tm.headline_eps, kinds=("whitebox",)),
            "worst": res.worst_case_accuracy(tm.headline_eps)}
     if name in params.table1.columns or name in {s.model for s in params.table1.sources.values()}:
@@ -118,6 +119,7 @@ def flat_metrics(summary: dict) -> dict[str, float]:
 def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str, float]:
     from .. import compute
     from ..data import load_split, to_float
+    from ..evaluation.finite import finite_logits, retrain_remedy
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json, write_text
     from ..params import data_name, identity
@@ -128,7 +130,7 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
     tm = ev.threat_model(spec.dataset, spec.norm)  # present: the params loader checks every model has one
     model, _, _ = load_checked_model(params, name, seed, device)
     switches = compute.resolve(params.compute, device)
-    model = compute.prepare(model, switches)
+    model = finite_logits(compute.prepare(model, switches), name, retrain_remedy(name, seed))
     x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
                          limit=ev.test_limit)
     transfer_sets = load_transfer_sets(params, name, seed, x_u8, y)  # checked before any attack runs

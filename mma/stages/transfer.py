@@ -28,6 +28,7 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
 
     from .. import compute
     from ..data import load_split
+    from ..evaluation.finite import finite_logits, retrain_remedy
     from ..evaluation.records import attack_record, record_key
     from ..evaluation.transfer import build_set, save_set, set_name, test_hash
     from ..evaluation.whitebox import predict, seed_for
@@ -41,7 +42,7 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     spec = params.model(source)
     model, _, _ = load_checked_model(params, source, seed, device)
     switches = compute.resolve(params.compute, device)
-    model = compute.prepare(model, switches)
+    model = finite_logits(compute.prepare(model, switches), source, retrain_remedy(source, seed))
     x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
                          limit=ev.test_limit)
     who, tested = identity(params, source, seed, "transfer"), test_hash(x_u8, y)
@@ -55,7 +56,7 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
             with compute.attacks(switches):
                 x_adv = build_set(model, x_u8, y, row.eps, setting, norm=spec.norm, loss=ev.loss,
                                   seed=seed_for(params.seed, source, "transfer", row.attack, row.eps),
-                                  batch_size=ev.batch_size, device=device,
+                                  batch_size=ev.batch_size, device=device, source=source,
                                   description=f"transfer {source}: {setting.label()} ε={row.eps:g}")
             record = attack_record("transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed,
                                    source=source)
