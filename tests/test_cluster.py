@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mma import paths
 from test_pipeline import ROOT, _close, _env, _tool, scratch_copy
 
 SCRIPTS = ROOT / "tests" / "cluster"
@@ -140,6 +141,23 @@ def test_sigterm_ends_any_stage_run_killed_and_exits_143(tmp_path, monkeypatch):
     assert [(r.data.tags["mma.stage"], r.info.status) for r in found] == [("evaluate", "KILLED")]
 
 
+def _stopped_at_a_checkpoint(train_log: Path, steps: int, repo: Path, name: str, tracking: str, experiment: str) -> str:
+    """A SIGTERM stopped training at a step k in [steps/10, steps): the log says so, the seed-0
+    member's resume checkpoint exists and its one MLflow run is KILLED with steps 1..k logged
+    (flushed with the checkpoint).  Returns the run's id."""
+    text = train_log.read_text()
+    stopped = re.search(r"stopped by SIGTERM after step (\d+)", text)
+    assert stopped and "ended KILLED" in text, text
+    k = int(stopped.group(1))
+    assert steps // 10 <= k < steps
+    assert (repo / paths.resume_file(name, 0)).exists()
+    client, found = _mlflow_runs(tracking, experiment)
+    train = [r for r in found if r.data.tags["mma.stage"] == "train"]
+    assert [r.info.status for r in train] == ["KILLED"]
+    assert _loss_steps(client, train[0].info.run_id) == list(range(1, k + 1))
+    return train[0].info.run_id
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_training_and_the_rerun_resumes_the_same_mlflow_run(tmp_path):
     repo = scratch_copy(tmp_path / "repo")
@@ -160,16 +178,7 @@ def test_sigterm_checkpoints_training_and_the_rerun_resumes_the_same_mlflow_run(
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()
     finally:
         _stop(proc)
-    text = log.read_text()
-    stopped = re.search(r"stopped by SIGTERM after step (\d+)", text)
-    assert stopped and "ended KILLED" in text, text
-    k = int(stopped.group(1))
-    assert steps // 10 <= k < steps
-    assert (repo / "results" / "checkpoints" / name / "resume.pt").exists()
-    client, runs = _mlflow_runs(f"sqlite:///{repo / 'mlflow.db'}", "mma-sigterm")
-    train = [r for r in runs if r.data.tags["mma.stage"] == "train"]
-    assert [r.info.status for r in train] == ["KILLED"]
-    assert _loss_steps(client, train[0].info.run_id) == list(range(1, k + 1))  # flushed with the checkpoint
+    _stopped_at_a_checkpoint(log, steps, repo, name, f"sqlite:///{repo / 'mlflow.db'}", "mma-sigterm")
 
     rerun = subprocess.run(_bounded(600, _tool("mma"), "train", name), cwd=repo, env=env, capture_output=True,
                            text=True)
@@ -180,7 +189,7 @@ def test_sigterm_checkpoints_training_and_the_rerun_resumes_the_same_mlflow_run(
     assert len(train) == 1 and train[0].info.status == "FINISHED"
     assert train[0].data.tags["mma.resumed"] == "true"
     assert _loss_steps(client, train[0].info.run_id) == list(range(1, steps + 1))  # each step once
-    assert not (repo / "results" / "checkpoints" / name).exists()
+    assert not (repo / paths.resume_file(name, 0).parent).exists()
 
 
 # --------------------------------------------------------------------------- the engines
@@ -381,17 +390,7 @@ def test_scancel_of_training_then_the_rerun_resumes_the_same_mlflow_run(slurm, t
     target = f"results/models/{name}/seed0/model.pt"
     assert rc != 0  # the job was cancelled: Snakemake reports it failed
     assert _jobs()[first]["JobState"] == "CANCELLED"
-    text = train_log.read_text()
-    stopped = re.search(r"stopped by SIGTERM after step (\d+)", text)
-    assert stopped and "ended KILLED" in text, text
-    k = int(stopped.group(1))
-    assert steps // 10 <= k < steps
-    assert (repo / "results" / "checkpoints" / name / "resume.pt").exists()
-    client, found = _mlflow_runs(tracking, experiment)
-    train = [r for r in found if r.data.tags["mma.stage"] == "train"]
-    assert [r.info.status for r in train] == ["KILLED"]
-    run_id = train[0].info.run_id
-    assert _loss_steps(client, run_id) == list(range(1, k + 1))
+    run_id = _stopped_at_a_checkpoint(train_log, steps, repo, name, tracking, experiment)
 
     _, text = _snakemake_on_slurm(repo, env, target, seconds=600)  # the rerun
     second = [j for j, r in _submitted(text).items() if r == f"train:{name}:0" and j != first]

@@ -273,9 +273,13 @@ class EvaluateParams(Strict):
 class ReportParams(Strict):
     """Table 1, Figure 3, margin plots and the summary with the masking checks."""
 
+    # The checks compare two runs on the same images; a difference flags only if it exceeds its
+    # tolerance (% points) AND the one-sided exact McNemar test over the images the runs disagree
+    # on rejects "equally strong" at `significance` (report/checks.py)
+    significance: float = Field(0.01, gt=0, lt=1)
     monotone_tol: NonNegativeFinite = 0.5  # % points a curve may rise with ε before it is flagged
     unbounded_max: NonNegativeFinite = 1.0  # % robust allowed at unbounded ε
-    more_attack_tol: NonNegativeFinite = 0.1  # % points more steps/restarts may "help" the model (seed noise: ~10 of 10k images)
+    more_attack_tol: NonNegativeFinite = 0.1  # % points more steps/restarts may "help" the model
     # % points the masking checks' stronger attacks (more steps, more restarts; independent starts)
     # may lower the curve attack's robust accuracy before the curve attack is flagged as not converged
     more_attack_gain_tol: NonNegativeFinite = 2.0

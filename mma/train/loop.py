@@ -223,11 +223,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *,
     return model.to(device).eval(), spec, {k: v for k, v in record.items() if k not in ("state_dict", "spec")}
 
 
-def load_resume(path: str | Path, device: torch.device, restart: str | None = None) -> dict:
+def load_resume(path: str | Path, device: torch.device, restart: str) -> dict:
     """A resume checkpoint, checked: readable, complete and with finite weights.  Any problem
     raises BadFileError saying what exists and how to discard it (``restart``: the command,
     e.g. ``mma train NAME --seed S --restart``)."""
-    restart = restart or f"mma train {_name_of(path)} --restart"
     todo = f"it cannot be resumed: run `{restart}` to discard it and train from step 0"
     state = load_tensors(path, map_location=device, remedy=todo)
     try:
@@ -240,11 +239,6 @@ def load_resume(path: str | Path, device: torch.device, restart: str | None = No
     except Exception as e:  # noqa: BLE001
         raise BadFileError(f"{path}: not a complete resume checkpoint ({type(e).__name__}: {e}); {todo}") from None
     return state
-
-
-def _name_of(resume_path: str | Path) -> str:
-    """The model name of results/checkpoints/NAME/resume.pt."""
-    return Path(resume_path).parent.name
 
 
 # --------------------------------------------------------------------------- the loop
