@@ -2,7 +2,7 @@
 
 One file drives every stage: ``mma <stage> --params FILE`` validates the whole file
 before any work starts.  Every problem becomes ONE line naming the key path and the
-bad value (``params.yaml: models.mnist-linf-pgd-0.3.pgd.eps = -0.3: must be > 0``);
+bad value (``params.yaml: models.mnist-linf-pgd-0p3.pgd.eps = -0.3: must be > 0``);
 the CLI prints it and exits 2 without creating or touching any output.
 
 Presets (``presets/smoke.yaml``, ``presets/quick.yaml``) are complete params files
@@ -264,6 +264,10 @@ def _cross_check(p: Params) -> Optional[str]:
     seen = list(p.models)  # names, in the file's order
     for key, m in p.models.items():
         where = f"models.{key}"
+        if "." in key:  # DVC's -S (Hydra's override grammar) splits keys at every dot, with no quoting
+            return (f"{where}: a model name cannot hold a '.' (`dvc exp run -S models.NAME.KEY=VALUE` splits at "
+                    f"dots, so the model could not be set by name); write the number with a 'p': "
+                    f"{key.replace('.', 'p')!r}")
         if m.name != key:
             return f"{where}.name = {m.name!r}: differs from its key (leave `name` out: the key is the name)"
         if m.dataset not in p.data.datasets:
@@ -329,7 +333,7 @@ def _first_error(e: ValidationError, raw: dict) -> str:
 
 
 def _key_path(loc: list, raw: Any) -> str:
-    """('models', 'mnist-linf-pgd-0.3', 'pgd', 'eps') -> 'models.mnist-linf-pgd-0.3.pgd.eps';
+    """('models', 'mnist-linf-pgd-0p3', 'pgd', 'eps') -> 'models.mnist-linf-pgd-0p3.pgd.eps';
     a list index as ``[i] (its name)``."""
     out, node = "", raw
     for part in loc:

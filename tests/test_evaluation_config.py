@@ -36,7 +36,7 @@ def test_table1_rows_are_the_one_reading_of_the_grid():
     rows = t1.rows()
     assert len(rows) == 3 * (2 + 5 + 5)  # ε × (MMA's 2 attacks + PGD's 5 + STD's 5)
     assert [r.attack for r in t1.rows_made_on("mnist-linf-mma-v1")] == ["pgd100x1", "pgd100x50"] * 3
-    assert {(r.role, r.source) for r in t1.whitebox_rows("mnist-linf-mma-0.45")} == {("MMA", "mnist-linf-mma-v1")}
+    assert {(r.role, r.source) for r in t1.whitebox_rows("mnist-linf-mma-0p45")} == {("MMA", "mnist-linf-mma-v1")}
     assert t1.whitebox_rows("not-a-column") == []
 
 
@@ -50,9 +50,9 @@ def test_strict_and_sources_for():
                      columns={})
     blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.3}}}
     models = [ModelSpec(name=n, dataset="mnist", arch="lenet5_madry", norm=norm, method=m, **blocks[m])
-              for n, m, norm in [("mnist-linf-std", "std", "linf"), ("mnist-linf-pgd-0.3", "pgd", "linf"),
+              for n, m, norm in [("mnist-linf-std", "std", "linf"), ("mnist-linf-pgd-0p3", "pgd", "linf"),
                                  ("mnist-l2-pgd-1", "pgd", "l2")]]
     t1 = Table1Params()
-    assert t1.sources_for("mnist-linf-std", models) == ["mnist-linf-pgd-0.3"]  # v1 MMA not in this grid
-    assert t1.sources_for("mnist-linf-pgd-0.3", models) == ["mnist-linf-std"]
+    assert t1.sources_for("mnist-linf-std", models) == ["mnist-linf-pgd-0p3"]  # v1 MMA not in this grid
+    assert t1.sources_for("mnist-linf-pgd-0p3", models) == ["mnist-linf-std"]
     assert t1.sources_for("mnist-l2-pgd-1", models) == []

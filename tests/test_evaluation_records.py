@@ -15,7 +15,7 @@ RECORDS = [
     Record(kind="whitebox", attack="pgd", eps=0.3, steps=100, restarts=50, loss="ce", n=10000, seed=0),
     Record(kind="whitebox", attack="fgsm", eps=0.1, loss="cw", n=64),
     Record(kind="transfer", attack="pgd", eps=8 / 255, steps=10, restarts=2, loss="mixed", step_factor=1.25,
-           clean_start=True, source="cifar10-linf-mma-0.125.v2_b", n=500, seed=3),
+           clean_start=True, source="cifar10-linf-mma-0p125.v2_b", n=500, seed=3),
     Record(kind="autoattack", attack="apgd-ce_apgd-t", eps=0.0313725490, steps=5, n=20, seed=0),
     Record(kind="boundary", attack="boundary", eps=2.5, steps=25000, n=1000),
 ]

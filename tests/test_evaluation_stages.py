@@ -14,7 +14,7 @@ from mma.config.evaluation import (AttackSetting, AutoAttackParams, BoundaryPara
 
 from conftest import mnist_source
 
-NAMES = [("mnist-linf-std", "std", "linf"), ("mnist-linf-pgd-0.3", "pgd", "linf"),
+NAMES = [("mnist-linf-std", "std", "linf"), ("mnist-linf-pgd-0p3", "pgd", "linf"),
          ("mnist-linf-mma-v1", "mma", "linf"), ("mnist-l2-pgd-1", "pgd", "l2")]
 
 
@@ -130,7 +130,7 @@ def test_stages_write_every_file(world):
     md = (out / "table1.md").read_text()
     assert "93.64" in md and "Worst case" in md and "white-box and transfer sets): **ce**" in md
     # every number traces to the evaluate outputs: Table 1's natural row = metrics.json's clean accuracy
-    for name in ("mnist-linf-std", "mnist-linf-pgd-0.3", "mnist-linf-mma-v1"):
+    for name in ("mnist-linf-std", "mnist-linf-pgd-0p3", "mnist-linf-mma-v1"):
         metrics = json.loads((paths.eval_dir(name, 0) / "metrics.json").read_text())
         row = summary["table1"]["rows"][0]
         assert row["cells"][name]["ours"] == pytest.approx(metrics["clean_accuracy"])

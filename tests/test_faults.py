@@ -31,7 +31,7 @@ from conftest import mnist_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
-STD, PGD = "mnist-linf-std", "mnist-linf-pgd-0.3"
+STD, PGD = "mnist-linf-std", "mnist-linf-pgd-0p3"
 ROLE = {STD: "STD", PGD: "PGD"}  # their Table-1 roles: transfer sets live under results/transfer/ROLE/seedS
 
 
@@ -148,12 +148,12 @@ PARAMS_FAULTS = [
      ["curve_eps[0]", "-0.2"]),
     ("negative lr in lr_steps", lambda d: _lr_steps(d, [[10, -1.0]]), ["optimizer.lr_steps[0][1]", "-1.0"]),
     ("lr_steps not increasing", lambda d: _lr_steps(d, [[10, 0.1], [5, 0.01]]), ["lr_steps", "increase"]),
-    ("inf pgd eps", lambda d: d["models"]["mnist-linf-pgd-0.3"]["pgd"].update(eps=float("inf")),
-     ["models.mnist-linf-pgd-0.3.pgd.eps", "finite"]),
+    ("inf pgd eps", lambda d: d["models"]["mnist-linf-pgd-0p3"]["pgd"].update(eps=float("inf")),
+     ["models.mnist-linf-pgd-0p3.pgd.eps", "finite"]),
     ("inf lr", lambda d: d["models"]["mnist-linf-std"]["optimizer"].update(lr=float("inf")), ["optimizer.lr", "finite"]),
-    ("true as eps", lambda d: d["models"]["mnist-linf-pgd-0.3"]["pgd"].update(eps=True), ["pgd.eps = True", "number"]),
+    ("true as eps", lambda d: d["models"]["mnist-linf-pgd-0p3"]["pgd"].update(eps=True), ["pgd.eps = True", "number"]),
     ("true as train_steps", lambda d: d["models"]["mnist-linf-std"].update(train_steps=True), ["train_steps = True", "integer"]),
-    ("float as steps", lambda d: d["models"]["mnist-linf-pgd-0.3"]["pgd"].update(steps=3.5), ["pgd.steps = 3.5"]),
+    ("float as steps", lambda d: d["models"]["mnist-linf-pgd-0p3"]["pgd"].update(steps=3.5), ["pgd.steps = 3.5"]),
     ("string as bool", lambda d: d["models"]["mnist-linf-std"].update(augment="yes"), ["augment", "'yes'"]),
 ]
 

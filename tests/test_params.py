@@ -4,6 +4,7 @@ exit code 2, and nothing is created (checked through the real CLI, in-process)."
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
 
 
 def _set(doc: dict, path: str, value) -> dict:
-    """A copy of ``doc`` with ``path`` ("models/mnist-linf-pgd-0.3/pgd/eps") set to ``value``."""
+    """A copy of ``doc`` with ``path`` ("models/mnist-linf-pgd-0p3/pgd/eps") set to ``value``."""
     doc = copy.deepcopy(doc)
     *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
     node = doc
@@ -44,17 +45,17 @@ BAD = [
     ("unknown model key", _set(SMOKE, "models/mnist-linf-std/lrr", 0.1), ["models.mnist-linf-std.lrr", "0.1"]),
     ("wrong type", _set(SMOKE, "seed", "abc"), ["seed", "'abc'"]),
     ("wrong type nested", _set(SMOKE, "models/mnist-linf-std/train_steps", "many"), ["models.mnist-linf-std.train_steps", "many"]),
-    ("negative eps", _set(SMOKE, "models/mnist-linf-pgd-0.3/pgd/eps", -0.3), ["models.mnist-linf-pgd-0.3.pgd.eps", "-0.3"]),
-    ("steps 0", _set(SMOKE, "models/mnist-linf-pgd-0.3/pgd/steps", 0), ["models.mnist-linf-pgd-0.3.pgd.steps", "0"]),
+    ("negative eps", _set(SMOKE, "models/mnist-linf-pgd-0p3/pgd/eps", -0.3), ["models.mnist-linf-pgd-0p3.pgd.eps", "-0.3"]),
+    ("steps 0", _set(SMOKE, "models/mnist-linf-pgd-0p3/pgd/steps", 0), ["models.mnist-linf-pgd-0p3.pgd.steps", "0"]),
     ("train_steps 0", _set(SMOKE, "models/mnist-linf-std/train_steps", 0), ["train_steps", "0"]),
     ("unknown norm", _set(SMOKE, "models/mnist-linf-std/norm", "l3"), ["models.mnist-linf-std.norm", "'l3'"]),
     ("unknown arch", _set(SMOKE, "models/mnist-linf-std/arch", "resnet"), ["models.mnist-linf-std.arch", "'resnet'"]),
     ("unknown dataset", _set(SMOKE, "models/mnist-linf-std/dataset", "svhn"), ["models.mnist-linf-std.dataset", "'svhn'"]),
     ("unknown method", _set(SMOKE, "models/mnist-linf-std/method", "trades"), ["models.mnist-linf-std.method", "'trades'"]),
-    ("eps_min > d_max", _set(_set(SMOKE, "models/mnist-linf-mma-0.45/mma/eps_min", 0.5), "models/mnist-linf-mma-0.45/mma/eps_max", 1.0),
-     ["models.mnist-linf-mma-0.45.mma.eps_min", "0.5", "d_max"]),
-    ("name differs from its key", _set(SMOKE, "models/mnist-linf-pgd-0.3/name", "mnist-linf-std"),
-     ["models.mnist-linf-pgd-0.3.name", "'mnist-linf-std'", "differs from its key"]),
+    ("eps_min > d_max", _set(_set(SMOKE, "models/mnist-linf-mma-0p45/mma/eps_min", 0.5), "models/mnist-linf-mma-0p45/mma/eps_max", 1.0),
+     ["models.mnist-linf-mma-0p45.mma.eps_min", "0.5", "d_max"]),
+    ("name differs from its key", _set(SMOKE, "models/mnist-linf-pgd-0p3/name", "mnist-linf-std"),
+     ["models.mnist-linf-pgd-0p3.name", "'mnist-linf-std'", "differs from its key"]),
     ("the grid as a list", _set(SMOKE, "models", [{"name": "mnist-linf-std"}]), ["models", "mapping", "not a list"]),
     ("table1 names a model not in the grid", _set(SMOKE, "table1/columns", {"mnist-linf-nope": "MMA"}),
      ["table1.columns.mnist-linf-nope", "'mnist-linf-nope'"]),
@@ -63,15 +64,15 @@ BAD = [
     ("unknown attack name", _set(SMOKE, "table1/sources/PGD/attacks", ["fgsm", "pgd7x7"]),
      ["table1.sources.PGD.attacks", "'pgd7x7'", "attacks"]),
     ("curve attack not defined", _set(SMOKE, "evaluate/curve_attack", "pgd9x9"), ["evaluate.curve_attack", "'pgd9x9'"]),
-    ("table1 over two threat models", _set(SMOKE, "table1/columns", {"mnist-l2-mma-2.0": "MMA"}),
+    ("table1 over two threat models", _set(SMOKE, "table1/columns", {"mnist-l2-mma-2p0": "MMA"}),
      ["table1", "one dataset × norm"]),
     ("column role without a source", _set(SMOKE, "table1/columns", {"mnist-linf-std": "TRADES"}),
      ["table1", "'TRADES'", "not a role"]),
-    ("cw as AN-PGD's attack loss", _set(SMOKE, "models/mnist-linf-mma-0.45/mma/attack_loss", "cw"),
-     ["models.mnist-linf-mma-0.45.mma.attack_loss", "'cw'"]),
+    ("cw as AN-PGD's attack loss", _set(SMOKE, "models/mnist-linf-mma-0p45/mma/attack_loss", "cw"),
+     ["models.mnist-linf-mma-0p45.mma.attack_loss", "'cw'"]),
     ("unknown device", _set(SMOKE, "device", "tpu"), ["device", "'tpu'"]),
     ("negative threads", _set(SMOKE, "threads", -1), ["threads", "-1"]),
-    ("pgd without its block", _without(SMOKE, "models/mnist-linf-pgd-0.3/pgd"), ["models.mnist-linf-pgd-0.3", "pgd"]),
+    ("pgd without its block", _without(SMOKE, "models/mnist-linf-pgd-0p3/pgd"), ["models.mnist-linf-pgd-0p3", "pgd"]),
     ("dataset not prepared", _set(SMOKE, "data/datasets", ["mnist"]), ["dataset", "'cifar10'", "data.datasets"]),
     ("empty grid", _set(SMOKE, "models", {}), ["models"]),
     ("missing grid", _without(SMOKE, "models"), ["models", "missing"]),
@@ -87,6 +88,9 @@ BAD = [
         ("P/GD" if r == "PGD" else r): v for r, v in SMOKE["table1"]["sources"].items()}),
         "table1/columns", {m: ("P/GD" if r == "PGD" else r) for m, r in SMOKE["table1"]["columns"].items()}),
      ["table1.sources.P/GD", "folder name"]),
+    ("model name with a dot (dvc exp run -S splits there)",
+     _set(SMOKE, "models", {("mnist-linf-std-0.5" if k == "mnist-linf-std" else k): v for k, v in SMOKE["models"].items()}),
+     ["models.mnist-linf-std-0.5", "cannot hold a '.'", "'mnist-linf-std-0p5'"]),
     ("not YAML", "models: [\n  - {name: x\n", ["not valid YAML", "line"]),
     ("not a mapping", "- 1\n- 2\n", ["expected a mapping"]),
 ]
@@ -155,7 +159,7 @@ def test_data_source_env_wins(monkeypatch, tmp_path):
 
 
 def test_error_is_a_params_error_not_a_traceback(tmp_path):
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "models/mnist-linf-pgd-0.3/pgd/eps", -1)))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "models/mnist-linf-pgd-0p3/pgd/eps", -1)))
     with pytest.raises(ParamsError, match=r"pgd\.eps = -1: Input should be greater than 0"):
         load_params(tmp_path / "p.yaml")
 
@@ -203,3 +207,19 @@ def test_member_paths_are_built_from_name_and_seed():
     assert str(paths.transfer_dir("PGD", 3)) == "results/transfer/PGD/seed3"
     assert str(paths.source_file("PGD", 3)) == "results/sources/PGD/seed3.json"
     assert str(paths.model_file("{name}", "{seed}")) == "results/models/{name}/seed{seed}/model.pt"  # Snakemake
+
+
+@pytest.mark.parametrize("shipped", ["params.yaml", "presets/smoke.yaml", "presets/quick.yaml"])
+def test_every_model_can_be_set_by_name_with_dvc_exp_run_s(shipped, tmp_path):
+    """`dvc exp run -S models.NAME.KEY=VALUE` reaches each model of every shipped params file
+    by name: DVC's own override code (what -S runs) edits that model alone."""
+    from dvc.utils.hydra import apply_overrides
+
+    source = ROOT / shipped
+    names = list(yaml.safe_load(source.read_text())["models"])
+    for name in names:
+        copy = tmp_path / "params.yaml"
+        shutil.copy(source, copy)
+        apply_overrides(copy, [f"models.{name}.optimizer.lr=0.0123"])
+        models = yaml.safe_load(copy.read_text())["models"]
+        assert [n for n in names if (models[n].get("optimizer") or {}).get("lr") == 0.0123] == [name]

@@ -251,7 +251,7 @@ def test_editing_one_model_reruns_only_that_model(smoke_runs, tmp_path):
     train and evaluate stages and the report; no other evaluate (its inputs file is unchanged).
     Snakemake, given the edit in a COPIED params file (another name, same other values):
     only that model's spec, train, evaluate jobs and the report would run."""
-    name = "mnist-l2-mma-2.0"  # not a Table-1 source: no transfer set changes
+    name = "mnist-l2-mma-2p0"  # not a Table-1 source: no transfer set changes
     for tool in ("dvc", "snakemake"):
         repo = smoke_runs[tool]
         original = (repo / "params.yaml").read_text()

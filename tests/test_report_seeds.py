@@ -20,7 +20,7 @@ from mma.params import load_params
 from mma.report.spread import (DISTINGUISHABLE, NOT_DISTINGUISHABLE, SPREAD_UNKNOWN, Spread, verdict)
 
 ROOT = Path(__file__).resolve().parents[1]
-MMA, PGD, STD = "mnist-linf-mma-0.45", "mnist-linf-pgd-0.3", "mnist-linf-std"
+MMA, PGD, STD = "mnist-linf-mma-0p45", "mnist-linf-pgd-0p3", "mnist-linf-std"
 SD_75_100 = math.sqrt(((75 - 87.5) ** 2 + (100 - 87.5) ** 2) / (2 - 1))  # sample sd of {75, 100}: 17.677...
 
 

@@ -56,9 +56,9 @@ def test_snakemake_reruns_nothing_for_a_copied_params_file_and_one_spec_for_one_
     doc.update(threads=2, device="cpu")
     copy.write_text(yaml.safe_dump(doc, sort_keys=False))
     assert snakemake_jobs(repo, *specs, "--configfile", str(copy)) == []
-    doc["models"]["mnist-linf-pgd-0.3"]["optimizer"]["lr"] = 0.002
+    doc["models"]["mnist-linf-pgd-0p3"]["optimizer"]["lr"] = 0.002
     copy.write_text(yaml.safe_dump(doc, sort_keys=False))
-    assert snakemake_jobs(repo, *specs, "--configfile", str(copy)) == ["spec:mnist-linf-pgd-0.3:0"]
+    assert snakemake_jobs(repo, *specs, "--configfile", str(copy)) == ["spec:mnist-linf-pgd-0p3:0"]
 
 
 def test_dvc_stages_by_model_name_and_one_edit_changes_one_spec_file(tmp_path):
@@ -69,8 +69,8 @@ def test_dvc_stages_by_model_name_and_one_edit_changes_one_spec_file(tmp_path):
     repo = scratch_copy(tmp_path / "repo")
     listed = subprocess.run([_tool("dvc"), "stage", "list", "--name-only"], cwd=repo, env=_env(), check=True,
                             capture_output=True, text=True).stdout.split()
-    for stage in ("train@mnist-linf-pgd-0.3-0", "evaluate@cifar10-l2-mma-1.0-0", "spec@mnist-linf-std-0",
-                  "inputs@mnist-l2-mma-2.0-0", "transfer@PGD-0", "source@PGD-0"):
+    for stage in ("train@mnist-linf-pgd-0p3-0", "evaluate@cifar10-l2-mma-1p0-0", "spec@mnist-linf-std-0",
+                  "inputs@mnist-l2-mma-2p0-0", "transfer@PGD-0", "source@PGD-0"):
         assert stage in listed, listed
     subprocess.run([_tool("dvc"), "repro", "--glob", "spec@*"], cwd=repo, env=_env(), check=True, capture_output=True)
     before = {p.parent.name: _md5(p) for p in (repo / "results" / "specs").glob("*/seed0.json")}
@@ -80,11 +80,11 @@ def test_dvc_stages_by_model_name_and_one_edit_changes_one_spec_file(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     subprocess.run([_tool("dvc"), "repro", "--glob", "spec@*"], cwd=repo, env=_env(), check=True, capture_output=True)
     assert {p.parent.name: _md5(p) for p in (repo / "results" / "specs").glob("*/seed0.json")} == before
-    doc["models"]["mnist-linf-pgd-0.3"]["optimizer"]["lr"] = 0.002
+    doc["models"]["mnist-linf-pgd-0p3"]["optimizer"]["lr"] = 0.002
     (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     subprocess.run([_tool("dvc"), "repro", "--glob", "spec@*"], cwd=repo, env=_env(), check=True, capture_output=True)
     after = {p.parent.name: _md5(p) for p in (repo / "results" / "specs").glob("*/seed0.json")}
-    assert {n for n in after if after[n] != before[n]} == {"mnist-linf-pgd-0.3"}
+    assert {n for n in after if after[n] != before[n]} == {"mnist-linf-pgd-0p3"}
 
 
 def test_two_seeds_plan_one_job_per_model_and_seed_in_both_tools(tmp_path):
@@ -121,25 +121,25 @@ def test_evaluate_inputs_record_holds_only_its_threat_models_sets(tmp_path, monk
     doc = yaml.safe_load(SMOKE.read_text())
     (tmp_path / "two-seeds.yaml").write_text(yaml.safe_dump({**doc, "seeds": [0, 1]}))
     p = load_params(tmp_path / "two-seeds.yaml")
-    assert {r: s.model for r, s in p.table1.sources.items()} == {"MMA": "mnist-linf-mma-0.45", "PGD": "mnist-linf-pgd-0.3",
+    assert {r: s.model for r, s in p.table1.sources.items()} == {"MMA": "mnist-linf-mma-0p45", "PGD": "mnist-linf-pgd-0p3",
                                                                  "STD": "mnist-linf-std"}  # MMA: its own, not read
     for role in ("STD", "PGD"):
         for seed in (0, 1):
             folder = tmp_path / "results" / "transfer" / role / f"seed{seed}"
             folder.mkdir(parents=True)
             (folder / "manifest.json").write_text(f"{role} {seed}")
-    linf = inputs_record(p, "mnist-linf-mma-0.45", 0)
+    linf = inputs_record(p, "mnist-linf-mma-0p45", 0)
     assert set(linf["transfer_files"]) == {"results/transfer/STD/seed0/manifest.json",
                                            "results/transfer/PGD/seed0/manifest.json"}
-    assert set(inputs_record(p, "mnist-linf-mma-0.45", 1)["transfer_files"]) == {
+    assert set(inputs_record(p, "mnist-linf-mma-0p45", 1)["transfer_files"]) == {
         "results/transfer/STD/seed1/manifest.json", "results/transfer/PGD/seed1/manifest.json"}
-    assert inputs_record(p, "mnist-l2-mma-2.0", 0)["transfer_files"] == {}
-    before = inputs_record(p, "mnist-l2-mma-2.0", 0)
+    assert inputs_record(p, "mnist-l2-mma-2p0", 0)["transfer_files"] == {}
+    before = inputs_record(p, "mnist-l2-mma-2p0", 0)
     (tmp_path / "results" / "transfer" / "STD" / "seed1" / "manifest.json").write_text("changed")
-    assert inputs_record(p, "mnist-l2-mma-2.0", 0) == before
-    assert inputs_record(p, "mnist-linf-mma-0.45", 0) == linf  # another seed's set: not read by seed 0
+    assert inputs_record(p, "mnist-l2-mma-2p0", 0) == before
+    assert inputs_record(p, "mnist-linf-mma-0p45", 0) == linf  # another seed's set: not read by seed 0
     (tmp_path / "results" / "transfer" / "STD" / "seed0" / "manifest.json").write_text("changed")
-    assert inputs_record(p, "mnist-linf-mma-0.45", 0) != linf
+    assert inputs_record(p, "mnist-linf-mma-0p45", 0) != linf
 
 
 # --------------------------------------------------------------------------- metrics, plots, units
@@ -180,8 +180,8 @@ def test_evaluate_before_training_names_the_train_command(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     for args, name in ((["evaluate", "mnist-linf-std"], "mnist-linf-std"),
-                       (["transfer", "mnist-linf-pgd-0.3"], "mnist-linf-pgd-0.3"),
-                       (["transfer", "--role", "PGD", "--seed", "0"], "mnist-linf-pgd-0.3")):
+                       (["transfer", "mnist-linf-pgd-0p3"], "mnist-linf-pgd-0p3"),
+                       (["transfer", "--role", "PGD", "--seed", "0"], "mnist-linf-pgd-0p3")):
         result = CliRunner().invoke(app, [*args, "--params", str(SMOKE)])
         assert result.exit_code == 2, result.output
         assert f"run `mma train {name} --seed 0` first" in result.stderr
@@ -311,15 +311,15 @@ def test_evaluation_run_tags_and_params_file_of_a_temporary_copy(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    model = tmp_path / "results" / "models" / "mnist-l2-mma-2.0" / "seed0" / "model.pt"
+    model = tmp_path / "results" / "models" / "mnist-l2-mma-2p0" / "seed0" / "model.pt"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"")
     monkeypatch.setattr("mma.tracking.stage_run", fake_stage_run)
     monkeypatch.setattr(cli, "_device", lambda p, d: "cpu")
     with pytest.raises(SystemExit):
-        cli._run_stage(cli.STAGES["evaluate"], SMOKE, "mnist-l2-mma-2.0")
+        cli._run_stage(cli.STAGES["evaluate"], SMOKE, "mnist-l2-mma-2p0")
     assert {"mma.method": "mma", "mma.norm": "l2", "mma.dataset": "mnist", "mma.seed": 0,
-            "mma.group": "mnist-l2-mma-2.0", "mma.eval_seed": 0}.items() <= seen.items()
+            "mma.group": "mnist-l2-mma-2p0", "mma.eval_seed": 0}.items() <= seen.items()
 
 
 # --------------------------------------------------------------------------- environment

@@ -67,7 +67,7 @@ def _paper_sources() -> dict[str, Table1Source]:
     # arXiv v1 Table 1: the MMA source has PGD-100 × {1, 50}; PGD and STD every attack
     return {
         "MMA": Table1Source(model="mnist-linf-mma-v1", attacks=["pgd100x1", "pgd100x50"]),
-        "PGD": Table1Source(model="mnist-linf-pgd-0.3", attacks=ALL_PAPER),
+        "PGD": Table1Source(model="mnist-linf-pgd-0p3", attacks=ALL_PAPER),
         "STD": Table1Source(model="mnist-linf-std", attacks=ALL_PAPER),
     }
 
@@ -93,7 +93,7 @@ class Table1Params(Strict):
     sources: dict[str, Table1Source] = Field(default_factory=_paper_sources)  # role → source
     # target model → role (its white-box rows are those of that role)
     columns: dict[str, str] = {
-        "mnist-linf-mma-v1": "MMA", "mnist-linf-pgd-0.3": "PGD", "mnist-linf-mma-0.45": "MMA", "mnist-linf-std": "STD",
+        "mnist-linf-mma-v1": "MMA", "mnist-linf-pgd-0p3": "PGD", "mnist-linf-mma-0p45": "MMA", "mnist-linf-std": "STD",
     }
 
     @model_validator(mode="after")

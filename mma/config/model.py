@@ -99,7 +99,8 @@ class MMATrainSpec(Strict):
 class ModelSpec(Strict):
     """One model of the grid."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)  # also a folder name and a DVC stage key
+    # also a folder name and a DVC stage key; in a params file also free of '.' (params._cross_check)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
     dataset: Literal["mnist", "cifar10"]
     arch: Literal["lenet5_madry", "wrn28_4", "wrn10_1"]
     norm: Literal["linf", "l2"]
