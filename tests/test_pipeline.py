@@ -348,8 +348,8 @@ def _git_copy(src: Path, dest: Path) -> Path:
 def test_dvc_metrics_and_plots_are_readable(smoke_runs, tmp_path):
     """`dvc metrics show` fits 200 columns at its natural width (one row per file, a few percent
     numbers with shared names); `dvc plots show` draws the robust-accuracy and training curves
-    from the TSVs.  (`dvc exp show` with default columns does not fit: every declared param of
-    the grid is a column; `--only-changed` does, see the closing note of issue 13.)"""
+    from the TSVs.  (`dvc exp show` with default columns does not fit: every metric of every
+    member, every declared param and every dependency is a column; README: `dvc exp diff`.)"""
     repo = _git_copy(smoke_runs["dvc"], tmp_path / "git")
     env = _env(COLUMNS="1000")
     table = subprocess.run([_tool("dvc"), "metrics", "show"], cwd=repo, env=env, check=True,
