@@ -56,7 +56,7 @@ def _discordant(res: Results, expected_weaker, expected_stronger, rows: Tensor) 
 
 def _noise(against: int, towards: int) -> tuple[float, str]:
     p = one_sided_mcnemar(against, towards)
-    return p, f"{against} vs {towards} images the other way, p = {p:.2g}"
+    return p, f"{against} images went the unexpected way, {towards} the expected one; McNemar p = {p:.2g}"
 
 
 def masking_checks(name: str, res: Results, tm, params) -> list[dict]:
@@ -145,7 +145,7 @@ def _compare(name, check, res: Results, base, strong, tol, *, gain_tol=None) -> 
     gains = gain_tol is not None and b < a - gain_tol and p_gains < tol.significance
     detail = (f"ε {base.eps:g}, {int(rows.sum())} images: {label(base)} {a:.2f} % vs {label(strong)} {b:.2f} % "
               f"(robust only under the stronger: {against}, only under the base: {towards}; "
-              f"p = {p_weaker:.2g} that the stronger is weaker, {p_gains:.2g} that it gains)")
+              f"one-sided McNemar p = {p_weaker:.2g} for 'weaker', {p_gains:.2g} for 'gains')")
     if weaker:
         detail += " — the stronger attack left the model more robust (an unreliable attack)"
     if gains:
