@@ -91,6 +91,7 @@ clean-runs:
 GPU_WHEELS ?= gpu-wheels
 GPU_PYTHON_VERSION ?= 3.12
 DEVICE ?= cuda
+GPU_CHECK_BUDGET_S ?= 450
 
 gpu-wheels:
 	$(PYTHON) -m pip download --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
@@ -101,7 +102,7 @@ gpu-check:
 	@$(PYTHON) -c "import pydantic" 2>/dev/null || \
 	  $(PYTHON) -m pip install --no-index --find-links $(GPU_WHEELS) pydantic
 	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py --device $(DEVICE) \
-	  $(if $(filter cpu,$(DEVICE)),--dry-run,) --out results/gpu_check$(if $(filter cpu,$(DEVICE)),_dry_run,).json
+	  --budget-s $(GPU_CHECK_BUDGET_S) $(if $(filter cpu,$(DEVICE)),--dry-run,) --out results/gpu_check$(if $(filter cpu,$(DEVICE)),_dry_run,).json
 # The cluster path's engines (docs/cluster.md), from Debian's packages; as root.  Skips apt
 # when they are all installed already.  The daemons are started by tests/cluster/*.sh, not here
 # (Debian's policy keeps them from starting on install).

@@ -234,6 +234,11 @@ def main(argv=None) -> int:
     def left() -> float:
         return a.budget_s - (time.perf_counter() - t_start)
 
+    def save() -> None:  # after every part and timed case: a run killed at its time limit keeps what it measured
+        out["seconds"] = time.perf_counter() - t_start
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(out, indent=2, default=str, allow_nan=True) + "\n")
+
     out: dict = {"device": a.device, "dry_run": a.dry_run, "torch": torch.__version__,
                  "python": platform.python_version(), "cuda": torch.version.cuda,
                  "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
@@ -242,6 +247,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         out["tests"] = run_tests(a.device, timeout=min(240, max(30.0, left())))
         out["tests"]["seconds"] = time.perf_counter() - t0
+        save()
     if "bench" in parts:
         t0 = time.perf_counter()
         try:
@@ -261,6 +267,7 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - reported, the other parts still run
             out["bench"] = {"error": f"{type(e).__name__}: {e}"}
         out["bench"]["seconds"] = time.perf_counter() - t0
+        save()
     if "steps" in parts:
         from mma.compute import Compute
 
@@ -281,7 +288,8 @@ def main(argv=None) -> int:
                 if arch == "wrn" and a.dry_run and cname != "fp32":
                     continue  # WRN-28-4 on a CPU: one combination is enough to check the code path
                 key = f"{arch} {method}{k or ''} {cname}"
-                if left() < 20:
+                # torch.compile (cuda_graphs) spends its first minute or two compiling, the WRN's the longest
+                if left() < (120 if c.cuda_graphs else 20):
                     timed[key] = {"skipped": "time budget"}
                     continue
                 try:
@@ -291,6 +299,8 @@ def main(argv=None) -> int:
                                             batch=4 if tiny else None)
                 except Exception as e:  # noqa: BLE001
                     timed[key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                out["steps"] = timed
+                save()
         out["steps"] = timed
         try:
             best = min((v["median_ms"], k) for k, v in timed.items() if k.startswith("lenet pgd") and "median_ms" in v)
@@ -309,11 +319,8 @@ def main(argv=None) -> int:
                             "wrn_mma10_step_ms": wrn <= GOALS["wrn_mma10_step_ms"],
                             "mnist_linf_grid_with_table1_gpu_h":
                                 p["mnist_linf_grid_with_table1_gpu_h"] <= GOALS["mnist_linf_grid_with_table1_gpu_h"]}
-    out["seconds"] = time.perf_counter() - t_start
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(out, indent=2, default=str, allow_nan=True)
-    a.out.write_text(text + "\n")
-    print(text)
+    save()
+    print(a.out.read_text(), end="")
     ok = out.get("tests", {}).get("ok", True) and "error" not in out.get("bench", {})
     return 0 if ok else 1
 
