@@ -92,6 +92,7 @@ GPU_WHEELS ?= gpu-wheels
 GPU_PYTHON_VERSION ?= 3.12
 DEVICE ?= cuda
 GPU_CHECK_BUDGET_S ?= 450
+GPU_CHECK_ARGS ?=  # e.g. --parts tests,steps --combos fp32,fp32+cuda_graphs --steps 200
 
 gpu-wheels:
 	$(PYTHON) -m pip download --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
@@ -102,7 +103,7 @@ gpu-check:
 	@$(PYTHON) -c "import pydantic" 2>/dev/null || \
 	  $(PYTHON) -m pip install --no-index --find-links $(GPU_WHEELS) pydantic
 	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py --device $(DEVICE) \
-	  --budget-s $(GPU_CHECK_BUDGET_S) $(if $(filter cpu,$(DEVICE)),--dry-run,) --out results/gpu_check$(if $(filter cpu,$(DEVICE)),_dry_run,).json
+	  --budget-s $(GPU_CHECK_BUDGET_S) $(GPU_CHECK_ARGS) $(if $(filter cpu,$(DEVICE)),--dry-run,) --out results/gpu_check$(if $(filter cpu,$(DEVICE)),_dry_run,).json
 # The cluster path's engines (docs/cluster.md), from Debian's packages; as root.  Skips apt
 # when they are all installed already.  The daemons are started by tests/cluster/*.sh, not here
 # (Debian's policy keeps them from starting on install).

@@ -102,9 +102,29 @@ def prepare(model, c: Compute):
 
     if c.channels_last:
         model.to(memory_format=torch.channels_last)  # only 4-D weights change layout
-    if c.compile or c.cuda_graphs:
-        return torch.compile(model, mode="reduce-overhead" if c.cuda_graphs else "default")
+    if c.cuda_graphs:
+        return _copying_outputs(torch.compile(model, mode="reduce-overhead"))
+    if c.compile:
+        return torch.compile(model)
     return model
+
+
+def _copying_outputs(net):
+    """``net`` whose outputs are copies: a CUDA graph's replay overwrites the outputs of its
+    previous replay, and the MMA step keeps the clean logits while the attack runs the same
+    graph again ("accessing tensor output of CUDAGraphs that has been overwritten", seen on
+    an H200 with `make gpu-check`).  One copy of the logits per forward."""
+    import torch
+
+    class OwnOutputs(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x).clone()
+
+    return OwnOutputs(net)
 
 
 def autocast(c: Compute):

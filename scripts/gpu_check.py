@@ -221,6 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed training steps per case (default 300; dry run 6)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="skip parts that would not fit (default 450 s)")
     ap.add_argument("--parts", default="tests,bench,steps", help="comma-separated subset of tests,bench,steps")
+    ap.add_argument("--combos", default=None, help="comma-separated switch combinations to time (default: all)")
     a = ap.parse_args(argv)
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"gpu-check: --device {a.device} but torch {torch.__version__} sees no CUDA device; "
@@ -279,6 +280,8 @@ def main(argv=None) -> int:
             combos["fp32+cuda_graphs"] = Compute(kind, cuda_graphs=True)
         if a.dry_run:  # the code paths, not the numbers: two combinations, 2 attack steps
             combos = {k: combos[k] for k in ("fp32", "bf16+channels_last")}
+        if a.combos:
+            combos = {k: combos[k] for k in a.combos.split(",") if k in combos}
         k40, k10 = (2, 2) if a.dry_run else (40, 10)
         cases = [("lenet", "std", 0), ("lenet", "pgd", k40), ("lenet", "mma", k40), ("wrn", "pgd", k10),
                  ("wrn", "mma", k10)]

@@ -206,7 +206,7 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None) -> d
 
     curves = Curves(checkpoint_dir(name, seed), *((tracker.log_metrics, tracker.flush) if tracker is not None else ()))
     resume = paths.resume_file(name, seed)
-    curves.recover(load_resume(resume, "cpu", f"mma train {name} --seed {seed} --restart")["result"]["step"] if resume.exists() else 0, _mlflow_steps(tracker))
+    curves.recover(load_resume(resume, f"mma train {name} --seed {seed} --restart")["result"]["step"] if resume.exists() else 0, _mlflow_steps(tracker))
     best = checkpoint_dir(name, seed) / "best.pt"
     switches = compute.resolve(params.compute, device)
     with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops

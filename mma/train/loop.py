@@ -132,7 +132,7 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -223,12 +223,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *,
     return model.to(device).eval(), spec, {k: v for k, v in record.items() if k not in ("state_dict", "spec")}
 
 
-def load_resume(path: str | Path, device: torch.device, restart: str) -> dict:
+def load_resume(path: str | Path, restart: str) -> dict:
     """A resume checkpoint, checked: readable, complete and with finite weights.  Any problem
     raises BadFileError saying what exists and how to discard it (``restart``: the command,
-    e.g. ``mma train NAME --seed S --restart``)."""
+    e.g. ``mma train NAME --seed S --restart``).  Its tensors stay on the host: the model's,
+    the optimizer's and the step's load_state_dict copy them to their device, and the RNG
+    states must be host tensors (a CUDA run failed to resume when they were mapped there)."""
     todo = f"it cannot be resumed: run `{restart}` to discard it and train from step 0"
-    state = load_tensors(path, map_location=device, remedy=todo)
+    state = load_tensors(path, map_location="cpu", remedy=todo)
     try:
         if not all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()):
             raise BadFileError(f"{path}: resume checkpoint holds non-finite weights (saved after training "
@@ -284,7 +286,7 @@ def train(
     saved_at = None  # the step of the last resume checkpoint on disk (None: there is none)
     if Path(resume_path).exists():
         restart = f"mma train {spec.name} --seed {spec.seed} --restart"  # the member's own command
-        state = load_resume(resume_path, device, restart)
+        state = load_resume(resume_path, restart)
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
