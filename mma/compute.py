@@ -71,8 +71,12 @@ def cpu_has_bf16() -> bool:
     return False
 
 
-def resolve(params: ComputeParams | None, device) -> Compute:
-    """The switches for ``device`` ("cpu", "cuda", "cuda:1" or a torch.device).
+GRAPHED_METHODS = ("std", "pgd")  # cuda_graphs applies to these training steps only (see resolve)
+
+
+def resolve(params: ComputeParams | None, device, method: str | None = None) -> Compute:
+    """The switches for ``device`` ("cpu", "cuda", "cuda:1" or a torch.device) and, for a
+    training stage, its ``method`` (None: the attacks of transfer/evaluate).
 
     "auto", as measured (docs/performance.md, `mma bench` switch rows):
       precision: bf16 on a CPU with bf16 hardware (PGD steps 1.9x faster on AMX-BF16,
@@ -80,6 +84,11 @@ def resolve(params: ComputeParams | None, device) -> Compute:
         CUDA included until `make gpu-check` has measured it on the GPU (LeNet5 at batch
         50 is launch-bound there, and autocast adds cast kernels).
       channels_last: on for CPU (1.2x on the conv layers); off on CUDA until measured.
+    cuda_graphs (never auto) is kept for STD and PGD training on CUDA only: the MMA step
+    and the evaluation attacks keep a forward's outputs while the same graph replays,
+    which failed on an H200 with torch 2.11 ("tensor output of CUDAGraphs that has been
+    overwritten", tests/test_gpu.py); there it is turned off with a warning and the
+    resolved (recorded) value says so.
     """
     p = params or ComputeParams()
     kind = str(device).split(":")[0]
@@ -89,8 +98,16 @@ def resolve(params: ComputeParams | None, device) -> Compute:
     channels_last = p.channels_last
     if channels_last == "auto":
         channels_last = kind == "cpu"
+    cuda_graphs = p.cuda_graphs and kind == "cuda"
+    if cuda_graphs and method not in GRAPHED_METHODS:
+        import warnings
+
+        what = f"{method.upper()} training" if method else "the attacks of transfer/evaluate"
+        warnings.warn(f"compute.cuda_graphs is off for {what}: it works for STD and PGD training only "
+                      "(docs/performance.md, 'make gpu-check on an H200')", stacklevel=2)
+        cuda_graphs = False
     return Compute(device=kind, precision=precision, channels_last=bool(channels_last), compile=p.compile,
-                   cuda_graphs=p.cuda_graphs and kind == "cuda")
+                   cuda_graphs=cuda_graphs)
 
 
 # --------------------------------------------------------------------------- applying them
@@ -102,29 +119,9 @@ def prepare(model, c: Compute):
 
     if c.channels_last:
         model.to(memory_format=torch.channels_last)  # only 4-D weights change layout
-    if c.cuda_graphs:
-        return _copying_outputs(torch.compile(model, mode="reduce-overhead"))
-    if c.compile:
-        return torch.compile(model)
+    if c.compile or c.cuda_graphs:
+        return torch.compile(model, mode="reduce-overhead" if c.cuda_graphs else "default")
     return model
-
-
-def _copying_outputs(net):
-    """``net`` whose outputs are copies: a CUDA graph's replay overwrites the outputs of its
-    previous replay, and the MMA step keeps the clean logits while the attack runs the same
-    graph again ("accessing tensor output of CUDAGraphs that has been overwritten", seen on
-    an H200 with `make gpu-check`).  One copy of the logits per forward."""
-    import torch
-
-    class OwnOutputs(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(x).clone()
-
-    return OwnOutputs(net)
 
 
 def autocast(c: Compute):

@@ -46,7 +46,19 @@ def test_defaults_resolve_per_device():
     assert (cuda.device, cuda.precision, cuda.channels_last) == ("cuda", "fp32", False)
     explicit = compute.resolve(ComputeParams(precision="fp32", channels_last=False, cuda_graphs=True), "cpu")
     assert explicit == Compute("cpu", "fp32", False, False, False)  # CUDA graphs need CUDA
-    assert compute.resolve(ComputeParams(cuda_graphs=True), "cuda").cuda_graphs is True
+    graphs = ComputeParams(cuda_graphs=True)
+    assert compute.resolve(graphs, "cuda", "pgd").cuda_graphs is True
+    assert compute.resolve(graphs, "cuda", "std").cuda_graphs is True
+
+
+@pytest.mark.parametrize("method", ["mma", None])
+def test_cuda_graphs_is_refused_where_a_replay_overwrote_kept_outputs(method):
+    """MMA training and the evaluation attacks keep a forward's outputs across replays of
+    the same graph: failed on an H200 (torch 2.11), so resolve turns the switch off, says so
+    and the recorded value is the one used."""
+    with pytest.warns(UserWarning, match="cuda_graphs is off for " + ("MMA training" if method else "the attacks")):
+        c = compute.resolve(ComputeParams(cuda_graphs=True), "cuda", method)
+    assert c.cuda_graphs is False and c.record()["cuda_graphs"] is False
     assert compute.FP32.record() == {"device": "cpu", "precision": "fp32", "channels_last": False,
                                      "compile": False, "cuda_graphs": False}
 

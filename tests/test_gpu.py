@@ -90,10 +90,13 @@ def test_mma_step_on_the_device_agrees_with_cpu(trained_convnet, mnist_small, de
     assert torch.nn.functional.cosine_similarity(g_dev, g_cpu, dim=0) > 0.98
 
 
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="torch 2.11 on an H200: 'accessing tensor output of CUDAGraphs that has been overwritten' "
+                          "(the MMA step keeps outputs while the same graph replays; copying the logits did not "
+                          "help); compute.resolve turns cuda_graphs off for MMA. Passing: re-enable it there")
 def test_mma_step_with_cuda_graphs_agrees_with_eager(trained_convnet, mnist_small, device):
-    """compute.cuda_graphs (torch.compile, mode="reduce-overhead"): the MMA step keeps the
-    clean logits while the attack replays the same graph, which once failed ("tensor output
-    of CUDAGraphs that has been overwritten"); three steps agree with eager ones."""
+    """compute.cuda_graphs (torch.compile, mode="reduce-overhead") on the MMA step: three
+    steps agree with eager ones."""
     if device.type != "cuda":
         pytest.skip("cuda_graphs is CUDA's (resolve() turns it off elsewhere)")
     from mma.compute import Compute, prepare
