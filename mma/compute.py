@@ -8,7 +8,7 @@ that apply it.  Speed only: every switch keeps the algorithms as they are.
                                         the forwards that judge an attack, the metrics
     channels_last  true | false | auto  NHWC memory format for the model's conv weights
     compile        bool                 torch.compile the model (eager by default)
-    cuda_graphs    bool                 CUDA only: compile with mode="reduce-overhead"
+    cuda_graphs    bool                 CUDA, STD/PGD training only: compile with mode="reduce-overhead"
                                         (captures the fixed-shape forward/backward as
                                         CUDA graphs; torch re-captures when a shape changes)
 
@@ -81,9 +81,10 @@ def resolve(params: ComputeParams | None, device, method: str | None = None) -> 
     "auto", as measured (docs/performance.md, `mma bench` switch rows):
       precision: bf16 on a CPU with bf16 hardware (PGD steps 1.9x faster on AMX-BF16,
         robust accuracy within binomial noise, tests/test_compute.py); fp32 elsewhere,
-        CUDA included until `make gpu-check` has measured it on the GPU (LeNet5 at batch
-        50 is launch-bound there, and autocast adds cast kernels).
-      channels_last: on for CPU (1.2x on the conv layers); off on CUDA until measured.
+        CUDA included: measured by `make gpu-check` on an H200, bf16 is 0.86x on LeNet5
+        PGD-40 and 0.94x on WRN-28-4 PGD-10 (launch-bound steps; autocast adds casts).
+      channels_last: on for CPU (1.2x on the conv layers); off on CUDA (H200: 0.93x
+        LeNet5, 0.86x WRN-28-4).
     cuda_graphs (never auto) is kept for STD and PGD training on CUDA only: the MMA step
     and the evaluation attacks keep a forward's outputs while the same graph replays,
     which failed on an H200 with torch 2.11 ("tensor output of CUDAGraphs that has been
