@@ -358,3 +358,29 @@ def test_non_finite_before_the_first_checkpoint_says_there_is_none(tmp_path):
         train(spec, Batcher(x, y, spec.batch_size), (x[:64], y[:64]), model_path=tmp_path / "m.pt",
               resume_path=tmp_path / "r.pt", show_progress=False, model=Nan())
     assert not (tmp_path / "r.pt").exists() and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "inf-inf"])
+def test_finite_check_finds_one_bad_gradient_element_and_only_that(bad, tmp_path):
+    """The gradient check sums each gradient (one read pass): a single NaN or inf element
+    among 3.2M is found, inf and -inf in one tensor too (their sum is NaN); large finite
+    gradients (1e30) are not flagged."""
+    from mma.train import TrainingDiverged
+    from mma.train.loop import FiniteCheck
+
+    params = [nn.Parameter(torch.zeros(1024, 3136)), nn.Parameter(torch.zeros(10))]
+    check, loss = FiniteCheck(torch.device("cpu")), torch.tensor(0.5)
+    for step, fill in enumerate((1e30, -1e30, None)):
+        for p in params:
+            p.grad = torch.full_like(p, 1e-3)
+        if fill is not None:
+            params[0].grad[7, 11] = fill  # large but finite
+        else:
+            if bad == "inf-inf":
+                params[0].grad[3, 5], params[0].grad[1000, 3000] = float("inf"), float("-inf")
+            else:
+                params[0].grad[1000, 3000] = bad
+        check.update(step, loss, params)
+    check.update(3, torch.tensor(float("nan")), params)  # a later bad step does not replace the first
+    with pytest.raises(TrainingDiverged, match=r"non-finite gradient at step 2; no checkpoint"):
+        check.raise_if_bad("toy", tmp_path / "resume.pt")
