@@ -96,8 +96,8 @@ def lenet_data(device):
     """MNIST training images (uint8) if found, else random ones (timing only)."""
     src = mnist_source()
     if src is not None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import read_idx  # the IDX reader of the test fixtures (numpy only)
+        sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+        from idx import read_idx  # numpy only; not conftest, which sets torch's thread count to 1
 
         def find(stem):
             return next(p for p in (src / f"{stem}.gz", src / stem) if p.exists())

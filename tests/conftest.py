@@ -9,7 +9,6 @@ magic number, the dimensions, then raw uint8) so these fixtures do not depend on
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from helpers.idx import read_idx
 
 # The tests' tensors are small: intra-op threads only add overhead, and on a shared
 # 2-core machine spinning OpenMP workers slowed this suite ~10x (measured).  One
@@ -31,18 +32,6 @@ N_EVAL = 500  # evaluation images (the first of MNIST's test set)
 def mnist_source() -> Path:
     env = os.environ.get("MMA_DATA_SOURCE")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped or not) as a numpy uint8 array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _find(folder: Path, stem: str) -> Path:
