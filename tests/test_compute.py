@@ -117,6 +117,59 @@ def test_bf16_an_pgd_mean_length_within_noise(trained_convnet, eval_batch):
     assert abs(diff.mean().item()) <= resolution + 2 * se
 
 
+class _RecordsAutocast(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        self.seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+        return self.model(x)
+
+
+def test_autoattack_takes_its_gradient_steps_in_the_step_precision_and_judges_in_fp32(trained_convnet, eval_batch):
+    """Under attack_precision(bf16) every forward AutoAttack takes a gradient through runs
+    under autocast and returns fp32 logits; every no-grad forward (its checks, our
+    judgement) runs without autocast; with no step precision nothing is autocast."""
+    from mma.config.evaluation import AutoAttackParams
+    from mma.evaluation.autoattack import GradientStepsInStepPrecision, autoattack_robust
+
+    x, y = eval_batch[0][:40], eval_batch[1][:40]
+    params = AutoAttackParams(version="custom", attacks=["apgd-ce"], n_iter=5, batch_size=40)
+    for dtype in (torch.bfloat16, None):
+        spy = _RecordsAutocast(trained_convnet)
+        with attack_precision(dtype):
+            autoattack_robust(spy, x, y, torch.ones(40, dtype=torch.bool), params, eps=0.1, norm="linf", seed=0,
+                              device="cpu")
+        grad_steps = [autocast for grad, autocast in spy.seen if grad]
+        checks = [autocast for grad, autocast in spy.seen if not grad]
+        assert len(grad_steps) >= 5 and len(checks) >= 2
+        assert all(grad_steps) if dtype else not any(grad_steps)
+        assert not any(checks)
+    with attack_precision(torch.bfloat16):
+        assert GradientStepsInStepPrecision(trained_convnet)(x[:2].requires_grad_()).dtype == torch.float32
+
+
+def test_bf16_autoattack_robust_accuracy_is_within_binomial_noise(trained_convnet, eval_batch):
+    """APGD-CE (20 iterations) at ε = 0.1 with its gradient steps in bf16 against fp32,
+    judged in fp32: robust accuracies within two binomial standard deviations."""
+    from mma.config.evaluation import AutoAttackParams
+    from mma.evaluation.autoattack import autoattack_robust
+
+    x, y = eval_batch
+    params = AutoAttackParams(version="custom", attacks=["apgd-ce"], n_iter=20, batch_size=500)
+    acc = {}
+    for dtype in (None, torch.bfloat16):
+        with attack_precision(dtype):
+            s, _ = autoattack_robust(trained_convnet, x, y, torch.ones(len(y), dtype=torch.bool), params, eps=0.1,
+                                     norm="linf", seed=0, device="cpu")
+        acc[dtype] = (s == 1).float().mean().item()
+    p = acc[None]
+    print(f"\nAPGD-CE-20 robust accuracy at 0.1 on {len(y)} images: fp32 {p:.3f}, bf16 {acc[torch.bfloat16]:.3f}")
+    assert 0.2 < p < 0.95
+    assert abs(acc[torch.bfloat16] - p) <= binomial_2sd(p, len(y))
+
+
 def test_the_boundary_search_ignores_autocast(trained_convnet, eval_batch):
     """The search's sign decisions are fp32 under a caller's bf16 autocast."""
     x, y = eval_batch[0][:100], eval_batch[1][:100]

@@ -1,5 +1,6 @@
 """Transfer sets: 8-bit rounding toward the clean pixel stays inside the ε-ball (Linf and
-L2), the file is compressed and loads weights-only, restarts are chosen on the source."""
+L2), the file is compressed and loads weights-only, restarts are chosen on the source, and
+the sets of one family (PGD-S×1, ×R) come from one run."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 
 from mma.attacks import lp_norm
 from mma.config.evaluation import AttackSetting
-from mma.evaluation.transfer import build_set, load_set, quantize_toward, save_set
+from mma.evaluation.transfer import build_set, build_sets, load_set, quantize_toward, save_set
 from mma.io import load_tensors
 
 
@@ -66,3 +67,23 @@ def test_build_set_in_ball_and_fools_source():
     again = build_set(model, x, y, 0.1, AttackSetting(steps=5, restarts=3), norm="linf", loss="ce", seed=0,
                       batch_size=25, device="cpu")
     assert torch.equal(again, adv)  # seeded: the same set every run
+
+
+def test_sets_of_one_family_are_the_first_restarts_of_one_run():
+    """PGD-5×1, ×2 and ×3 made together equal each made alone with the same seed (the ×R set
+    is the best-by-source-loss of the first R restarts), and a later restart changes some
+    images (so the equality is not that of three copies)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = torch.randint(0, 256, (60, 1, 8, 8), dtype=torch.uint8)
+    with torch.no_grad():
+        y = model(x.float() / 255).argmax(1)
+    settings = [AttackSetting(steps=5, restarts=r) for r in (1, 2, 3)]
+    kw = dict(norm="linf", loss="ce", seed=7, batch_size=25, device="cpu")
+    together = build_sets(model, x, y, 0.1, settings, **kw)
+    alone = [build_set(model, x, y, 0.1, s, **kw) for s in settings]
+    for a, b in zip(together, alone):
+        assert torch.equal(a, b)
+    assert not torch.equal(together[0], together[2])
+    with pytest.raises(ValueError, match="different families"):
+        build_sets(model, x, y, 0.1, [AttackSetting(steps=5), AttackSetting(steps=6, restarts=2)], **kw)

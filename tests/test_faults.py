@@ -543,7 +543,7 @@ def test_killed_transfer_leaves_the_previous_sets_and_manifest(project, monkeypa
     from mma.evaluation import transfer as transfer_module
 
     before = tree(project / "results/transfer" / "PGD" / "seed0")
-    real, calls = transfer_module.build_set, []
+    real, calls = transfer_module.build_sets, []
 
     def killed_on_second(*a, **k):
         calls.append(1)
@@ -551,13 +551,13 @@ def test_killed_transfer_leaves_the_previous_sets_and_manifest(project, monkeypa
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(transfer_module, "build_set", killed_on_second)
+    monkeypatch.setattr(transfer_module, "build_sets", killed_on_second)
     result = invoke("transfer", PGD, "--params", "params.yaml")
     assert result.exit_code == 130 and "Traceback" not in result.output, result.output
     assert tree(project / "results/transfer" / "PGD" / "seed0") == before
     assert sorted(p.name for p in (project / "results/transfer").iterdir()) == ["PGD", "STD"]
     assert [p.name for p in (project / "results/transfer" / "PGD").iterdir()] == ["seed0"]  # no temp left
-    monkeypatch.setattr(transfer_module, "build_set", real)
+    monkeypatch.setattr(transfer_module, "build_sets", real)
     assert invoke("evaluate", STD, "--params", "params.yaml").exit_code == 0  # the old sets still check out
 
 

@@ -1,7 +1,13 @@
 """AutoAttack (Croce & Hein 2020), standard version, from the reference implementation
 (``pyautoattack``, a packaging of fra31/auto-attack): APGD-CE, APGD-T, FAB-T, Square,
 run as a cascade over still-robust points.  Reported beside PGD at each threat model's
-headline ε, next to the published anchors (``reference``)."""
+headline ε, next to the published anchors (``reference``).
+
+Precision follows our own attacks' rule (``mma.attacks.core.attack_precision``): the
+forwards that take a gradient (the attacks' steps) run in the stage's step precision,
+bf16 on a CPU by default (measured: docs/performance.md, "AutoAttack"), with fp32 logits;
+every forward under ``no_grad`` — AutoAttack's own clean and robustness checks, and the
+final judgement here — stays fp32."""
 
 from __future__ import annotations
 
@@ -10,11 +16,27 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from mma.attacks.core import NORM_LABELS
+from mma.attacks.core import NORM_LABELS, full_precision, step_autocast
 
 from ..config.evaluation import AutoAttackParams
 
 STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+class GradientStepsInStepPrecision(nn.Module):
+    """``model`` as AutoAttack sees it: a forward that builds a graph (an attack's
+    gradient step) runs under ``step_autocast`` and returns fp32 logits; a forward under
+    ``no_grad`` (a check whether a point is still robust) runs in fp32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self.model(x)
+        with step_autocast(x.device):
+            return full_precision(self.model(x))
 
 
 def autoattack_robust(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, params: AutoAttackParams, *,
@@ -28,7 +50,7 @@ def autoattack_robust(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, pa
     out[:m] = 0
     rows = active[:m].cpu().nonzero().squeeze(1)  # indexes CPU outputs and device inputs alike
     kwargs = {"attacks": list(params.attacks)} if params.version == "custom" else {}
-    aa = AutoAttack(model.eval(), norm=NORM_LABELS[norm], eps=float(eps), version=params.version,
+    aa = AutoAttack(GradientStepsInStepPrecision(model).eval(), norm=NORM_LABELS[norm], eps=float(eps), version=params.version,
                     seed=seed % (2**31), device=device, **kwargs)
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     if params.n_iter is not None:

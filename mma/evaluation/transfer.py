@@ -55,44 +55,68 @@ def quantize_toward(x_adv: Tensor, clean: Tensor, eps: float, norm: str) -> Tens
     return (c + q).clamp(0, 255).round().to(torch.uint8)
 
 
+def family(setting: AttackSetting) -> tuple:
+    """What a setting is apart from its restarts: settings of one family are made together,
+    the ×R set from the first R restarts of one run (``build_sets``)."""
+    return (setting.attack, setting.steps, setting.loss, setting.step_size_factor, setting.random_init)
+
+
 def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting: AttackSetting, *,
-                     norm: str, loss: str, seed: int) -> Tensor:
-    """x_adv (float, in [0,1]) of one batch for one setting, restarts chosen on ``model``
-    by loss.  With loss "mixed" each restart's loss follows ``restart_loss`` and the
-    restart with the highest cross-entropy wins."""
+                     norm: str, loss: str, seed: int, keep: tuple[int, ...] | None = None) -> list[Tensor]:
+    """x_adv (float, in [0,1]) of one batch, restarts chosen on ``model`` by loss: one tensor
+    per count in ``keep`` (default: ``setting.restarts``), the best of the first that many
+    restarts of one run — restart r draws its start from ``seed_for(seed, r)`` whatever the
+    count, so the ×1 set of a family is the ×R set's first restart.  With loss "mixed" each
+    restart's loss follows ``restart_loss`` and the restart with the highest cross-entropy wins."""
     loss = setting.loss or loss
-    if setting.attack == "fgsm":
-        return fgsm(model, x, y, eps, norm=norm, loss=restart_loss(loss, 0))
+    keep = (setting.restarts,) if keep is None else keep
+    if setting.attack == "fgsm":  # deterministic: one step, whatever the restarts
+        x_adv = fgsm(model, x, y, eps, norm=norm, loss=restart_loss(loss, 0))
+        return [x_adv for _ in keep]
     step = step_size(eps, setting.steps, setting.step_size_factor)
-    best, best_value = None, None
-    for r in range(setting.restarts):
+    best, best_value, kept = None, None, {}
+    for r in range(max(keep)):
         with seeded(seed_for(seed, r), x.device):
             x_adv = pgd(model, x, y, eps, norm=norm, steps=setting.steps, step_size=step, restarts=1,
                         random_init=setting.random_init, loss=restart_loss(loss, r), select="loss")
         with torch.no_grad():
             value = torch.nn.functional.cross_entropy(model(x_adv), y, reduction="none")
         best, best_value = keep_higher(best, best_value, x_adv, value)
-    return best
+        if r + 1 in keep:
+            kept[r + 1] = best.clone()  # keep_higher updates best in place
+    return [kept[k] for k in keep]
 
 
-def build_set(model: nn.Module, x_u8: Tensor, y: Tensor, eps: float, setting: AttackSetting, *, norm: str,
-              loss: str, seed: int, batch_size: int, device, description: str = "", source: str = "") -> Tensor:
-    """The whole set as uint8 images (N, C, H, W), on the CPU; ``source``: the model's name
-    (for the error if its logits are not finite)."""
+def build_sets(model: nn.Module, x_u8: Tensor, y: Tensor, eps: float, settings: list[AttackSetting], *,
+               norm: str, loss: str, seed: int, batch_size: int, device, description: str = "",
+               source: str = "") -> list[Tensor]:
+    """One set per setting, the settings of one ``family`` made in one run (the most restarts
+    any of them has): each set as uint8 images (N, C, H, W), on the CPU.  ``source``: the
+    model's name (for the error if its logits are not finite)."""
+    if len({family(s) for s in settings}) != 1:
+        raise ValueError(f"build_sets: settings of different families: {[s.label() for s in settings]}")
     model = finite_logits(model, source or "(transfer source)",
                           None if source else "check the source model's file and retrain it")
-    out = torch.empty_like(x_u8)
+    keep = tuple(1 if s.attack == "fgsm" else s.restarts for s in settings)
+    outs = [torch.empty_like(x_u8) for _ in settings]
     n = x_u8.shape[0]
-    with progress((n + batch_size - 1) // batch_size, description or f"{setting.label()} ε={eps:.4g}") as advance:
+    with progress((n + batch_size - 1) // batch_size, description or f"{settings[-1].label()} ε={eps:.4g}") as advance:
         for b, i in enumerate(range(0, n, batch_size)):
             clean = x_u8[i: i + batch_size]
             xb = clean.to(device).float().div_(255)
             yb = y[i: i + batch_size].to(device)
-            x_adv = make_adversarial(model, xb, yb, eps, setting, norm=norm, loss=loss, seed=seed_for(seed, b))
-            out[i: i + batch_size] = quantize_toward(x_adv.cpu(), clean, eps, norm)
+            advs = make_adversarial(model, xb, yb, eps, settings[0], norm=norm, loss=loss, seed=seed_for(seed, b),
+                                    keep=keep)
+            for out, x_adv in zip(outs, advs):
+                out[i: i + batch_size] = quantize_toward(x_adv.cpu(), clean, eps, norm)
             advance(1)
     model.check()
-    return out
+    return outs
+
+
+def build_set(model: nn.Module, x_u8: Tensor, y: Tensor, eps: float, setting: AttackSetting, **kwargs) -> Tensor:
+    """The set of one setting (``build_sets`` of one)."""
+    return build_sets(model, x_u8, y, eps, [setting], **kwargs)[0]
 
 
 def save_set(path: str | Path, x_u8: Tensor, y: Tensor, meta: dict) -> None:

@@ -11,7 +11,9 @@ Folders are by role (dvc.yaml names the stages transfer@ROLE-SEED and cannot loo
 role's model up); the records inside name the source model.  A target of seed S is
 evaluated on the sets of its sources' seed-S members.
 
-Restarts are chosen on the source (the attacker has only the source model).  The folder
+Restarts are chosen on the source (the attacker has only the source model).  Sets whose
+settings differ only in restarts are made in one run (``transfer.build_sets``), seeded by
+the setting without its restarts: the ×1 set is the ×R set's first restart.  The folder
 is written beside and swapped in whole (``files.swapped_in``): a killed run leaves the
 previous sets and manifest as they were.  ``load_sets`` is the reading side (evaluate).
 """
@@ -30,7 +32,7 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     from ..data import load_split
     from ..evaluation.finite import finite_logits, retrain_remedy
     from ..evaluation.records import attack_record, record_key
-    from ..evaluation.transfer import build_set, save_set, set_name, test_hash
+    from ..evaluation.transfer import build_sets, family, save_set, set_name, test_hash
     from ..evaluation.whitebox import predict, seed_for
     from ..io import write_json
     from ..params import data_name, identity
@@ -47,27 +49,37 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
                          limit=ev.test_limit)
     who, tested = identity(params, source, seed, "transfer"), test_hash(x_u8, y)
     out = paths.transfer_dir(role, seed)
-    sets, metrics = [], {}
+    metrics = {}
     t0 = time.monotonic()
     # readers (evaluate) share the "transfer-files" lock: they never see a half-done swap
     with swapped_in(out, guard=lambda: stage_lock("transfer-files", role, seed, wait=True)) as tmp:
+        # the rows of one ε whose settings differ only in restarts (PGD-50×1 and ×2) come from
+        # one run: the ×1 set is the ×2 set's first restart (``build_sets``)
+        groups: dict = {}
         for row in rows:
-            setting = params.attacks[row.attack]
+            groups.setdefault((row.eps, family(params.attacks[row.attack])), []).append(row)
+        entries = {}
+        for (eps, fam), group in groups.items():
+            settings = [params.attacks[row.attack] for row in group]
             with compute.attacks(switches):
-                x_adv = build_set(model, x_u8, y, row.eps, setting, norm=spec.norm, loss=ev.loss,
-                                  seed=seed_for(params.seed, source, "transfer", row.attack, row.eps),
-                                  batch_size=ev.batch_size, device=device, source=source,
-                                  description=f"transfer {source}: {setting.label()} ε={row.eps:g}")
-            record = attack_record("transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed,
-                                   source=source)
-            fname = f"{set_name(row.attack, row.eps)}.pt"
-            save_set(tmp / fname, x_adv, y, {"record": record_key(record), "identity": who, "test_sha256": tested})
-            # the source's own accuracy on the set (how strong the attack is where it was made)
-            with torch.no_grad():
-                pred = predict(model, x_adv.to(device).float().div_(255), ev.batch_size)
-            acc = 100.0 * float((pred.cpu() == y).float().mean())
-            sets.append({"file": fname, "record": record_key(record), "attack": row.attack, "source_accuracy": acc})
-            metrics[f"source_accuracy/{record_key(record)}"] = acc
+                x_advs = build_sets(model, x_u8, y, eps, settings, norm=spec.norm, loss=ev.loss,
+                                    seed=seed_for(params.seed, source, "transfer", fam, eps),
+                                    batch_size=ev.batch_size, device=device, source=source,
+                                    description=f"transfer {source}: "
+                                                f"{' + '.join(s.label() for s in settings)} ε={eps:g}")
+            for row, setting, x_adv in zip(group, settings, x_advs):
+                record = attack_record("transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed,
+                                       source=source)
+                fname = f"{set_name(row.attack, row.eps)}.pt"
+                save_set(tmp / fname, x_adv, y, {"record": record_key(record), "identity": who, "test_sha256": tested})
+                # the source's own accuracy on the set (how strong the attack is where it was made)
+                with torch.no_grad():
+                    pred = predict(model, x_adv.to(device).float().div_(255), ev.batch_size)
+                acc = 100.0 * float((pred.cpu() == y).float().mean())
+                entries[row] = {"file": fname, "record": record_key(record), "attack": row.attack,
+                                "source_accuracy": acc}
+                metrics[f"source_accuracy/{record_key(record)}"] = acc
+        sets = [entries[row] for row in rows]  # the manifest lists them in Table 1's order
         manifest = {"source": source, "role": role, "seed": seed, "dataset": data_name(params, spec.dataset), "norm": spec.norm, "n": int(len(y)),
                     "test_limit": ev.test_limit, "identity": who, "test_sha256": tested, "sets": sets,
                     "wall_seconds": round(time.monotonic() - t0, 1)}
