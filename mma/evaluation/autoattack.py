@@ -50,8 +50,8 @@ def autoattack_robust(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, pa
     out[:m] = 0
     rows = active[:m].cpu().nonzero().squeeze(1)  # indexes CPU outputs and device inputs alike
     kwargs = {"attacks": list(params.attacks)} if params.version == "custom" else {}
-    aa = AutoAttack(GradientStepsInStepPrecision(model).eval(), norm=NORM_LABELS[norm], eps=float(eps), version=params.version,
-                    seed=seed % (2**31), device=device, **kwargs)
+    aa = AutoAttack(GradientStepsInStepPrecision(model).eval(), norm=NORM_LABELS[norm], eps=float(eps),
+                    version=params.version, seed=seed % (2**31), device=device, **kwargs)
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     if params.n_iter is not None:
         aa.fab.n_iter = params.n_iter

@@ -62,14 +62,13 @@ def family(setting: AttackSetting) -> tuple:
 
 
 def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting: AttackSetting, *,
-                     norm: str, loss: str, seed: int, keep: tuple[int, ...] | None = None) -> list[Tensor]:
+                     norm: str, loss: str, seed: int, keep: tuple[int, ...]) -> list[Tensor]:
     """x_adv (float, in [0,1]) of one batch, restarts chosen on ``model`` by loss: one tensor
-    per count in ``keep`` (default: ``setting.restarts``), the best of the first that many
+    per restart count in ``keep``, the best of the first that many
     restarts of one run — restart r draws its start from ``seed_for(seed, r)`` whatever the
     count, so the ×1 set of a family is the ×R set's first restart.  With loss "mixed" each
     restart's loss follows ``restart_loss`` and the restart with the highest cross-entropy wins."""
     loss = setting.loss or loss
-    keep = (setting.restarts,) if keep is None else keep
     if setting.attack == "fgsm":  # deterministic: one step, whatever the restarts
         x_adv = fgsm(model, x, y, eps, norm=norm, loss=restart_loss(loss, 0))
         return [x_adv for _ in keep]
@@ -97,7 +96,7 @@ def build_sets(model: nn.Module, x_u8: Tensor, y: Tensor, eps: float, settings: 
         raise ValueError(f"build_sets: settings of different families: {[s.label() for s in settings]}")
     model = finite_logits(model, source or "(transfer source)",
                           None if source else "check the source model's file and retrain it")
-    keep = tuple(1 if s.attack == "fgsm" else s.restarts for s in settings)
+    keep = tuple(s.restarts for s in settings)
     outs = [torch.empty_like(x_u8) for _ in settings]
     n = x_u8.shape[0]
     with progress((n + batch_size - 1) // batch_size, description or f"{settings[-1].label()} ε={eps:.4g}") as advance:
