@@ -98,6 +98,59 @@ def test_bf16_pgd_robust_accuracy_is_within_binomial_noise(trained_convnet, eval
     assert abs(acc[torch.bfloat16] - p) <= binomial_2sd(p, len(y))
 
 
+def _pgd_autocast_casting_every_step(model, x, y, eps, steps, outer_autocast):
+    """Linf PGD (CE, random start, 2.5·ε/steps, last iterate) written out, each gradient
+    step under its own autocast, which casts the weights again at every call (what
+    ``StepForward`` replaces); ``outer_autocast``: under one autocast instead, as a bf16
+    training step runs its attack."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from mma.attacks.core import attack_mode
+
+    alpha = 2.5 * eps / steps
+    outer = torch.autocast("cpu", dtype=torch.bfloat16) if outer_autocast else contextlib.nullcontext()
+    with outer, attack_mode(model):
+        xa = (x + (torch.rand(x.shape) * 2 - 1) * eps).clamp_(0.0, 1.0)
+        for _ in range(steps):
+            xg = xa.detach().requires_grad_(True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(xg).float()
+            (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="none").sum(), xg)
+            xa = (x + torch.clamp(xa + alpha * g.sign() - x, -eps, eps)).clamp_(0.0, 1.0)
+    return xa
+
+
+@pytest.mark.parametrize("arch", ["lenet5_madry", "wrn10_1"])
+@pytest.mark.parametrize("where", ["attack_precision", "training_autocast"])
+def test_weights_cast_once_per_attack_give_bitwise_the_same_attack(arch, where):
+    """A bf16 attack casts the conv / linear weights once (``StepForward``), not at every
+    step: the iterates are bitwise those of autocast casting them at every step, with
+    channels_last, for LeNet5-Madry and a batch-norm WideResNet, under the evaluation's
+    ``attack_precision`` and under a training step's autocast."""
+    from mma.attacks.core import StepForward
+    from mma.models import build_model
+
+    torch.manual_seed(0)
+    dataset = "mnist" if arch == "lenet5_madry" else "cifar10"
+    model = compute.prepare(build_model(arch), Compute(channels_last=True)).eval()
+    shape = (12, 1, 28, 28) if dataset == "mnist" else (12, 3, 32, 32)
+    x, y = torch.rand(shape), torch.randint(0, 10, (12,))
+    torch.manual_seed(1)
+    ours_ctx = attack_precision(torch.bfloat16) if where == "attack_precision" else torch.autocast(
+        "cpu", dtype=torch.bfloat16)
+    with ours_ctx:
+        ours = pgd(model, x, y, 0.1, steps=5, loss="ce", select="loss")
+        weights = StepForward(model, x.device).weights
+    torch.manual_seed(1)
+    reference = _pgd_autocast_casting_every_step(model, x, y, 0.1, 5, where == "training_autocast")
+    assert weights and all(w.dtype == torch.bfloat16 for w in weights.values())
+    assert not any(".bn" in k or k.startswith("bn") for k in weights), sorted(weights)  # batch norm keeps fp32
+    assert torch.equal(ours, reference)
+    assert StepForward(model, x.device).weights is None  # fp32 steps: nothing cast
+
+
 def test_bf16_an_pgd_mean_length_within_noise(trained_convnet, eval_batch):
     """AN-PGD-10 (the MMA attack) with bf16 gradient steps: the direction PGD finds
     changes, the fp32 search along it does not; the mean found length differs from

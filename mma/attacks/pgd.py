@@ -19,6 +19,7 @@ from .core import (
     keep_higher,
     per_example,
     project,
+    StepForward,
     random_delta,
 )
 from .core import step_size as default_step_size
@@ -90,10 +91,11 @@ def pgd(
     alpha = per_example(default_step_size(eps_t, steps) if step_size is None else step_size, x)
 
     with attack_mode(model):
+        forward = StepForward(model, x.device)  # the gradient steps' forward, weights cast once
         if select == "loss":
-            return _select_by_loss(model, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn)
-        return _select_target(model, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn, early_exit,
-                              exit_every)
+            return _select_by_loss(model, forward, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn)
+        return _select_target(model, forward, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn,
+                              early_exit, exit_every)
 
 
 def _start(x: Tensor, eps: Tensor, norm: str, random_init: bool) -> Tensor:
@@ -106,12 +108,12 @@ def _step(x_adv: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, no
     return project(x_adv + expand_like(alpha, x) * ascent_direction(grad, norm), x, eps, norm)
 
 
-def _select_by_loss(model, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn) -> Tensor:
+def _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn) -> Tensor:
     best, best_loss = None, None
     for _ in range(restarts):
         x_adv = _start(x, eps, norm, random_init)
         for _ in range(steps):
-            _, grad = input_grad(model, x_adv, y, loss_fn)
+            _, grad = input_grad(forward, x_adv, y, loss_fn)
             x_adv = _step(x_adv, grad, x, eps, alpha, norm)
         if restarts == 1:
             return x_adv
@@ -121,7 +123,7 @@ def _select_by_loss(model, x, y, eps, alpha, norm, steps, restarts, random_init,
     return best
 
 
-def _select_target(model, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, early_exit,
+def _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, early_exit,
                    exit_every) -> Tensor:
     result = torch.empty_like(x)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -131,8 +133,8 @@ def _select_target(model, x, y, eps, alpha, norm, steps, restarts, random_init, 
         if rows.numel() == 0:
             break
         x_adv, hit = _run_until_fooled(
-            model, x[rows], y[rows], eps[rows], alpha[rows], start[rows], norm, steps, loss_fn, early_exit,
-            exit_every, last=r == restarts - 1,
+            model, forward, x[rows], y[rows], eps[rows], alpha[rows], start[rows], norm, steps, loss_fn,
+            early_exit, exit_every, last=r == restarts - 1,
         )
         # a first success is kept; the last iterate of the last restart fills the rest
         new = hit & ~fooled[rows]
@@ -142,7 +144,8 @@ def _select_target(model, x, y, eps, alpha, norm, steps, restarts, random_init, 
     return result
 
 
-def _run_until_fooled(model, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit, exit_every, last):
+def _run_until_fooled(model, forward, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit, exit_every,
+                      last):
     """One restart.  Returns (per example: the first fooling iterate, else the last
     iterate; fooled mask).  With early_exit, fooled examples leave the batch at the
     next check, every ``exit_every`` iterations.
@@ -166,7 +169,7 @@ def _run_until_fooled(model, x, y, eps, alpha, x_adv, norm, steps, loss_fn, earl
     xa, xl, yl, el, al, ol, hl = x_adv, x, y, eps, alpha, out, hit
     for t in range(steps + 1 - last):
         if t < steps:
-            logits, grad = input_grad(model, xa, yl, loss_fn)
+            logits, grad = input_grad(forward, xa, yl, loss_fn)
         else:  # the final iterate only needs a check (before another restart)
             with torch.no_grad():
                 logits = model(xa)

@@ -16,7 +16,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from mma.attacks.core import NORM_LABELS, full_precision, step_autocast
+from mma.attacks.core import NORM_LABELS, StepForward
 
 from ..config.evaluation import AutoAttackParams
 
@@ -31,12 +31,14 @@ class GradientStepsInStepPrecision(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.step: StepForward | None = None  # built at the first gradient step (the weights are frozen)
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled():
             return self.model(x)
-        with step_autocast(x.device):
-            return full_precision(self.model(x))
+        if self.step is None:
+            self.step = StepForward(self.model, x.device)
+        return self.step(x)
 
 
 def autoattack_robust(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, params: AutoAttackParams, *,
