@@ -2,7 +2,7 @@
 #   make setup   create .venv and install the package with its dev tools
 #   make test    the whole test suite (slow tests included, as in CI)
 #   make smoke   the whole DAG on tiny settings (presets/smoke.yaml), minutes on a CPU
-#   make quick   MNIST Linf reduced reproduction (presets/quick.yaml), ~47 min on 2 cores
+#   make quick   MNIST Linf reduced reproduction (presets/quick.yaml), ~47-49 min on 2 cores
 #   make paper   the paper's settings: `dvc repro` on params.yaml (meant for a GPU)
 #   make gpu-wheels  (on a machine with PyPI) pydantic's wheels for the GPU machine, into gpu-wheels/
 #   make gpu-check   (on the GPU machine, copied with gpu-wheels/) device tests, bench, step timings and

@@ -247,12 +247,12 @@ class StepForward:
     the weights autocast would cast at every call cast once, here.
 
     Autocast caches its casts only for weights that require a gradient, which an attack
-    turns off (``attack_mode``), so each step re-cast LeNet5-Madry's 3.2M-weight fc1:
-    ~2 ms of a ~14 ms PGD step (bf16, batch 50, 2 threads).  Casting them once per attack
-    gives bitwise the same logits (the same round-to-nearest cast, the same ops;
-    tests/test_compute.py) and a 1.19x faster PGD-10 (1.23x at 1 thread,
-    docs/performance.md).  Build it inside ``attack_mode`` (the weights are frozen
-    there) and where the step's precision is set; a compiled model keeps its own casts."""
+    turns off (``attack_mode``), so every step cast LeNet5-Madry's 3.2M-weight fc1 again.
+    Casting once per attack gives bitwise the same iterates (the same round-to-nearest
+    cast, the same ops; tests/test_compute.py) and PGD-10 1.05x faster (bf16, batch 50,
+    2 threads; docs/performance.md, session 8).  Build it inside ``attack_mode`` (the
+    weights are frozen there) and where the step's precision is set; a compiled model
+    keeps its own casts."""
 
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device
