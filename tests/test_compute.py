@@ -133,9 +133,8 @@ def test_weights_cast_once_per_attack_give_bitwise_the_same_attack(arch, where):
     from mma.models import build_model
 
     torch.manual_seed(0)
-    dataset = "mnist" if arch == "lenet5_madry" else "cifar10"
     model = compute.prepare(build_model(arch), Compute(channels_last=True)).eval()
-    shape = (12, 1, 28, 28) if dataset == "mnist" else (12, 3, 32, 32)
+    shape = (12, 1, 28, 28) if arch == "lenet5_madry" else (12, 3, 32, 32)  # MNIST, CIFAR10
     x, y = torch.rand(shape), torch.randint(0, 10, (12,))
     torch.manual_seed(1)
     ours_ctx = attack_precision(torch.bfloat16) if where == "attack_precision" else torch.autocast(

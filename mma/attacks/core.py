@@ -252,7 +252,9 @@ class StepForward:
     cast, the same ops; tests/test_compute.py) and PGD-10 1.05x faster (bf16, batch 50,
     2 threads; docs/performance.md, session 8).  Build it inside ``attack_mode`` (the
     weights are frozen there) and where the step's precision is set; a compiled model
-    keeps its own casts."""
+    keeps its own casts.  It assumes a conv / linear module's weights feed only that
+    module's own op, as in every model here (another op reading them would see the cast
+    copy)."""
 
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .core import (
+    StepForward,
     ascent_direction,
     attack_mode,
     check_norm,
@@ -19,7 +20,6 @@ from .core import (
     keep_higher,
     per_example,
     project,
-    StepForward,
     random_delta,
 )
 from .core import step_size as default_step_size
