@@ -23,7 +23,8 @@ advances the offset by what the eager call would, so ``torch.manual_seed`` befor
 call and an RNG state restored on resume act on replays as on eager calls.
 
 Only CUDA captures; on other devices ``GraphCache`` runs every call eagerly, which is
-how a CPU runs (and tests) the fixed-shape code that a GPU captures.
+how a CPU runs (and tests) the fixed-shape code that a GPU captures.  The capture uses
+``torch.cuda.graph`` and ``torch.cuda.Stream``, both in torch since 1.10.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ class _Captured:
 
 
 class GraphCache:
-    """Calls of ``fn(*inputs)`` by key, captured as CUDA graphs on ``device`` (see the
-    module docstring); eager on other devices.
+    """Calls of ``fn(*inputs)`` by key, captured as CUDA graphs when the inputs are on a
+    CUDA device (see the module docstring); eager on other devices.
 
     ``copy_outputs``: return copies of a replay's outputs (the next replay overwrites
     the static ones); without it, the caller must consume them before the next call.
@@ -79,33 +80,34 @@ class GraphCache:
     before the next call; it keeps the memory of many attack settings that of the
     largest one."""
 
-    def __init__(self, device: torch.device, *, warmup: int = 1, max_graphs: int = 32, copy_outputs: bool = True,
+    def __init__(self, *, warmup: int = 1, max_graphs: int = 32, copy_outputs: bool = True,
                  shared_pool: bool = False) -> None:
-        self.device = torch.device(device)
-        self.capture = self.device.type == "cuda"
-        self.warmup, self.max_graphs, self.copy_outputs = warmup, max_graphs, copy_outputs
+        self.warmup, self.max_graphs, self.copy_outputs, self.shared_pool = warmup, max_graphs, copy_outputs, shared_pool
         self.graphs: dict = {}
         self.calls: dict = {}
-        self.stream = torch.cuda.Stream(self.device) if self.capture else None
-        self.pool = torch.cuda.graph_pool_handle() if self.capture and shared_pool else None
+        self.stream = self.pool = None  # made at the first CUDA call, on its device
 
     def __call__(self, key, fn: Callable, inputs: tuple):
         """fn(*inputs), ``inputs`` tensors (or None) of fixed shapes for ``key``."""
-        if not self.capture:
+        device = next(t.device for t in inputs if t is not None)
+        if device.type != "cuda":
             return fn(*inputs)
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device)
+            self.pool = torch.cuda.graph_pool_handle() if self.shared_pool else None
         captured = self.graphs.get(key)
         if captured is None:
             seen = self.calls[key] = self.calls.get(key, 0) + 1
             if seen <= self.warmup or len(self.graphs) >= self.max_graphs:
-                return self._on_side_stream(fn, inputs)
+                return self._on_side_stream(fn, inputs, device)
             captured = self.graphs[key] = _Captured(fn, inputs, self.stream, self.pool)
         outputs = captured.replay(inputs)
         return map_tensors(torch.clone, outputs) if self.copy_outputs else outputs
 
-    def _on_side_stream(self, fn: Callable, inputs: tuple):
+    def _on_side_stream(self, fn: Callable, inputs: tuple, device: torch.device):
         """An eager call on the capture stream (the warm-up: what it initialises lazily is
         then ready for the capture there), ordered after and before the caller's work."""
-        current = torch.cuda.current_stream(self.device)
+        current = torch.cuda.current_stream(device)
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
             outputs = fn(*inputs)
@@ -120,12 +122,12 @@ MAX_ATTACK_GRAPHS = 32  # (batch shape, attack setting) pairs captured per evalu
 
 
 @contextlib.contextmanager
-def capture_attacks(device) -> Iterator[None]:
+def capture_attacks() -> Iterator[None]:
     """In the body, every attack on CUDA is captured: one graph per (model, batch shape,
     attack setting), the first call of each eager (``GraphCache``; one shared memory pool,
     outputs copied).  Attacks must run on the fixed-shape path (``mma.compute.attacks``
     sets both)."""
-    token = _ATTACK_GRAPHS.set(GraphCache(device, warmup=1, max_graphs=MAX_ATTACK_GRAPHS, shared_pool=True))
+    token = _ATTACK_GRAPHS.set(GraphCache(warmup=1, max_graphs=MAX_ATTACK_GRAPHS, shared_pool=True))
     try:
         yield
     finally:

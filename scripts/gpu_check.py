@@ -291,13 +291,13 @@ def main(argv=None) -> int:
         out["bench"]["seconds"] = time.perf_counter() - t0
         save()
     if "steps" in parts:
-        from mma.compute import GRAPHED_METHODS, Compute
+        from mma.compute import Compute
 
         kind = a.device.split(":")[0]
         combos = {"fp32": Compute(kind), "bf16": Compute(kind, precision="bf16"),
                   "fp32+channels_last": Compute(kind, channels_last=True),
                   "bf16+channels_last": Compute(kind, precision="bf16", channels_last=True)}
-        if kind == "cuda":  # CUDA graphs through torch.compile(mode="reduce-overhead"): the launch-bound LeNet5
+        if kind == "cuda":  # the graph path: each training step one captured CUDA graph
             combos["fp32+cuda_graphs"] = Compute(kind, cuda_graphs=True)
         if a.dry_run:  # the code paths, not the numbers: two combinations, 2 attack steps
             combos = {k: combos[k] for k in ("fp32", "bf16+channels_last")}
@@ -312,11 +312,7 @@ def main(argv=None) -> int:
                 if arch == "wrn" and a.dry_run and cname != "fp32":
                     continue  # WRN-28-4 on a CPU: one combination is enough to check the code path
                 key = f"{arch} {method}{k or ''} {cname}"
-                if c.cuda_graphs and method not in GRAPHED_METHODS:
-                    timed[key] = {"skipped": f"compute.resolve turns cuda_graphs off for {method.upper()}"}
-                    continue
-                # torch.compile (cuda_graphs) spends its first minute or two compiling, the WRN's the longest
-                if left() < (120 if c.cuda_graphs else 20):
+                if left() < 20:
                     timed[key] = {"skipped": "time budget"}
                     continue
                 try:
