@@ -32,7 +32,7 @@ def test_compute_section_refuses_unknown_keys_and_values(tmp_path):
                       ("compute: {cuda_graph: true}\n", "compute.cuda_graph: unknown key"),
                       ("compute: {channels_last: maybe}\n", "compute.channels_last"),
                       ("compute: {search: newton}\n", "compute.search"),
-                      ("compute: {cuda_graphs: true, search: secant}\n", "compute: search = 'secant' cannot run")):
+                      ("compute: {cuda_graphs: true, search: secant}\n", "compute.search = 'secant' cannot run")):
         bad = tmp_path / "bad.yaml"
         bad.write_text(base + text)
         with pytest.raises(ParamsError, match=key.replace(".", r"\.").replace("(", r"\(")) as e:
