@@ -50,6 +50,11 @@ def map_tensors(fn: Callable[[Tensor], Any], tree):
     return tree
 
 
+def _captures(device: torch.device) -> bool:
+    """Whether calls on ``device`` are captured: CUDA's only."""
+    return device.type == "cuda"
+
+
 class _Captured:
     """One captured call: its static inputs (allocated outside the graph's pool), the
     graph and its static outputs (overwritten by every replay)."""
@@ -90,7 +95,7 @@ class GraphCache:
     def __call__(self, key, fn: Callable, inputs: tuple):
         """fn(*inputs), ``inputs`` tensors (or None) of fixed shapes for ``key``."""
         device = next(t.device for t in inputs if t is not None)
-        if device.type != "cuda":
+        if not _captures(device):
             return fn(*inputs)
         if self.stream is None:
             self.stream = torch.cuda.Stream(device)

@@ -60,7 +60,8 @@ class PGDStep:
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int | Tensor):
         eps = self.eps_at(step)
         s = self.spec
-        # a tensor ε (fixed shapes) always runs the attack: at ε = 0 PGD returns x exactly
+        # a tensor ε (fixed shapes) always runs the attack: at ε = 0 (PGDLS's step 0) PGD
+        # returns x exactly, having drawn a random start the eager step does not draw
         if isinstance(eps, Tensor) or eps > 0:
             # step_size scales with the ramped ε (2.5·ε/steps) unless fixed in params
             step_size = None if s.step_size is None else s.step_size * eps / s.eps
