@@ -11,7 +11,9 @@ the model's clean prediction: PGD sees them as fooled at its first check and dro
 them (one forward/backward), and the random numbers they consume are the same as in
 the naive loop.  Hence the cascade (``skip_broken=True``) returns the same tensor as
 attacking every example with every restart; ``tests/test_evaluation_whitebox.py``
-checks it.
+checks it.  On the fixed-shape path (``compute.cuda_graphs``) PGD keeps every row to
+its last step and FGSM attacks the whole batch, masked after: the same results
+(tests/test_fixed_shape.py).
 
 Loss "mixed" (the authors' own evaluation): even restarts use cross-entropy, odd
 restarts the CW margin loss.
