@@ -178,19 +178,18 @@ def attack_path(c: Compute):
 
 
 @contextlib.contextmanager
-def attacks(c: Compute, *, capture: bool = True) -> Iterator[None]:
+def attacks(c: Compute) -> Iterator[None]:
     """Within the body, every attack's gradient steps run in ``c``'s precision (bf16:
     autocast); the forwards that judge an attack's result stay fp32 (see
     ``mma.attacks.core.attack_precision``); attacks take ``c``'s path and search, and on
     the graph path each attack call is captured, one CUDA graph per (batch shape,
-    setting) (``mma.graphs.capture_attacks``; ``capture=False``: eager).  For evaluation
-    and transfer stages."""
+    setting) (``mma.graphs.capture_attacks``).  For evaluation and transfer stages."""
     import torch
 
     from .attacks.core import attack_precision
     from .graphs import capture_attacks
 
-    graphs = capture_attacks() if c.cuda_graphs and capture else contextlib.nullcontext()
+    graphs = capture_attacks() if c.cuda_graphs else contextlib.nullcontext()
     with attack_precision(torch.bfloat16 if c.bf16 else None), attack_path(c), graphs:
         yield
 

@@ -324,6 +324,27 @@ def test_white_box_evaluation_is_the_same_on_the_fixed_shape_path(trained_convne
     assert (out["eager"] == 0).sum() > 5 and (out["eager"] > 0).sum() > 5  # broken and robust examples
 
 
+# --------------------------------------------------------------------------- the graph path's optimiser
+@pytest.mark.parametrize("saved_by, resumed_by", [("eager", "graph"), ("graph", "eager")])
+def test_a_resumed_optimizer_keeps_its_own_paths_learning_rate(nets, saved_by, resumed_by):
+    """``load_state_dict`` brings back the saved groups' settings; ``keep_graph_safe`` puts
+    the resuming path's back: a device tensor lr and capturable Adam on the graph path, a
+    float lr elsewhere, the saved value either way."""
+    from mma.train.optimize import keep_graph_safe, set_lr
+
+    spec = spec_for("lenet5_madry", "linf", "std")
+    model = copy.deepcopy(nets["lenet5_madry"])
+    saved = make_optimizer(spec, model, graph_safe=saved_by == "graph")
+    set_lr(saved, 3e-4)
+    resumed = make_optimizer(spec, model, graph_safe=resumed_by == "graph")
+    resumed.load_state_dict(saved.state_dict())
+    keep_graph_safe(resumed, resumed_by == "graph")
+    group = resumed.param_groups[0]
+    assert isinstance(group["lr"], torch.Tensor) == (resumed_by == "graph")
+    assert group["capturable"] == (resumed_by == "graph")
+    assert float(group["lr"]) == pytest.approx(3e-4)
+
+
 # --------------------------------------------------------------------------- the graph cache
 class SimulatedCapture:
     """Stands in for a CUDA capture on the CPU: 'capturing' runs ``fn`` on static copies of

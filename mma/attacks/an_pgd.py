@@ -76,7 +76,9 @@ def an_pgd(
             None searches up to ε_max (the authors' final code).
         steps, step_size, random_init: of the PGD (step_size None: 2.5·ε/steps).
         bisection_steps: the search's resolution is the bracket width / 2**bisection_steps
-            (that of the authors' bisection) and its iteration cap.
+            (that of the authors' bisection) and its iteration cap.  The search is the
+            context's (``mma.attacks.core.attack_path``): secant by default, the authors'
+            bisection on the fixed-shape path (see ``boundary_search``).
         attack_loss: the PGD's loss: "soft_margin" (the authors'), "margin" or "ce".
             "cw" is refused: clamped at 0, its gradient vanishes once an example is
             fooled, so PGD stops where it first crossed and u points wherever the
