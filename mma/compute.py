@@ -39,7 +39,7 @@ from pydantic import model_validator
 
 from .config import Bool, Strict
 
-SEARCHES = ("secant", "bisection")  # as mma.attacks.core.SEARCHES (this module stays torch-free)
+SEARCHES = ("secant", "bisection")  # AN-PGD's boundary searches (mma.attacks.an_pgd.boundary_search)
 
 
 class ComputeParams(Strict):
@@ -126,9 +126,9 @@ def resolve(params: ComputeParams | None, device) -> Compute:
       cuda_graphs: off everywhere.  The graph path has not been timed on a GPU yet; it
         becomes on for CUDA once `make gpu-check` measures it faster with the same results.
         Off CUDA, cuda_graphs: true is ignored (resolved to false).
-      search: bisection on CUDA (fixed passes over all rows: no host read, and rows are
-        nearly free on a GPU), secant on a CPU, where rows cost arithmetic (~4.5-6 forward
-        rows per example against bisection's 11).
+      search: bisection on CUDA (fixed passes over all rows and no host read: what a CUDA
+        graph replays), secant on a CPU, where rows cost arithmetic (~4.5-6 forward rows
+        per example against bisection's 11, docs/performance.md).
     """
     p = params or ComputeParams()
     kind = str(device).split(":")[0]

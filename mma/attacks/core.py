@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..compute import SEARCHES
+
 NORMS = ("linf", "l2")
 NORM_LABELS = {"linf": "Linf", "l2": "L2"}  # how the paper, AutoAttack and FAB spell the norms
 LOSSES = ("ce", "margin", "soft_margin", "cw")
@@ -291,7 +293,6 @@ def input_grad(model: nn.Module | StepForward, x: Tensor, y: Tensor, loss_fn) ->
 # so on the fixed-shape path an attack runs on all rows of its batch with masks and a fixed
 # number of iterations, and reads nothing back to the host: no compaction, no early exit.
 # Rows do not interact in eval mode, so it gives the results of the compacting path.
-SEARCHES = ("secant", "bisection")  # AN-PGD's boundary search (mma.attacks.an_pgd)
 _FIXED_SHAPE: ContextVar[bool] = ContextVar("mma_attack_fixed_shape", default=False)
 _SEARCH: ContextVar[str] = ContextVar("mma_boundary_search", default="secant")
 
