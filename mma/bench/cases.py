@@ -1,7 +1,7 @@
 """What `mma bench` times: the cases, on real MNIST and a briefly pre-trained LeNet5-Madry.
 
 Reads top to bottom: data → a briefly pre-trained LeNet5-Madry (plain training to
-~96 % test accuracy, so ~94 % of a batch is attacked, as in issue 5) → training
+~96 % test accuracy, so ~94 % of a batch is attacked, as early in MMA training) → training
 steps (STD, PGD-40, MMA-40 at batch 50 and 128; PGD-10, MMA-10) → our PGD against
 torchattacks.PGD (fixed steps, batch 128) and on a robust-accuracy job (attack +
 judging forward) → naive against early-exit 50-restart white-box PGD at a large
