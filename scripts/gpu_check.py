@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-# the goals of issue 12 for one H100
+# the speed goals for one H100
 GOALS = {"mnist_mma40_step_ms": 5.0, "wrn_mma10_step_ms": 40.0, "mnist_linf_grid_with_table1_gpu_h": 1.0}
 MIN_ATTACKED = 0.5  # an MMA step time counts only where the step attacked at least half of its batch
 MNIST_GRID = ["std", "pgd40", "mma40", "mma40"]  # params.yaml: STD, PGD-0.3, MMA-0.45, MMA v1 (100k steps each)

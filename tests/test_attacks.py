@@ -369,6 +369,57 @@ def test_attacks_are_deterministic_given_the_seed(trained_convnet, batch):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
+# --------------------------------------------------------------------------- the registry of attack kinds
+def test_the_registry_holds_exactly_the_kinds_params_can_name():
+    """params.yaml's schema (torch-free) and the registry list the same kinds; an unknown
+    name is refused with the kinds named."""
+    from typing import get_args
+
+    from mma.attacks import ATTACKS, attack_kind
+    from mma.config.evaluation import AttackSetting
+
+    assert set(get_args(AttackSetting.model_fields["attack"].annotation)) == set(ATTACKS)
+    assert all(kind.name == name for name, kind in ATTACKS.items())
+    with pytest.raises(KeyError, match="'cw-l2'; the kinds are fgsm, pgd"):
+        attack_kind("cw-l2")
+
+
+def test_each_kinds_cost_counts_its_restarts_and_steps():
+    from mma.attacks import attack_kind
+    from mma.config.evaluation import AttackSetting
+
+    fgsm_kind, pgd_kind = attack_kind("fgsm"), attack_kind("pgd")
+    setting = AttackSetting(attack="fgsm", steps=7, restarts=3)  # FGSM ignores both
+    assert (fgsm_kind.restarts(setting), fgsm_kind.gradient_steps(setting)) == (1, 1)
+    setting = AttackSetting(steps=7, restarts=3)
+    assert (pgd_kind.restarts(setting), pgd_kind.gradient_steps(setting)) == (3, 21)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_every_registered_kind_attacks_inside_box_and_ball_and_is_as_random_as_it_says(trained_convnet, batch, name,
+                                                                                         norm):
+    """One restart of each kind on the trained net, per-example ε: inside [0, 1] and the
+    ε-ball, fools some examples; a deterministic kind gives the same x_adv under another
+    seed, a random one does not."""
+    from mma.attacks import ATTACKS
+    from mma.config.evaluation import AttackSetting
+
+    x, y = batch[0][:64], batch[1][:64]
+    kind = ATTACKS[name]
+    setting = AttackSetting(attack=name, steps=5)
+    eps = _per_example_eps(norm, len(y))
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        runs.append(kind.run(trained_convnet, x, y, eps, setting, norm=norm, loss="ce", select="loss"))
+    x_adv = runs[0]
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (lp_norm(x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+    assert 0 < (~robust_mask(trained_convnet, x_adv, y)).sum() < len(y)
+    assert torch.equal(runs[0], runs[1]) is kind.deterministic
+
+
 # --------------------------------------------------------------------------- peer agreement
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("random_init", [False, True])

@@ -1,4 +1,4 @@
-"""Evaluation that cannot flatter (issue 11, section 3): numbers that a broken model or a
+"""Evaluation that cannot flatter: numbers that a broken model or a
 weak attack could inflate are refused or flagged.
 
 * PGD-model validation counts an example robust only if it is also classified correctly

@@ -1,5 +1,6 @@
 """MLflow tracking: where the store is, parallel processes on a fresh store, an
-unreachable server, and resumed runs that continue the same MLflow run."""
+unreachable server, resumed runs that continue the same MLflow run, stale runs of a killed
+stage, and the tags that tie a run to its pipeline run, DVC experiment and params file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -189,3 +191,102 @@ def test_snakemake_four_parallel_training_jobs_record_four_complete_runs(tmp_pat
     for r in train:
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == list(range(1, 31))
         assert "val_clean_acc" in r.data.metrics
+
+
+# --------------------------------------------------------------------------- stale runs and tags
+SMOKE = ROOT / "presets" / "smoke.yaml"
+_STAGE_RUN = textwrap.dedent("""
+    import os, sys, time
+    from mma.tracking import stage_run
+    with stage_run("ux", "evaluate", name="m", tags={"mma.model": "m"}) as t:
+        open(sys.argv[1], "w").write("started")
+        time.sleep(600)
+""")
+
+
+def _store(tmp_path, monkeypatch):
+    from mma import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    tracking.open_store.cache_clear()
+    client, exp = tracking.open_store("ux")
+    return client, exp
+
+
+def test_a_stage_after_kill_9_marks_its_stale_running_run_killed(tmp_path, monkeypatch):
+    from mma.tracking import stage_run
+
+    client, exp = _store(tmp_path, monkeypatch)
+    flag = tmp_path / "started"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-c", _STAGE_RUN, str(flag)], env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert flag.exists(), "the stage never started"
+    proc.kill()  # SIGKILL: no handler runs, the run stays RUNNING
+    proc.wait()
+    (stale,) = client.search_runs([exp])
+    assert stale.info.status == "RUNNING"
+    with stage_run("ux", "evaluate", name="other", tags={"mma.model": "other"}):
+        pass  # another model's stage leaves it alone
+    assert client.get_run(stale.info.run_id).info.status == "RUNNING"
+    with stage_run("ux", "evaluate", name="m", tags={"mma.model": "m"}):
+        assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    runs = client.search_runs([exp])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+def test_runs_carry_the_pipeline_run_and_dvc_experiment(tmp_path, monkeypatch):
+    from mma.tracking import stage_run
+
+    client, exp = _store(tmp_path, monkeypatch)
+    monkeypatch.setenv("MMA_PIPELINE_RUN", "snakemake:abc")
+    with stage_run("ux", "report", tags={}) as t:
+        run_a = t.run_id
+    monkeypatch.delenv("MMA_PIPELINE_RUN")
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-edit")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
+    with stage_run("ux", "report", tags={}) as t:
+        run_b = t.run_id
+    a, b = client.get_run(run_a).data.tags, client.get_run(run_b).data.tags
+    assert a["mma.pipeline_run"] == "snakemake:abc" and "mma.dvc_exp" not in a
+    assert b["mma.pipeline_run"] == "dvc-exp:lr-edit"
+    assert b["mma.dvc_exp"] == "lr-edit" and b["mma.dvc_exp_baseline"] == "0123abc"
+    assert b["mma.git_commit"].endswith("-dirty") or b["mma.git_commit"] == "unknown"
+
+
+def test_evaluation_run_tags_and_params_file_of_a_temporary_copy(tmp_path, monkeypatch):
+    """A `dvc exp run --temp` workspace (<repo>/.dvc/tmp/exps/...) is deleted afterwards: the
+    run names its params file relative to the repository and keeps the file as an artifact."""
+    from mma.tracking import params_file_tag
+
+    repo = tmp_path / "repo"
+    work = repo / ".dvc" / "tmp" / "exps" / "tmpabc"
+    work.mkdir(parents=True)
+    (repo / ".git").mkdir()
+    (work / "params.yaml").write_text("x")
+    monkeypatch.chdir(work)
+    assert params_file_tag(work / "params.yaml") == "params.yaml"
+    assert params_file_tag("params.yaml") == "params.yaml"
+
+    # the CLI's tags for a model stage (evaluate here: stopped at its first check, no run yet)
+    import mma.cli as cli
+
+    seen = {}
+
+    def fake_stage_run(experiment, stage, *, name, seed, tags, params, run_id_file):
+        seen.update(tags)
+        raise SystemExit(0)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    model = tmp_path / "results" / "models" / "mnist-l2-mma-2p0" / "seed0" / "model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"")
+    monkeypatch.setattr("mma.tracking.stage_run", fake_stage_run)
+    monkeypatch.setattr(cli, "_device", lambda p, d: "cpu")
+    with pytest.raises(SystemExit):
+        cli._run_stage(cli.STAGES["evaluate"], SMOKE, "mnist-l2-mma-2p0")
+    assert {"mma.method": "mma", "mma.norm": "l2", "mma.dataset": "mnist", "mma.seed": 0,
+            "mma.group": "mnist-l2-mma-2p0", "mma.eval_seed": 0}.items() <= seen.items()

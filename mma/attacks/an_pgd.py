@@ -77,8 +77,8 @@ def an_pgd(
             fooled, so PGD stops where it first crossed and u points wherever the
             random start and those first steps led, not at the boundary (on the binary
             linear model of tests/test_attacks.py, Linf, ε_init = 1.5x the margin: lengths
-            1.42-1.50x the margin against 1.00 with the soft margin; issue 11
-            measured 19-71x at larger ε_init).
+            1.42-1.50x the margin against 1.00 with the soft margin, and 19-71x
+            measured at larger ε_init).
         search_loss: the function whose zero crossing is the boundary ("margin").
         repgd: run PGD again at the found length (arXiv v1) instead of scaling u.
         clean_logits: the model's logits on x if the caller has them (MMA training's

@@ -250,7 +250,7 @@ class StepForward:
     turns off (``attack_mode``), so every step cast LeNet5-Madry's 3.2M-weight fc1 again.
     Casting once per attack gives bitwise the same iterates (the same round-to-nearest
     cast, the same ops; tests/test_compute.py) and PGD-10 1.05x faster (bf16, batch 50,
-    2 threads; docs/performance.md, session 8).  Build it inside ``attack_mode`` (the
+    2 threads; docs/performance.md, "The switches").  Build it inside ``attack_mode`` (the
     weights are frozen there) and where the step's precision is set; a compiled model
     keeps its own casts.  It assumes a conv / linear module's weights feed only that
     module's own op, as in every model here (another op reading them would see the cast
