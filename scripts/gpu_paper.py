@@ -176,11 +176,32 @@ def model_trained(call: Call) -> bool:
     from mma.io import load_tensors
     from mma.params import identity
 
-    path = paths.model_file(call.name, call.seed)
+    path = call.state / paths.model_file(call.name, call.seed)
     if not path.exists():
         return False
-    record = load_tensors(path, remedy=f"move {call.state / path} away to train the model anew")
+    record = load_tensors(path, remedy="move it away to train the model anew")
     return record.get("identity") == identity(call.params, call.name, call.seed, "train")
+
+
+def refuse_other_settings(call: Call) -> None:
+    """InputError if STATE holds a checkpoint or a model of other settings of this member: hours of GPU
+    time are not discarded (as `mma train` would) because a params file changed."""
+    from mma import paths
+    from mma.params import spec_record
+
+    spec_file = call.state / paths.resume_file(call.name, call.seed).parent / "spec.json"
+    try:
+        same = json.loads(spec_file.read_text()) == json.loads(json.dumps(spec_record(call.params, call.name,
+                                                                                      call.seed)))
+    except (OSError, ValueError):  # absent (no checkpoint: fine) or unreadable (not ours to delete)
+        same = not spec_file.exists()
+    if not same:
+        raise InputError(f"{spec_file.parent}: a checkpoint of {call.name} made with other settings than "
+                         f"{call.args.params}'s; use another --state, or delete that folder to train anew")
+    model = call.state / paths.model_file(call.name, call.seed)
+    if model.exists() and not model_trained(call):
+        raise InputError(f"{model}: trained with other settings than {call.args.params}'s; use another --state, "
+                         "or move it away to train anew")
 
 
 def train(call: Call) -> dict:
@@ -194,7 +215,7 @@ def train(call: Call) -> dict:
         stage.finish(call.name, call.seed)  # a call killed after the model was written left its checkpoint
         return {"steps": 0}
     restart = f"delete {call.state / paths.resume_file(call.name, call.seed).parent} to train from step 0"
-    resumed = stage.prepare(call.params, call.name, call.seed)  # a checkpoint of other settings is discarded
+    resumed = stage.prepare(call.params, call.name, call.seed)
     at = load_resume(paths.resume_file(call.name, call.seed), restart)["result"]["step"] if resumed else 0
     print(f"gpu-paper: training {call.name} from step {at} of {spec.train_steps} ({call.left():.0f} s left)",
           file=sys.stderr)
@@ -530,10 +551,12 @@ def parse_args(argv) -> argparse.Namespace:
 
 def work(call: Call) -> dict:
     """Data, then train and evaluate inside STATE; the JSON written and returned."""
+    from mma import interrupt
     from mma.io import write_json
     from mma.stages.data import run as prepare_data
     from mma.stages.files import stage_lock
 
+    refuse_other_settings(call)
     data = call.params.data.model_copy(update={"datasets": [call.spec.dataset]})  # only the model's
     prepare_data(call.params.model_copy(update={"data": data}))
     parts = set(call.args.parts.split(","))
@@ -547,7 +570,7 @@ def work(call: Call) -> dict:
         trained = model_trained(call)
         evaluation = evaluate(call, started=training["steps"] > 0) if trained and "evaluate" in parts else None
         this = {"started": started, "budget_s": call.args.budget_s, "training": training,
-                "stopped_by": "budget" if call.budget_spent else None}
+                "stopped_by": "budget" if call.budget_spent else "SIGTERM" if interrupt.requested() else None}
         out = report(call, calls, this, trained, evaluation)
         write_json(call.json_path(), out)
     return out
@@ -566,12 +589,13 @@ def main(argv=None) -> int:
                     out = work(call)
             except interrupt.Terminated:  # raised by the training loop after its checkpoint, or on the way out
                 pass
+            stopped = interrupt.requested() and not call.budget_spent  # by someone else: say so in the exit status
         if out is None:
             out = json.loads(call.json_path().read_text()) if call.json_path().exists() else {}
         shown = {k: v for k, v in out.items() if k != "calls"}
         print(json.dumps(shown, indent=2, default=str))
         print(f"gpu-paper: {out.get('status')}; {call.json_path()}", file=sys.stderr)
-        return interrupt.EXIT_CODE if interrupt.requested() and not call.budget_spent else 0
+        return interrupt.EXIT_CODE if stopped else 0
     return failed[0]
 
 

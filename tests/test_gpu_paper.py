@@ -101,6 +101,17 @@ def test_the_dry_run_trains_evaluates_and_sets_ours_beside_the_papers(uninterrup
 
 
 @pytest.mark.slow
+def test_a_state_of_other_settings_is_refused_not_discarded(uninterrupted):
+    """Under the paper's params the smoke model in STATE is another model: one line, exit 2, nothing touched."""
+    before = {f: f.stat().st_mtime_ns for f in (uninterrupted / "state").rglob("*") if f.is_file()}
+    p = gpu_paper(uninterrupted, "--device", "cpu", "--params", str(ROOT / "params.yaml"), "--state", "state",
+                  timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "model.pt: trained with other settings" in p.stderr
+    assert {f: f.stat().st_mtime_ns for f in (uninterrupted / "state").rglob("*") if f.is_file()} == before
+
+
+@pytest.mark.slow
 def test_a_run_cut_by_its_budget_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path):
     """Budget 0: each call does one unit of work (a training step, an evaluation unit), then saves and stops."""
     shutil.copytree(uninterrupted / "data", tmp_path / "data")  # prepared and verified: not the point here
@@ -110,6 +121,9 @@ def test_a_run_cut_by_its_budget_resumes_to_the_uninterrupted_result(uninterrupt
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
         res = result(tmp_path / "state")
         seen.append((res["status"], res["training"]["steps_done"], len((res["evaluation"] or {}).get("unit_seconds", {}))))
+        if len(seen) == 1:  # a checkpoint in STATE: under other settings it is refused, not discarded
+            p = gpu_paper(tmp_path, "--device", "cpu", "--params", str(ROOT / "params.yaml"), "--state", "state")
+            assert p.returncode == 2 and "a checkpoint of mnist-linf-mma-0p45 made with other settings" in p.stderr
     steps = result(uninterrupted / "state")["training"]["train_steps"]
     assert seen[0][:1] == ("training",) and 0 < seen[0][1] < steps  # cut mid-training
     assert seen[1] == ("evaluating", steps, 0)  # trained, nothing evaluated
