@@ -263,7 +263,8 @@ def eval_rate(device: str, switches, images: int, steps: int) -> dict:
 
 def project(rows: dict, rate: dict | None) -> dict:
     """GPU-hours of the paper's grids from the step times of ``rows`` (the fastest setting of each)."""
-    mnist = {"std": best_ms(rows, "lenet std"), "pgd40": best_ms(rows, "lenet pgd"), "mma40": best_ms(rows, "lenet mma")}
+    mnist = {"std": best_ms(rows, "lenet std"), "pgd40": best_ms(rows, "lenet pgd"),
+             "mma40": best_ms(rows, "lenet mma")}
     cifar = {"pgd10": best_ms(rows, "wrn pgd"), "mma10": best_ms(rows, "wrn mma")}
     train_h = sum(mnist[m] for m in MNIST_GRID) * 100_000 / 1000 / 3600
     from mma.config.evaluation import ALL_PAPER, Table1Params, paper_attacks
@@ -275,7 +276,8 @@ def project(rows: dict, rate: dict | None) -> dict:
     image_iters = 2 * 3 * n_eps * iters * 10_000
     table1_h = image_iters / rate["image_iterations_per_s"] / 3600 if rate else math.nan
     cifar_h = sum(cifar[m] for m in CIFAR_GRID) * 50_000 / 1000 / 3600
-    return {"mnist_step_s": {k: v / 1000 for k, v in mnist.items()}, "cifar_step_s": {k: v / 1000 for k, v in cifar.items()},
+    return {"mnist_step_s": {k: v / 1000 for k, v in mnist.items()},
+            "cifar_step_s": {k: v / 1000 for k, v in cifar.items()},
             "mnist_grid_train_gpu_h": train_h, "table1_attacks_gpu_h_upper_bound": table1_h,
             "mnist_linf_grid_with_table1_gpu_h": train_h + table1_h, "cifar10_grid_train_gpu_h": cifar_h,
             "note": "the graph path's rows; training: 100k (MNIST) / 50k (CIFAR10) steps at the best measured step "

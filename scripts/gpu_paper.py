@@ -54,7 +54,7 @@ import torch
 # The graph path on CUDA, where the params file leaves these compute keys unset (`compute: {}`): the model
 # keeps the identity `mma train` gives it under the same params, and values written in the file win.
 GRAPH_PATH = {
-    "cuda_graphs": True,  # the whole training step and each evaluation attack as one CUDA graph
+    "cuda_graphs": True,  # compute.cuda_graphs: CUDA graphs (mma/compute.py says what they capture)
 }
 EPS = (0.3, 0.4)  # the ε of Table 1's white-box PGD-100 rows reproduced by default (--eps: others, e.g. 0.5)
 PGD_SETTING = "pgd100x1"  # the paper's attack whose setting in `attacks:` the restarts use (steps, step size, loss)
@@ -512,7 +512,8 @@ def report(call: Call, calls: list[dict], this: dict, trained: bool, evaluation:
         "model": call.name, "seed": call.seed, "identity": identity(call.params, call.name, call.seed, "train"),
         "params_file": str(call.args.params), "state": str(call.state), "status": state,
         "device": call.args.device, "torch": torch.__version__, "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if call.args.device.startswith("cuda") else None,
+        "gpu": torch.cuda.get_device_name(torch.device(call.args.device)) if call.args.device.startswith("cuda")
+        else None,
         "git_commit": git_commit(ROOT), "budget_s": call.args.budget_s,
         "wall_s": {"this_call": this["wall_s"], "all_calls": round(sum(c["wall_s"] for c in calls), 3),
                    "calls": len(calls)},
@@ -585,7 +586,8 @@ def main(argv=None) -> int:
         out = None
         with interrupt.on_sigterm():
             try:
-                with interrupt.deferred():  # SIGTERM (the budget's or another's) only sets a flag: checked at safe points
+                # SIGTERM (the budget's or another's) only sets a flag, checked at safe points
+                with interrupt.deferred():
                     out = work(call)
             except interrupt.Terminated:  # raised by the training loop after its checkpoint, or on the way out
                 pass

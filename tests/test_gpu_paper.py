@@ -55,6 +55,45 @@ def uninterrupted(tmp_path_factory) -> Path:
     return cwd
 
 
+def test_restart_one_is_the_evaluate_stages_run_and_each_later_one_attacks_the_survivors(monkeypatch, tmp_path):
+    """Restart 1 at ε has the evaluate stage's seed for that setting at ε (so it is its PGD-100×1
+    record); restart r > 1 has a seed of its own and attacks only the images every earlier one left
+    robust; ``survived`` counts the restarts withstood.  (On the smoke model a start's seed changes
+    0-1 of 64 outcomes, so an end-to-end run could not tell the seeds apart.)"""
+    import argparse
+    import runpy
+
+    from mma.evaluation.whitebox import whitebox_seed
+    from mma.params import load_params
+
+    script = runpy.run_path(str(SCRIPT))
+    calls = []
+
+    def survival(model, x, y, eps, setting, *, seed, active, **_):  # breaks every other image it attacks
+        calls.append((seed, active.clone()))
+        out = torch.where(active, 1, -1).to(torch.int16)
+        out[active.nonzero().squeeze(1)[::2]] = 0
+        return out
+
+    monkeypatch.setattr("mma.evaluation.whitebox.survival", survival)
+    params = load_params(ROOT / "presets" / "smoke.yaml")
+    args = argparse.Namespace(eps=(0.3,), device="cpu")
+    call = script["Call"](args, params, NAME, 0, tmp_path)
+    name, setting = script["paper_attack"](params)
+    y = torch.arange(10) % 10
+    pred = torch.where(torch.arange(10) < 8, y, (y + 1) % 10)  # the last 2 misclassified: never attacked
+    d = {"clean_pred": pred, "y": y, "survived": {"0.3": torch.where(pred == y, 0, -1).to(torch.int16)},
+         "restarts": {}}
+    work = script["Work"](call, None, torch.zeros(10, 1, 28, 28), y, params.evaluate.threat_model("mnist", "linf"),
+                          setting)
+    for r in (1, 2, 3):
+        work.pgd(script["Unit"]("pgd", 0.3, r), d)
+    assert name == "pgd5x1" and calls[0][0] == whitebox_seed(params.seed, NAME, setting, params.evaluate.loss, 0.3)
+    assert len({seed for seed, _ in calls}) == 3
+    assert [a.nonzero().squeeze(1).tolist() for _, a in calls] == [list(range(8)), [1, 3, 5, 7], [3, 7]]
+    assert d["survived"]["0.3"].tolist() == [0, 1, 0, 2, 0, 1, 0, 3, -1, -1] and d["restarts"] == {"0.3": 3}
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there: the refusal cannot happen")
 def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path):
     p = gpu_paper(tmp_path, "--device", "cuda", "--state", "s", "--params", str(ROOT / "params.yaml"), timeout=120)
@@ -120,7 +159,8 @@ def test_a_run_cut_by_its_budget_resumes_to_the_uninterrupted_result(uninterrupt
         p = gpu_paper(tmp_path, *DRY, "--state", "state", *args)
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
         res = result(tmp_path / "state")
-        seen.append((res["status"], res["training"]["steps_done"], len((res["evaluation"] or {}).get("unit_seconds", {}))))
+        units = len((res["evaluation"] or {}).get("unit_seconds", {}))
+        seen.append((res["status"], res["training"]["steps_done"], units))
         if len(seen) == 1:  # a checkpoint in STATE: under other settings it is refused, not discarded
             p = gpu_paper(tmp_path, "--device", "cpu", "--params", str(ROOT / "params.yaml"), "--state", "state")
             assert p.returncode == 2 and "a checkpoint of mnist-linf-mma-0p45 made with other settings" in p.stderr
@@ -155,8 +195,8 @@ def test_the_model_comes_back_into_the_dag_and_mma_evaluate_agrees(uninterrupted
     smoke["table1"]["columns"] = {NAME: "MMA"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    p = subprocess.run([sys.executable, "-m", "mma.cli", "evaluate", NAME, "--params", "params.yaml", "--device", "cpu"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "mma.cli", "evaluate", NAME, "--params", "params.yaml", "--device", "cpu"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
 
     ours, mine = result(state)["evaluation"], load_tensors(state / "results" / "gpu_paper" / NAME / "seed0.eval.pt")
