@@ -182,7 +182,11 @@ def finish(name: str, seed: int) -> None:
         folder.rmdir()
 
 
-def run(params: Params, name: str, seed: int, *, device: str, tracker=None) -> dict[str, float]:
+def run(params: Params, name: str, seed: int, *, device: str, tracker=None, switches=None) -> dict[str, float]:
+    """Train member (``name``, ``seed``) into the files of the module docstring (relative to the working
+    folder).  ``tracker``: MLflow's (``mma.tracking.Tracker``) or anything with its ``log_metrics``, ``flush``
+    and ``log_artifact``; ``switches``: the resolved compute switches (default: ``compute.resolve`` of
+    ``params.compute`` for ``device``), recorded in model.pt and info.json."""
     from .. import compute
     from ..data import TensorBatcher, load_split, to_float
     from ..io import load_tensors, save_tensors, write_json
@@ -208,7 +212,7 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None) -> d
     resume = paths.resume_file(name, seed)
     curves.recover(load_resume(resume, f"mma train {name} --seed {seed} --restart")["result"]["step"] if resume.exists() else 0, _mlflow_steps(tracker))
     best = checkpoint_dir(name, seed) / "best.pt"
-    switches = compute.resolve(params.compute, device, spec.method)
+    switches = switches or compute.resolve(params.compute, device, spec.method)
     with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
         result = train(spec, batcher, val, model_path=best, resume_path=resume, device=device,
                        log=curves.log, flush=curves.flush, show_progress=True, compute=switches)
