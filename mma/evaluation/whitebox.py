@@ -122,7 +122,7 @@ def _one_restart(model, xb, yb, rows, pred, eps, setting, norm, loss, seed) -> T
     idx = rows.nonzero().squeeze(1)
     fooled = torch.zeros_like(rows)
     if setting.attack == "fgsm":  # deterministic: attack only the rows
-        x_adv = fgsm(model, xb[idx], yb[idx], eps, norm=norm, loss=loss)
+        x_adv = fgsm(model, xb[idx], yb[idx], eps, norm=norm, loss=loss, l2_pgd=setting.l2_pgd)
         with torch.no_grad():
             fooled[idx] = model(x_adv).argmax(1) != yb[idx]
         return fooled
@@ -136,7 +136,7 @@ def _one_restart(model, xb, yb, rows, pred, eps, setting, norm, loss, seed) -> T
     step = step_size(eps_t, setting.steps, setting.step_size_factor)
     with seeded(seed, xb.device):
         x_adv = pgd(model, xb, y_in, eps_t, norm=norm, steps=setting.steps, step_size=step, restarts=1,
-                    random_init=setting.random_init, loss=loss, select="target")
+                    random_init=setting.random_init, loss=loss, select="target", l2_pgd=setting.l2_pgd)
     with torch.no_grad():
         fooled[idx] = model(x_adv[idx]).argmax(1) != yb[idx]
     return fooled
