@@ -38,7 +38,8 @@ class GridMemorizer(nn.Module):
 
 def test_pgd_validation_counts_only_examples_also_correct_clean():
     spec = ModelSpec(name="toy-pgd", dataset="mnist", arch="lenet5_madry", norm="linf", method="pgd",
-                     pgd=PGDTrainSpec(eps=0.1, steps=3), optimizer=OptimizerSpec(name="adam", lr=1e-3))
+                     pgd=PGDTrainSpec(eps=0.1, steps=3), optimizer=OptimizerSpec(name="adam", lr=1e-3),
+                     selection={"metric": "pgd_acc"})
     x = torch.tensor([100, 120, 250], dtype=torch.float32)[:, None].expand(3, 4) / 255
     # A: wrong clean (1 ≠ 0), "right" at its adversarial point (0); B: right clean, fooled;
     # C: bright, right everywhere
