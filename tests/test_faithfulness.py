@@ -684,3 +684,27 @@ def test_the_other_selections_are_kept_as_options():
     with pytest.raises(ValueError, match="pgd_acc' needs method 'pgd'"):
         ModelSpec(name="v", dataset="mnist", arch="lenet5_madry", norm="linf", method="std",
                   selection={"metric": "pgd_acc"})
+
+
+@pytest.mark.parametrize("selection", [{"metric": "pgd_acc"}, {"metric": "clean_acc"}, {"margin_attack": "an_pgd"}])
+def test_how_a_model_is_selected_never_changes_its_training(selection, tmp_path):
+    """Validation draws from a random stream of its own: a PGD model trained with another
+    selection, or another cadence, ends with bitwise the same weights (only which
+    checkpoint is kept may differ)."""
+    from mma.train import train
+
+    def final_weights(**over):
+        spec = ModelSpec(name="toy", dataset="mnist", arch="lenet5_madry", norm="linf", method="pgd",
+                         pgd={"eps": 0.1, "steps": 2}, train_steps=9, batch_size=4, checkpoint_every=100,
+                         optimizer={"lr": 1e-2}, **over)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        b = TinyBatcher()
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        train(spec, b, (b.x, b.y), model_path=folder / "m.pt", resume_path=folder / "r.pt", model=model,
+              show_progress=False)
+        return [p.detach().clone() for p in model.parameters()]
+
+    default = final_weights(selection={"steps": 2})
+    for other in (final_weights(selection={"steps": 2, **selection}), final_weights(selection={"steps": 2}, eval_every=2)):
+        assert all(torch.equal(a, b) for a, b in zip(default, other))

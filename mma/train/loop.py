@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .. import compute as compute_
 from .. import interrupt
 from ..attacks import an_pgd, anpgd_for_test, pgd
-from ..attacks.core import full_precision
+from ..attacks.core import full_precision, seeded
 from ..compute import FP32, Compute
 from ..config.model import ModelSpec
 from ..io import BadFileError, load_tensors, save_tensors
@@ -380,7 +380,9 @@ def train(
                 advance(1)
 
             if validating:
-                with compute_.attacks(compute):
+                # a random stream of its own (seeded by the step), the training RNG left as it was: the
+                # training trace does not depend on how, how often or whether the model is validated
+                with compute_.attacks(compute), seeded((spec.seed << 32 | result.step) % 2**63, device):
                     values = validate(spec, net, x_val, y_val)
                 if hasattr(step_fn, "eps_summary"):
                     values.update(step_fn.eps_summary())
