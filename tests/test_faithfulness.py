@@ -708,3 +708,4 @@ def test_how_a_model_is_selected_never_changes_its_training(selection, tmp_path)
     default = final_weights(selection={"steps": 2})
     for other in (final_weights(selection={"steps": 2, **selection}), final_weights(selection={"steps": 2}, eval_every=2)):
         assert all(torch.equal(a, b) for a, b in zip(default, other))
+

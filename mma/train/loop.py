@@ -82,9 +82,9 @@ def selection_metric(spec: ModelSpec) -> str:
 def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, batch_size: int = 500) -> dict:
     """Clean accuracy, plus what ``spec.resolved_selection`` selects by: the mean margin
     (``val_mean_margin``; the authors' ``ANPGDForTest`` also gives ``val_adv_acc``, the
-    accuracy at its PGD point at test_eps, for free) or the PGD robust accuracy at the
-    training ε (``val_pgd_acc``; an example counts only if it is classified correctly both
-    clean and at its adversarial point, as in every robust accuracy)."""
+    robust accuracy at its PGD point at test_eps, for free) or the PGD robust accuracy at
+    the training ε (``val_pgd_acc``).  A robust accuracy counts an example only if it is
+    classified correctly both clean and at its adversarial point."""
     was_training = model.training
     model.eval()
     s = spec.resolved_selection
@@ -107,7 +107,7 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
                                             test_eps_iter=s.test_eps_iter, steps=s.steps, eps_max=s.eps_max,
                                             bisection_steps=s.bisection_steps, l2_pgd=spec.l2_pgd)
             margin += length.sum()
-            robust += adv_ok.sum()
+            robust += (ok & adv_ok).sum()
         elif s.metric == "mean_margin":
             rows = ok.nonzero().squeeze(1)
             if rows.numel():
