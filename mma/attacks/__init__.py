@@ -2,8 +2,9 @@
 
     fgsm(model, x, y, eps, *, norm="linf")                         -> x_adv
     pgd(model, x, y, eps, *, norm, steps, step_size, restarts,
-        random_init, loss, select)                                 -> x_adv
+        random_init, loss, select, l2_pgd)                         -> x_adv
     an_pgd(model, x, y, eps_init, *, norm, eps_max, ...)            -> (x_adv, eps)
+    anpgd_for_test(model, x, y, *, norm, test_eps, ...)            -> (eps, adv_correct)
 
 Inputs in [0, 1], ε in pixel units (float or per-example tensor), any nn.Module
 returning logits.  ``ATTACKS`` (``registry``) names the kinds params.yaml's ``attacks:``
@@ -15,6 +16,7 @@ from .core import LOSSES, NORMS, get_loss, lp_norm, margin_loss, soft_margin_los
 from .fgsm import fgsm
 from .pgd import pgd
 from .registry import ATTACKS, AttackKind, attack_kind
+from .validation import anpgd_for_test
 
 __all__ = [
     "ATTACKS",
@@ -22,6 +24,7 @@ __all__ = [
     "LOSSES",
     "NORMS",
     "an_pgd",
+    "anpgd_for_test",
     "attack_kind",
     "boundary_search",
     "fgsm",

@@ -58,7 +58,7 @@ def quantize_toward(x_adv: Tensor, clean: Tensor, eps: float, norm: str) -> Tens
 def family(setting: AttackSetting) -> tuple:
     """What a setting is apart from its restarts: settings of one family are made together,
     the ×R set from the first R restarts of one run (``build_sets``)."""
-    return (setting.attack, setting.steps, setting.loss, setting.step_size_factor, setting.random_init)
+    return (setting.attack, setting.steps, setting.loss, setting.step_size_factor, setting.random_init, setting.l2_pgd)
 
 
 def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting: AttackSetting, *,
