@@ -44,6 +44,23 @@ def settings_record(params, name: str, seed: int) -> dict:
             "sources": params.table1.sources_for(name, params.models.values())}
 
 
+def output_identity(params, name: str, seed: int) -> dict:
+    """The identity per_example.pt carries: the member's (``params.identity``) plus the sha256
+    of ``settings_record``, so results made under other evaluation settings (attacks, evaluate
+    section, seeds) are refused by the report, not mixed into it."""
+    from ..params import identity, record_hash
+
+    return {**identity(params, name, seed, "evaluate"), "settings_sha256": record_hash(settings_record(params, name, seed))}
+
+
+FILES = ("per_example.pt", "metrics.json")  # results/eval/NAME/seedS/, replaced whole
+
+
+def ours(filename: str) -> bool:
+    """A file this stage writes in its output folder (anything else there is the user's)."""
+    return filename in FILES
+
+
 def inputs_record(params, name: str, seed: int) -> dict:
     """settings_record plus the md5 of each transfer file it reads (those present)."""
     files = {}
@@ -122,7 +139,7 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
     from ..evaluation.finite import finite_logits, retrain_remedy
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json, write_text
-    from ..params import data_name, identity
+    from ..params import data_name
     from .files import load_checked_model, swapped_in
 
     ev = params.evaluate
@@ -146,8 +163,8 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
                                               "timings_s": timings, "evaluate_params": ev.model_dump(mode="json"),
                                               "compute": switches.record()})
     out = paths.eval_dir(name, seed)
-    with swapped_in(out) as tmp:  # both files or neither: a kill leaves the previous pair
-        save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": identity(params, name, seed, "evaluate")})
+    with swapped_in(out, ours, "evaluate") as tmp:  # both files or neither: a kill leaves the previous pair
+        save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": output_identity(params, name, seed)})
         write_json(tmp / "metrics.json", summary)
     write_json(paths.metrics_file(name, seed), headline(res, name, params, tm))
     write_text(paths.plot_file("robust_vs_eps", name, seed), robust_vs_eps(res, params))

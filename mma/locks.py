@@ -1,0 +1,120 @@
+"""Lock files (``flock``): opened without following a link, written only when they are ours,
+waited on for a bounded time, their holder named when the wait runs out.
+
+A lock file is a plain file this package creates; a symbolic link, a hard link or a file
+with other content where a lock file should be is refused (``LockFileError``), never
+written through or truncated.  A wait ends after ``WAIT_S`` seconds: a holder that is
+stopped (Ctrl-Z) or stuck must not hang every other stage; the error names it from
+Linux's /proc/locks (pid, command line, whether it is stopped).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+from .io import BadFileError
+
+WAIT_S = 20.0  # a lock is held for milliseconds (a write) to seconds (a fresh store's schema): 20 s is stuck
+RECORD_PREFIX = "pid "  # what ``write_holder`` writes; any other content is not ours to truncate
+
+
+class LockFileError(BadFileError):
+    """Something that is not a lock file of ours sits where one should be."""
+
+
+class LockTimeout(Exception):
+    """The lock stayed held for the whole bounded wait; the message names its holder."""
+
+
+def open_lock(path: str | os.PathLike) -> int:
+    """A file descriptor of lock file ``path``, created if absent (mode 0666 less the umask).
+    LockFileError if ``path`` is a symbolic link, not a plain file, or a plain file with
+    other links (a hard link to someone's file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise LockFileError(f"{path}: is a symbolic link where a lock file belongs (nothing was written "
+                                "through it); remove the link, then rerun") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a plain file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} links"
+        raise LockFileError(f"{path}: is {what} where a lock file belongs (nothing was written to it); "
+                            "remove it, then rerun")
+    return fd
+
+
+def acquire(fd: int, path: str | os.PathLike, *, shared: bool = False, wait_s: float = 0.0) -> None:
+    """flock ``fd`` (exclusive, or ``shared``), trying for up to ``wait_s`` seconds; LockTimeout
+    naming the holder(s) of ``path`` if it stays held."""
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+    deadline, delay = time.monotonic() + wait_s, 0.005
+    while True:
+        try:
+            fcntl.flock(fd, mode)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockTimeout(holders(path)) from None
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, 0.2)
+
+
+def write_holder(fd: int, path: str | os.PathLike) -> None:
+    """Record this process in the (exclusively held) lock file, replacing an earlier record of
+    ours; LockFileError if the file holds anything else (it was not made by this package)."""
+    old = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+    if old and not old.startswith(RECORD_PREFIX):
+        raise LockFileError(f"{path}: holds something other than a lock record ({old[:40]!r}…; nothing was "
+                            "changed); move it away, then rerun")
+    record = f"{RECORD_PREFIX}{os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record.encode(), 0)
+
+
+def read_holder(fd: int) -> str:
+    """The record ``write_holder`` left ("" if none)."""
+    text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    return text if text.startswith(RECORD_PREFIX) else ""
+
+
+def holders(path: str | os.PathLike) -> str:
+    """Who holds a flock on ``path``, from /proc/locks: "pid 123 (flock x sleep 45, stopped)";
+    "another process" where that cannot be told (not Linux, another machine over NFS)."""
+    try:
+        info = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "another process"
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
+    exact, same_inode = [], []  # an overlay file system reports the lower device: the inode alone then
+    for line in lines:
+        fields = line.split()  # "1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF" ("1: -> FLOCK ...": a waiter)
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit() \
+                and fields[5].rsplit(":", 1)[-1] == str(info.st_ino):
+            (exact if fields[5].rsplit(":", 1)[0] == device else same_inode).append(_process(int(fields[4])))
+    return ", ".join(dict.fromkeys(exact or same_inode)) or "another process"
+
+
+def _process(pid: int) -> str:
+    """"pid 123 (its command line[, stopped])" from /proc; "pid 123" if it cannot be read."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+        stat_text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return f"pid {pid}"
+    state = stat_text[stat_text.rindex(")") + 2:].split()[0]
+    stopped = ", stopped (Ctrl-Z?): resume it with `fg` or end it" if state in "tT" else ""
+    return f"pid {pid} ({argv[:80]}{stopped})"
