@@ -392,8 +392,9 @@ def _errors():
 
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         if e.errno in NO_SPACE:
-            _fail(f"{where}no space left on device ({e.strerror}); the previous outputs are as they were: free "
-                  "some space there (or point the folder elsewhere), then rerun")
+            what = "no space left on device" + ("" if e.errno == NO_SPACE[0] else f" ({e.strerror})")
+            _fail(f"{where}{what}; the previous outputs are as they were: free some space there (or point the "
+                  "folder elsewhere), then rerun")
         _fail(f"{where}{e.strerror or type(e).__name__} ({type(e).__name__}); fix the file or folder "
               "(space, permissions) and rerun")
     except KeyboardInterrupt:

@@ -4,8 +4,9 @@ Preparation fills a temporary sibling folder, checks every file's checksum, writ
 completion marker (``prepared.json``: source, checksums, sizes) and renames the folder
 into place: a dataset folder is complete and verified, or refused / rebuilt, never
 partial.  Loading re-hashes the files against the marker (once per process: ~0.1 s for
-MNIST), so a copy damaged after preparation is refused, never trained or evaluated on.  Under ``root``: ``MNIST/raw/`` and ``cifar-10-batches-py/`` (the layouts
-torchvision reads) and ``cifar10-synthetic/`` (a learnable stand-in for CIFAR-10).
+MNIST), so a copy damaged after preparation is refused, never trained or evaluated on.
+Under ``root``: ``MNIST/raw/`` and ``cifar-10-batches-py/`` (the layouts torchvision
+reads) and ``cifar10-synthetic/`` (a learnable stand-in for CIFAR-10).
 ``TensorBatcher``'s batches are a pure function of (seed, step), so a run resumes
 exactly at any step without saving sampler state.
 """

@@ -21,6 +21,7 @@ from pathlib import Path
 from .io import BadFileError
 
 WAIT_S = 20.0  # a lock is held for milliseconds (a write) to seconds (a fresh store's schema): 20 s is stuck
+WHAT_TO_DO = "wait for that process to finish (resume a stopped one with `fg`, or end it), then rerun"
 RECORD_PREFIX = "pid "  # what ``write_holder`` writes; any other content is not ours to truncate
 
 
@@ -116,5 +117,5 @@ def _process(pid: int) -> str:
     except OSError:
         return f"pid {pid}"
     state = stat_text[stat_text.rindex(")") + 2:].split()[0]
-    stopped = ", stopped (Ctrl-Z?): resume it with `fg` or end it" if state in "tT" else ""
+    stopped = ", stopped (Ctrl-Z?)" if state in "tT" else ""
     return f"pid {pid} ({argv[:80]}{stopped})"

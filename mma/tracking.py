@@ -189,7 +189,7 @@ def _locked(uri: str) -> Iterator[None]:
             locks.acquire(fd, lock, wait_s=locks.WAIT_S)
         except locks.LockTimeout as e:
             raise TrackingError(f"MLflow store {uri}: its lock {lock} stayed held for {locks.WAIT_S:.0f} s, by {e}; "
-                                "wait for that process to finish (or end it), then rerun") from None
+                                f"{locks.WHAT_TO_DO}") from None
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -267,6 +267,8 @@ def open_store(experiment: str, uri: str | None = None):
     Commands call it before any work, so a bad store fails them in seconds."""
     uri = uri or tracking_uri()
     _probe(uri, experiment)
+    if redact(uri) != uri:  # MLflow prints each run's link ("View run ... at: URI...") with the password in it
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     # a server that dies mid-run must not stall training for minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

@@ -50,7 +50,8 @@ def output_identity(params, name: str, seed: int) -> dict:
     section, seeds) are refused by the report, not mixed into it."""
     from ..params import identity, record_hash
 
-    return {**identity(params, name, seed, "evaluate"), "settings_sha256": record_hash(settings_record(params, name, seed))}
+    settings = record_hash(settings_record(params, name, seed))
+    return {**identity(params, name, seed, "evaluate"), "settings_sha256": settings}
 
 
 FILES = ("per_example.pt", "metrics.json")  # results/eval/NAME/seedS/, replaced whole

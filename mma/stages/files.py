@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import locks, paths
-from ..io import BadFileError, plain_mode
+from ..io import BadFileError, no_space_names, plain_mode
 
 
 class BusyError(Exception):
@@ -49,8 +49,9 @@ def check_identity(path: Path, found, want: dict, remedy: str) -> None:
                            f"(spec sha256 {str(found.get('spec_sha256'))[:12]}…, params {want['spec_sha256'][:12]}…); "
                            f"{remedy}")
     if "settings_sha256" in want and found.get("settings_sha256") != want["settings_sha256"]:
-        raise BadFileError(f"{path}: made under other settings (attacks, evaluate, table1, seed) than the params "
-                           f"file's (settings sha256 {str(found.get('settings_sha256'))[:12]}…, params "
+        found_sha = str(found.get("settings_sha256"))[:12]
+        raise BadFileError(f"{path}: made under other evaluation settings (attacks, evaluate, table1, seed or "
+                           f"compute) than the params file's (settings sha256 {found_sha}…, params "
                            f"{want['settings_sha256'][:12]}…); {remedy}")
     if found.get("stage") != want["stage"]:
         raise BadFileError(f"{path}: written by stage {found.get('stage')!r}, expected {want['stage']!r}; {remedy}")
@@ -83,11 +84,12 @@ def stage_lock(stage: str, name: str, seed: int | None = None, *, shared: bool =
         try:
             locks.acquire(fd, path, shared=shared, wait_s=locks.WAIT_S if wait else 0.0)
         except locks.LockTimeout as e:
-            holder = locks.read_holder(fd) or str(e)
+            if wait:  # a lock held for seconds at most (readers of the transfer sets, their swap)
+                raise BusyError(f"{path}: stayed locked for {locks.WAIT_S:.0f} s, by {e}; {locks.WHAT_TO_DO}") from None
             command = f"mma {stage}" + ("" if name == "all" else f" {name}") \
                 + ("" if seed is None else f" --seed {seed}")
-            raise BusyError(f"another `{command}` is running ({holder}; lock {path}); wait for it to "
-                            "finish, then rerun") from None
+            raise BusyError(f"another `{command}` is running ({locks.read_holder(fd) or e}; lock {path}); wait for "
+                            "it to finish, then rerun") from None
         if not shared:
             locks.write_holder(fd, path)
         yield
@@ -146,7 +148,8 @@ def swapped_in(final: Path, ours: Callable[[str], bool], stage: str, guard=conte
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
     try:
         plain_mode(tmp, folder=True)
-        yield tmp
+        with no_space_names(final):  # a full disk names the output folder, not the temporary one
+            yield tmp
         old = None
         with guard():
             refuse_foreign(final, ours, stage)  # added while the stage worked?
