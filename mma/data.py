@@ -194,6 +194,7 @@ def _build(folder: Path, fill: Callable[[Path], list | None], marker: dict,
 
 
 def _build_in(folder: Path, fill: Callable[[Path], list | None], marker: dict, expected: dict | None) -> dict:
+    created = not folder.parent.exists()
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a killed earlier build
         shutil.rmtree(stale, ignore_errors=True)
@@ -219,6 +220,9 @@ def _build_in(folder: Path, fill: Callable[[Path], list | None], marker: dict, e
         return marker
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a successful rename
+        if created:
+            with contextlib.suppress(OSError):  # only if empty: a failed first build leaves no data.root behind
+                folder.parent.rmdir()
 
 
 def _summary(marker: dict) -> dict:

@@ -547,8 +547,8 @@ def test_divergence_before_the_first_checkpoint_names_no_checkpoint(project):
 
 
 # --------------------------------------------------------------------------- the table's size
-def test_the_fault_table_has_at_least_20_faults():
-    assert len(PARAMS_FAULTS) + len(RAW_FAULTS) + len(FILE_FAULTS) >= 20
+def test_the_fault_table_has_at_least_60_faults():
+    assert len(PARAMS_FAULTS) + len(RAW_FAULTS) + len(FILE_FAULTS) + len(STORE_FAULTS) + len(DISK_FAULTS) >= 60
 
 
 def test_report_and_transfer_outputs_are_swapped_in_whole(project, monkeypatch):
@@ -897,3 +897,16 @@ def test_outputs_get_the_umasks_mode(project, monkeypatch, mask):
 
 def mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_synthetic_data_larger_than_the_machine_holds_is_refused_before_allocating(project, monkeypatch):
+    """data.synthetic_train: 1000000 on a machine with 2 GB available (the memory the check reads,
+    set): one line before any allocation, not a traceback or the out-of-memory killer."""
+    from mma import data
+
+    monkeypatch.setattr(data, "available_memory", lambda: 2 * 10**9)
+    bad = write_params(project, lambda d: d["data"].update(root="data", datasets=["cifar10", "mnist"],
+                                                           cifar10_source="synthetic", synthetic_train=1_000_000))
+    before = tree(project)
+    one_line_exit_2(invoke("data", "--params", bad), "data.synthetic_train = 1000000", "GB of memory", "lower them")
+    assert tree(project) == before and not (project / "data").exists()
