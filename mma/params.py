@@ -274,8 +274,8 @@ def check_name(where: str, name: Any) -> Optional[str]:
         # DVC's -S (Hydra's override grammar) splits keys at every dot, with no quoting
         return (f"{where}: a name cannot hold a '.' (`dvc exp run -S KEY.NAME.FIELD=VALUE` splits at dots, so it "
                 f"could not be set by name); write the number with a 'p': {name.replace('.', 'p')!r}")
-    return (f"{where}: {_short(name)} is not a name: names become folder and file names, DVC stage keys and MLflow "
-            "keys, so they hold letters, digits, '_' and '-' only (starting with a letter or digit, at most "
+    return (f"{where}: {_short(name)} is not a name: a name is a folder name, a file name, a DVC stage key and an "
+            "MLflow key, so it holds letters, digits, '_' and '-' only (starting with a letter or digit, at most "
             "100 characters)")
 
 

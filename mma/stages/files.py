@@ -123,7 +123,8 @@ def refuse_foreign(folder: Path, ours: Callable[[str], bool], stage: str) -> Non
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
         return  # nothing to lose (a file or link in the way: ensure_writable / the swap say so)
-    foreign = sorted(p.name for p in folder.iterdir() if p.is_dir() or p.is_symlink() or not ours(p.name))
+    # a link of one of our names is ours (a DVC checkout's link into its cache): removing it deletes no target
+    foreign = sorted(p.name for p in folder.iterdir() if not ours(p.name) or p.is_dir() and not p.is_symlink())
     if foreign:
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
         raise BadFileError(f"{folder}: holds {len(foreign)} file(s) the {stage} stage did not make ({shown}), and "
