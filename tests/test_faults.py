@@ -865,16 +865,20 @@ def md5(path: Path) -> str:
 
 @pytest.mark.slow
 def test_a_stage_run_twice_writes_the_same_bytes(project):
-    """The same stage on the same inputs gives byte-identical files (DVC reruns nothing downstream):
-    a model, a transfer set, per-example results."""
-    files = [f"results/models/{STD}/seed0/model.pt", "results/transfer/PGD/seed0/manifest.json",
-             *(str(p.relative_to(project)) for p in sorted((project / "results/transfer/PGD/seed0").glob("*.pt"))),
-             f"results/eval/{STD}/seed0/per_example.pt"]
-    first = {f: md5(project / f) for f in files if not f.endswith(".json")}
+    """The same stage on the same inputs gives byte-identical files, so DVC reruns nothing
+    downstream: the model, every transfer set and its manifest, the per-example results and
+    the evaluation's metrics."""
+    def files():
+        folders = ["results/transfer/PGD/seed0", f"results/eval/{STD}/seed0"]
+        return {str(p.relative_to(project)): md5(p) for p in [project / f"results/models/{STD}/seed0/model.pt",
+                                                              *(f for d in folders for f in (project / d).iterdir())]}
+
+    first = files()
+    assert len(first) == 1 + 3 + 2  # the model; 2 sets and their manifest; per-example results and metrics
     for command in (["train", STD], ["transfer", PGD], ["evaluate", STD]):  # the built project's second run
         result = invoke(*command, "--params", "params.yaml")
         assert result.exit_code == 0, result.output
-    assert {f: md5(project / f) for f in first} == first
+    assert files() == first
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])

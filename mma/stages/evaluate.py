@@ -4,7 +4,7 @@ One member (model NAME trained with seed S):
 
     results/eval/NAME/seedS/metrics.json    clean accuracy, every record's robust accuracy (by its
                                       key, with its fields), worst case per ε, margins
-                                      summary, timings, settings used
+                                      summary, settings used (timings: MLflow's timings_s/*)
     results/eval/NAME/seedS/per_example.pt  per-example outcomes (``mma.evaluation.results``):
                                       the report takes its numbers from these
     results/metrics/NAME/seedS.json         the DVC metrics: a few headline numbers (percent), see ``headline``
@@ -160,8 +160,9 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
                              curve=params.curve_attack(), seed=params.seed,
                              transfer_sets=transfer_sets, timings=timings)
     timings["total"] = time.monotonic() - t0
+    # no timings in the files: equal results make byte-identical files (DVC reruns nothing after them)
     summary = summarize(res, name, spec, ev, {"data": data_name(params, spec.dataset), "threat_model": tm.model_dump(),
-                                              "timings_s": timings, "evaluate_params": ev.model_dump(mode="json"),
+                                              "evaluate_params": ev.model_dump(mode="json"),
                                               "compute": switches.record()})
     out = paths.eval_dir(name, seed)
     with swapped_in(out, ours, "evaluate") as tmp:  # both files or neither: a kill leaves the previous pair
@@ -169,7 +170,7 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
         write_json(tmp / "metrics.json", summary)
     write_json(paths.metrics_file(name, seed), headline(res, name, params, tm))
     write_text(paths.plot_file("robust_vs_eps", name, seed), robust_vs_eps(res, params))
-    metrics = flat_metrics(summary)
+    metrics = {**flat_metrics(summary), **{f"timings_s/{k}": v for k, v in timings.items()}}
     if tracker is not None:
         tracker.log_metrics(metrics)
         tracker.log_artifact(out / "metrics.json", "eval")
