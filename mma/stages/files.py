@@ -117,6 +117,9 @@ def ensure_writable(*folders: Path) -> None:
                                "be saved; make it writable (or run in a writable checkout), then rerun") from None
 
 
+WORKFLOW_MARKS = {".snakemake_timestamp"}  # Snakemake's mark in a directory output: the pipeline's, not the user's
+
+
 def refuse_foreign(folder: Path, ours: Callable[[str], bool], stage: str) -> None:
     """BadFileError naming them if ``folder`` holds anything ``ours`` (a file name → bool) does
     not claim: a stage that replaces its output folder whole never deletes what it did not make."""
@@ -124,7 +127,8 @@ def refuse_foreign(folder: Path, ours: Callable[[str], bool], stage: str) -> Non
     if not folder.is_dir() or folder.is_symlink():
         return  # nothing to lose (a file or link in the way: ensure_writable / the swap say so)
     # a link of one of our names is ours (a DVC checkout's link into its cache): removing it deletes no target
-    foreign = sorted(p.name for p in folder.iterdir() if not ours(p.name) or p.is_dir() and not p.is_symlink())
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in WORKFLOW_MARKS
+                     and (not ours(p.name) or p.is_dir() and not p.is_symlink()))
     if foreign:
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
         raise BadFileError(f"{folder}: holds {len(foreign)} file(s) the {stage} stage did not make ({shown}), and "
