@@ -214,8 +214,8 @@ def test_a_held_store_lock_ends_the_wait_within_its_bound(tmp_path):
     from mma import locks
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    hold = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True); " \
-           "time.sleep(150)"
+    hold = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print(1, flush=True); time.sleep(150)")
     holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "mlflow.db.lock")], stdout=subprocess.PIPE)
     try:
         holder.stdout.readline()  # the lock is held
