@@ -330,7 +330,7 @@ def _preflight(p) -> None:
     try:
         open_store(p.experiment, tracking_uri())
     except TrackingError as e:
-        _fail(str(e))
+        _fail(" ".join(str(e).split()))
 
 
 def _model(p, name: str):

@@ -3,9 +3,12 @@ waited on for a bounded time, their holder named when the wait runs out.
 
 A lock file is a plain file this package creates; a symbolic link, a hard link or a file
 with other content where a lock file should be is refused (``LockFileError``), never
-written through or truncated.  A wait ends after ``WAIT_S`` seconds: a holder that is
-stopped (Ctrl-Z) or stuck must not hang every other stage; the error names it from
-Linux's /proc/locks (pid, command line, whether it is stopped).
+written through or truncated.  A wait ends once the holder has done nothing for
+``WAIT_S`` seconds (asleep, stopped by Ctrl-Z, stuck: under ``BUSY`` of a CPU by its CPU
+time in /proc; a holder that cannot be seen counts as idle), and after ``MAX_WAIT_S``
+whatever it does: a fresh MLflow store's schema, written by the first of many parallel jobs under
+the lock on a busy machine, takes longer than a stuck holder should block anyone.  The
+error names the holder from Linux's /proc/locks (pid, command line, whether stopped).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from pathlib import Path
 
 from .io import BadFileError
 
-WAIT_S = 20.0  # a lock is held for milliseconds (a write) to seconds (a fresh store's schema): 20 s is stuck
+WAIT_S = 20.0  # seconds a holder may do nothing before a waiter gives up (a write holds a lock for milliseconds)
+MAX_WAIT_S = 600.0  # seconds a waiter waits at most, even for a holder that works
+BUSY = 0.05  # the share of a CPU a holder that works uses at least (one asleep, polling or stopped: less)
 WHAT_TO_DO = "wait for that process to finish (resume a stopped one with `fg`, or end it), then rerun"
 RECORD_PREFIX = "pid "  # what ``write_holder`` writes; any other content is not ours to truncate
 
@@ -30,7 +35,8 @@ class LockFileError(BadFileError):
 
 
 class LockTimeout(Exception):
-    """The lock stayed held for the whole bounded wait; the message names its holder."""
+    """The lock stayed held for the whole bounded wait; the message names its holder and why
+    the wait ended ("pid 12 (...), idle for 20 s")."""
 
 
 def open_lock(path: str | os.PathLike) -> int:
@@ -57,20 +63,33 @@ def open_lock(path: str | os.PathLike) -> int:
 
 
 def acquire(fd: int, path: str | os.PathLike, *, shared: bool = False, wait_s: float = 0.0) -> None:
-    """flock ``fd`` (exclusive, or ``shared``), trying for up to ``wait_s`` seconds; LockTimeout
-    naming the holder(s) of ``path`` if it stays held."""
+    """flock ``fd`` (exclusive, or ``shared``), waiting in windows of ``wait_s`` seconds: another
+    window only if the holder(s) of ``path`` worked in this one (used BUSY of a CPU), MAX_WAIT_S
+    in all; then LockTimeout naming them and why.  ``wait_s=0``: one try."""
     mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-    deadline, delay = time.monotonic() + wait_s, 0.005
+    start, window_end, ticks, delay, why = time.monotonic(), 0.0, None, 0.005, None
     while True:
         try:
             fcntl.flock(fd, mode)
             return
         except BlockingIOError:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LockTimeout(holders(path)) from None
-            time.sleep(min(delay, left))
-            delay = min(2 * delay, 0.2)
+            if why is not None:  # refused again after the holder was judged (it may have just exited)
+                raise LockTimeout(holders(path) + why) from None
+        now = time.monotonic()
+        if ticks is None:  # the first refusal opens the first window
+            window_end, ticks = now + wait_s, _cpu_ticks(_holder_pids(path))
+        if now >= window_end:
+            done = _cpu_ticks(_holder_pids(path))
+            if wait_s <= 0:
+                why = ""
+            elif now - start >= MAX_WAIT_S:
+                why = f", working for over {MAX_WAIT_S:.0f} s"
+            elif done - ticks < BUSY * wait_s * os.sysconf("SC_CLK_TCK"):
+                why = f", idle for {wait_s:.0f} s"
+            window_end, ticks = now + wait_s, done  # the holder got on with its work: wait on
+            continue  # one more try (at once) before giving up
+        time.sleep(min(delay, window_end - now))
+        delay = min(2 * delay, 0.2)
 
 
 def write_holder(fd: int, path: str | os.PathLike) -> None:
@@ -92,21 +111,40 @@ def read_holder(fd: int) -> str:
 
 
 def holders(path: str | os.PathLike) -> str:
-    """Who holds a flock on ``path``, from /proc/locks: "pid 123 (flock x sleep 45, stopped)";
-    "another process" where that cannot be told (not Linux, another machine over NFS)."""
+    """Who holds a flock on ``path``: "pid 123 (python -c ..., stopped (Ctrl-Z?))"; "another
+    process" where that cannot be told (not Linux, another machine over NFS)."""
+    return ", ".join(_process(pid) for pid in _holder_pids(path)) or "another process"
+
+
+def _holder_pids(path: str | os.PathLike) -> list[int]:
+    """The processes holding a flock on ``path``, from Linux's /proc/locks ([] if unknown)."""
     try:
         info = os.stat(path)
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
-        return "another process"
+        return []
     device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
     exact, same_inode = [], []  # an overlay file system reports the lower device: the inode alone then
     for line in lines:
         fields = line.split()  # "1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF" ("1: -> FLOCK ...": a waiter)
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit() \
                 and fields[5].rsplit(":", 1)[-1] == str(info.st_ino):
-            (exact if fields[5].rsplit(":", 1)[0] == device else same_inode).append(_process(int(fields[4])))
-    return ", ".join(dict.fromkeys(exact or same_inode)) or "another process"
+            (exact if fields[5].rsplit(":", 1)[0] == device else same_inode).append(int(fields[4]))
+    return list(dict.fromkeys(exact or same_inode))
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    """The CPU time (clock ticks, user + system) ``pids`` have used so far; 0 for none readable.
+    A stopped (Ctrl-Z) process counts 0: whatever it used, it does nothing now."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in "tT":  # state; utime and stime are fields 14 and 15 of the line
+            total += int(fields[11]) + int(fields[12])
+    return total
 
 
 def _process(pid: int) -> str:
@@ -118,4 +156,4 @@ def _process(pid: int) -> str:
         return f"pid {pid}"
     state = stat_text[stat_text.rindex(")") + 2:].split()[0]
     stopped = ", stopped (Ctrl-Z?)" if state in "tT" else ""
-    return f"pid {pid} ({argv[:80]}{stopped})"
+    return f"pid {pid} ({' '.join(argv.split())[:80]}{stopped})"

@@ -16,8 +16,9 @@ Why a preflight: against an unreachable server (or database) MLflow retries for
 minutes; before any work we send one API request through MLflow's own HTTP client
 (its credentials: userinfo in the URI, ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``,
 tokens, TLS settings) with a 3 s timeout and no retries, or open one connection to the
-database server, and fail with one line.  The lock is waited on for ``locks.WAIT_S``
-seconds at most; then the error names its holder.  A URI's password is never printed
+database server, and fail with one line.  The lock is waited on while its holder works,
+for ``locks.WAIT_S`` seconds of a holder doing nothing (``locks.acquire``); then the
+error names the holder.  A URI's password is never printed
 (``redact``).
 
 Metrics are buffered and sent on :meth:`Tracker.flush` (the training loop calls it
@@ -188,8 +189,7 @@ def _locked(uri: str) -> Iterator[None]:
         try:
             locks.acquire(fd, lock, wait_s=locks.WAIT_S)
         except locks.LockTimeout as e:
-            raise TrackingError(f"MLflow store {uri}: its lock {lock} stayed held for {locks.WAIT_S:.0f} s, by {e}; "
-                                f"{locks.WHAT_TO_DO}") from None
+            raise TrackingError(f"MLflow store {uri}: its lock {lock} stayed held by {e}; {locks.WHAT_TO_DO}") from None
         yield
     finally:
         os.close(fd)  # releases the lock

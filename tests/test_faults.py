@@ -397,8 +397,8 @@ FILE_FAULTS = [
     ("lock file is a symbolic link", _lock_is("symlink"), ["evaluate", STD], [LOCK, "symbolic link"]),
     ("lock file is a hard link", _lock_is("hard link"), ["evaluate", STD], [LOCK, "2 links"]),
     ("lock file holds other content", _lock_is("other"), ["evaluate", STD], [LOCK, "other than a lock record"]),
-    ("results of other evaluation settings", _evaluated_under_other_settings,
-     ["report"], [f"results/eval/{PGD}/seed0/per_example.pt", "other settings", f"mma evaluate {PGD} --seed 0"]),
+    ("results of other evaluation settings", _evaluated_under_other_settings, ["report"],
+     [f"results/eval/{PGD}/seed0/per_example.pt", "other evaluation settings", f"mma evaluate {PGD} --seed 0"]),
     ("prepared data corrupted after preparation", _corrupt_prepared_data,
      ["evaluate", STD], ["data/MNIST/raw/t10k-labels-idx1-ubyte", "corrupted", "mma data"]),
 ]
@@ -707,7 +707,7 @@ def held_by_another_process(path: Path, *, shared: bool = False, stop: bool = Fa
         proc.wait(timeout=30)
 
 
-WAIT_S = 2.0  # the lock wait of these rows (the default, locks.WAIT_S, is held to in test_tracking)
+WAIT_S = 2.0  # a holder's idle time that ends a wait, in these rows (the default, locks.WAIT_S: test_tracking)
 
 
 @pytest.mark.parametrize("stop", [False, True], ids=["running holder", "stopped holder"])
@@ -719,7 +719,7 @@ def test_store_lock_held_elsewhere_is_waited_on_for_a_bounded_time(project, buil
     with held_by_another_process(built / "mlflow.db.lock", stop=stop) as holder:
         t0 = time.monotonic()
         one_line_exit_2(invoke("report", "--params", "params.yaml"), "mlflow.db.lock", f"pid {holder.pid}",
-                        *(["stopped"] if stop else []))
+                        "idle for 2 s", *(["stopped"] if stop else []))
         elapsed = time.monotonic() - t0
     assert elapsed < WAIT_S + 10, elapsed  # bounded, not forever
     assert tree(project) == before

@@ -207,18 +207,64 @@ def test_passwords_of_uris_are_redacted_in_any_text():
     assert redact("sqlite:////work/mlflow.db and mail@host") == "sqlite:////work/mlflow.db and mail@host"
 
 
+HOLD = """
+import fcntl, sys, time
+f = open(sys.argv[1], "a")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("held", flush=True)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    if sys.argv[2] == "sleep":
+        time.sleep(0.05)
+"""
+
+
+def _holder(lock: Path, how: str, seconds: float) -> subprocess.Popen:
+    """A process holding ``lock`` for ``seconds``, asleep or working (spinning on the CPU)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock), how, str(seconds)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.parametrize("how, seconds, waited, outcome", [
+    ("work", 3.0, (2.0, 30.0), "acquired"),  # a working holder is waited for past WAIT_S (1 s)
+    ("sleep", 30.0, (1.0, 10.0), "idle for 1 s"),  # an idle one for WAIT_S only
+    ("work", 30.0, (4.0, 20.0), "working for over 4 s"),  # a working one for MAX_WAIT_S at most
+], ids=["working holder", "idle holder", "working past the cap"])
+def test_a_lock_is_waited_on_while_its_holder_works(tmp_path, monkeypatch, how, seconds, waited, outcome):
+    from mma import locks
+
+    monkeypatch.setattr(locks, "WAIT_S", 1.0)
+    monkeypatch.setattr(locks, "MAX_WAIT_S", 4.0)
+    lock = tmp_path / "x.lock"
+    holder = _holder(lock, how, seconds)
+    fd = locks.open_lock(lock)
+    try:
+        t0 = time.monotonic()
+        try:
+            locks.acquire(fd, lock, wait_s=locks.WAIT_S)
+            result = "acquired"
+        except locks.LockTimeout as e:
+            result = str(e)
+        elapsed = time.monotonic() - t0
+    finally:
+        os.close(fd)
+        holder.kill()
+        holder.wait()
+    assert outcome in result and (outcome == "acquired" or f"pid {holder.pid} (" in result), result
+    assert waited[0] <= elapsed < waited[1], elapsed
+
+
 @pytest.mark.slow
 def test_a_held_store_lock_ends_the_wait_within_its_bound(tmp_path):
-    """Another program holds mlflow.db's lock for longer than the wait: the stage gives up after the
-    default bound (locks.WAIT_S), in one line naming the holder, instead of waiting forever."""
+    """Another program holds mlflow.db's lock and does nothing: the stage gives up after the default
+    bound (locks.WAIT_S), in one line naming the holder, instead of waiting forever."""
     from mma import locks
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    hold = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "print(1, flush=True); time.sleep(150)")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "mlflow.db.lock")], stdout=subprocess.PIPE)
+    holder = _holder(tmp_path / "mlflow.db.lock", "sleep", 150)
     try:
-        holder.stdout.readline()  # the lock is held
         t0 = time.monotonic()
         result = subprocess.run(["timeout", "-k", "5", "140", *MMA, "report", "--params",
                                  str(ROOT / "presets" / "smoke.yaml")], env=env, cwd=tmp_path, capture_output=True,
@@ -229,6 +275,7 @@ def test_a_held_store_lock_ends_the_wait_within_its_bound(tmp_path):
         holder.wait()
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and f"by pid {holder.pid} (" in result.stderr, result.stderr
+    assert f"idle for {locks.WAIT_S:.0f} s" in result.stderr
     assert locks.WAIT_S <= elapsed < locks.WAIT_S + 60, elapsed  # + the process's start (~5 s; 15 s on a busy machine)
 
 

@@ -76,7 +76,7 @@ def stage_lock(stage: str, name: str, seed: int | None = None, *, shared: bool =
                wait: bool = False) -> Iterator[None]:
     """An flock on results/.locks/STAGE-NAME[-seedS].lock for the block.  Exclusive (a writer)
     or shared (readers); ``wait=False``: refuse at once with BusyError naming the holder;
-    ``wait=True``: wait up to ``locks.WAIT_S`` seconds first.  A link or a foreign file in the
+    ``wait=True``: wait while the holder works (``locks.acquire``: bounded) first.  A link or a foreign file in the
     lock's place is refused (``locks.open_lock``), never written through."""
     path = paths.lock_file(stage, name, seed)
     fd = locks.open_lock(path)
@@ -85,7 +85,7 @@ def stage_lock(stage: str, name: str, seed: int | None = None, *, shared: bool =
             locks.acquire(fd, path, shared=shared, wait_s=locks.WAIT_S if wait else 0.0)
         except locks.LockTimeout as e:
             if wait:  # a lock held for seconds at most (readers of the transfer sets, their swap)
-                raise BusyError(f"{path}: stayed locked for {locks.WAIT_S:.0f} s, by {e}; {locks.WHAT_TO_DO}") from None
+                raise BusyError(f"{path}: stayed locked by {e}; {locks.WHAT_TO_DO}") from None
             command = f"mma {stage}" + ("" if name == "all" else f" {name}") \
                 + ("" if seed is None else f" --seed {seed}")
             raise BusyError(f"another `{command}` is running ({locks.read_holder(fd) or e}; lock {path}); wait for "
