@@ -3,12 +3,13 @@ waited on for a bounded time, their holder named when the wait runs out.
 
 A lock file is a plain file this package creates; a symbolic link, a hard link or a file
 with other content where a lock file should be is refused (``LockFileError``), never
-written through or truncated.  A wait ends once the holder has done nothing for
-``WAIT_S`` seconds (asleep, stopped by Ctrl-Z, stuck: under ``BUSY`` of a CPU by its CPU
-time in /proc; a holder that cannot be seen counts as idle), and after ``MAX_WAIT_S``
-whatever it does: a fresh MLflow store's schema, written by the first of many parallel jobs under
-the lock on a busy machine, takes longer than a stuck holder should block anyone.  The
-error names the holder from Linux's /proc/locks (pid, command line, whether stopped).
+written through or truncated.  A wait ends once the lock has been idle for ``WAIT_S``
+seconds: the same holder(s), doing nothing (asleep, stopped by Ctrl-Z, stuck: under
+``BUSY`` of a CPU by /proc; a holder that cannot be seen counts as idle); and after
+``MAX_WAIT_S`` whatever happens.  A holder that works is waited for: a fresh MLflow
+store's schema, written under the lock by the first of 8 parallel jobs, took over 20 s on
+a busy 2-core machine.  The error names the holder from Linux's /proc/locks (pid, command
+line, whether stopped).
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def open_lock(path: str | os.PathLike) -> int:
 
 def acquire(fd: int, path: str | os.PathLike, *, shared: bool = False, wait_s: float = 0.0) -> None:
     """flock ``fd`` (exclusive, or ``shared``), waiting in windows of ``wait_s`` seconds: another
-    window only if the holder(s) of ``path`` worked in this one (used BUSY of a CPU), MAX_WAIT_S
-    in all; then LockTimeout naming them and why.  ``wait_s=0``: one try."""
+    window only if the lock was in use in this one (``_worked``), MAX_WAIT_S in all; then
+    LockTimeout naming the holder(s) of ``path`` and why.  ``wait_s=0``: one try."""
     mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     start, window_end, ticks, delay, why = time.monotonic(), 0.0, None, 0.005, None
     while True:
@@ -77,16 +78,16 @@ def acquire(fd: int, path: str | os.PathLike, *, shared: bool = False, wait_s: f
                 raise LockTimeout(holders(path) + why) from None
         now = time.monotonic()
         if ticks is None:  # the first refusal opens the first window
-            window_end, ticks = now + wait_s, _cpu_ticks(_holder_pids(path))
+            window_end, ticks = now + wait_s, _cpu_ticks(path)
         if now >= window_end:
-            done = _cpu_ticks(_holder_pids(path))
+            done = _cpu_ticks(path)
             if wait_s <= 0:
                 why = ""
             elif now - start >= MAX_WAIT_S:
                 why = f", working for over {MAX_WAIT_S:.0f} s"
-            elif done - ticks < BUSY * wait_s * os.sysconf("SC_CLK_TCK"):
+            elif not _worked(ticks, done, wait_s):
                 why = f", idle for {wait_s:.0f} s"
-            window_end, ticks = now + wait_s, done  # the holder got on with its work: wait on
+            window_end, ticks = now + wait_s, done  # the lock is in use: wait on
             continue  # one more try (at once) before giving up
         time.sleep(min(delay, window_end - now))
         delay = min(2 * delay, 0.2)
@@ -133,18 +134,25 @@ def _holder_pids(path: str | os.PathLike) -> list[int]:
     return list(dict.fromkeys(exact or same_inode))
 
 
-def _cpu_ticks(pids: list[int]) -> int:
-    """The CPU time (clock ticks, user + system) ``pids`` have used so far; 0 for none readable.
-    A stopped (Ctrl-Z) process counts 0: whatever it used, it does nothing now."""
-    total = 0
-    for pid in pids:
+def _cpu_ticks(path: str | os.PathLike) -> dict[int, int]:
+    """{pid: CPU time used so far (clock ticks, user + system)} of the holders of ``path`` ({} if
+    none can be seen).  A stopped (Ctrl-Z) process counts 0: whatever it used, it does nothing now."""
+    ticks = {}
+    for pid in _holder_pids(path):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] not in "tT":  # state; utime and stime are fields 14 and 15 of the line
-            total += int(fields[11]) + int(fields[12])
-    return total
+        ticks[pid] = 0 if fields[0] in "tT" else int(fields[11]) + int(fields[12])  # state, utime, stime
+    return ticks
+
+
+def _worked(before: dict[int, int], after: dict[int, int], seconds: float) -> bool:
+    """Whether the lock was in use over ``seconds``: it changed hands (parallel jobs taking turns),
+    or its holders used BUSY of a CPU."""
+    if set(before) != set(after):
+        return True
+    return sum(after[pid] - before[pid] for pid in after) >= BUSY * seconds * os.sysconf("SC_CLK_TCK")
 
 
 def _process(pid: int) -> str:
