@@ -6,10 +6,10 @@ with other content where a lock file should be is refused (``LockFileError``), n
 written through or truncated.  A wait ends once the lock has been idle for ``WAIT_S``
 seconds: the same holder(s), doing nothing (asleep, stopped by Ctrl-Z, stuck: under
 ``BUSY`` of a CPU by /proc; a holder that cannot be seen counts as idle); and after
-``MAX_WAIT_S`` whatever happens.  A holder that works is waited for: a fresh MLflow
-store's schema, written under the lock by the first of 8 parallel jobs, took over 20 s on
-a busy 2-core machine.  The error names the holder from Linux's /proc/locks (pid, command
-line, whether stopped).
+``MAX_WAIT_S`` whatever happens.  A lock in use is waited for: 8 parallel jobs opening a
+fresh MLflow store (the first writing its schema, ~7 s) held its lock in turns for 22 s on
+a busy 2-core machine (measured).  The error names the holder from Linux's /proc/locks
+(pid, command line, whether stopped).
 """
 
 from __future__ import annotations
