@@ -715,14 +715,14 @@ def test_store_lock_held_elsewhere_is_waited_on_for_a_bounded_time(project, buil
     from mma import locks
 
     monkeypatch.setattr(locks, "WAIT_S", WAIT_S)
-    before = tree(project)
+    before, beside = tree(project), tree(outside(project))
     with held_by_another_process(built / "mlflow.db.lock", stop=stop) as holder:
         t0 = time.monotonic()
         one_line_exit_2(invoke("report", "--params", "params.yaml"), "mlflow.db.lock", f"pid {holder.pid}",
                         "idle for 2 s", *(["stopped"] if stop else []))
         elapsed = time.monotonic() - t0
     assert elapsed < WAIT_S + 10, elapsed  # bounded, not forever
-    assert tree(project) == before
+    assert tree(project) == before and tree(outside(project)) == beside
 
 
 def test_transfer_waits_a_bounded_time_for_a_stopped_reader_of_its_sets(project, monkeypatch):
@@ -732,11 +732,14 @@ def test_transfer_waits_a_bounded_time_for_a_stopped_reader_of_its_sets(project,
 
     monkeypatch.setattr(locks, "WAIT_S", WAIT_S)
     lock = project / "results/.locks/transfer-files-PGD-seed0.lock"
-    before = tree(project)
+    before, beside = tree(project), tree(outside(project))
     with held_by_another_process(lock, shared=True, stop=True) as holder:
+        t0 = time.monotonic()
         one_line_exit_2(invoke("transfer", PGD, "--params", "params.yaml"), "transfer-files-PGD-seed0.lock",
-                        f"pid {holder.pid}", "stopped")
-    assert tree(project) == before
+                        f"pid {holder.pid}", "stopped", "idle for 2 s")
+        elapsed = time.monotonic() - t0
+    assert elapsed < WAIT_S + 60, elapsed  # the sets' making (seconds), then the bounded wait; not forever
+    assert tree(project) == before and tree(outside(project)) == beside
 
 
 def closed_port() -> int:
@@ -785,7 +788,7 @@ STORE_FAULTS = [
 
 @pytest.mark.parametrize("uri, expected", [pytest.param(u, e, id=i) for i, u, e in STORE_FAULTS])
 def test_unusable_store_fails_within_seconds_without_its_password(project, monkeypatch, uri, expected):
-    before = tree(project)
+    before, beside = tree(project), tree(outside(project))
     with health_only_server() as port:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.replace("HEALTH_ONLY", str(port)).replace("PORT",
                                                                                                str(closed_port())))
@@ -795,7 +798,7 @@ def test_unusable_store_fails_within_seconds_without_its_password(project, monke
     one_line_exit_2(result, *expected)
     assert "s3cret" not in result.output + result.stderr
     assert elapsed < 15, elapsed  # seconds, not MLflow's minutes of retries
-    assert tree(project) == before
+    assert tree(project) == before and tree(outside(project)) == beside
 
 
 # --------------------------------------------------------------------------- a full disk
@@ -851,10 +854,12 @@ def test_full_disk_is_one_line_and_the_previous_outputs_stay(project, monkeypatc
     if command == ["data"]:
         _data_root_in_the_project(project)
         monkeypatch.setenv("MMA_DATA_SOURCE", str(mnist_source()))
+    beside = tree(outside(project))
     with small_disk(project / folder, free_kb=free_kb):
         before = tree(project / kept)
         line = one_line_exit_2(invoke(*command, "--params", "params.yaml"), *expected)
         assert tree(project / kept) == before
+    assert tree(outside(project)) == beside
     assert "replace it" not in line  # a full disk is never blamed on the source files
 
 
