@@ -283,7 +283,7 @@ class ReportParams(Strict):
     # The checks compare two runs on the same images; a difference flags only if it exceeds its
     # tolerance (% points) AND the one-sided exact McNemar test over the images the runs disagree
     # on rejects "equally strong" at `significance` (report/checks.py)
-    significance: float = Field(0.01, gt=0, lt=1)
+    significance: PositiveFinite = Field(0.01, lt=1)
     monotone_tol: NonNegativeFinite = 0.5  # % points a curve may rise with ε before it is flagged
     unbounded_max: NonNegativeFinite = 1.0  # % robust allowed at unbounded ε
     more_attack_tol: NonNegativeFinite = 0.1  # % points more steps/restarts may "help" the model
