@@ -7,6 +7,13 @@
 #   make gpu-wheels  (on a machine with PyPI) pydantic's wheels for the GPU machine, into gpu-wheels/
 #   make gpu-check   (on the GPU machine, copied with gpu-wheels/) device tests, bench, step timings and
 #                    projected GPU-hours in results/gpu_check.json; DEVICE=cpu: a short dry run
+#   make gpu-paper   (on the GPU machine) one Table-1 model of params.yaml (MODEL) trained at its paper
+#                    settings and evaluated on the 10,000 test images, in calls of GPU_PAPER_BUDGET_S
+#                    seconds that each continue the last in STATE (docs/gpu.md); DEVICE=cpu: a dry run on
+#                    presets/smoke.yaml's model in STATE=gpu-paper-dry-run
+#     variables: DEVICE (cuda), MODEL (mnist-linf-mma-0p45; mnist-linf-pgd-0p3: the PGD column), SEED (the
+#                params' only seed), STATE (gpu-paper), GPU_PAPER_BUDGET_S (500), PARAMS (params.yaml),
+#                GPU_PAPER_ARGS (e.g. --min-restarts 10 --max-restarts 50 --eps 0.3,0.4,0.5 --parts train)
 #   make cluster-deps   Debian packages of the cluster path's tests (root): SLURM, munge, PostgreSQL
 #   make cluster-up / cluster-down   a one-node SLURM cluster + MLflow server on PostgreSQL, here
 #   make test-cluster   only the cluster tests (tests/test_cluster.py; docs/cluster.md)
@@ -34,7 +41,7 @@ export MMA_DATA_SOURCE
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup lock test smoke quick paper clean-runs gpu-wheels gpu-check cluster-deps cluster-up cluster-down test-cluster
+.PHONY: setup lock test smoke quick paper clean-runs gpu-wheels gpu-check gpu-paper gpu-pydantic cluster-deps cluster-up cluster-down test-cluster
 
 # LOCK=1 (the default): the pinned versions of requirements.lock (hashes checked), then the
 # package without resolving again; LOCK=0: the newest versions pyproject.toml allows.
@@ -92,18 +99,33 @@ GPU_WHEELS ?= gpu-wheels
 GPU_PYTHON_VERSION ?= 3.12
 DEVICE ?= cuda
 GPU_CHECK_BUDGET_S ?= 450
-GPU_CHECK_ARGS ?=  # e.g. --parts tests,steps --combos fp32,fp32+cuda_graphs --steps 200
+GPU_CHECK_ARGS ?=  # e.g. --parts tests,steps --combos fp32,graphs+fp32 --steps 200
 
 gpu-wheels:
 	$(PYTHON) -m pip download --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
 	  --platform manylinux2014_x86_64 --implementation cp -d $(GPU_WHEELS) pydantic
 	@du -sh $(GPU_WHEELS)
 
-gpu-check:
-	@$(PYTHON) -c "import pydantic" 2>/dev/null || \
-	  $(PYTHON) -m pip install --no-index --find-links $(GPU_WHEELS) pydantic
+gpu-check: gpu-pydantic
 	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py --device $(DEVICE) \
 	  --budget-s $(GPU_CHECK_BUDGET_S) $(GPU_CHECK_ARGS) $(if $(filter cpu,$(DEVICE)),--dry-run,) --out results/gpu_check$(if $(filter cpu,$(DEVICE)),_dry_run,).json
+
+# DEVICE=cpu: the dry run (the smoke preset's model, in its own STATE: a state of other settings is refused)
+DRY := $(filter cpu,$(DEVICE))
+MODEL ?= mnist-linf-mma-0p45
+SEED ?=
+STATE ?= $(if $(DRY),gpu-paper-dry-run,gpu-paper)
+PARAMS ?= $(if $(DRY),presets/smoke.yaml,params.yaml)
+GPU_PAPER_BUDGET_S ?= 500
+GPU_PAPER_ARGS ?=
+gpu-paper: gpu-pydantic
+	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_paper.py --device $(DEVICE) --model $(MODEL) $(if $(SEED),--seed $(SEED),) \
+	  --params $(PARAMS) --state $(STATE) --budget-s $(GPU_PAPER_BUDGET_S) $(GPU_PAPER_ARGS)
+
+# pydantic (the params schema) from gpu-wheels/ where the machine lacks it
+gpu-pydantic:
+	@$(PYTHON) -c "import pydantic" 2>/dev/null || \
+	  $(PYTHON) -m pip install --no-index --find-links $(GPU_WHEELS) pydantic
 # The cluster path's engines (docs/cluster.md), from Debian's packages; as root.  Skips apt
 # when they are all installed already.  The daemons are started by tests/cluster/*.sh, not here
 # (Debian's policy keeps them from starting on install).

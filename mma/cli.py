@@ -145,11 +145,14 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
     kwargs = {}
     if stage.device:
         kwargs["device"] = tags["mma.device"] = _device(p, device)
-    from .stages.files import ensure_writable, stage_lock
+    from .stages.files import ensure_writable, refuse_foreign, stage_lock
 
-    ensure_writable(*_outputs(p, stage, target, seed))
-    _preflight(p)
+    outputs = _outputs(p, stage, target, seed)
+    ensure_writable(*outputs)
     module = import_module(f"mma.stages.{stage.name}")
+    if hasattr(module, "ours"):  # its folder is replaced whole: one holding the user's files is refused now
+        refuse_foreign(outputs[0], module.ours, stage.name)
+    _preflight(p)
     args = (p,) if stage.target is None else (p, target, seed)
     # one invocation per member / role / report at a time: a second one is refused, never interleaved
     with stage_lock(stage.name, target or "all", seed):
@@ -304,7 +307,9 @@ def bench(
 
 # --------------------------------------------------------------------------- helpers
 def _fail(message: str, code: int = EXIT_USAGE):
-    typer.echo(f"mma: error: {message}", err=True)
+    from .tracking import redact
+
+    typer.echo(f"mma: error: {redact(message)}", err=True)  # no password of a URI, whatever said it
     raise typer.Exit(code)
 
 
@@ -325,7 +330,7 @@ def _preflight(p) -> None:
     try:
         open_store(p.experiment, tracking_uri())
     except TrackingError as e:
-        _fail(str(e))
+        _fail(" ".join(str(e).split()))
 
 
 def _model(p, name: str):
@@ -383,7 +388,13 @@ def _errors():
     except (ParamsError, TrackingError, BadFileError, BusyError) as e:
         _fail(" ".join(str(e).split()))
     except OSError as e:  # the file system: full disk, read-only folder, permissions, a missing file
+        from .io import NO_SPACE
+
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        if e.errno in NO_SPACE:
+            what = "no space left on device" + ("" if e.errno == NO_SPACE[0] else f" ({e.strerror})")
+            _fail(f"{where}{what}; the previous outputs are as they were: free some space there (or point the "
+                  "folder elsewhere), then rerun")
         _fail(f"{where}{e.strerror or type(e).__name__} ({type(e).__name__}); fix the file or folder "
               "(space, permissions) and rerun")
     except KeyboardInterrupt:

@@ -102,11 +102,15 @@ class Compute:
 FP32 = Compute()  # the plain defaults (what a caller that passes nothing gets)
 
 
+CPUINFO = Path("/proc/cpuinfo")  # where the CPU's flags are read (Linux)
+
+
 def cpu_has_bf16() -> bool:
-    """True if the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16); without it
-    bf16 autocast on a CPU is emulated and several times slower than fp32."""
+    """True if the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 in ``CPUINFO``'s
+    flags); without it (an AVX2-only CPU, or AVX-512 without BF16) bf16 autocast on a CPU is
+    emulated and many times slower than fp32 (docs/performance.md)."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
                 return bool(flags & {"avx512_bf16", "amx_bf16"})
@@ -116,13 +120,11 @@ def cpu_has_bf16() -> bool:
 def resolve(params: ComputeParams | None, device) -> Compute:
     """The switches for ``device`` ("cpu", "cuda", "cuda:1" or a torch.device).
 
-    "auto", as measured (docs/performance.md, `mma bench` switch rows):
-      precision: bf16 on a CPU with bf16 hardware (PGD steps 1.9x faster on AMX-BF16,
-        robust accuracy within binomial noise, tests/test_compute.py); fp32 elsewhere,
-        CUDA included: measured by `make gpu-check` on an H200, bf16 is 0.86x on LeNet5
-        PGD-40 and 0.94x on WRN-28-4 PGD-10 (launch-bound steps; autocast adds casts).
-      channels_last: on for CPU (1.2x on the conv layers); off on CUDA (H200: 0.93x
-        LeNet5, 0.86x WRN-28-4).
+    "auto", as measured per device (docs/performance.md, "The switches"):
+      precision: bf16 on a CPU with bf16 hardware (``cpu_has_bf16``: faster there, results
+        within binomial noise); fp32 on every other CPU (bf16 is emulated there, many times
+        slower) and on CUDA (bf16 measured slower on the launch-bound eager steps).
+      channels_last: on for every CPU (faster with and without bf16 hardware); off on CUDA.
       cuda_graphs: off everywhere.  The graph path has not been timed on a GPU yet; it
         becomes on for CUDA once `make gpu-check` measures it faster with the same results.
         Off CUDA, cuda_graphs: true is ignored (resolved to false).

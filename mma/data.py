@@ -3,14 +3,17 @@
 Preparation fills a temporary sibling folder, checks every file's checksum, writes a
 completion marker (``prepared.json``: source, checksums, sizes) and renames the folder
 into place: a dataset folder is complete and verified, or refused / rebuilt, never
-partial.  Under ``root``: ``MNIST/raw/`` and ``cifar-10-batches-py/`` (the layouts
-torchvision reads) and ``cifar10-synthetic/`` (a learnable stand-in for CIFAR-10).
+partial.  Loading re-hashes the files against the marker (once per process: ~0.1 s for
+MNIST), so a copy damaged after preparation is refused, never trained or evaluated on.
+Under ``root``: ``MNIST/raw/`` and ``cifar-10-batches-py/`` (the layouts torchvision
+reads) and ``cifar10-synthetic/`` (a learnable stand-in for CIFAR-10).
 ``TensorBatcher``'s batches are a pure function of (seed, step), so a run resumes
 exactly at any step without saving sampler state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -21,11 +24,12 @@ import zlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from mma.io import write_json
+from mma.io import no_space_names, plain_mode, write_json
 
 PathLike = str | os.PathLike
 MNIST_SHA256: dict[str, str] = {  # of the decompressed IDX files
@@ -39,7 +43,8 @@ SPLITS = ("train", "val", "test")
 FOLDERS = {"mnist": "MNIST", "cifar10": "cifar-10-batches-py", "cifar10-synthetic": "cifar10-synthetic"}
 MARKER = "prepared.json"
 SOURCE_HINT = "pass source=<local folder holding the files> (e.g. from MMA_DATA_SOURCE)"
-SYNTHETIC_VERSION = 1  # bump when the generator changes: older copies are then rebuilt
+SYNTHETIC_VERSION = 1  # bump when the generator's output changes: older copies are then rebuilt
+SYNTHETIC_CHUNK = 2000  # synthetic images generated at once (bounds the working memory)
 CROP_PAD = 4  # CIFAR-10 augmentation: reflect-pad 4, random crop back to size, random h-flip
 
 
@@ -64,7 +69,8 @@ def prepare_mnist(root: PathLike, source: PathLike | None = None, *, verify: boo
     downloads with torchvision (needs internet).  An existing complete copy is reused
     after re-hashing every file (``verify=False``: marker and sizes only, for speed).
     A bad existing copy is rebuilt from ``source``, or refused when there is none.
-    Returns {"dataset": "mnist", "source": str, "files": {name: sha256}}.
+    Returns {"dataset": "mnist", "source": str, "files": {name: sha256}} (+ "rebuilt": why, where an
+    earlier copy was replaced).
     """
     if source is None:
         fill = partial(_download, "MNIST", "MNIST/raw", into="raw")
@@ -108,7 +114,7 @@ def _prepare(root: Path, dataset: str, source: PathLike | None, fill: Callable[[
 
     expected: known checksums {relative path: digest} (None: those recorded at generation).
     """
-    folder = root / FOLDERS[dataset]
+    folder, rebuilt = root / FOLDERS[dataset], {}
     if folder.exists() or folder.is_symlink():
         try:
             found = _check(folder, expected, verify)
@@ -120,8 +126,9 @@ def _prepare(root: Path, dataset: str, source: PathLike | None, fill: Callable[[
                 raise DataError(f"{e}; {SOURCE_HINT} to rebuild it, or delete {folder} to download "
                                 "again") from None
             _refuse_foreign(folder, e)  # rebuilt below only if every file in it is one we made
+            rebuilt = {"rebuilt": str(e)}  # why: the caller says so (a corrupt copy is news to the user)
     marker = {"dataset": dataset, "source": str(source or "download"), "hash": algo}
-    return _summary(_build(folder, fill, {**marker, "params": params} if params else marker, expected))
+    return {**_summary(_build(folder, fill, {**marker, "params": params} if params else marker, expected)), **rebuilt}
 
 
 def _ours(folder: Path) -> set[str] | None:
@@ -182,11 +189,18 @@ def _build(folder: Path, fill: Callable[[Path], list | None], marker: dict,
            expected: dict | None) -> dict:
     """Build ``folder`` atomically and return its marker.  fill(tmp) writes the files into
     the empty temporary folder and returns their relative paths when ``expected`` is None."""
+    with no_space_names(folder):  # a full disk while writing the copy is data.root's, not the source's
+        return _build_in(folder, fill, marker, expected)
+
+
+def _build_in(folder: Path, fill: Callable[[Path], list | None], marker: dict, expected: dict | None) -> dict:
+    created = not folder.parent.exists()
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a killed earlier build
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
+        plain_mode(tmp, folder=True)
         written, files, algo = fill(tmp), {}, marker["hash"]
         for rel in expected if expected is not None else written:
             files[rel] = got = _digest(tmp / rel, algo)
@@ -206,6 +220,9 @@ def _build(folder: Path, fill: Callable[[Path], list | None], marker: dict,
         return marker
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a successful rename
+        if created:
+            with contextlib.suppress(OSError):  # only if empty: a failed first build leaves no data.root behind
+                folder.parent.rmdir()
 
 
 def _summary(marker: dict) -> dict:
@@ -231,12 +248,20 @@ def _copy_files(source: Path, names, tmp: Path, into: str = "") -> None:
         src = next((p for p in (source / f"{name}.gz", source / name) if p.is_file()), None)
         if src is None:
             raise DataError(f"{source}: {name} (or {name}.gz) is missing; put the genuine file there")
-        try:
-            opener = gzip.open if src.suffix == ".gz" else open
-            with opener(src, "rb") as fin, open(tmp / into / name, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{src}: cannot be read ({e}); replace it") from None
+        with open(tmp / into / name, "wb") as fout:  # a write error (a full disk) is the copy's: raised as is
+            for chunk in _read_chunks(src):
+                fout.write(chunk)
+
+
+def _read_chunks(src: Path):
+    """``src``'s content (NAME.gz decompressed) in 1 MB chunks; DataError naming it if it cannot be read."""
+    opener = gzip.open if src.suffix == ".gz" else open
+    try:
+        with opener(src, "rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{src}: cannot be read ({e}); replace it") from None
 
 
 def _download(dataset: str, subdir: str, tmp: Path, into: str = "") -> None:
@@ -270,7 +295,9 @@ def synthetic_cifar10(n_train: int, n_test: int, seed: int) -> tuple[tuple[np.nd
     circularly) and scaled, plus another class's template at up to 0.9x weight, a
     brightness offset and Gaussian pixel noise.  Classes are balanced.  Returns
     ((x_train, y_train), (x_test, y_test)): x uint8 (N, 3, 32, 32), y int64 (N,) in
-    0..9, deterministic from ``seed``; ~12 kB of working memory per image.
+    0..9, deterministic from ``seed``.  Memory (tracemalloc's peak): 3.2 kB per image (the
+    result and its per-image draws) plus ~38 kB per image of one SYNTHETIC_CHUNK in flight;
+    ``synthetic_bytes`` bounds it.
     """
     rng = np.random.default_rng(seed)
     k = len(_FREQS)
@@ -291,17 +318,47 @@ def synthetic_cifar10(n_train: int, n_test: int, seed: int) -> tuple[tuple[np.nd
         other = (y + rng.integers(1, 10, size=n)) % 10
         # a circular shift by (dx, dy) is a phase change of each sinusoid
         shift_phase = 2 * np.pi * rng.integers(-8, 9, size=(n, 2)) @ _FREQS.T / 32
-        a1, b1 = templates(y, rng.uniform(0.7, 1.3, size=n), shift_phase)
-        a2, b2 = templates(other, rng.uniform(0, 0.9, size=n), shift_phase)
-        img = (a1 + a2) @ cos + (b1 + b2) @ sin  # (n, 3, 1024)
-        img += rng.uniform(-0.25, 0.25, size=(n, 1, 1)).astype(np.float32)
-        img += 0.4 * rng.standard_normal(img.shape, dtype=np.float32)
-        x = np.clip(np.round((0.5 + 0.25 * img) * 255), 0, 255).astype(np.uint8).reshape(n, 3, 32, 32)
+        w1, w2 = rng.uniform(0.7, 1.3, size=n), rng.uniform(0, 0.9, size=n)
+        offset = rng.uniform(-0.25, 0.25, size=(n, 1, 1)).astype(np.float32)
+        x = np.empty((n, 3, 32, 32), np.uint8)
+        # the noise is drawn chunk by chunk: the same numbers as one draw of all, in bounded memory
+        for i in range(0, n, SYNTHETIC_CHUNK):
+            c = slice(i, i + SYNTHETIC_CHUNK)
+            a1, b1 = templates(y[c], w1[c], shift_phase[c])
+            a2, b2 = templates(other[c], w2[c], shift_phase[c])
+            img = (a1 + a2) @ cos + (b1 + b2) @ sin  # (chunk, 3, 1024)
+            img += offset[c]
+            img += 0.4 * rng.standard_normal(img.shape, dtype=np.float32)
+            x[c] = np.clip(np.round((0.5 + 0.25 * img) * 255), 0, 255).astype(np.uint8).reshape(-1, 3, 32, 32)
         splits.append((x, y.astype(np.int64)))
     return tuple(splits)
 
 
+def synthetic_bytes(n_train: int, n_test: int) -> int:
+    """Bytes of memory ``synthetic_cifar10`` needs (upper bound of its measured peak)."""
+    return (n_train + n_test) * 3_400 + min(max(n_train, n_test), SYNTHETIC_CHUNK) * 40_000
+
+
+def available_memory() -> Optional[int]:
+    """Bytes this process can still allocate: Linux's MemAvailable, capped by a cgroup (container,
+    batch job) limit; None where neither can be read."""
+    found = []
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        found.append(int(next(line for line in meminfo if line.startswith("MemAvailable:")).split()[1]) * 1024)
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    return min(found) if found else None
+
+
 def _write_synthetic(tmp: Path, params: dict) -> list[str]:
+    need, free = synthetic_bytes(params["n_train"], params["n_test"]), available_memory()
+    if free is not None and need > free:  # refused before allocating, not a traceback or the OOM killer
+        raise DataError(f"data.synthetic_train = {params['n_train']}, data.synthetic_test = {params['n_test']}: "
+                        f"generating them needs ~{need / 1e9:.1f} GB of memory, {free / 1e9:.1f} GB is available "
+                        "here; lower them")
     splits = synthetic_cifar10(params["n_train"], params["n_test"], params["seed"])
     for part, (x, y) in zip(("train", "test"), splits, strict=True):
         np.save(tmp / f"{part}_x.npy", x, allow_pickle=False)  # .npy: loads without unpickling
@@ -352,12 +409,30 @@ def load_split(dataset: str, root: PathLike, split: str, *, val_size: int = 5000
     return x, y
 
 
+_VERIFIED: set[tuple] = set()  # dataset folders re-hashed in this process, by their files' (inode, size, mtime)
+
+
+def _verified(folder: Path) -> None:
+    """``_check`` of ``folder`` with every file re-hashed against the marker: once per process
+    while no file of it changes (a second split of the same copy costs a few stat calls)."""
+    marker = _check(folder, None, verify=False)  # refuses an unprepared, half-written or truncated copy
+    key = (str(folder.resolve()),) + tuple((rel, *_stamp(folder / rel)) for rel in sorted(marker["files"]))
+    if key not in _VERIFIED:
+        _check(folder, None, verify=True)
+        _VERIFIED.add(key)
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def _load(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     folder = root / FOLDERS[name]
     try:
-        _check(folder, None, verify=False)  # cheap: refuses an unprepared, half-written or truncated copy
+        _verified(folder)
     except DataError as e:
-        raise DataError(f"{e}; prepare the dataset first") from None
+        raise DataError(f"{e}; run `mma data` to prepare it (a damaged copy is rebuilt from its source)") from None
     if name == "cifar10-synthetic":
         part = "train" if train else "test"
         return tuple(torch.from_numpy(np.load(folder / f"{part}_{v}.npy", allow_pickle=False)) for v in "xy")

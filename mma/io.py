@@ -2,13 +2,18 @@
 
 Every output goes to a temporary name in the same folder and is renamed into
 place (rename is atomic on POSIX), so a killed stage never leaves a file that
-looks complete.  Tensor files load with ``torch.load(weights_only=True)``: a
-pickle that would execute code is refused.
+looks complete.  Outputs get the mode a plain ``open``/``mkdir`` gives (0666/0777
+less the umask), not the 0600/0700 of a temporary file.  Tensor files load with
+``torch.load(weights_only=True)``: a pickle that would execute code is refused; they
+are written byte for byte the same whenever their content is (``save_tensors``).
+A write that fails for want of space raises OSError(ENOSPC) naming the output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import tempfile
@@ -28,21 +33,55 @@ class UnsafeFileError(BadFileError):
     """A tensor file that needs arbitrary unpickling (or is not a tensor file)."""
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux's /proc tells it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def plain_mode(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a file from ``mkstemp`` (0600) or a folder from ``mkdtemp`` (0700) the mode a plain
+    ``open``/``mkdir`` would: 0666/0777 less the umask (a group's shared results stay readable)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
+@contextlib.contextmanager
+def no_space_names(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a full disk (ENOSPC, EDQUOT) inside the block as OSError naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in NO_SPACE and e.filename != str(path):
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it into place."""
+    """Yield a temporary path beside ``path``; on success rename it into place.  A full disk
+    raises OSError(ENOSPC) naming ``path``; ``path`` is then as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with no_space_names(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            plain_mode(tmp)
+            yield tmp
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -66,11 +105,17 @@ def _jsonable(o):
 
 
 def save_tensors(path: str | os.PathLike, obj: Any) -> None:
-    """torch.save atomically; ``obj`` must hold only tensors, numbers, strings, lists and dicts."""
+    """torch.save atomically; ``obj`` must hold only tensors, numbers, strings, lists and dicts.
+
+    Byte for byte the same file whenever ``obj`` is the same: saved to memory first, so the
+    archive's inner folder is torch's fixed "archive" rather than the temporary file's random
+    name (and a full disk is Python's OSError, not torch's "enforce fail" RuntimeError)."""
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_tensors(path: str | os.PathLike, map_location: Any = "cpu", *, remedy: str = "") -> Any:

@@ -19,8 +19,9 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
+import pydantic
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .compute import ComputeParams
@@ -29,6 +30,10 @@ from .config.evaluation import AttackSetting, EvaluateParams, ReportParams, Tabl
 from .config.model import ModelSpec
 
 DATA_SOURCE_ENV = "MMA_DATA_SOURCE"  # wins over data.mnist_source (CI points it at ../shared/data/mnist)
+
+
+# seeds reach torch.manual_seed (below 2**64) and numpy's legacy seeding (below 2**32)
+Seed = Annotated[int, pydantic.Strict(), Field(ge=0, le=2**32 - 1)]
 
 
 class ParamsError(Exception):
@@ -51,9 +56,9 @@ class Params(Strict):
     """The whole of params.yaml."""
 
     experiment: str = Field("mma", min_length=1, max_length=200)  # MLflow experiment: one per pipeline
-    seed: NonNegativeInt = 0  # the evaluation's and the data's seed (attacks' random starts, synthetic data)
+    seed: Seed = 0  # the evaluation's and the data's seed (attacks' random starts, synthetic data)
     # training seeds: every model is trained once per seed (the paper: one); a model entry sets none
-    seeds: list[NonNegativeInt] = Field([0], min_length=1, max_length=100)
+    seeds: list[Seed] = Field([0], min_length=1, max_length=100)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
     threads: NonNegativeInt = Field(0, le=1024)  # torch CPU threads per process; 0: leave torch's default
     compute: ComputeParams = ComputeParams()  # speed switches (precision, channels_last, ...): mma/compute.py
@@ -256,18 +261,35 @@ def _expanded_size(node, memo: dict, active: set) -> int:
     return n
 
 
-ROLE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# Every name a user gives that becomes a folder or file name, a DVC stage key or an MLflow key:
+# models, Table-1 roles and attack settings (transfer sets are files named after them).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+
+
+def check_name(where: str, name: Any) -> Optional[str]:
+    """None if ``name`` fits NAME_PATTERN, else the one-line problem at key path ``where``."""
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name):
+        return None
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name.replace(".", "p")):
+        # DVC's -S (Hydra's override grammar) splits keys at every dot, with no quoting
+        return (f"{where}: a name cannot hold a '.' (`dvc exp run -S KEY.NAME.FIELD=VALUE` splits at dots, so it "
+                f"could not be set by name); write the number with a 'p': {name.replace('.', 'p')!r}")
+    return (f"{where}: {_short(name)} is not a name: a name is a folder name, a file name, a DVC stage key and an "
+            "MLflow key, so it holds letters, digits, '_' and '-' only (starting with a letter or digit, at most "
+            "100 characters)")
 
 
 def _cross_check(p: Params) -> Optional[str]:
     """Checks that span keys (pydantic checks each block alone)."""
     seen = list(p.models)  # names, in the file's order
+    names = [(f"models.{k}", k) for k in p.models] + [(f"table1.sources.{k}", k) for k in p.table1.sources] \
+        + [(f"attacks.{k}", k) for k in p.attacks]
+    for where, name in names:
+        problem = check_name(where, name)
+        if problem:
+            return problem
     for key, m in p.models.items():
         where = f"models.{key}"
-        if "." in key:  # DVC's -S (Hydra's override grammar) splits keys at every dot, with no quoting
-            return (f"{where}: a model name cannot hold a '.' (`dvc exp run -S models.NAME.KEY=VALUE` splits at "
-                    f"dots, so the model could not be set by name); write the number with a 'p': "
-                    f"{key.replace('.', 'p')!r}")
         if m.name != key:
             return f"{where}.name = {m.name!r}: differs from its key (leave `name` out: the key is the name)"
         if m.dataset not in p.data.datasets:
@@ -282,10 +304,6 @@ def _cross_check(p: Params) -> Optional[str]:
             and p.data.val_size >= p.data.synthetic_train:
         return (f"data.val_size = {p.data.val_size}: must be below data.synthetic_train "
                 f"({p.data.synthetic_train}) or no training images are left")
-    for role in p.table1.sources:  # a folder and a DVC stage key (transfer@ROLE-SEED), like a model name
-        if not ROLE_PATTERN.fullmatch(role):
-            return (f"table1.sources.{role}: a role is a folder name and a DVC stage key: letters, digits, "
-                    "'_', '.', '-' (starting with a letter or digit)")
     for key, name in _referenced_models(p):
         if name not in seen:
             return f"{key} = {name!r}: no model of that name in the grid (models: {', '.join(seen)})"
@@ -420,13 +438,17 @@ def spec_record(p: Params, name: str, seed: int) -> dict:
             "val_size": p.data.val_size, "compute": p.compute.model_dump(mode="json")}
 
 
-def spec_hash(p: Params, name: str, seed: int) -> str:
-    """sha256 of ``spec_record`` (canonical JSON): what a model file says it was trained with."""
+def record_hash(record: dict) -> str:
+    """sha256 of a settings record as canonical JSON (sorted keys, no spaces)."""
     import hashlib
     import json
 
-    text = json.dumps(spec_record(p, name, seed), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def spec_hash(p: Params, name: str, seed: int) -> str:
+    """sha256 of ``spec_record``: what a model file says it was trained with."""
+    return record_hash(spec_record(p, name, seed))
 
 
 def identity(p: Params, name: str, seed: int, stage: str) -> dict:

@@ -12,8 +12,14 @@ opens the store, and creates the experiment, while holding an exclusive
 ``flock`` on ``mlflow.db.lock``; with sqlite, every later write takes the same
 lock too, so parallel jobs never hit "database is locked" either.
 
-Why a preflight: against an unreachable server MLflow retries for minutes; we
-probe the server with a 3 s timeout before any work and fail with one line.
+Why a preflight: against an unreachable server (or database) MLflow retries for
+minutes; before any work we send one API request through MLflow's own HTTP client
+(its credentials: userinfo in the URI, ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``,
+tokens, TLS settings) with a 3 s timeout and no retries, or open one connection to the
+database server, and fail with one line.  The lock is waited on while its holder works,
+for ``locks.WAIT_S`` seconds of a holder doing nothing (``locks.acquire``); then the
+error names the holder.  A URI's password is never printed
+(``redact``).
 
 Metrics are buffered and sent on :meth:`Tracker.flush` (the training loop calls it
 right after each resume checkpoint), so a run resumed after a crash continues the
@@ -27,20 +33,20 @@ Ctrl-C, and the command exits 143; training first checkpoints the step in progre
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import math
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Optional
+from urllib.parse import urlsplit
 
-from . import interrupt
+from . import interrupt, locks
 
 URI_ENV = "MLFLOW_TRACKING_URI"
 STORE_FILE = "mlflow.db"
@@ -48,8 +54,21 @@ ARTIFACT_DIR = "mlartifacts"
 PROBE_TIMEOUT_S = 3.0
 
 
+DATABASES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # MLflow's server databases, default ports
+
+
 class TrackingError(Exception):
     """The tracking store cannot be used; one line naming it and the fix."""
+
+
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^\s/]*@")  # greedy: up to the last @
+_SECRET_QUERY = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)=[^&\s]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URI in it (``scheme://user:PASSWORD@host``, or a
+    ``password=`` query value) replaced by ``***``: what any message may show of a URI."""
+    return _SECRET_QUERY.sub(r"\1=***", _USERINFO.sub(r"\1***@", str(text)))
 
 
 # --------------------------------------------------------------------------- where
@@ -165,25 +184,81 @@ def _locked(uri: str) -> Iterator[None]:
     if lock is None:
         yield
         return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
-        yield
-
-
-def _probe(uri: str) -> None:
-    """Fail fast (seconds) if an http(s) tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
+    fd = locks.open_lock(lock)
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
-    except urllib.error.HTTPError:
-        return  # it answered (an auth proxy or a server without /health): reachable
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it, or unset "
-            f"{URI_ENV} to record runs in the local store {repo_root() / STORE_FILE}") from None
+        try:
+            locks.acquire(fd, lock, wait_s=locks.WAIT_S)
+        except locks.LockTimeout as e:
+            raise TrackingError(f"MLflow store {uri}: its lock {lock} stayed held by {e}; {locks.WHAT_TO_DO}") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _probe(uri: str, experiment: str) -> None:
+    """Fail fast (seconds) if an http(s) tracking server does not answer its API, or a
+    database server does not take a connection."""
+    scheme = urlsplit(uri).scheme.split("+")[0]
+    if scheme in ("http", "https"):
+        _probe_server(uri, experiment)
+    elif scheme in DATABASES:
+        _probe_database(uri, scheme)
+
+
+def _probe_server(uri: str, experiment: str) -> None:
+    """One API request as MLflow's client sends it (same credentials and TLS settings), no retry."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    hint = f"start it, or unset {URI_ENV} to record runs in the local store {repo_root() / STORE_FILE}"
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET",
+                                max_retries=0, timeout=PROBE_TIMEOUT_S, raise_on_status=False,
+                                params={"experiment_name": experiment})
+    except Exception as e:  # noqa: BLE001 - refused, timed out, unknown host, bad TLS: unreachable either way
+        raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({_reason(e)}); {hint}") from None
+    if response.status_code in (401, 403):
+        raise TrackingError(f"MLflow tracking server {redact(uri)} refused the credentials (HTTP "
+                            f"{response.status_code}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                            "(or the URI's user:password@) to an account of that server")
+    if response.status_code not in (200, 404):  # 404: no such experiment yet, the API answered
+        raise TrackingError(f"MLflow tracking server {redact(uri)} answered its API with HTTP {response.status_code} "
+                            f"({response.reason}); is it an MLflow server? {hint}")
+
+
+def _probe_database(uri: str, scheme: str) -> None:
+    """A TCP connection to the database server within PROBE_TIMEOUT_S, then one SQLAlchemy
+    connection (MLflow would otherwise retry for ~100 s)."""
+    parts = urlsplit(uri)
+    host, port = parts.hostname, parts.port or DATABASES[scheme]
+    if host:  # none: a local socket
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+        except OSError as e:
+            raise TrackingError(f"MLflow store {redact(uri)}: the database server {host}:{port} is unreachable "
+                                f"({e.strerror or 'no answer'}); start it, or fix (or unset) {URI_ENV}") from None
+    os.environ.setdefault("PGCONNECT_TIMEOUT", str(int(PROBE_TIMEOUT_S) + 2))  # libpq: a server that stalls
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri)
+        try:
+            engine.connect().close()
+        finally:
+            engine.dispose()
+    except Exception as e:  # noqa: BLE001 - a missing driver, a refused login, no such database
+        raise TrackingError(f"MLflow store {redact(uri)} cannot be used ({type(e).__name__}: {_reason(e)}); fix "
+                            f"the database (or its driver: pip install -e '.[cluster]'), or fix (or unset) "
+                            f"{URI_ENV}") from None
+
+
+def _reason(e: BaseException) -> str:
+    """The root cause's first line, short and redacted ("[Errno 111] Connection refused")."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    found = re.search(r"\[Errno -?\d+\] [^'\")]*|Read timed out|timed out", text)
+    return redact(found.group(0) if found else text[:200])
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,7 +266,9 @@ def open_store(experiment: str, uri: str | None = None):
     """(MlflowClient, experiment id), creating the store and the experiment once, under the lock.
     Commands call it before any work, so a bad store fails them in seconds."""
     uri = uri or tracking_uri()
-    _probe(uri)
+    _probe(uri, experiment)
+    if redact(uri) != uri:  # MLflow prints each run's link ("View run ... at: URI...") with the password in it
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     # a server that dies mid-run must not stall training for minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -220,7 +297,7 @@ def open_store(experiment: str, uri: str | None = None):
             raise
         except Exception as e:  # noqa: BLE001 - any store failure means "cannot track"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TrackingError(f"MLflow store {uri} cannot be used ({type(e).__name__}: {first})") from None
+            raise TrackingError(redact(f"MLflow store {uri} cannot be used ({type(e).__name__}: {first})")) from None
 
 
 def _check_artifact_location(uri: str, experiment) -> None:
@@ -273,9 +350,9 @@ class Tracker:
             self._pending = pending[i:] + self._pending
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if final:
-                raise TrackingError(f"MLflow logging to {self.uri} failed at the end of the run ({why}); "
-                                    f"the stage's output files are complete") from None
-            print(f"warning: MLflow logging failed, {len(self._pending)} metrics kept for the next try ({why})",
+                raise TrackingError(redact(f"MLflow logging to {self.uri} failed at the end of the run ({why}); "
+                                           "the stage's output files are complete")) from None
+            print(redact(f"warning: MLflow logging failed, {len(self._pending)} metrics kept for the next try ({why})"),
                   file=sys.stderr)
 
     def log_params(self, params: dict) -> None:
@@ -323,7 +400,7 @@ def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = 
     if run_id_file is not None and not resumed:
         from .io import write_json
 
-        write_json(run_id_file, {"run_id": run_id, "uri": uri})
+        write_json(run_id_file, {"run_id": run_id, "uri": redact(uri)})  # a file: no password
     tracker = Tracker(client, run_id, uri)
     status = "FAILED"
     try:

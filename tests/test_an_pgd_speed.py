@@ -4,7 +4,7 @@ Algorithm 1's output (each example's found length and x_adv) is a deterministic
 function of the model, the inputs and the seed: any change to the search's probes,
 their order or its decisions moves a found length by up to one search resolution
 (2^-10 of the first bracket, ~1e-4 here).  The pins below were computed with the
-code of 2026-11-27 (before issue 12's MMA-step work) on a float64 MLP whose weights
+code of commit 1e077ec (2026-11-27, before the MMA step's speed work) on a float64 MLP whose weights
 and points come from fixed seeds, so the pins need no data files.
 
 The tolerance, 1e-12 relative on weighted sums, is far below one resolution (a

@@ -277,7 +277,10 @@ def test_outputs_stay_in_box_and_ball(trained_convnet, batch, norm, per_example)
         "pgd big steps": pgd(trained_convnet, x, y, eps_arg, norm=norm, steps=3, step_size=3 * eps, loss="soft_margin"),
         "fgsm": fgsm(trained_convnet, x, y, eps_arg, norm=norm),
     }
-    x_an, eps_an = an_pgd(trained_convnet, x, y, eps_arg, norm=norm, eps_max=2 * EPS[norm], steps=10)
+    torch.manual_seed(4)
+    x_an, eps_an = an_pgd(trained_convnet, x, y, eps_arg, norm=norm, eps_max=2 * EPS[norm], steps=10, clip_final=True)
+    torch.manual_seed(4)
+    x_raw, eps_raw = an_pgd(trained_convnet, x, y, eps_arg, norm=norm, eps_max=2 * EPS[norm], steps=10)
     for name, x_adv in outputs.items():
         assert x_adv.shape == x.shape and x_adv.dtype == x.dtype, name
         assert x_adv.min() >= 0 and x_adv.max() <= 1, name
@@ -289,6 +292,10 @@ def test_outputs_stay_in_box_and_ball(trained_convnet, batch, norm, per_example)
     assert not (x_an.requires_grad or eps_an.requires_grad)  # no autograd graph leaves the attack
     assert (eps_an <= 2 * EPS[norm] + 1e-6).all()
     assert (lp_norm(x_an - x, norm) <= eps_an * (1 + 1e-5) + 1e-6).all()
+    # the default is the authors' unclipped point: the same search, x + ε·u itself (length ε exactly),
+    # which the box clamp turns into the clipped one
+    assert torch.equal(eps_raw, eps_an) and torch.equal(x_raw.clamp(0, 1), x_an)
+    torch.testing.assert_close(lp_norm(x_raw - x, norm), eps_raw, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -369,6 +376,57 @@ def test_attacks_are_deterministic_given_the_seed(trained_convnet, batch):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
+# --------------------------------------------------------------------------- the registry of attack kinds
+def test_the_registry_holds_exactly_the_kinds_params_can_name():
+    """params.yaml's schema (torch-free) and the registry list the same kinds; an unknown
+    name is refused with the kinds named."""
+    from typing import get_args
+
+    from mma.attacks import ATTACKS, attack_kind
+    from mma.config.evaluation import AttackSetting
+
+    assert set(get_args(AttackSetting.model_fields["attack"].annotation)) == set(ATTACKS)
+    assert all(kind.name == name for name, kind in ATTACKS.items())
+    with pytest.raises(KeyError, match="'cw-l2'; the kinds are fgsm, pgd"):
+        attack_kind("cw-l2")
+
+
+def test_each_kinds_cost_counts_its_restarts_and_steps():
+    from mma.attacks import attack_kind
+    from mma.config.evaluation import AttackSetting
+
+    fgsm_kind, pgd_kind = attack_kind("fgsm"), attack_kind("pgd")
+    setting = AttackSetting(attack="fgsm", steps=7, restarts=3)  # FGSM ignores both
+    assert (fgsm_kind.restarts(setting), fgsm_kind.gradient_steps(setting)) == (1, 1)
+    setting = AttackSetting(steps=7, restarts=3)
+    assert (pgd_kind.restarts(setting), pgd_kind.gradient_steps(setting)) == (3, 21)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_every_registered_kind_attacks_inside_box_and_ball_and_is_as_random_as_it_says(trained_convnet, batch, name,
+                                                                                         norm):
+    """One restart of each kind on the trained net, per-example ε: inside [0, 1] and the
+    ε-ball, fools some examples; a deterministic kind gives the same x_adv under another
+    seed, a random one does not."""
+    from mma.attacks import ATTACKS
+    from mma.config.evaluation import AttackSetting
+
+    x, y = batch[0][:64], batch[1][:64]
+    kind = ATTACKS[name]
+    setting = AttackSetting(attack=name, steps=5)
+    eps = _per_example_eps(norm, len(y))
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        runs.append(kind.run(trained_convnet, x, y, eps, setting, norm=norm, loss="ce", select="loss"))
+    x_adv = runs[0]
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (lp_norm(x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+    assert 0 < (~robust_mask(trained_convnet, x_adv, y)).sum() < len(y)
+    assert torch.equal(runs[0], runs[1]) is kind.deterministic
+
+
 # --------------------------------------------------------------------------- peer agreement
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("random_init", [False, True])
@@ -402,6 +460,30 @@ def test_pgd_agrees_with_torchattacks_and_foolbox(trained_convnet, eval_batch, n
     assert 0.2 <= ours <= 0.8  # a mid-range model: agreement at 0 % or 100 % would say nothing
     assert abs(ours - ta) <= 0.01
     assert abs(ours - foolbox) <= 0.01
+
+
+@pytest.mark.parametrize("random_init", [False, True])
+def test_l2_torchattacks_form_is_torchattacks_pgdl2(random_init):
+    """pgd(l2_pgd="torchattacks") is torchattacks' PGDL2 iterate for iterate (its start: a
+    normal direction, a uniform length; each step scaled into the ball, then clamped to the
+    box), on sparse images and large steps where the ball and the box bind together.
+    (The default form, advertorch's, is checked by hand in tests/test_faithfulness.py.)"""
+    torchattacks = pytest.importorskip("torchattacks")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(12, 1, 8, 8, generator=g)
+    x = torch.where(torch.rand(12, 1, 8, 8, generator=g) < 0.7, 0.0, x)
+    y = torch.arange(12) % 10
+    torch.manual_seed(3)
+    ours = pgd(model, x, y, 1.5, norm="l2", steps=4, step_size=0.9, random_init=random_init, select="loss",
+               l2_pgd="torchattacks")
+    torch.manual_seed(3)
+    theirs = torchattacks.PGDL2(model, eps=1.5, alpha=0.9, steps=4, random_start=random_init)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    torch.manual_seed(3)
+    default = pgd(model, x, y, 1.5, norm="l2", steps=4, step_size=0.9, random_init=random_init, select="loss")
+    assert (default - theirs).abs().max() > 1e-3  # the advertorch form differs here: the test can fail
 
 
 # --------------------------------------------------------------------------- a non-convex class region

@@ -88,7 +88,7 @@ TINY = bench.Settings(
 
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path, monkeypatch, capsys):
-    """A whole run on real MNIST with tiny settings: the JSON has the issue's keys as
+    """A whole run on real MNIST with tiny settings: the JSON has every ratio's key as
     numbers, the table is printed, early exit kept the robust accuracy (asserted
     inside the run), and nothing but the JSON is written."""
     monkeypatch.setenv("MMA_DATA_SOURCE", str(mnist_source()))

@@ -57,6 +57,41 @@ def test_defaults_resolve_per_device():
     assert compute.resolve(ComputeParams(search="bisection"), "cpu").search == "bisection"
 
 
+# the flags lines of /proc/cpuinfo on the kinds of CPU the CPU rule was measured on (docs/performance.md)
+AVX2_ONLY = ("fpu vme sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c bmi1 avx2 bmi2 sha_ni xsaveopt vaes vpclmulqdq"
+             " rdpid fsrm")  # an AMD EPYC without AVX-512 (this CPU's flags, abridged)
+AVX512_NO_BF16 = AVX2_ONLY + " avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni"  # AVX-512 before BF16
+AMX_BF16 = AVX512_NO_BF16 + " avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8"  # Sapphire Rapids class
+
+
+@pytest.mark.parametrize("flags, bf16", [(AVX2_ONLY, False), (AVX512_NO_BF16, False), (AMX_BF16, True),
+                                         (AVX2_ONLY + " avx512_bf16", True), (AVX2_ONLY + " amx_bf16", True)])
+def test_the_cpu_rule_picks_bf16_only_with_bf16_hardware_and_channels_last_always(tmp_path, monkeypatch, flags,
+                                                                                   bf16):
+    """auto on a CPU: bf16 only where the flags say bf16 is computed in hardware (emulated
+    bf16 measured many times slower than fp32 on an AVX2-only CPU), channels_last on both
+    kinds; on CUDA neither, whatever the host CPU; explicit values are kept."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    monkeypatch.setattr(compute, "CPUINFO", cpuinfo)
+    assert compute.cpu_has_bf16() is bf16
+    for params in (None, ComputeParams(), ComputeParams(precision="auto", channels_last="auto")):
+        c = compute.resolve(params, "cpu")
+        assert (c.precision, c.channels_last) == ("bf16" if bf16 else "fp32", True)
+        assert compute.resolve(params, "cuda").precision == "fp32" and not compute.resolve(params, "cuda").channels_last
+    kept = compute.resolve(ComputeParams(precision="bf16", channels_last=False), "cpu")
+    assert (kept.precision, kept.channels_last) == ("bf16", False)
+
+
+def test_the_cpu_rule_without_readable_flags_is_fp32(tmp_path, monkeypatch):
+    """No /proc/cpuinfo (another OS) or no flags line: bf16 is not assumed."""
+    monkeypatch.setattr(compute, "CPUINFO", tmp_path / "missing")
+    assert compute.resolve(None, "cpu").precision == "fp32"
+    (tmp_path / "noflags").write_text("processor\t: 0\n")
+    monkeypatch.setattr(compute, "CPUINFO", tmp_path / "noflags")
+    assert compute.resolve(None, "cpu").precision == "fp32"
+
+
 def test_the_graph_path_is_recorded_and_runs_the_bisection_search():
     """The record says which path and search ran; the fixed-shape path (implied by
     cuda_graphs) refuses the secant search, whose loop ends on a host read, in the

@@ -175,8 +175,18 @@ def test_corruption_after_preparation_is_detected(copy_root, source):
     flip_file_byte(copy_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
         prepare_mnist(copy_root)
-    assert prepare_mnist(copy_root, source)["files"] == MNIST_SHA256  # rebuilt from the source
-    assert prepare_mnist(copy_root)["files"] == MNIST_SHA256
+    rebuilt = prepare_mnist(copy_root, source)  # rebuilt from the source, saying why
+    assert rebuilt["files"] == MNIST_SHA256 and "t10k-images-idx3-ubyte" in rebuilt["rebuilt"]
+    assert "corrupted" in rebuilt["rebuilt"]
+    assert prepare_mnist(copy_root) == {k: v for k, v in rebuilt.items() if k != "rebuilt"}
+
+
+def test_a_flipped_byte_of_the_same_size_is_refused_when_loading(copy_root):
+    """Loading re-hashes the files (sizes alone miss this), once per process while they do not change."""
+    assert load_split("mnist", copy_root, "test")[1].shape == (10000,)
+    flip_file_byte(copy_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", at=8 + 3)  # one label
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.*corrupted.*mma data"):
+        load_split("mnist", copy_root, "test")
 
 
 @pytest.mark.parametrize("dataset, prepare", [("MNIST", prepare_mnist), ("CIFAR10", prepare_cifar10)])
@@ -226,9 +236,48 @@ def test_synthetic_cifar10_reused_or_rebuilt(tmp_path):
     assert path.stat().st_mtime_ns == stamp  # reused, not regenerated
     flip_file_byte(path, at=path.stat().st_size - 10)
     regenerated = prepare_cifar10(tmp_path, "synthetic", synthetic_train=100, synthetic_test=20)
-    assert regenerated == info  # the same data again
+    assert regenerated.pop("rebuilt").endswith("(corrupted)") and regenerated == info  # the same data again
     prepare_cifar10(tmp_path, "synthetic", synthetic_train=50, synthetic_test=20)  # other size: rebuilt
     assert load_split("cifar10-synthetic", tmp_path, "train", val_size=0)[0].shape == (50, 3, 32, 32)
+
+
+def test_synthetic_cifar10_is_the_same_whatever_its_chunks(monkeypatch):
+    """Generated chunk by chunk (bounded memory), the data equal one draw of all images at once."""
+    from mma import data
+
+    whole = data.synthetic_cifar10(50, 13, seed=3)
+    monkeypatch.setattr(data, "SYNTHETIC_CHUNK", 7)
+    chunked = data.synthetic_cifar10(50, 13, seed=3)
+    for a, b in zip(whole, chunked):
+        assert all((u == v).all() for u, v in zip(a, b))
+
+
+def test_synthetic_cifar10_memory_is_bounded_as_documented():
+    """tracemalloc's peak stays under ``synthetic_bytes``, and per image beyond one chunk it is a
+    few kB (a million images: ~3.5 GB, not the ~38 GB of generating them all at once)."""
+    import tracemalloc
+
+    from mma.data import SYNTHETIC_CHUNK, synthetic_bytes, synthetic_cifar10
+
+    peaks = {}
+    for n in (SYNTHETIC_CHUNK, 4 * SYNTHETIC_CHUNK):
+        tracemalloc.start()
+        synthetic_cifar10(n, 10, seed=0)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peaks[n] <= synthetic_bytes(n, 10), (n, peaks[n])
+    per_image = (peaks[4 * SYNTHETIC_CHUNK] - peaks[SYNTHETIC_CHUNK]) / (3 * SYNTHETIC_CHUNK)
+    assert 3072 < per_image < 3400, per_image  # the uint8 image itself is 3072 bytes
+
+
+def test_synthetic_cifar10_too_large_for_this_machine_is_refused_before_allocating(tmp_path, monkeypatch):
+    from mma import data
+
+    monkeypatch.setattr(data, "available_memory", lambda: 2 * 10**9)
+    with pytest.raises(DataError, match=r"data.synthetic_train = 1000000.*~3.5 GB of memory, 2.0 GB is available"):
+        prepare_cifar10(tmp_path, "synthetic", synthetic_train=1_000_000, synthetic_test=500)
+    assert_nothing_left(tmp_path)
+    assert data.available_memory() is None or data.available_memory() > 0
 
 
 def test_real_cifar10_source_is_checked(tmp_path):

@@ -16,6 +16,7 @@ RECORDS = [
     Record(kind="whitebox", attack="fgsm", eps=0.1, loss="cw", n=64),
     Record(kind="transfer", attack="pgd", eps=8 / 255, steps=10, restarts=2, loss="mixed", step_factor=1.25,
            clean_start=True, source="cifar10-linf-mma-0p125.v2_b", n=500, seed=3),
+    Record(kind="whitebox", attack="pgd", eps=2.0, steps=100, loss="ce", l2_pgd="torchattacks", n=1000),
     Record(kind="autoattack", attack="apgd-ce_apgd-t", eps=0.0313725490, steps=5, n=20, seed=0),
     Record(kind="boundary", attack="boundary", eps=2.5, steps=25000, n=1000),
 ]
@@ -53,6 +54,11 @@ def test_attack_fields_identify_what_ran():
     assert label(r) == "PGD-20×1 (cw, step 1·ε/20, no random start) from src"
     assert r.matches(eps=0.3 + 1e-12, **attack_fields(s.model_copy(update={"restarts": 1}), "ce"))
     assert not r.matches(eps=0.31)
+    # the L2 form is part of what ran: the default stays out of the key, the other is named
+    assert "l2_pgd" not in record_key(r)
+    t = attack_record("whitebox", s.model_copy(update={"l2_pgd": "torchattacks"}), 2.0, loss="ce", n=10, seed=0)
+    assert record_key(t).endswith("/l2_pgd:torchattacks/n:10") and "L2 as torchattacks" in label(t)
+    assert not t.matches(**attack_fields(s, "ce"))
 
 
 def test_no_module_splits_keys_or_labels_by_hand():

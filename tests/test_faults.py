@@ -1,7 +1,10 @@
-"""The fault table (issue 14): every expected failure a user can meet — bad params, damaged,
-copied or mismatched files between stages, busy locks, an unusable store or output
-folder — through the real CLI (typer's CliRunner, in-process) ends in ONE line naming
-the file or key and what to do, exit code 2, no traceback, and the user's files as they were.
+"""The fault table: every expected failure a user can meet — bad params, damaged, copied or
+mismatched files between stages, the user's own files among the outputs, links where lock
+files belong, busy or stuck locks, an unusable or unreachable store, a full disk — through
+the real CLI (typer's CliRunner, in-process) ends in ONE line naming the file or key and
+what to do, exit code 2, no traceback, the user's files as they were and nothing written
+outside the project; a hang or a slow failure ends within its bound.  Beside the table:
+outputs byte-identical when their content is, and made with the umask's mode.
 
 One small real project is built once per module through the CLI (MNIST subset, an STD
 and a PGD LeNet trained for a few steps, their transfer sets, evaluations and the report,
@@ -10,13 +13,21 @@ with the costly checks switched off); each fault runs in a copy of it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import hashlib
+import http.server
 import json
 import os
 import shutil
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -104,12 +115,21 @@ def built(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def project(built, tmp_path, monkeypatch) -> Path:
-    """A private copy of the built project (results/ copied, data/ shared read-only), as cwd."""
-    shutil.copytree(built / "results", tmp_path / "results")
-    shutil.copy(built / "params.yaml", tmp_path / "params.yaml")
-    monkeypatch.chdir(tmp_path)
+    """A private copy of the built project (results/ copied, data/ shared read-only), as cwd.
+    Beside it ``outside``: $HOME and a file of the user's (``victim``), which no fault may touch."""
+    folder = tmp_path / "project"
+    shutil.copytree(built / "results", folder / "results", symlinks=True)
+    shutil.copy(built / "params.yaml", folder / "params.yaml")
+    (tmp_path / "outside" / "home").mkdir(parents=True)
+    (tmp_path / "outside" / "victim").write_text("the user's file\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "outside" / "home"))
+    monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{built}/mlflow.db")  # one store: created once
-    return tmp_path
+    return folder
+
+
+def outside(project: Path) -> Path:
+    return project.parent / "outside"
 
 
 def write_params(folder: Path, change) -> str:
@@ -137,6 +157,13 @@ def _lr_steps(doc, steps):
     doc["models"]["mnist-linf-std"]["optimizer"]["lr_steps"] = steps
 
 
+def _rename_attack(doc, name):
+    """Attack setting fgsm renamed ``name`` (and so named in every Table-1 source)."""
+    doc["attacks"][name] = doc["attacks"].pop("fgsm")
+    for source in doc["table1"]["sources"].values():
+        source["attacks"] = [name if a == "fgsm" else a for a in source["attacks"]]
+
+
 PARAMS_FAULTS = [
     # (id, change to the doc, substrings of the one line)
     ("nan in table1.eps", lambda d: d["table1"].update(eps=[float("nan")]), ["table1.eps[0]", "finite"]),
@@ -155,6 +182,18 @@ PARAMS_FAULTS = [
     ("true as train_steps", lambda d: d["models"]["mnist-linf-std"].update(train_steps=True), ["train_steps = True", "integer"]),
     ("float as steps", lambda d: d["models"]["mnist-linf-pgd-0p3"]["pgd"].update(steps=3.5), ["pgd.steps = 3.5"]),
     ("string as bool", lambda d: d["models"]["mnist-linf-std"].update(augment="yes"), ["augment", "'yes'"]),
+    ("attack name holding a home path", lambda d: _rename_attack(d, "~/trav/evil"),
+     ["attacks.~/trav/evil", "not a name"]),
+    ("attack name climbing out", lambda d: _rename_attack(d, "../x"), ["attacks.../x", "not a name"]),
+    ("attack name that is an absolute path", lambda d: _rename_attack(d, "/tmp/evil"),
+     ["attacks./tmp/evil", "not a name"]),
+    ("attack name 'p+x' beside 'p_x'", lambda d: (_rename_attack(d, "p+x"), d["attacks"].update(p_x={"steps": 2})),
+     ["attacks.p+x", "letters, digits, '_' and '-' only"]),
+    ("seed beyond numpy's and torch's range", lambda d: d.update(seeds=[2**64]),
+     ["seeds[0] = 18446744073709551616", "4294967295"]),
+    ("evaluation seed beyond numpy's range", lambda d: d.update(seed=2**32), ["seed = 4294967296", "4294967295"]),
+    ("string as significance", lambda d: d["report"].update(significance="0.05"),
+     ["report.significance = '0.05'", "valid number"]),
 ]
 
 
@@ -260,6 +299,52 @@ def _truncate(path: Path, keep: float = 0.5):
     path.write_bytes(data[: int(len(data) * keep)])
 
 
+def _user_file(folder: str):
+    """The user's own notes in a stage's output folder (which the stage replaces whole)."""
+    return lambda p: (p / folder / "my_notes.md").write_text("notes\n")
+
+
+LOCK = f"results/.locks/evaluate-{STD}-seed0.lock"
+
+
+def _lock_is(kind: str):
+    """Something of the user's where evaluate's lock file belongs: a symbolic or a hard link to
+    the user's file outside the project, or a plain file with other content."""
+    def damage(p: Path):
+        lock = p / LOCK
+        lock.parent.mkdir(exist_ok=True)
+        lock.unlink(missing_ok=True)
+        if kind == "symlink":
+            lock.symlink_to(outside(p) / "victim")
+        elif kind == "hard link":
+            os.link(outside(p) / "victim", lock)
+        else:
+            lock.write_text("my results\n")
+    return damage
+
+
+def _evaluated_under_other_settings(p: Path):
+    """`mma evaluate PGD` run (exit 0) with every attack weakened: results of other settings."""
+    def weaken(d):
+        for a in d["attacks"].values():
+            a.update(step_size_factor=0.001, random_init=False)
+    result = invoke("evaluate", PGD, "--params", write_params(p, weaken))
+    assert result.exit_code == 0, result.output
+
+
+def _private_data(p: Path) -> Path:
+    """A private copy of the prepared data under the project (params.yaml's data.root: data)."""
+    doc = yaml.safe_load((p / "params.yaml").read_text())
+    shutil.copytree(doc["data"]["root"], p / "data")
+    doc["data"]["root"] = "data"
+    (p / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return p / "data"
+
+
+def _corrupt_prepared_data(p: Path):
+    flip_byte(_private_data(p) / "MNIST/raw/t10k-labels-idx1-ubyte", 8 + 3)  # the 4th test label; same size
+
+
 FILE_FAULTS = [
     # (id, damage(project), command, substrings of the one line)
     ("empty model.pt", lambda p: (p / "results/models" / STD / "seed0" / "model.pt").write_bytes(b""),
@@ -303,15 +388,29 @@ FILE_FAULTS = [
      ["report"], ["per_example.pt", "missing", f"mma evaluate {STD}"]),
     ("output folder is a file", lambda p: (shutil.rmtree(p / "results/report"), (p / "results/report").write_text("x")),
      ["report"], ["results/report", "not a folder"]),
+    ("user's file in results/report", _user_file("results/report"),
+     ["report"], ["results/report", "my_notes.md", "did not make", "nothing was deleted"]),
+    ("user's file in an evaluation folder", _user_file(f"results/eval/{STD}/seed0"),
+     ["evaluate", STD], [f"results/eval/{STD}/seed0", "my_notes.md", "nothing was deleted"]),
+    ("user's file in a transfer folder", _user_file("results/transfer/PGD/seed0"),
+     ["transfer", PGD], ["results/transfer/PGD/seed0", "my_notes.md", "nothing was deleted"]),
+    ("lock file is a symbolic link", _lock_is("symlink"), ["evaluate", STD], [LOCK, "symbolic link"]),
+    ("lock file is a hard link", _lock_is("hard link"), ["evaluate", STD], [LOCK, "2 links"]),
+    ("lock file holds other content", _lock_is("other"), ["evaluate", STD], [LOCK, "other than a lock record"]),
+    ("results of other evaluation settings", _evaluated_under_other_settings, ["report"],
+     [f"results/eval/{PGD}/seed0/per_example.pt", "other evaluation settings", f"mma evaluate {PGD} --seed 0"]),
+    ("prepared data corrupted after preparation", _corrupt_prepared_data,
+     ["evaluate", STD], ["data/MNIST/raw/t10k-labels-idx1-ubyte", "corrupted", "mma data"]),
 ]
 
 
 @pytest.mark.parametrize("damage, command, expected", [pytest.param(d, c, e, id=i) for i, d, c, e in FILE_FAULTS])
 def test_file_faults(project, damage, command, expected):
     damage(project)
-    before = tree(project)
+    before, beside = tree(project), tree(outside(project))
     one_line_exit_2(invoke(*command, "--params", "params.yaml"), *expected)
     assert tree(project) == before  # nothing written, nothing deleted
+    assert tree(outside(project)) == beside  # nothing outside the project
 
 
 # --------------------------------------------------------------------------- data, store, locks
@@ -447,11 +546,6 @@ def test_divergence_before_the_first_checkpoint_names_no_checkpoint(project):
     assert not (project / "results/checkpoints" / STD / "seed0" / "resume.pt").exists()
 
 
-# --------------------------------------------------------------------------- the table's size
-def test_the_fault_table_has_at_least_20_faults():
-    assert len(PARAMS_FAULTS) + len(RAW_FAULTS) + len(FILE_FAULTS) >= 20
-
-
 def test_report_and_transfer_outputs_are_swapped_in_whole(project, monkeypatch):
     """A report run that fails half-way (a kill) leaves the previous report as it was."""
     from mma.report import summary as summary_module
@@ -577,3 +671,246 @@ def test_synthetic_cifar10_is_named_as_such(tmp_path):
     (tmp_path / "real.yaml").write_text(yaml.safe_dump(doc))
     real = load_params(tmp_path / "real.yaml")
     assert "(c) CIFAR10, Linf" in figure3({}, dict(real.models), real, tmp_path / "g.png", dpi=50)
+
+
+# --------------------------------------------------------------------------- the data stage after damage
+def test_data_stage_says_it_rebuilt_a_corrupted_copy(project, monkeypatch):
+    data = _private_data(project)
+    flip_byte(data / "MNIST/raw/t10k-labels-idx1-ubyte", 8 + 3)
+    monkeypatch.setenv("MMA_DATA_SOURCE", str(mnist_source()))
+    result = invoke("data", "--params", "params.yaml")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stderr.splitlines() if "rebuilt" in line)
+    assert "t10k-labels-idx1-ubyte" in line and "corrupted" in line, line
+    assert invoke("evaluate", STD, "--params", "params.yaml").exit_code == 0  # the rebuilt copy is used
+
+
+# --------------------------------------------------------------------------- stuck locks, unreachable stores
+@contextlib.contextmanager
+def held_by_another_process(path: Path, *, shared: bool = False, stop: bool = False):
+    """Another process holding an flock on ``path`` (stopped by SIGSTOP, as Ctrl-Z does, if ``stop``)."""
+    code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+            f"fcntl.flock(f, fcntl.{'LOCK_SH' if shared else 'LOCK_EX'}); print('held', flush=True); time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        if stop:
+            os.kill(proc.pid, signal.SIGSTOP)
+        yield proc
+    finally:
+        proc.kill()  # also ends a stopped process
+        proc.wait(timeout=30)
+
+
+WAIT_S = 2.0  # a holder's idle time that ends a wait, in these rows (the default, locks.WAIT_S: test_tracking)
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["running holder", "stopped holder"])
+def test_store_lock_held_elsewhere_is_waited_on_for_a_bounded_time(project, built, monkeypatch, stop):
+    from mma import locks
+
+    monkeypatch.setattr(locks, "WAIT_S", WAIT_S)
+    before, beside = tree(project), tree(outside(project))
+    with held_by_another_process(built / "mlflow.db.lock", stop=stop) as holder:
+        t0 = time.monotonic()
+        one_line_exit_2(invoke("report", "--params", "params.yaml"), "mlflow.db.lock", f"pid {holder.pid}",
+                        "idle for 2 s", *(["stopped"] if stop else []))
+        elapsed = time.monotonic() - t0
+    assert elapsed < WAIT_S + 10, elapsed  # bounded, not forever
+    assert tree(project) == before and tree(outside(project)) == beside
+
+
+def test_transfer_waits_a_bounded_time_for_a_stopped_reader_of_its_sets(project, monkeypatch):
+    """An evaluate stopped (Ctrl-Z) while reading the transfer sets: transfer's swap gives up,
+    naming it, and the previous sets stay."""
+    from mma import locks
+
+    monkeypatch.setattr(locks, "WAIT_S", WAIT_S)
+    lock = project / "results/.locks/transfer-files-PGD-seed0.lock"
+    before, beside = tree(project), tree(outside(project))
+    with held_by_another_process(lock, shared=True, stop=True) as holder:
+        t0 = time.monotonic()
+        one_line_exit_2(invoke("transfer", PGD, "--params", "params.yaml"), "transfer-files-PGD-seed0.lock",
+                        f"pid {holder.pid}", "stopped", "idle for 2 s")
+        elapsed = time.monotonic() - t0
+    assert elapsed < WAIT_S + 60, elapsed  # the sets' making (seconds), then the bounded wait; not forever
+    assert tree(project) == before and tree(outside(project)) == beside
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@contextlib.contextmanager
+def health_only_server():
+    """An HTTP server on 127.0.0.1 answering /health and nothing else (a stuck MLflow server)."""
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server interface
+            if self.path == "/health":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+            else:
+                release.wait(120)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+STORE_FAULTS = [
+    # (id, URI (PORT: a closed port, or the health-only server's), substrings of the one line)
+    ("refused PostgreSQL", "postgresql://mma:s3cret@127.0.0.1:PORT/mlflow",
+     ["postgresql://mma:***@127.0.0.1", "unreachable", "Connection refused"]),
+    ("refused server, credentials in the URI", "http://alice:s3cret@127.0.0.1:PORT",
+     ["http://alice:***@127.0.0.1", "unreachable", "Connection refused"]),
+    ("server answering /health but not its API", "http://alice:s3cret@127.0.0.1:HEALTH_ONLY",
+     ["http://alice:***@127.0.0.1", "unreachable", "timed out"]),
+]
+
+
+@pytest.mark.parametrize("uri, expected", [pytest.param(u, e, id=i) for i, u, e in STORE_FAULTS])
+def test_unusable_store_fails_within_seconds_without_its_password(project, monkeypatch, uri, expected):
+    before, beside = tree(project), tree(outside(project))
+    with health_only_server() as port:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.replace("HEALTH_ONLY", str(port)).replace("PORT",
+                                                                                               str(closed_port())))
+        t0 = time.monotonic()
+        result = invoke("report", "--params", "params.yaml")
+        elapsed = time.monotonic() - t0
+    one_line_exit_2(result, *expected)
+    assert "s3cret" not in result.output + result.stderr
+    assert elapsed < 15, elapsed  # seconds, not MLflow's minutes of retries
+    assert tree(project) == before and tree(outside(project)) == beside
+
+
+# --------------------------------------------------------------------------- a full disk
+@contextlib.contextmanager
+def small_disk(folder: Path, free_kb: int):
+    """``folder`` on a tmpfs of its own: its content, then about ``free_kb`` kB free (the kernel's
+    real ENOSPC).  Skips where mounting is not permitted (it needs root with CAP_SYS_ADMIN)."""
+    content = folder.with_name(f".{folder.name}.content")
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.rename(content)
+    folder.mkdir()
+    used_kb = sum(-(-p.stat().st_size // 4096) * 4 for p in content.rglob("*") if p.is_file())
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used_kb + free_kb}k", "tmpfs", str(folder)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        folder.rmdir()
+        content.rename(folder)
+        pytest.skip(f"a small disk needs a tmpfs mount, not permitted here ({mounted.stderr.strip()})")
+    try:
+        shutil.copytree(content, folder, symlinks=True, dirs_exist_ok=True)
+        shutil.rmtree(content)
+        yield folder
+    finally:
+        if not content.exists():
+            shutil.copytree(folder, content, symlinks=True)
+        subprocess.run(["umount", "-l", str(folder)], timeout=30)
+        folder.rmdir()
+        content.rename(folder)
+
+
+def _data_root_in_the_project(p: Path):
+    doc = yaml.safe_load((p / "params.yaml").read_text())
+    doc["data"]["root"] = "data"
+    (p / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+DISK_FAULTS = [
+    # (id, the folder on a small disk, kB free there, command, substrings of the one line, the folder left as it was)
+    ("evaluate", f"results/eval/{STD}", 8, ["evaluate", STD], [f"results/eval/{STD}/seed0", "no space left"], "."),
+    ("transfer", "results/transfer/PGD", 8, ["transfer", PGD], ["results/transfer/PGD/seed0", "no space left"], "."),
+    ("report", "results", 8, ["report"], ["results/report", "no space left"], "."),
+    # room for the checkpoint folder's small files (spec.json, run.json, the curves' journal), not for resume.pt
+    ("train's resume checkpoint", "results/checkpoints", 512, ["train", STD],
+     [f"results/checkpoints/{STD}/seed0/resume.pt", "no space left"], "results/models"),
+    ("data under data.root", "data", 512, ["data"], ["data/MNIST", "no space left"], "."),
+]
+
+
+@pytest.mark.parametrize("folder, free_kb, command, expected, kept",
+                         [pytest.param(f, k, c, e, left, id=i) for i, f, k, c, e, left in DISK_FAULTS])
+def test_full_disk_is_one_line_and_the_previous_outputs_stay(project, monkeypatch, folder, free_kb, command, expected,
+                                                             kept):
+    if command == ["data"]:
+        _data_root_in_the_project(project)
+        monkeypatch.setenv("MMA_DATA_SOURCE", str(mnist_source()))
+    beside = tree(outside(project))
+    with small_disk(project / folder, free_kb=free_kb):
+        before = tree(project / kept)
+        line = one_line_exit_2(invoke(*command, "--params", "params.yaml"), *expected)
+        assert tree(project / kept) == before
+    assert tree(outside(project)) == beside
+    assert "replace it" not in line  # a full disk is never blamed on the source files
+
+
+# --------------------------------------------------------------------------- outputs DVC can trust, shared with a group
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_stage_run_twice_writes_the_same_bytes(project):
+    """The same stage on the same inputs gives byte-identical files, so DVC reruns nothing
+    downstream: the model, every transfer set and its manifest, the per-example results and
+    the evaluation's metrics."""
+    def files():
+        folders = ["results/transfer/PGD/seed0", f"results/eval/{STD}/seed0"]
+        return {str(p.relative_to(project)): md5(p) for p in [project / f"results/models/{STD}/seed0/model.pt",
+                                                              *(f for d in folders for f in (project / d).iterdir())]}
+
+    first = files()
+    assert len(first) == 1 + 3 + 2  # the model; 2 sets and their manifest; per-example results and metrics
+    for command in (["train", STD], ["transfer", PGD], ["evaluate", STD]):  # the built project's second run
+        result = invoke(*command, "--params", "params.yaml")
+        assert result.exit_code == 0, result.output
+    assert files() == first
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_outputs_get_the_umasks_mode(project, monkeypatch, mask):
+    """Files 0666 and folders 0777 less the umask, as any program's (not a temporary file's 0600
+    and 0700): a research group shares its results by its umask."""
+    _data_root_in_the_project(project)
+    monkeypatch.setenv("MMA_DATA_SOURCE", str(mnist_source()))
+    old = os.umask(mask)
+    try:
+        for command in (["data"], ["report"]):
+            result = invoke(*command, "--params", "params.yaml")
+            assert result.exit_code == 0, result.output
+    finally:
+        os.umask(old)
+    made = [project / "results/report", project / "data/MNIST"]
+    made += [p for folder in made for p in folder.rglob("*")]
+    assert {str(p): mode(p) for p in made} == {str(p): (0o777 if p.is_dir() else 0o666) & ~mask for p in made}
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_synthetic_data_larger_than_the_machine_holds_is_refused_before_allocating(project, monkeypatch):
+    """data.synthetic_train: 1000000 on a machine with 2 GB available (the memory the check reads,
+    set): one line before any allocation, not a traceback or the out-of-memory killer."""
+    from mma import data
+
+    monkeypatch.setattr(data, "available_memory", lambda: 2 * 10**9)
+    bad = write_params(project, lambda d: d["data"].update(root="data", datasets=["cifar10", "mnist"],
+                                                           cifar10_source="synthetic", synthetic_train=1_000_000))
+    before = tree(project)
+    one_line_exit_2(invoke("data", "--params", bad), "data.synthetic_train = 1000000", "GB of memory", "lower them")
+    assert tree(project) == before and not (project / "data").exists()

@@ -1,4 +1,4 @@
-"""Evaluation that cannot flatter (issue 11, section 3): numbers that a broken model or a
+"""Evaluation that cannot flatter: numbers that a broken model or a
 weak attack could inflate are refused or flagged.
 
 * PGD-model validation counts an example robust only if it is also classified correctly
@@ -38,7 +38,8 @@ class GridMemorizer(nn.Module):
 
 def test_pgd_validation_counts_only_examples_also_correct_clean():
     spec = ModelSpec(name="toy-pgd", dataset="mnist", arch="lenet5_madry", norm="linf", method="pgd",
-                     pgd=PGDTrainSpec(eps=0.1, steps=3), optimizer=OptimizerSpec(name="adam", lr=1e-3))
+                     pgd=PGDTrainSpec(eps=0.1, steps=3), optimizer=OptimizerSpec(name="adam", lr=1e-3),
+                     selection={"metric": "pgd_acc"})
     x = torch.tensor([100, 120, 250], dtype=torch.float32)[:, None].expand(3, 4) / 255
     # A: wrong clean (1 ≠ 0), "right" at its adversarial point (0); B: right clean, fooled;
     # C: bright, right everywhere
@@ -49,6 +50,18 @@ def test_pgd_validation_counts_only_examples_also_correct_clean():
     out = validate(spec, model, x, y)
     assert out["val_clean_acc"] == 2 / 3
     assert out["val_pgd_acc"] == 1 / 3  # C only; counting A (right at its adversarial point) gave 2/3
+
+
+def test_margin_validation_robust_accuracy_counts_only_examples_also_correct_clean():
+    """The same for the authors' validation attack's side number, val_adv_acc (their
+    Evaluator's advacc counts A)."""
+    spec = ModelSpec(name="toy-std", dataset="mnist", arch="lenet5_madry", norm="linf", method="std",
+                     selection={"steps": 3, "test_eps": 0.1, "eps_max": 0.2})
+    x = torch.tensor([100, 120, 250], dtype=torch.float32)[:, None].expand(3, 4) / 255
+    torch.manual_seed(0)
+    out = validate(spec, GridMemorizer(), x, torch.tensor([0, 1, 2]))
+    assert out["val_clean_acc"] == 2 / 3
+    assert out["val_adv_acc"] == 1 / 3
 
 
 # --------------------------------------------------------------------------- non-finite logits

@@ -1,4 +1,4 @@
-"""The report over training seeds (issue 11 §2) and numbers on the same rows (§3), on
+"""The report over training seeds and numbers on the same rows, on
 hand-made per-example results whose numbers are computed by hand below: Table 1's mean ± sd
 strings and CSV cells, Figure 3's min–max band, the "not distinguishable at this budget"
 rule, and AutoAttack beside the clean and PGD accuracy of its own rows."""

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing bad let in (issue 6): safe loads, atomic writes, numerical faults."""
+"""Nothing lost, nothing bad let in: safe loads, atomic writes, numerical faults."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ An approximate *minimal* perturbation per example:
 3. if x + ε_init·u is still classified correctly: search the zero crossing of
    the logit margin along u in [ε_init, min(ε_init + ε_inc, ε_max)];
    else in [0, ε_init]
-4. δ* = ε_new·u (the authors' final code), or PGD(x, y, ε_new) again
+4. δ* = ε_new·u (the authors' final code; ``final_point``: x + δ* unclipped as
+   theirs, or clamped to [0, 1] with ``clip_final``), or PGD(x, y, ε_new) again
    (arXiv v1, line 8: ``repgd=True``, the cost of a second PGD).
 
 The search (``boundary_search``) is, by default, a bracketed secant method with a
@@ -62,6 +63,8 @@ def an_pgd(
     search_loss: str = "margin",
     repgd: bool = False,
     clean_logits: Tensor | None = None,
+    clip_final: bool = False,
+    l2_pgd: str = "advertorch",
 ) -> tuple[Tensor, Tensor]:
     """Approximate minimal adversarial perturbation (the paper's Algorithm 1).
 
@@ -84,17 +87,22 @@ def an_pgd(
             fooled, so PGD stops where it first crossed and u points wherever the
             random start and those first steps led, not at the boundary (on the binary
             linear model of tests/test_attacks.py, Linf, ε_init = 1.5x the margin: lengths
-            1.42-1.50x the margin against 1.00 with the soft margin; issue 11
-            measured 19-71x at larger ε_init).
+            1.42-1.50x the margin against 1.00 with the soft margin, and 19-71x
+            measured at larger ε_init).
         search_loss: the function whose zero crossing is the boundary ("margin").
         repgd: run PGD again at the found length (arXiv v1) instead of scaling u.
         clean_logits: the model's logits on x if the caller has them (MMA training's
             clean forward): the search then skips its forward at η = 0 and most of
             its far-end probes (see ``boundary_search``); the result stays a probed
             point on the adversarial side.
+        clip_final: clamp the returned point x + ε·u to [0, 1]; False (the authors'
+            ``ANPGD.perturb``) returns it unclipped, possibly outside the image box
+            (the search's own probes are always clamped).  Without effect with repgd.
+        l2_pgd: the PGD's L2 form (``core.L2_FORMS``).
 
     Returns:
-        (x_adv, eps): x_adv (B, ...) in [0, 1]; eps (B,) the found length.  When a
+        (x_adv, eps): x_adv (B, ...), in [0, 1] with clip_final or repgd (see
+        ``final_point``); eps (B,) the found length.  When a
         crossing is found, ``eps`` is on the adversarial side of the boundary (to the
         search's resolution), so it never underestimates the margin along u; when
         none is found up to the upper end, eps is that upper end.
@@ -121,7 +129,7 @@ def _an_pgd(model, x, y, eps0, upper, g_zero, *, norm, steps, step_size, random_
     shape and settings under ``mma.graphs.capture_attacks``."""
     delta = pgd(
         model, x, y, eps0, norm=norm, steps=steps, step_size=step_size, random_init=random_init,
-        loss=attack_loss, select="loss",
+        loss=attack_loss, select="loss", l2_pgd=l2_pgd,
     ) - x
     # the direction comes from PGD's last iterate, fooled or not (never a zero vector
     # unless the gradient itself vanished)
@@ -131,11 +139,23 @@ def _an_pgd(model, x, y, eps0, upper, g_zero, *, norm, steps, step_size, random_
     if repgd:
         x_adv = pgd(
             model, x, y, eps, norm=norm, steps=steps, step_size=None, random_init=random_init,
-            loss=attack_loss, select="loss",
+            loss=attack_loss, select="loss", l2_pgd=l2_pgd,
         )
     else:
-        x_adv = (x + expand_like(eps, x) * u).clamp(0.0, 1.0)
+        x_adv = final_point(x, u, eps, clip=clip_final)
     return x_adv.detach(), eps
+
+
+def final_point(x: Tensor, u: Tensor, eps: Tensor, *, clip: bool) -> Tensor:
+    """AN-PGD's point x + ε·u (x, u (B, ...); ε (B,)): the one place it is computed.
+
+    ``clip`` False is the authors' (anpgd.py, ``ANPGD.perturb``: ``x + curr_eps *
+    unitptb``, no clamp): where the search scales PGD's box-clipped step outward
+    (ε > ε_init) the point leaves [0, 1] and the model trains on it.  True clamps it to
+    the image box: a valid image, but in L2 shorter than the stored ε.
+    """
+    point = x + expand_like(eps.to(x.dtype), x) * u
+    return point.clamp(0.0, 1.0) if clip else point
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@ in [0, 1]; per-example quantities have shape (B,).  ε is in pixel units.
 
 A norm supplies exactly three things (the only places Linf and L2 PGD differ):
 the random start inside the ball, the steepest-ascent direction of a gradient,
-and the projection back onto the ball.
+and the projection back onto the ball.  L2 comes in two forms (``L2_FORMS``, the
+``l2_pgd`` argument): "advertorch", the authors' (the default), and "torchattacks".
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from torch import Tensor, nn
 from ..compute import SEARCHES
 
 NORMS = ("linf", "l2")
+# L2 PGD's start and projection order, named after the library whose PGD each reproduces:
+# "advertorch" (0.2.x, the authors' code: rand_init_delta and perturb_iterative with ord=2),
+# "torchattacks" (PGDL2).  The schema's setting (mma/config/__init__.py, L2PGD) lists the same.
+L2_FORMS = ("advertorch", "torchattacks")
+ADVERTORCH_NORM_FLOOR = 1e-6  # advertorch's normalize_by_pnorm: g / max(‖g‖₂, 1e-6)
 NORM_LABELS = {"linf": "Linf", "l2": "L2"}  # how the paper, AutoAttack and FAB spell the norms
 LOSSES = ("ce", "margin", "soft_margin", "cw")
 STEP_SIZE_FACTOR = 2.5  # Madry et al.'s step size: 2.5·ε/steps (the authors' eps_iter_scale)
@@ -75,44 +81,69 @@ def lp_norm(delta: Tensor, norm: str) -> Tensor:
     return flat.norm(p=2, dim=1)
 
 
-def random_delta(shape: torch.Size, eps: Tensor, norm: str, *, device, dtype) -> Tensor:
+def check_l2_form(l2_pgd: str) -> str:
+    if l2_pgd not in L2_FORMS:
+        raise ValueError(f"unknown l2_pgd {l2_pgd!r}: expected one of {', '.join(L2_FORMS)}")
+    return l2_pgd
+
+
+def random_delta(shape: torch.Size, eps: Tensor, norm: str, *, device, dtype, x: Tensor | None = None,
+                 l2_pgd: str = "advertorch") -> Tensor:
     """A random start inside the ε-ball, drawn for the whole batch from torch's RNG.
 
-    Linf: uniform in [-ε, ε]^d.  L2: a uniformly random direction with a length
-    uniform in [0, ε] (as torchattacks' PGDL2).  Drawing for the whole batch and
-    indexing afterwards keeps example i's start independent of which other
-    examples are still attacked (early exit stays exact).
+    Linf: uniform in [-ε, ε]^d.  L2, ``l2_pgd`` "advertorch" (advertorch's
+    ``rand_init_delta``, ord 2): a uniform random image r in [0, 1]^d, δ = (r − x) scaled
+    down to length ε where longer (almost always on the sphere: ‖r − x‖₂ ≈ 16 on MNIST);
+    x + δ stays in the box (needs ``x``).  "torchattacks" (PGDL2): a uniformly random
+    direction with a length uniform in [0, ε].  Drawing for the whole batch and indexing
+    afterwards keeps example i's start independent of which other examples are still
+    attacked (early exit stays exact).
     """
     e = eps.view(-1, *([1] * (len(shape) - 1)))
     if norm == "linf":
         return (torch.rand(shape, device=device, dtype=dtype) * 2 - 1) * e
+    if check_l2_form(l2_pgd) == "advertorch":
+        if x is None:
+            raise ValueError("random_delta: the advertorch L2 start needs x (it is a random image minus x)")
+        return _into_l2_ball(torch.rand(shape, device=device, dtype=dtype) - x, e)
     direction = torch.randn(shape, device=device, dtype=dtype)
     direction = direction / expand_like(direction.flatten(1).norm(dim=1).clamp_min(1e-12), direction)
     radius = torch.rand(shape[0], device=device, dtype=dtype) * eps
     return direction * radius.view(-1, *([1] * (len(shape) - 1)))
 
 
-def ascent_direction(grad: Tensor, norm: str) -> Tensor:
-    """Steepest ascent of unit norm: sign(g) for Linf, g/‖g‖₂ for L2."""
+def _into_l2_ball(delta: Tensor, e: Tensor) -> Tensor:
+    """δ scaled by min(1, ε/‖δ‖₂) per example (advertorch's clamp_by_pnorm); ``e`` broadcasts."""
+    n = expand_like(delta.flatten(1).norm(dim=1), delta)
+    return delta * torch.clamp(e / n.clamp_min(1e-12), max=1.0)
+
+
+def ascent_direction(grad: Tensor, norm: str, l2_pgd: str = "advertorch") -> Tensor:
+    """Steepest ascent of unit norm: sign(g) for Linf, g/‖g‖₂ for L2.  The advertorch form
+    divides by max(‖g‖₂, 1e-6), as its normalize_by_pnorm: a vanishing gradient (saturated
+    cross-entropy) then makes a step shorter than the step size, not a full one."""
     if norm == "linf":
         return grad.sign()
-    return grad / expand_like(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+    floor = ADVERTORCH_NORM_FLOOR if check_l2_form(l2_pgd) == "advertorch" else 1e-12
+    return grad / expand_like(grad.flatten(1).norm(dim=1).clamp_min(floor), grad)
 
 
-def project(x_adv: Tensor, x: Tensor, eps: Tensor, norm: str) -> Tensor:
-    """Project x_adv onto {x + δ : ‖δ‖ ≤ ε} and then the image box [0, 1].
+def project(x_adv: Tensor, x: Tensor, eps: Tensor, norm: str, l2_pgd: str = "advertorch") -> Tensor:
+    """Project x_adv onto {x + δ : ‖δ‖ ≤ ε} and the image box [0, 1].
 
     Linf: the clamp is the exact projection onto the intersection (it is separable).
-    L2: exact radial projection onto the ball; the box clamp afterwards only
-    shrinks |δ_i| (x itself is in the box), so the result stays in both sets.
+    L2, "advertorch" (``perturb_iterative``, ord 2): clamp to the box, then scale δ into
+    the ball (x + s·δ with s ≤ 1 stays in the box, x being in it).  "torchattacks": the
+    exact radial projection onto the ball, then the box clamp (it only shrinks |δ_i|, so
+    the result stays in both sets).  Both end feasible; they differ where both bind.
     """
-    delta = x_adv - x
     e = expand_like(eps, x)
     if norm == "linf":
-        delta = torch.maximum(torch.minimum(delta, e), -e)
+        delta = torch.maximum(torch.minimum(x_adv - x, e), -e)
+    elif check_l2_form(l2_pgd) == "advertorch":
+        delta = _into_l2_ball(x_adv.clamp(0.0, 1.0) - x, e)
     else:
-        n = expand_like(delta.flatten(1).norm(dim=1), delta)
-        delta = delta * torch.clamp(e / n.clamp_min(1e-12), max=1.0)
+        delta = _into_l2_ball(x_adv - x, e)
     return (x + delta).clamp_(0.0, 1.0)
 
 
@@ -252,7 +283,7 @@ class StepForward:
     turns off (``attack_mode``), so every step cast LeNet5-Madry's 3.2M-weight fc1 again.
     Casting once per attack gives bitwise the same iterates (the same round-to-nearest
     cast, the same ops; tests/test_compute.py) and PGD-10 1.05x faster (bf16, batch 50,
-    2 threads; docs/performance.md, session 8).  Build it inside ``attack_mode`` (the
+    2 threads; docs/performance.md, "The switches").  Build it inside ``attack_mode`` (the
     weights are frozen there) and where the step's precision is set; a compiled model
     keeps its own casts.  It assumes a conv / linear module's weights feed only that
     module's own op, as in every model here (another op reading them would see the cast

@@ -14,6 +14,7 @@ from .core import (
     StepForward,
     ascent_direction,
     attack_mode,
+    check_l2_form,
     check_norm,
     expand_like,
     fixed_shape,
@@ -45,6 +46,7 @@ def pgd(
     select: str = "target",
     early_exit: bool = True,
     exit_every: int | None = None,
+    l2_pgd: str = "advertorch",
 ) -> Tensor:
     """PGD adversarial examples for a batch.
 
@@ -75,12 +77,15 @@ def pgd(
             sync); None: every iteration on a CPU (a sync costs nothing there, and
             leaving early saves rows), every EXIT_EVERY_CUDA on other devices.  The
             result is the same for every value.
+        l2_pgd: L2's random start and projection order (``core.L2_FORMS``):
+            "advertorch" (the authors') or "torchattacks"; Linf ignores it.
 
     Returns:
         x_adv (B, ...), inside the ε-ball around x and inside [0, 1].  Where nothing
         fools the model: the last iterate (never the clean input).
     """
     check_norm(norm)
+    check_l2_form(l2_pgd)
     if select not in SELECTS:
         raise ValueError(f"unknown select {select!r}: expected one of {', '.join(SELECTS)}")
     if exit_every is None:
@@ -94,40 +99,43 @@ def pgd(
     alpha = per_example(default_step_size(eps_t, steps) if step_size is None else step_size, x)
     early_exit = early_exit and not fixed_shape()  # the fixed-shape path: every row, every step
     return _pgd(model, x, y, eps_t, alpha, norm=norm, steps=steps, restarts=restarts, random_init=random_init,
-                loss=loss, select=select, early_exit=early_exit, exit_every=exit_every)
+                loss=loss, select=select, early_exit=early_exit, exit_every=exit_every, l2_pgd=l2_pgd)
 
 
 @graphed
 def _pgd(model, x, y, eps, alpha, *, norm, steps, restarts, random_init, loss, select, early_exit,
-         exit_every) -> Tensor:
+         exit_every, l2_pgd) -> Tensor:
     """PGD with ε and the step size as (B,) tensors (``pgd``): one captured graph per
     input shape and settings under ``mma.graphs.capture_attacks``."""
     loss_fn = get_loss(loss)
     with attack_mode(model):
         forward = StepForward(model, x.device)  # the gradient steps' forward, weights cast once
         if select == "loss":
-            return _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn)
+            return _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn,
+                                   l2_pgd)
         return _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn,
-                              early_exit, exit_every)
+                              early_exit, exit_every, l2_pgd)
 
 
-def _start(x: Tensor, eps: Tensor, norm: str, random_init: bool) -> Tensor:
+def _start(x: Tensor, eps: Tensor, norm: str, random_init: bool, l2_pgd: str) -> Tensor:
     if not random_init:
         return x.clone()
-    return (x + random_delta(x.shape, eps, norm, device=x.device, dtype=x.dtype)).clamp_(0.0, 1.0)
+    delta = random_delta(x.shape, eps, norm, device=x.device, dtype=x.dtype, x=x, l2_pgd=l2_pgd)
+    return (x + delta).clamp_(0.0, 1.0)
 
 
-def _step(x_adv: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, norm: str) -> Tensor:
-    return project(x_adv + expand_like(alpha, x) * ascent_direction(grad, norm), x, eps, norm)
+def _step(x_adv: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, norm: str, l2_pgd: str) -> Tensor:
+    return project(x_adv + expand_like(alpha, x) * ascent_direction(grad, norm, l2_pgd), x, eps, norm, l2_pgd)
 
 
-def _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn) -> Tensor:
+def _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn,
+                    l2_pgd) -> Tensor:
     best, best_loss = None, None
     for _ in range(restarts):
-        x_adv = _start(x, eps, norm, random_init)
+        x_adv = _start(x, eps, norm, random_init, l2_pgd)
         for _ in range(steps):
             _, grad = input_grad(forward, x_adv, y, loss_fn)
-            x_adv = _step(x_adv, grad, x, eps, alpha, norm)
+            x_adv = _step(x_adv, grad, x, eps, alpha, norm, l2_pgd)
         if restarts == 1:
             return x_adv
         with torch.no_grad():
@@ -137,18 +145,18 @@ def _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, ran
 
 
 def _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, early_exit,
-                   exit_every) -> Tensor:
+                   exit_every, l2_pgd) -> Tensor:
     result = torch.empty_like(x)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for r in range(restarts):
-        start = _start(x, eps, norm, random_init)  # drawn for the full batch: exactness of early exit
+        start = _start(x, eps, norm, random_init, l2_pgd)  # drawn for the full batch: exactness of early exit
         # the rows still attacked (without early exit: all of them, no index: fixed shapes)
         rows = (~fooled).nonzero().squeeze(1) if early_exit else slice(None)
         if early_exit and rows.numel() == 0:
             break
         x_adv, hit = _run_until_fooled(
             model, forward, x[rows], y[rows], eps[rows], alpha[rows], start[rows], norm, steps, loss_fn,
-            early_exit, exit_every, last=r == restarts - 1,
+            early_exit, exit_every, l2_pgd, last=r == restarts - 1,
         )
         # a first success is kept; the last iterate of the last restart fills the rest
         new = hit & ~fooled[rows]
@@ -159,7 +167,7 @@ def _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, rand
 
 
 def _run_until_fooled(model, forward, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit, exit_every,
-                      last):
+                      l2_pgd, last):
     """One restart.  Returns (per example: the first fooling iterate, else the last
     iterate; fooled mask).  With early_exit, fooled examples leave the batch at the
     next check, every ``exit_every`` iterations.
@@ -192,7 +200,7 @@ def _run_until_fooled(model, forward, x, y, eps, alpha, x_adv, norm, steps, loss
         hl = hl | now
         if t == steps:
             break
-        xa = _step(xa, grad, xl, el, al, norm)
+        xa = _step(xa, grad, xl, el, al, norm, l2_pgd)
         if early_exit and (t + 1) % exit_every == 0:
             go = ~hl
             if not bool(go.all()):  # the host sync of a check: some example left

@@ -1,7 +1,7 @@
 """What `mma bench` times: the cases, on real MNIST and a briefly pre-trained LeNet5-Madry.
 
 Reads top to bottom: data → a briefly pre-trained LeNet5-Madry (plain training to
-~96 % test accuracy, so ~94 % of a batch is attacked, as in issue 5) → training
+~96 % test accuracy, so ~94 % of a batch is attacked, as early in MMA training) → training
 steps (STD, PGD-40, MMA-40 at batch 50 and 128; PGD-10, MMA-10) → our PGD against
 torchattacks.PGD (fixed steps, batch 128) and on a robust-accuracy job (attack +
 judging forward) → naive against early-exit 50-restart white-box PGD at a large
@@ -281,6 +281,18 @@ def binomial_noise(p: float, n: int) -> float:
     return 2.0 * (max(p * (1 - p), 0.0) / max(n, 1)) ** 0.5
 
 
+# The switch comparison as data: each variant is what ``compute.Compute`` gets besides the
+# device, and every case below runs once per variant, timed against "default" (fp32 eager).
+SWITCH_VARIANTS: dict[str, dict] = {
+    "default": {},
+    "channels_last": {"channels_last": True},
+    "bf16": {"precision": "bf16"},
+    "bf16+channels_last": {"precision": "bf16", "channels_last": True},
+}
+SWITCH_ATTACK_STEPS = 20  # the PGD attack timed with each switch, at batch 50 (the training batch), ε = 0.1
+SWITCH_TRAIN_METHODS = ("pgd", "mma")  # training steps timed with each switch (``Settings.switch_train_steps``)
+
+
 def bench_switches(model: nn.Module, data: dict[str, Tensor], s: Settings, device: torch.device) -> dict:
     """The speed switches of ``mma.compute``, each against fp32 eager on the same work:
     a PGD attack (batch 50, the training batch, 20 fixed steps) and the PGD and MMA
@@ -291,53 +303,75 @@ def bench_switches(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
     import copy
 
     from .. import compute
-    from ..attacks import an_pgd, pgd
-    from ..attacks.an_pgd import default_tolerance
-    from ..data import TensorBatcher, to_float
-    from ..config.model import MMATrainSpec, PGDTrainSpec
-    from ..train.mma import MMAStep
-    from ..train.steps import PGDStep
+    from ..attacks import pgd
+    from ..data import to_float
 
-    steps = 20
     x = to_float(data["x_test"][:50], device)
     y = data["y_test"][:50].to(device)
-    x_big = to_float(data["x_test"][: s.switch_images], device)
-    y_big = data["y_test"][: s.switch_images].to(device)
-    kind = device.type
-    variants = {"default": compute.Compute(kind), "channels_last": compute.Compute(kind, channels_last=True),
-                "bf16": compute.Compute(kind, precision="bf16"),
-                "bf16+channels_last": compute.Compute(kind, precision="bf16", channels_last=True)}
+    variants = {k: compute.Compute(device.type, **v) for k, v in SWITCH_VARIANTS.items()}
     nets = {k: compute.prepare(copy.deepcopy(model), c) for k, c in variants.items()}
     start = {k: v.clone() for k, v in model.state_dict().items()}
 
     def run_pgd(k: str, xs: Tensor, ys: Tensor) -> Tensor:
         with compute.attacks(variants[k]):
-            return pgd(nets[k], xs, ys, 0.1, steps=steps, loss="ce", select="loss")
+            return pgd(nets[k], xs, ys, 0.1, steps=SWITCH_ATTACK_STEPS, loss="ce", select="loss")
 
-    cases = {f"PGD-20 attack {k}": (lambda k=k: run_pgd(k, x, y)) for k in variants}
+    cases = {f"PGD-{SWITCH_ATTACK_STEPS} attack {k}": (lambda k=k: run_pgd(k, x, y)) for k in variants}
     threads = torch.get_num_threads()
-    other = 1 if threads > 1 else min(2, os.cpu_count() or 1)
-    if kind == "cpu" and other != threads:
-        def other_threads():
-            torch.set_num_threads(other)
-            try:
-                run_pgd("default", x, y)
-            finally:
-                torch.set_num_threads(threads)
-        cases[f"PGD-20 attack threads={other}"] = other_threads
-
-    # training steps: each variant trains its own copy, restored before every call
-    batcher = TensorBatcher(data["x_train"], data["y_train"], 50, seed=1, device=device)
-    k_steps = s.switch_train_steps
-    n_train = len(data["x_train"])
-    opts = {}
+    cases.update(_other_threads_case(threads, device, lambda: run_pgd("default", x, y)))
     state = {"round": 0}
+    cases.update(_switch_train_cases(nets, variants, data, s, device, state))
+
+    def before(name: str, r: int) -> None:
+        state["round"] = r
+        for net in nets.values():
+            net.load_state_dict(start)
+
+    model.eval()
+    times = interleaved(cases, rounds=s.rounds, warmup=s.warmup, device=device, before=before)
+    for net in nets.values():
+        net.load_state_dict(start)
+    speedup, paired = _speedups_vs_default(times)
+    return {"times": {k: summary(v) for k, v in times.items()}, "raw": times, "threads": threads,
+            "speedup_vs_default": speedup, "paired_speedup_vs_default": paired,
+            **_bf16_effect(model, nets, variants, data, s, device, run_pgd)}
+
+
+def _other_threads_case(threads: int, device: torch.device, attack) -> dict:
+    """On a CPU, the default variant's attack at the other thread count (1 if more are set,
+    else 2 where there are 2 cores); none elsewhere."""
+    other = 1 if threads > 1 else min(2, os.cpu_count() or 1)
+    if device.type != "cpu" or other == threads:
+        return {}
+
+    def other_threads():
+        torch.set_num_threads(other)
+        try:
+            attack()
+        finally:
+            torch.set_num_threads(threads)
+    return {f"PGD-{SWITCH_ATTACK_STEPS} attack threads={other}": other_threads}
+
+
+def _switch_train_cases(nets: dict, variants: dict, data: dict[str, Tensor], s: Settings, device: torch.device,
+                        state: dict) -> dict:
+    """A PGD and an MMA training step (batch 50) per variant, each training its own copy of
+    the model with its own Adam (the weights are restored before every call); the batch of
+    round ``state["round"]``, the same for every case."""
+    from .. import compute
+    from ..config.model import MMATrainSpec, PGDTrainSpec
+    from ..data import TensorBatcher
+    from ..train.mma import MMAStep
+    from ..train.steps import PGDStep
+
+    batcher = TensorBatcher(data["x_train"], data["y_train"], 50, seed=1, device=device)
+    k_steps, n_train = s.switch_train_steps, len(data["x_train"])
 
     def train_case(method: str, k: str):
         step_fn = (PGDStep(PGDTrainSpec(eps=0.3, steps=k_steps), "linf", 10**9) if method == "pgd"
                    else MMAStep(MMATrainSpec(steps=k_steps), "linf", n_train, device=device))
         net = nets[k]
-        opts[(method, k)] = opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
 
         def call():
             xb, yb, idx = batcher.batch(state["round"])
@@ -350,26 +384,34 @@ def bench_switches(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
             net.eval()
         return call
 
-    for method in ("pgd", "mma"):
-        for k in variants:
-            cases[f"{method}{k_steps}-b50 step {k}"] = train_case(method, k)
+    return {f"{method}{k_steps}-b50 step {k}": train_case(method, k) for method in SWITCH_TRAIN_METHODS
+            for k in variants}
 
-    def before(name: str, r: int) -> None:
-        state["round"] = r
-        for net in nets.values():
-            net.load_state_dict(start)
 
-    model.eval()
-    times = interleaved(cases, rounds=s.rounds, warmup=s.warmup, device=device, before=before)
-    for net in nets.values():
-        net.load_state_dict(start)
+def _speedups_vs_default(times: dict[str, list[float]]) -> tuple[dict, dict]:
+    """Each case's speed-up over the "default" case of its row (same name, last word
+    "default"): the ratio of the medians, and paired (the median of each round's ratio)."""
     speedup, paired = {}, {}
     for name, t in times.items():
         base = name.rsplit(" ", 1)[0] + " default"
         if base in times and base != name:
             speedup[name] = statistics.median(times[base]) / statistics.median(t)
             paired[name] = statistics.median(b / v for b, v in zip(times[base], t))
-    # bf16's effect, judged in fp32 on the same images from the same seeds
+    return speedup, paired
+
+
+def _bf16_effect(model: nn.Module, nets: dict, variants: dict, data: dict[str, Tensor], s: Settings,
+                 device: torch.device, run_pgd) -> dict:
+    """bf16's effect on results, judged in fp32 on the first ``s.switch_images`` test images
+    from the same seeds: PGD-20 robust accuracy (against two binomial standard deviations)
+    and AN-PGD's mean found ε on the correctly classified ones (against the search resolution)."""
+    from .. import compute
+    from ..attacks import an_pgd
+    from ..attacks.an_pgd import default_tolerance
+    from ..data import to_float
+
+    x_big = to_float(data["x_test"][: s.switch_images], device)
+    y_big = data["y_test"][: s.switch_images].to(device)
     acc = {}
     for k in ("default", "bf16"):
         torch.manual_seed(2)
@@ -380,15 +422,13 @@ def bench_switches(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
     for k in ("default", "bf16"):
         torch.manual_seed(3)
         with compute.attacks(variants[k]):
-            _, length = an_pgd(nets[k], x_big[ok], y_big[ok], 0.1, eps_max=0.5, steps=k_steps)
+            _, length = an_pgd(nets[k], x_big[ok], y_big[ok], 0.1, eps_max=0.5, steps=s.switch_train_steps)
         found[k] = length
-    n = len(y_big)
-    return {"times": {k: summary(v) for k, v in times.items()}, "raw": times, "threads": threads,
-            "speedup_vs_default": speedup, "paired_speedup_vs_default": paired,
-            "bf16_robust_acc": {"fp32": acc["default"], "bf16_autocast": acc["bf16"], "eps": 0.1, "steps": steps,
-                                "images": n, "binomial_noise_2sd": binomial_noise(acc["default"], n),
-                                "within_noise": abs(acc["bf16"] - acc["default"]) <= binomial_noise(acc["default"], n)},
+    n, noise = len(y_big), binomial_noise(acc["default"], len(y_big))
+    return {"bf16_robust_acc": {"fp32": acc["default"], "bf16_autocast": acc["bf16"], "eps": 0.1,
+                                "steps": SWITCH_ATTACK_STEPS, "images": n, "binomial_noise_2sd": noise,
+                                "within_noise": abs(acc["bf16"] - acc["default"]) <= noise},
             "bf16_an_pgd_eps": {"fp32_mean": float(found["default"].mean()), "bf16_mean": float(found["bf16"].mean()),
                                 "mean_abs_diff": float((found["bf16"] - found["default"]).abs().mean()),
                                 "resolution": default_tolerance(0.5), "examples": int(ok.sum()),
-                                "steps": k_steps}}
+                                "steps": s.switch_train_steps}}

@@ -12,7 +12,7 @@ Every number of the schema has one of the types below, scalar or inside a list: 
 valid float) and in its range.  Fields narrow them further with ``Field(le=..., lt=...)``.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +27,15 @@ Int = Annotated[int, pydantic.Strict()]
 NonNegativeInt = Annotated[int, pydantic.Strict(), Field(ge=0)]
 PositiveInt = Annotated[int, pydantic.Strict(), Field(ge=1)]
 Bool = Annotated[bool, pydantic.Strict()]  # true/false only (not 1, "yes" as a string, ...)
+
+# How L2 PGD starts and projects (mma/attacks/core.py, ``L2_FORMS``), a setting of every place
+# that runs L2 PGD (a model's training and validation attacks, an evaluation attack, the margins'
+# AN-PGD).  "advertorch", the authors' (and the default): start at a uniform random image minus
+# x scaled to length ε, each step clamped to the image box and then scaled into the ball;
+# "torchattacks": a uniform direction with a length uniform in [0, ε], each step scaled into
+# the ball and then clamped to the box.  Linf PGD is the same either way.
+L2PGD = Literal["advertorch", "torchattacks"]
+L2_PGD_DEFAULT = "advertorch"
 
 
 def increasing(values, what: str) -> None:

@@ -1,18 +1,34 @@
 """What one trained model is: plain, validated data (one entry of params.yaml's ``models``).
 
 Defaults are the authors' final MNIST settings; the CIFAR10 entries of params.yaml
-set theirs explicitly.  Unknown keys and wrong types are refused by pydantic with
+set theirs explicitly.  Model selection's validation attack defaults to theirs per
+dataset × norm (``AUTHORS_TEST_EPS``, ``AUTHORS_NB_ITER``).  Unknown keys and wrong types are refused by pydantic with
 the key named.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
-from . import Bool, Fraction, NonNegativeFinite, NonNegativeInt, PositiveFinite, PositiveInt, Strict, increasing
+from . import (L2_PGD_DEFAULT, L2PGD, Bool, Fraction, NonNegativeFinite, NonNegativeInt, PositiveFinite, PositiveInt,
+               Strict, increasing)
+
+EPS_MAX_OVER_D_MAX = 1.05  # the search's upper end above the hinge (train.py: attack_maxeps = hinge_maxeps * 1.05)
+
+# The authors' validation attack per dataset × norm (config.py): (test_eps, test_eps_iter)
+AUTHORS_TEST_EPS = {
+    ("mnist", "linf"): (0.3, 0.01), ("mnist", "l2"): (2.0, 0.125),
+    ("cifar10", "linf"): (8 / 255, 2 / 255), ("cifar10", "l2"): (1.0, 0.25),
+}
+AUTHORS_NB_ITER = {"mnist": 40, "cifar10": 10}  # config.py: MNIST.nb_iter, CIFAR10.nb_iter (validation PGD's too)
+# the largest hinge d_max of their run scripts (run_*_training.sh): the search range of a model
+# with no hinge of its own (STD, PGD) is EPS_MAX_OVER_D_MAX times it
+AUTHORS_LARGEST_HINGE = {
+    ("mnist", "linf"): 0.45, ("mnist", "l2"): 6.0, ("cifar10", "linf"): 32 / 255, ("cifar10", "l2"): 3.0,
+}
 
 
 class OptimizerSpec(Strict):
@@ -71,6 +87,10 @@ class MMATrainSpec(Strict):
     # trainer splits (trainer.py, train_one_batch: search_loss < 0)
     split_loss: Optional[Literal["soft_margin", "margin"]] = None
     repgd: Bool = False  # arXiv v1's second PGD at the found length
+    # the training point x + ε·u: false = unclipped, as the authors' code returns it (anpgd.py,
+    # ANPGD.perturb), the point the paper's models trained on; true = clamped to the image box
+    # [0, 1] (a valid image; docs/faithfulness.md, row 4, says when one might want it)
+    clip_final: Bool = False
 
     @model_validator(mode="after")
     def _check(self):
@@ -85,7 +105,7 @@ class MMATrainSpec(Strict):
 
     @property
     def resolved_eps_max(self) -> float:
-        return self.eps_max if self.eps_max is not None else 1.05 * self.d_max
+        return self.eps_max if self.eps_max is not None else EPS_MAX_OVER_D_MAX * self.d_max
 
     @property
     def resolved_split_loss(self) -> str:
@@ -94,6 +114,36 @@ class MMATrainSpec(Strict):
     @property
     def hinge(self) -> float:
         return math.inf if self.d_max is None else self.d_max
+
+
+class SelectionSpec(Strict):
+    """Model selection: which validated checkpoint becomes the model, and how it is judged.
+
+    The defaults are the final paper's (Setup: "we monitor the average margin from AN-PGD on
+    the validation set and choose the model with largest average margin from the sequence of
+    checkpoints during training"), for every method, measured as the authors' code measures
+    it: ``ANPGDForTest`` (anpgd.py, built in train.py ``get_adversaries``), here
+    ``mma.attacks.validation.anpgd_for_test``.  A None resolves per dataset × norm
+    (``ModelSpec.resolved_selection``).
+    """
+
+    # "best": the largest mean margin over the validation images, the highest PGD robust
+    # accuracy at the training ε (PGD models: their training attack), or the highest clean accuracy
+    metric: Literal["mean_margin", "pgd_acc", "clean_acc"] = "mean_margin"
+    # the margin's measure.  "authors": PGD at test_eps with step test_eps_iter (soft-margin loss),
+    # direction (x_adv − x)/test_eps, `bisection_steps` hard-margin bisections of [0, eps_max] from
+    # eps_max/2 whose first update reads the margin at x_adv; every image searched, misclassified
+    # ones too.  "an_pgd": Algorithm 1 as MMA training runs it (``an_pgd`` from eps_max/2, `steps`
+    # steps of 2.5·ε/steps, an MMA model's attack loss, else the soft margin; hard-margin search),
+    # misclassified images count 0
+    margin_attack: Literal["authors", "an_pgd"] = "authors"
+    test_eps: Optional[PositiveFinite] = None  # None: config.py's (MNIST Linf 0.3, L2 2; CIFAR10 Linf 8/255, L2 1)
+    test_eps_iter: Optional[PositiveFinite] = None  # None: config.py's (0.01, 0.125; 2/255, 0.25)
+    steps: Optional[PositiveInt] = None  # the validation PGD's steps; None: config.py's nb_iter (MNIST 40, CIFAR10 10)
+    # the search's upper end; None: an MMA model's own ε_max (theirs: attack_maxeps), another
+    # model's 1.05 × the largest hinge of the authors' run scripts for its dataset × norm
+    eps_max: Optional[PositiveFinite] = None
+    bisection_steps: PositiveInt = 10  # config.py: num_search_steps
 
 
 class ModelSpec(Strict):
@@ -113,9 +163,14 @@ class ModelSpec(Strict):
     augment: Bool = False  # CIFAR10: reflect-pad 4, random crop, horizontal flip
     train_limit: Optional[PositiveInt] = None  # first N training images only (smoke runs)
     seed: NonNegativeInt = 0  # set per member from the grid's `seeds` (Params.member); a params entry sets none
-    # model selection on the validation split (the first val_size training images)
-    eval_every: PositiveInt = 1000  # steps between validations
+    # model selection on the validation split (the first val_size training images): validate every
+    # `eval_every` steps, or "epoch" (the authors' cadence, train.py: once per pass over the
+    # training split, ⌊N / batch_size⌋ steps, 1,100 for MNIST at 50), and after the last step;
+    # keep the best checkpoint by `selection`
+    eval_every: Union[Literal["epoch"], PositiveInt] = "epoch"
+    selection: SelectionSpec = SelectionSpec()
     val_limit: Optional[PositiveInt] = None  # validate on the first N validation images
+    l2_pgd: L2PGD = L2_PGD_DEFAULT  # L2 PGD's form in the training and validation attacks (mma/config/__init__.py)
     checkpoint_every: PositiveInt = 500  # steps between resume checkpoints
     # steps between metric reads: training metrics stay on the device in between (no host
     # sync per step) and are logged as their mean over the steps since the last read;
@@ -130,4 +185,24 @@ class ModelSpec(Strict):
             raise ValueError(f"model {self.name}: method 'mma' needs an 'mma:' block (eps_min, d_max, ...)")
         if self.method == "std" and (self.pgd or self.mma):
             raise ValueError(f"model {self.name}: method 'std' takes no 'pgd:' or 'mma:' block")
+        if self.selection.metric == "pgd_acc" and self.method != "pgd":
+            raise ValueError(f"model {self.name}: selection.metric 'pgd_acc' needs method 'pgd' (its training "
+                             "attack is the validation attack); use mean_margin or clean_acc")
         return self
+
+    @property
+    def resolved_selection(self) -> SelectionSpec:
+        """``selection`` with every None replaced by the value it stands for."""
+        s, key = self.selection, (self.dataset, self.norm)
+        test_eps, test_eps_iter = AUTHORS_TEST_EPS[key]
+        own = self.mma.resolved_eps_max if self.mma is not None else EPS_MAX_OVER_D_MAX * AUTHORS_LARGEST_HINGE[key]
+        return s.model_copy(update={
+            "test_eps": test_eps if s.test_eps is None else s.test_eps,
+            "test_eps_iter": test_eps_iter if s.test_eps_iter is None else s.test_eps_iter,
+            "steps": AUTHORS_NB_ITER[self.dataset] if s.steps is None else s.steps,
+            "eps_max": own if s.eps_max is None else s.eps_max,
+        })
+
+    def eval_interval(self, steps_per_epoch: int) -> int:
+        """Steps between validations, with an epoch of ``steps_per_epoch`` steps."""
+        return max(1, steps_per_epoch) if self.eval_every == "epoch" else self.eval_every

@@ -5,7 +5,7 @@ headline ε, next to the published anchors (``reference``).
 
 Precision follows our own attacks' rule (``mma.attacks.core.attack_precision``): the
 forwards that take a gradient (the attacks' steps) run in the stage's step precision,
-bf16 on a CPU by default (measured: docs/performance.md, "AutoAttack"), with fp32 logits;
+bf16 by default on a CPU with bf16 hardware (measured: docs/performance.md, "The switches"), with fp32 logits;
 every forward under ``no_grad`` — AutoAttack's own clean and robustness checks, and the
 final judgement here — stays fp32."""
 

@@ -57,7 +57,8 @@ def anpgd_margins(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, eps_in
             idx = rows[i: i + batch_size]
             e0 = eps_init[idx].clamp(max=eps_max).to(x.device, x.dtype)
             _, eps = an_pgd(model, x[idx], y[idx], e0, norm=norm, eps_max=eps_max, steps=params.an_pgd_steps,
-                            bisection_steps=params.bisection_steps, attack_loss=params.an_pgd_loss)
+                            bisection_steps=params.bisection_steps, attack_loss=params.an_pgd_loss,
+                            l2_pgd=params.an_pgd_l2_pgd)
             out[idx] = eps.double().cpu()
             advance(1)
     return out

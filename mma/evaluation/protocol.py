@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..attacks import attack_kind
 from ..config.evaluation import AttackSetting, EvaluateParams, ThreatModel
 from .finite import finite_logits
 from .records import Record, attack_fields, attack_record, parse_key
@@ -68,7 +69,7 @@ class Planned:
 
     @property
     def cost(self) -> float:
-        return 1 if self.setting.attack == "fgsm" else self.setting.steps * self.setting.restarts
+        return attack_kind(self.setting.attack).gradient_steps(self.setting)
 
 
 def whitebox_plan(attacks: list[WhiteboxAttack], loss: str) -> list[Planned]:

@@ -30,6 +30,7 @@ class Record:
     loss: str = ""  # ce | cw | mixed ("" where the attack has none of its own)
     step_factor: float = 2.5  # PGD's step size is step_factor·ε/steps
     clean_start: bool = False  # PGD started at the clean image (no random start)
+    l2_pgd: str = "advertorch"  # L2 PGD's start and projection order (mma.attacks.core.L2_FORMS)
     source: str = ""  # transfer: the model the set was made on
     n: int = 0  # test images covered: the first n of those evaluated
     seed: int = 0  # the evaluation's seed (params.seed)
@@ -52,7 +53,8 @@ class Record:
 
 _DEFAULTS = {f.name: f.default for f in fields(Record)}
 _TYPES = {"eps": float, "steps": int, "restarts": int, "loss": str, "step_factor": float,
-          "clean_start": lambda v: {"true": True, "false": False}[v], "source": str, "n": int, "seed": int}
+          "clean_start": lambda v: {"true": True, "false": False}[v], "l2_pgd": str, "source": str, "n": int,
+          "seed": int}
 _OPTIONAL = [f.name for f in fields(Record) if f.name not in ("kind", "attack", "eps")]
 
 
@@ -86,9 +88,10 @@ def attack_fields(setting, loss: str) -> dict:
     ``loss`` is used where the setting names none."""
     if setting.attack == "fgsm":
         return {"attack": "fgsm", "steps": 1, "restarts": 1, "loss": setting.loss or loss,
-                "step_factor": _DEFAULTS["step_factor"], "clean_start": False}
+                "step_factor": _DEFAULTS["step_factor"], "clean_start": False, "l2_pgd": setting.l2_pgd}
     return {"attack": "pgd", "steps": setting.steps, "restarts": setting.restarts, "loss": setting.loss or loss,
-            "step_factor": setting.step_size_factor, "clean_start": not setting.random_init}
+            "step_factor": setting.step_size_factor, "clean_start": not setting.random_init,
+            "l2_pgd": setting.l2_pgd}
 
 
 def attack_record(kind: str, setting, eps: float, *, loss: str, n: int, seed: int, source: str = "",
@@ -113,5 +116,7 @@ def label(r: Record) -> str:
         extras.append(f"step {r.step_factor:g}·ε/{r.steps}")
     if r.clean_start and r.attack == "pgd":
         extras.append("no random start")
+    if r.l2_pgd != _DEFAULTS["l2_pgd"]:
+        extras.append(f"L2 as {r.l2_pgd}")
     text = name + (f" ({', '.join(extras)})" if extras else "")
     return text + (f" from {r.source}" if r.source else "")

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mma.attacks import fgsm, pgd
-from mma.attacks.core import keep_higher, seeded, step_size
+from mma.attacks import attack_kind
+from mma.attacks.core import keep_higher, seeded
 from mma.io import BadFileError, load_tensors, save_tensors
 from mma.progress import progress
 
@@ -58,7 +58,7 @@ def quantize_toward(x_adv: Tensor, clean: Tensor, eps: float, norm: str) -> Tens
 def family(setting: AttackSetting) -> tuple:
     """What a setting is apart from its restarts: settings of one family are made together,
     the ×R set from the first R restarts of one run (``build_sets``)."""
-    return (setting.attack, setting.steps, setting.loss, setting.step_size_factor, setting.random_init)
+    return (setting.attack, setting.steps, setting.loss, setting.step_size_factor, setting.random_init, setting.l2_pgd)
 
 
 def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting: AttackSetting, *,
@@ -69,15 +69,14 @@ def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting
     count, so the ×1 set of a family is the ×R set's first restart.  With loss "mixed" each
     restart's loss follows ``restart_loss`` and the restart with the highest cross-entropy wins."""
     loss = setting.loss or loss
-    if setting.attack == "fgsm":  # deterministic: one step, whatever the restarts
-        x_adv = fgsm(model, x, y, eps, norm=norm, loss=restart_loss(loss, 0))
+    kind = attack_kind(setting.attack)
+    if kind.deterministic:  # one run is every restart count's set
+        x_adv = kind.run(model, x, y, eps, setting, norm=norm, loss=restart_loss(loss, 0), select="loss")
         return [x_adv for _ in keep]
-    step = step_size(eps, setting.steps, setting.step_size_factor)
     best, best_value, kept = None, None, {}
     for r in range(max(keep)):
         with seeded(seed_for(seed, r), x.device):
-            x_adv = pgd(model, x, y, eps, norm=norm, steps=setting.steps, step_size=step, restarts=1,
-                        random_init=setting.random_init, loss=restart_loss(loss, r), select="loss")
+            x_adv = kind.run(model, x, y, eps, setting, norm=norm, loss=restart_loss(loss, r), select="loss")
         with torch.no_grad():
             value = torch.nn.functional.cross_entropy(model(x_adv), y, reduction="none")
         best, best_value = keep_higher(best, best_value, x_adv, value)

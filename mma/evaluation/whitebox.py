@@ -26,8 +26,8 @@ import zlib
 import torch
 from torch import Tensor, nn
 
-from mma.attacks import fgsm, pgd
-from mma.attacks.core import fixed_shape, seeded, step_size
+from mma.attacks import attack_kind
+from mma.attacks.core import fixed_shape, seeded
 from mma.progress import progress
 
 from ..config.evaluation import AttackSetting
@@ -83,7 +83,8 @@ def survival(
 
     Args:
         x: (N, ...) float in [0, 1] on the model's device; y: (N,) labels.
-        eps: radius in pixel units.  setting: FGSM or PGD (steps, restarts, step size factor).
+        eps: radius in pixel units.  setting: any kind of ``mma.attacks.ATTACKS`` (FGSM, or PGD's
+            steps, restarts, step size factor).
         loss: "ce", "cw" or "mixed" (used where ``setting.loss`` is None).
         seed: the attack's seed (e.g. ``seed_for(params.seed, model, key)``).
         active: (N,) bool, the examples to attack (correct without attack; in a
@@ -96,7 +97,7 @@ def survival(
     out = torch.full((n,), -1, dtype=torch.int16, device=x.device)
     active = active.to(x.device)
     out[active] = 0
-    restarts = 1 if setting.attack == "fgsm" else setting.restarts
+    restarts = attack_kind(setting.attack).restarts(setting)
     n_batches = (n + batch_size - 1) // batch_size
     with progress(n_batches * restarts, description or f"{setting.label()} ε={eps:.4g}", enabled=show_progress) as advance:
         for b in range(n_batches):
@@ -121,14 +122,15 @@ def survival(
 
 def _one_restart(model, xb, yb, rows, pred, eps, setting, norm, loss, seed) -> Tensor:
     """(B,) bool: fooled by this restart, for ``rows``; False elsewhere."""
+    kind = attack_kind(setting.attack)
     idx = rows.nonzero().squeeze(1)
     fooled = torch.zeros_like(rows)
-    if setting.attack == "fgsm" and fixed_shape():  # deterministic, rows apart: all rows, then the mask
-        x_adv = fgsm(model, xb, yb, eps, norm=norm, loss=loss)
+    if kind.deterministic and fixed_shape():  # deterministic, rows apart: all rows, then the mask
+        x_adv = kind.run(model, xb, yb, eps, setting, norm=norm, loss=loss, select="target")
         with torch.no_grad():
             return rows & (model(x_adv).argmax(1) != yb)
-    if setting.attack == "fgsm":  # deterministic: attack only the rows
-        x_adv = fgsm(model, xb[idx], yb[idx], eps, norm=norm, loss=loss)
+    if kind.deterministic:  # no random draw to keep aligned: attack only the rows
+        x_adv = kind.run(model, xb[idx], yb[idx], eps, setting, norm=norm, loss=loss, select="target")
         with torch.no_grad():
             fooled[idx] = model(x_adv).argmax(1) != yb[idx]
         return fooled
@@ -139,10 +141,8 @@ def _one_restart(model, xb, yb, rows, pred, eps, setting, norm, loss, seed) -> T
     with torch.no_grad():
         n_classes = model(xb[:1]).shape[1]
     y_in = torch.where(rows, yb, (pred + 1) % n_classes)
-    step = step_size(eps_t, setting.steps, setting.step_size_factor)
     with seeded(seed, xb.device):
-        x_adv = pgd(model, xb, y_in, eps_t, norm=norm, steps=setting.steps, step_size=step, restarts=1,
-                    random_init=setting.random_init, loss=loss, select="target")
+        x_adv = kind.run(model, xb, y_in, eps_t, setting, norm=norm, loss=loss, select="target")
     with torch.no_grad():
         fooled[idx] = model(x_adv[idx]).argmax(1) != yb[idx]
     return fooled

@@ -4,7 +4,7 @@ One member (model NAME trained with seed S):
 
     results/eval/NAME/seedS/metrics.json    clean accuracy, every record's robust accuracy (by its
                                       key, with its fields), worst case per ε, margins
-                                      summary, timings, settings used
+                                      summary, settings used (timings: MLflow's timings_s/*)
     results/eval/NAME/seedS/per_example.pt  per-example outcomes (``mma.evaluation.results``):
                                       the report takes its numbers from these
     results/metrics/NAME/seedS.json         the DVC metrics: a few headline numbers (percent), see ``headline``
@@ -42,6 +42,24 @@ def settings_record(params, name: str, seed: int) -> dict:
             "seed": params.seed, "compute": params.compute.model_dump(mode="json"),
             "val_size": params.data.val_size, "model_seed": seed,
             "sources": params.table1.sources_for(name, params.models.values())}
+
+
+def output_identity(params, name: str, seed: int) -> dict:
+    """The identity per_example.pt carries: the member's (``params.identity``) plus the sha256
+    of ``settings_record``, so results made under other evaluation settings (attacks, evaluate
+    section, seeds) are refused by the report, not mixed into it."""
+    from ..params import identity, record_hash
+
+    settings = record_hash(settings_record(params, name, seed))
+    return {**identity(params, name, seed, "evaluate"), "settings_sha256": settings}
+
+
+FILES = ("per_example.pt", "metrics.json")  # results/eval/NAME/seedS/, replaced whole
+
+
+def ours(filename: str) -> bool:
+    """A file this stage writes in its output folder (anything else there is the user's)."""
+    return filename in FILES
 
 
 def inputs_record(params, name: str, seed: int) -> dict:
@@ -122,7 +140,7 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
     from ..evaluation.finite import finite_logits, retrain_remedy
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json, write_text
-    from ..params import data_name, identity
+    from ..params import data_name
     from .files import load_checked_model, swapped_in
 
     ev = params.evaluate
@@ -142,16 +160,17 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
                              curve=params.curve_attack(), seed=params.seed,
                              transfer_sets=transfer_sets, timings=timings)
     timings["total"] = time.monotonic() - t0
+    # no timings in the files: equal results make byte-identical files (DVC reruns nothing after them)
     summary = summarize(res, name, spec, ev, {"data": data_name(params, spec.dataset), "threat_model": tm.model_dump(),
-                                              "timings_s": timings, "evaluate_params": ev.model_dump(mode="json"),
+                                              "evaluate_params": ev.model_dump(mode="json"),
                                               "compute": switches.record()})
     out = paths.eval_dir(name, seed)
-    with swapped_in(out) as tmp:  # both files or neither: a kill leaves the previous pair
-        save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": identity(params, name, seed, "evaluate")})
+    with swapped_in(out, ours, "evaluate") as tmp:  # both files or neither: a kill leaves the previous pair
+        save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": output_identity(params, name, seed)})
         write_json(tmp / "metrics.json", summary)
     write_json(paths.metrics_file(name, seed), headline(res, name, params, tm))
     write_text(paths.plot_file("robust_vs_eps", name, seed), robust_vs_eps(res, params))
-    metrics = flat_metrics(summary)
+    metrics = {**flat_metrics(summary), **{f"timings_s/{k}": v for k, v in timings.items()}}
     if tracker is not None:
         tracker.log_metrics(metrics)
         tracker.log_artifact(out / "metrics.json", "eval")

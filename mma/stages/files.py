@@ -1,9 +1,13 @@
 """What every stage does around its work: locks, identity checks of the files it reads,
 output folders swapped in whole, and a writability check before the work.
 
+Output folders are replaced whole, so each stage names the files it writes there; a folder
+holding anything else is refused before the work, never emptied.
+
 Identity: every file a stage hands to another (model.pt, a transfer set and its
 manifest, per_example.pt) carries ``mma.params.identity`` of the model it belongs to
-(name, sha256 of the resolved settings, the data used, the stage that wrote it).  A
+(name, sha256 of the resolved settings, the data used, the stage that wrote it);
+per_example.pt also the sha256 of the evaluation settings it was made under.  A
 reader compares it with the params entry it is about to use the file for, so a file
 copied to another model's folder or left over from other settings is refused with the
 stage to rerun, never used under a wrong name.
@@ -12,17 +16,14 @@ stage to rerun, never used under a wrong name.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
-import socket
 import tempfile
-import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from .. import paths
-from ..io import BadFileError
+from .. import locks, paths
+from ..io import BadFileError, no_space_names, plain_mode
 
 
 class BusyError(Exception):
@@ -47,6 +48,11 @@ def check_identity(path: Path, found, want: dict, remedy: str) -> None:
         raise BadFileError(f"{path}: made for other settings of {want['model']} than the params file's "
                            f"(spec sha256 {str(found.get('spec_sha256'))[:12]}…, params {want['spec_sha256'][:12]}…); "
                            f"{remedy}")
+    if "settings_sha256" in want and found.get("settings_sha256") != want["settings_sha256"]:
+        found_sha = str(found.get("settings_sha256"))[:12]
+        raise BadFileError(f"{path}: made under other evaluation settings (attacks, evaluate, table1, seed or "
+                           f"compute) than the params file's (settings sha256 {found_sha}…, params "
+                           f"{want['settings_sha256'][:12]}…); {remedy}")
     if found.get("stage") != want["stage"]:
         raise BadFileError(f"{path}: written by stage {found.get('stage')!r}, expected {want['stage']!r}; {remedy}")
 
@@ -69,27 +75,26 @@ def load_checked_model(params, name: str, seed: int, device: str):
 def stage_lock(stage: str, name: str, seed: int | None = None, *, shared: bool = False,
                wait: bool = False) -> Iterator[None]:
     """An flock on results/.locks/STAGE-NAME[-seedS].lock for the block.  Exclusive (a writer)
-    or shared (readers); ``wait=False``: refuse at once with BusyError naming the holder."""
+    or shared (readers); ``wait=False``: refuse at once with BusyError naming the holder;
+    ``wait=True``: wait while the holder works (``locks.acquire``: bounded) first.  A link or a foreign file in the
+    lock's place is refused (``locks.open_lock``), never written through."""
     path = paths.lock_file(stage, name, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    fd = locks.open_lock(path)
+    try:
         try:
-            fcntl.flock(f, mode | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+            locks.acquire(fd, path, shared=shared, wait_s=locks.WAIT_S if wait else 0.0)
+        except locks.LockTimeout as e:
+            if wait:  # a lock held for seconds at most (readers of the transfer sets, their swap)
+                raise BusyError(f"{path}: stayed locked by {e}; {locks.WHAT_TO_DO}") from None
             command = f"mma {stage}" + ("" if name == "all" else f" {name}") \
                 + ("" if seed is None else f" --seed {seed}")
-            raise BusyError(f"another `{command}` is running ({holder}; lock {path}); wait for it to "
-                            "finish, then rerun") from None
+            raise BusyError(f"another `{command}` is running ({locks.read_holder(fd) or e}; lock {path}); wait for "
+                            "it to finish, then rerun") from None
         if not shared:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
-            f.flush()
+            locks.write_holder(fd, path)
         yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------------- outputs
@@ -112,22 +117,47 @@ def ensure_writable(*folders: Path) -> None:
                                "be saved; make it writable (or run in a writable checkout), then rerun") from None
 
 
+WORKFLOW_MARKS = {".snakemake_timestamp"}  # Snakemake's mark in a directory output: the pipeline's, not the user's
+
+
+def refuse_foreign(folder: Path, ours: Callable[[str], bool], stage: str) -> None:
+    """BadFileError naming them if ``folder`` holds anything ``ours`` (a file name → bool) does
+    not claim: a stage that replaces its output folder whole never deletes what it did not make."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return  # nothing to lose (a file or link in the way: ensure_writable / the swap say so)
+    # a link of one of our names is ours (a DVC checkout's link into its cache): removing it deletes no target
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in WORKFLOW_MARKS
+                     and (not ours(p.name) or p.is_dir() and not p.is_symlink()))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise BadFileError(f"{folder}: holds {len(foreign)} file(s) the {stage} stage did not make ({shown}), and "
+                           f"the stage replaces the folder whole; nothing was deleted: move them out of {folder}, "
+                           "then rerun")
+
+
 @contextlib.contextmanager
-def swapped_in(final: Path, guard=contextlib.nullcontext) -> Iterator[Path]:
+def swapped_in(final: Path, ours: Callable[[str], bool], stage: str, guard=contextlib.nullcontext) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; when the block succeeds it replaces
     ``final`` whole (old content moved aside, then deleted): a killed or failed stage leaves
-    the previous outputs as they were, never a mix of new files and old ones.  ``guard()``:
-    a context (e.g. a lock readers share) held for the swap itself."""
+    the previous outputs as they were, never a mix of new files and old ones.  ``ours``: the
+    file names the ``stage`` writes there; anything else in ``final`` is refused before the
+    block and again before the swap (``refuse_foreign``), never deleted.  ``guard()``: a
+    context (e.g. a lock readers share) held for the swap itself."""
     final = Path(final)
+    refuse_foreign(final, ours, stage)
     final.parent.mkdir(parents=True, exist_ok=True)
     for pattern in (f".{final.name}.new-*", f".{final.name}.old-*"):  # left by a killed earlier run
         for stale in final.parent.glob(pattern):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
     try:
-        yield tmp
+        plain_mode(tmp, folder=True)
+        with no_space_names(final):  # a full disk names the output folder, not the temporary one
+            yield tmp
         old = None
         with guard():
+            refuse_foreign(final, ours, stage)  # added while the stage worked?
             if final.exists() or final.is_symlink():
                 old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
                 os.replace(final, old / final.name)

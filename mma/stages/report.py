@@ -18,12 +18,18 @@ from .. import paths
 FILES = ("table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json", "summary.md")
 
 
+def ours(filename: str) -> bool:
+    """A file this stage writes in results/report/ (anything else there is the user's)."""
+    return filename in FILES
+
+
 def load_results(params) -> dict:
     """Results by model, then by seed, for every member of the grid, each per_example.pt
-    checked: intact, readable, and evaluated for exactly this params entry and seed."""
+    checked: intact, readable, and evaluated for exactly this params entry, seed and
+    evaluation settings (``evaluate.output_identity``)."""
     from ..evaluation.results import Results
     from ..io import BadFileError, load_tensors
-    from ..params import identity
+    from .evaluate import output_identity
     from .files import check_identity
 
     results = {}
@@ -32,7 +38,7 @@ def load_results(params) -> dict:
         remedy = f"rerun `mma evaluate {name} --seed {seed}`"
         obj = load_tensors(path, remedy=remedy)
         check_identity(path, obj.get("identity") if isinstance(obj, dict) else None,
-                       identity(params, name, seed, "evaluate"), remedy)
+                       output_identity(params, name, seed), remedy)
         try:
             results.setdefault(name, {})[seed] = Results.from_tensors(obj)
         except Exception as e:  # noqa: BLE001 - a damaged or foreign record, whatever the exception
@@ -52,7 +58,7 @@ def run(params, *, tracker=None) -> dict[str, float]:
     specs = dict(params.models)
     final, dpi = paths.report_dir(), params.report.dpi
 
-    with swapped_in(final) as out:  # every file of one run, or the previous run's: never a mix
+    with swapped_in(final, ours, "report") as out:  # every file of one run, or the previous run's: never a mix
         table = build_table1(results, params)
         write_text(out / "table1.md", table1_markdown(table, notes=table1_notes(results, params)))
         write_text(out / "table1.csv", table1_csv(table))

@@ -4,7 +4,8 @@ One member of the grid (model NAME trained with seed S), crash-safe and resumabl
 
     results/models/NAME/seedS/model.pt      best-on-validation weights (weights-only torch file: state_dict + spec)
     results/models/NAME/seedS/metrics.json  the DVC metrics: steps, best step, validation numbers (accuracies in %)
-    results/models/NAME/seedS/info.json     bookkeeping: resolved params, git commit, wall seconds, device, sizes
+    results/models/NAME/seedS/info.json     bookkeeping: resolved params, how the model was selected (metric,
+                                            measure, cadence, step), git commit, wall seconds, device, sizes
     results/plots/train/NAME/seedS.tsv      training curves (DVC plots): step, loss, accuracy (%), MMA's mean ε
     results/plots/val/NAME/seedS.tsv        validation curves: step, clean/PGD accuracy (%), mean margin
     results/checkpoints/NAME/seedS/         while training only: resume.pt, best.pt, spec.json, run.json, curves
@@ -182,7 +183,11 @@ def finish(name: str, seed: int) -> None:
         folder.rmdir()
 
 
-def run(params: Params, name: str, seed: int, *, device: str, tracker=None) -> dict[str, float]:
+def run(params: Params, name: str, seed: int, *, device: str, tracker=None, switches=None) -> dict[str, float]:
+    """Train member (``name``, ``seed``) into the files of the module docstring (relative to the working
+    folder).  ``tracker``: MLflow's (``mma.tracking.Tracker``) or anything with its ``log_metrics``, ``flush``
+    and ``log_artifact``; ``switches``: the resolved compute switches (default: ``compute.resolve`` of
+    ``params.compute`` for ``device``), recorded in model.pt and info.json."""
     from .. import compute
     from ..data import TensorBatcher, load_split, to_float
     from ..io import load_tensors, save_tensors, write_json
@@ -208,7 +213,7 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None) -> d
     resume = paths.resume_file(name, seed)
     curves.recover(load_resume(resume, f"mma train {name} --seed {seed} --restart")["result"]["step"] if resume.exists() else 0, _mlflow_steps(tracker))
     best = checkpoint_dir(name, seed) / "best.pt"
-    switches = compute.resolve(params.compute, device)
+    switches = switches or compute.resolve(params.compute, device)
     with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
         result = train(spec, batcher, val, model_path=best, resume_path=resume, device=device,
                        log=curves.log, flush=curves.flush, show_progress=True, compute=switches)
@@ -223,13 +228,15 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None) -> d
     best = {k: v for k, v in percent(by_step.get(result.best_step, {})).items()
             if k.startswith("val_") and not k.startswith("val_warn")}
     # the DVC metrics file: the selected model's validation numbers (accuracies in %), short names
-    # (val_clean, val_pgd, val_margin); nothing that differs between identical runs
-    short = {"val_clean_acc": "val_clean", "val_pgd_acc": "val_pgd", "val_mean_margin": "val_margin"}
+    # (val_clean, val_pgd, val_margin, val_adv); nothing that differs between identical runs
+    short = {"val_clean_acc": "val_clean", "val_pgd_acc": "val_pgd", "val_mean_margin": "val_margin",
+             "val_adv_acc": "val_adv"}
     summary = {"best_step": result.best_step, **{short.get(k, k): round(v, 4) for k, v in best.items()}}
     write_json(paths.model_dir(name, seed) / "metrics.json", summary)
     info = {
         "model": name, "dataset": spec.dataset, "data": data, "norm": spec.norm, "method": spec.method,
         "seed": spec.seed, "selection_metric": result.selection_metric, "best_value": result.best_value,
+        "selection": {**record.get("selection", {}), "best_step": result.best_step},
         "final": percent(result.history[-1]) if result.history else {},
         "train_examples": len(x), "val_examples": len(x_val), "device": str(device),
         "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
@@ -239,6 +246,12 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None) -> d
     metrics = {f"best_{k}": float(v) for k, v in best.items()}
     metrics["best_step"] = float(result.best_step)
     if tracker is not None:
+        if hasattr(tracker, "set_tags"):  # which checkpoint won, at which step, by which measure
+            chosen = record.get("selection", {})
+            margin = chosen.get("metric") == "mean_margin"
+            tracker.set_tags({"mma.selected_by": result.selection_metric, "mma.selected_step": result.best_step,
+                              "mma.selection_measure": chosen.get("margin_attack", "") if margin else "",
+                              "mma.eval_every_steps": chosen.get("eval_every_steps", "")})
         if not _already_logged(tracker, result.step):
             tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
         if hasattr(tracker, "logged"):

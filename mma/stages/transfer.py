@@ -20,9 +20,19 @@ previous sets and manifest as they were.  ``load_sets`` is the reading side (eva
 
 from __future__ import annotations
 
+import re
 import time
 
 from .. import paths
+from ..params import NAME_PATTERN
+
+# what this stage writes in results/transfer/ROLE/seedS/ (replaced whole): the manifest and
+# one ``set_name(attack, eps)``.pt per set; anything else there is the user's
+_SET_FILE = re.compile(rf"(?:{NAME_PATTERN.pattern})_eps[0-9][0-9.e+-]*\.pt")
+
+
+def ours(filename: str) -> bool:
+    return filename == "manifest.json" or _SET_FILE.fullmatch(filename) is not None
 
 
 def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str, float]:
@@ -52,7 +62,7 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     metrics = {}
     t0 = time.monotonic()
     # readers (evaluate) share the "transfer-files" lock: they never see a half-done swap
-    with swapped_in(out, guard=lambda: stage_lock("transfer-files", role, seed, wait=True)) as tmp:
+    with swapped_in(out, ours, "transfer", guard=lambda: stage_lock("transfer-files", role, seed, wait=True)) as tmp:
         # the rows of one ε whose settings differ only in restarts (PGD-50×1 and ×2) come from
         # one run: the ×1 set is the ×2 set's first restart (``build_sets``)
         groups: dict = {}
@@ -81,8 +91,9 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
                 metrics[f"source_accuracy/{record_key(record)}"] = acc
         sets = [entries[row] for row in rows]  # the manifest lists them in Table 1's order
         manifest = {"source": source, "role": role, "seed": seed, "dataset": data_name(params, spec.dataset), "norm": spec.norm, "n": int(len(y)),
-                    "test_limit": ev.test_limit, "identity": who, "test_sha256": tested, "sets": sets,
-                    "wall_seconds": round(time.monotonic() - t0, 1)}
+                    "test_limit": ev.test_limit, "identity": who, "test_sha256": tested, "sets": sets}
+        # the time goes to MLflow, not the manifest: equal sets make equal bytes (evaluate's inputs hash it)
+        metrics["wall_seconds"] = round(time.monotonic() - t0, 1)
         write_json(tmp / "manifest.json", manifest)
     if tracker is not None:
         tracker.log_metrics(metrics)

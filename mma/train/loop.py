@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from .. import compute as compute_
 from .. import interrupt
-from ..attacks import an_pgd, pgd
-from ..attacks.core import full_precision
+from ..attacks import an_pgd, anpgd_for_test, pgd
+from ..attacks.core import full_precision, seeded
 from ..compute import FP32, Compute
 from ..config.model import ModelSpec
 from ..io import BadFileError, load_tensors, save_tensors
@@ -65,17 +65,20 @@ def new_model(spec: ModelSpec) -> nn.Module:
 
 # --------------------------------------------------------------------------- model selection
 def selection_metric(spec: ModelSpec) -> str:
-    """What "best on validation" means: the authors pick MMA models by mean margin."""
-    return {"std": "val_clean_acc", "pgd": "val_pgd_acc", "mma": "val_mean_margin"}[spec.method]
+    """The validation key whose largest value wins (``spec.selection.metric``; by default
+    the mean margin, for every method, as the final paper selects)."""
+    return f"val_{spec.selection.metric}"
 
 
 def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, batch_size: int = 500) -> dict:
-    """Clean accuracy, plus PGD robust accuracy at the training ε (PGD models: an example
-    counts only if it is classified correctly both clean and at its adversarial point, as
-    in every robust accuracy) or the mean AN-PGD margin (MMA models; misclassified
-    examples count 0)."""
+    """Clean accuracy, plus what ``spec.resolved_selection`` selects by: the mean margin
+    (``val_mean_margin``; the authors' ``ANPGDForTest`` also gives ``val_adv_acc``, the
+    robust accuracy at its PGD point at test_eps, for free) or the PGD robust accuracy at
+    the training ε (``val_pgd_acc``).  A robust accuracy counts an example only if it is
+    classified correctly both clean and at its adversarial point."""
     was_training = model.training
     model.eval()
+    s = spec.resolved_selection
     n = x_val.shape[0]
     clean, robust, margin = (torch.zeros((), device=x_val.device, dtype=torch.float64) for _ in range(3))
     for i in range(0, n, batch_size):
@@ -84,28 +87,43 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
             logits = full_precision(model(x))
         ok = logits.argmax(1) == y
         clean += ok.sum()
-        if spec.method == "pgd":
-            s = spec.pgd
-            x_adv = pgd(model, x, y, s.eps, norm=spec.norm, steps=s.steps, step_size=s.step_size, loss=s.loss)
+        if s.metric == "pgd_acc":
+            p = spec.pgd
+            x_adv = pgd(model, x, y, p.eps, norm=spec.norm, steps=p.steps, step_size=p.step_size, loss=p.loss,
+                        l2_pgd=spec.l2_pgd)
             with torch.no_grad():
                 robust += (ok & (full_precision(model(x_adv)).argmax(1) == y)).sum()  # judged in fp32
-        elif spec.method == "mma":
+        elif s.metric == "mean_margin" and s.margin_attack == "authors":
+            length, adv_ok = anpgd_for_test(model, x, y, norm=spec.norm, test_eps=s.test_eps,
+                                            test_eps_iter=s.test_eps_iter, steps=s.steps, eps_max=s.eps_max,
+                                            bisection_steps=s.bisection_steps, l2_pgd=spec.l2_pgd)
+            margin += length.sum()
+            robust += (ok & adv_ok).sum()
+        elif s.metric == "mean_margin":
             rows = ok.nonzero().squeeze(1)
             if rows.numel():
-                m = spec.mma
-                eps_max = m.resolved_eps_max
-                _, length = an_pgd(model, x[rows], y[rows], eps_max / 2, norm=spec.norm, eps_max=eps_max,
-                                   steps=m.steps, bisection_steps=m.bisection_steps, attack_loss=m.attack_loss,
-                                   clean_logits=logits[rows])
+                loss = spec.mma.attack_loss if spec.mma is not None else "soft_margin"
+                _, length = an_pgd(model, x[rows], y[rows], s.eps_max / 2, norm=spec.norm, eps_max=s.eps_max,
+                                   steps=s.steps, bisection_steps=s.bisection_steps, attack_loss=loss,
+                                   clean_logits=logits[rows], l2_pgd=spec.l2_pgd)
                 margin += length.sum()
     model.train(was_training)
     clean, robust, margin = torch.stack([clean, robust, margin]).tolist()  # the one read
     out = {"val_clean_acc": clean / n}
-    if spec.method == "pgd":
+    if s.metric == "pgd_acc":
         out["val_pgd_acc"] = robust / n
-    if spec.method == "mma":
+    if s.metric == "mean_margin":
         out["val_mean_margin"] = margin / n
+        if s.margin_attack == "authors":
+            out["val_adv_acc"] = robust / n
     return out
+
+
+def selection_record(spec: ModelSpec, steps_per_epoch: int) -> dict:
+    """How the checkpoint was chosen, resolved (for the model file, info.json and MLflow):
+    the metric, its measure's settings and the validation cadence in steps."""
+    return {**spec.resolved_selection.model_dump(mode="json"), "key": selection_metric(spec),
+            "eval_every": spec.eval_every, "eval_every_steps": spec.eval_interval(steps_per_epoch)}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -261,8 +279,11 @@ def train(
     compute: Compute = FP32,
 ) -> TrainResult:
     """Train ``spec`` on ``batcher`` (``batch(step) -> (x, y, idx)``), validating on
-    ``val`` every ``spec.eval_every`` steps and keeping the best model at
-    ``model_path``; a resume checkpoint at ``resume_path`` every
+    ``val`` every ``spec.eval_every`` steps (or once per epoch: ``batcher.steps_per_epoch``
+    steps, else ⌊num_examples / batch_size⌋) and after the last step, and keeping the best
+    model by ``spec.selection`` at ``model_path`` (with when and how it was chosen:
+    ``step``, ``selection_metric``, ``selection_value``, ``selection``); a resume
+    checkpoint at ``resume_path`` every
     ``spec.checkpoint_every`` steps.  ``log(metrics, step)`` receives per-step
     metrics; ``flush()`` is called right after each checkpoint is in place (metrics
     up to that step are then safe: a resumed run never logs a step twice).
@@ -276,6 +297,8 @@ def train(
     """
     run = Run.build(spec, batcher.num_examples, torch.device(device), model, compute, Path(model_path),
                     Path(resume_path), flush)
+    per_epoch = getattr(batcher, "steps_per_epoch", batcher.num_examples // spec.batch_size)
+    eval_every, run.selection = spec.eval_interval(per_epoch), selection_record(spec, per_epoch)
     run.resume()
     x_val, y_val = val[0].to(run.device), val[1].to(run.device)
     window = MetricWindow()
@@ -286,7 +309,7 @@ def train(
             x, y, idx = batcher.batch(step)
             window.add(run.step(x, y, idx, step))
             run.result.step = done = step + 1
-            validating = done % spec.eval_every == 0 or done == spec.train_steps
+            validating = done % eval_every == 0 or done == spec.train_steps
             stopping = interrupt.requested()  # SIGTERM (scancel, time limit): checkpoint this step, then stop
             saving = done % spec.checkpoint_every == 0 or done == spec.train_steps or stopping
             if done % spec.log_every == 0 or validating or saving:
@@ -324,6 +347,7 @@ class Run:
     flush: Optional[Callable[[], None]]
     result: TrainResult
     saved_at: Optional[int] = None  # the step of the last resume checkpoint on disk (None: there is none)
+    selection: dict = field(default_factory=dict)  # how the kept checkpoint is chosen (``selection_record``)
 
     @classmethod
     def build(cls, spec: ModelSpec, num_examples: int, device: torch.device, model: Optional[nn.Module],
@@ -368,7 +392,10 @@ class Run:
         """Validate (eagerly: the validation's attacks compact their rows), log, and save
         the model if it is the best so far."""
         spec, result, metric = self.spec, self.result, selection_metric(self.spec)
-        with compute_.attacks(compute_.eager(self.compute)):
+        # a random stream of its own (seeded by the step), the training RNG left as it was: the
+        # training trace does not depend on how, how often or whether the model is validated
+        with compute_.attacks(compute_.eager(self.compute)), \
+                seeded((spec.seed << 32 | result.step) % 2**63, self.device):
             values = validate(spec, self.net, x_val, y_val)
         if hasattr(self.step_fn, "eps_summary"):
             values.update(self.step_fn.eps_summary())
@@ -382,7 +409,8 @@ class Run:
         if values[metric] > result.best_value:
             result.best_value, result.best_step = values[metric], result.step
             save_tensors(self.model_path, model_record(spec, self.model, step=result.step, selection_metric=metric,
-                                                       selection_value=values[metric], compute=self.compute.record()))
+                                                       selection_value=values[metric], selection=self.selection,
+                                                       compute=self.compute.record()))
 
     def checkpoint(self) -> None:
         """The resume checkpoint, then ``flush`` (what was logged up to here is safe)."""

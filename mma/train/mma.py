@@ -8,7 +8,8 @@ Per batch (B examples, positions ``idx`` in the training split), the model in tr
    wrong examples, and give the clean loss L_clean = mean CE over the B rows;
 2. wrong examples: their stored ε is reset to 0;
 3. correct examples: AN-PGD (Algorithm 1) from ε_init = max(eps_min, stored ε)
-   finds the approximate minimal perturbation x + δ*; the stored ε becomes its length;
+   finds the approximate minimal perturbation x + δ* (unclipped, as theirs, unless
+   ``clip_final``); the stored ε becomes its length;
 4. one forward of the *mixed* batch: x + δ* in the rows of the correct examples (all
    of them, whatever their length), x in the rows of the wrong ones; a batch-norm
    model normalises it with the statistics of these B rows, and its running
@@ -48,8 +49,9 @@ from ..config.model import MMATrainSpec
 
 
 class MMAStep:
-    def __init__(self, spec: MMATrainSpec, norm: str, num_train: int, *, device: torch.device | str = "cpu"):
-        self.spec, self.norm = spec, norm
+    def __init__(self, spec: MMATrainSpec, norm: str, num_train: int, *, device: torch.device | str = "cpu",
+                 l2_pgd: str = "advertorch"):
+        self.spec, self.norm, self.l2_pgd = spec, norm, l2_pgd
         self.eps_max = spec.resolved_eps_max
         self.split_loss = get_loss(spec.resolved_split_loss)
         # Algorithm 2, line 1 initialises every ε to eps_min; storing 0 and reading
@@ -85,7 +87,7 @@ class MMAStep:
         return an_pgd(model, x, y, eps_init, norm=self.norm, eps_max=self.eps_max, eps_inc=s.eps_inc, steps=s.steps,
                       step_size=s.step_size, random_init=s.random_init, bisection_steps=s.bisection_steps,
                       attack_loss=s.attack_loss, search_loss=s.search_loss, repgd=s.repgd,
-                      clean_logits=clean_logits)
+                      clean_logits=clean_logits, clip_final=s.clip_final, l2_pgd=self.l2_pgd)
 
     def _attack_correct_rows(self, model, x, y, idx, correct, n_correct, logits_clean):
         """(mixed batch, ε per row (0 where wrong), metrics): AN-PGD on the correct rows

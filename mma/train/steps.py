@@ -45,8 +45,8 @@ class PGDStep:
     """Madry et al.'s adversarial training on PGD(ε) examples; PGDLS ramps ε from 0
     to its final value over ``ramp_fraction`` of the training steps."""
 
-    def __init__(self, spec: PGDTrainSpec, norm: str, total_steps: int):
-        self.spec, self.norm, self.total_steps = spec, norm, total_steps
+    def __init__(self, spec: PGDTrainSpec, norm: str, total_steps: int, *, l2_pgd: str = "advertorch"):
+        self.spec, self.norm, self.total_steps, self.l2_pgd = spec, norm, total_steps, l2_pgd
 
     def eps_at(self, step: int | Tensor) -> float | Tensor:
         """ε at ``step``; a float64 tensor for a tensor ``step`` (the same float64 operations)."""
@@ -66,7 +66,7 @@ class PGDStep:
             # step_size scales with the ramped ε (2.5·ε/steps) unless fixed in params
             step_size = None if s.step_size is None else s.step_size * eps / s.eps
             x = pgd(model, x, y, eps, norm=self.norm, steps=s.steps, step_size=step_size,
-                    random_init=s.random_init, loss=s.loss, select="loss")
+                    random_init=s.random_init, loss=s.loss, select="loss", l2_pgd=self.l2_pgd)
         logits = full_precision(model(x))
         loss = F.cross_entropy(logits, y)
         return loss, {"loss": loss.detach(), "adv_acc": (logits.detach().argmax(1) == y).float().mean(), "eps": eps}
@@ -83,7 +83,7 @@ def make_step(spec: ModelSpec, num_train: int, device: torch.device | str):
     if spec.method == "std":
         return StdStep()
     if spec.method == "pgd":
-        return PGDStep(spec.pgd, spec.norm, spec.train_steps)
+        return PGDStep(spec.pgd, spec.norm, spec.train_steps, l2_pgd=spec.l2_pgd)
     from .mma import MMAStep
 
-    return MMAStep(spec.mma, spec.norm, num_train, device=device)
+    return MMAStep(spec.mma, spec.norm, num_train, device=device, l2_pgd=spec.l2_pgd)
