@@ -119,12 +119,12 @@ def an_pgd(
     g_zero = None if clean_logits is None else get_loss(search_loss)(full_precision(clean_logits.detach()), y)
     return _an_pgd(model, x, y, eps0, upper, g_zero, norm=norm, steps=steps, step_size=step_size,
                    random_init=random_init, bisection_steps=bisection_steps, attack_loss=attack_loss,
-                   search_loss=search_loss, repgd=repgd)
+                   search_loss=search_loss, repgd=repgd, clip_final=clip_final, l2_pgd=l2_pgd)
 
 
 @graphed
 def _an_pgd(model, x, y, eps0, upper, g_zero, *, norm, steps, step_size, random_init, bisection_steps, attack_loss,
-            search_loss, repgd) -> tuple[Tensor, Tensor]:
+            search_loss, repgd, clip_final, l2_pgd) -> tuple[Tensor, Tensor]:
     """AN-PGD with its radii as (B,) tensors (``an_pgd``): one captured graph per input
     shape and settings under ``mma.graphs.capture_attacks``."""
     delta = pgd(
