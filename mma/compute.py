@@ -8,9 +8,16 @@ that apply it.  Speed only: every switch keeps the algorithms as they are.
                                         the forwards that judge an attack, the metrics
     channels_last  true | false | auto  NHWC memory format for the model's conv weights
     compile        bool                 torch.compile the model (eager by default)
-    cuda_graphs    bool                 CUDA, STD/PGD training only: compile with mode="reduce-overhead"
-                                        (captures the fixed-shape forward/backward as
-                                        CUDA graphs; torch re-captures when a shape changes)
+    cuda_graphs    true | false | auto  CUDA only: the graph path.  Each training step (attack,
+                                        loss, backward, optimizer step) is one captured CUDA
+                                        graph, and so is each evaluation attack per (batch
+                                        shape, setting); they run on the fixed-shape path
+                                        (masks, fixed iteration counts, no host read)
+    search         secant | bisection | auto
+                                        AN-PGD's boundary search: bracketed secant steps on
+                                        the rows still open (fewest forward rows), or the
+                                        authors' plain bisection (fixed passes over all
+                                        rows; the graph path's); the same resolution
 
 ``auto`` is resolved per device by :func:`resolve` from measurements
 (docs/performance.md); the resolved values are recorded in the model file and in
@@ -23,11 +30,16 @@ This module imports pydantic only; torch is imported by the helpers that need it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Union
 
+from pydantic import model_validator
+
 from .config import Bool, Strict
+
+SEARCHES = ("secant", "bisection")  # AN-PGD's boundary searches (mma.attacks.an_pgd.boundary_search)
 
 
 class ComputeParams(Strict):
@@ -36,18 +48,48 @@ class ComputeParams(Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: as measured per device (resolve)
     channels_last: Union[Literal["auto"], Bool] = "auto"  # auto: as measured per device (resolve)
     compile: Bool = False  # torch.compile the model: minutes of compile time, measured gain only on GPU
-    cuda_graphs: Bool = False  # CUDA graphs via torch.compile(mode="reduce-overhead"); ignored off CUDA
+    cuda_graphs: Union[Literal["auto"], Bool] = "auto"  # the graph path on CUDA; auto: off until measured (resolve)
+    search: Literal["auto", "secant", "bisection"] = "auto"  # AN-PGD's boundary search; auto: per device (resolve)
+
+    @model_validator(mode="after")
+    def _graph_path(self):
+        if self.cuda_graphs is True and self.search == "secant":
+            raise ValueError("search = 'secant' cannot run in a CUDA graph (its loop ends when every "
+                             "bracket has closed, a host read): with cuda_graphs: true set search to bisection "
+                             "or auto")
+        if self.cuda_graphs is True and self.compile:
+            raise ValueError("compile and cuda_graphs: choose one (the graph path captures the "
+                             "eager model's kernels)")
+        return self
 
 
 @dataclass(frozen=True)
 class Compute:
-    """The switches resolved for one device (no "auto" left)."""
+    """The switches resolved for one device (no "auto" left).
+
+    ``cuda_graphs`` captures on CUDA; it implies ``fixed_shape`` (the path a graph can
+    replay), which also runs eagerly on any device (how a CPU tests it).  ``search``
+    "" picks per path and device: bisection on the fixed-shape path and on CUDA, secant
+    elsewhere; the fixed-shape path runs bisection only."""
 
     device: str = "cpu"  # the device type: cpu or cuda
     precision: str = "fp32"
     channels_last: bool = False
     compile: Bool = False
     cuda_graphs: Bool = False
+    search: str = ""
+    fixed_shape: Bool = False
+
+    def __post_init__(self) -> None:
+        fixed = self.fixed_shape or self.cuda_graphs
+        search = self.search or ("bisection" if fixed or self.device == "cuda" else "secant")
+        if search not in SEARCHES:
+            raise ValueError(f"unknown search {search!r}: expected one of {', '.join(SEARCHES)}")
+        if fixed and search != "bisection":
+            raise ValueError("the fixed-shape path (cuda_graphs) runs the bisection search: the secant search "
+                             "reads the device to end its loop")
+        object.__setattr__(self, "fixed_shape", fixed)
+        object.__setattr__(self, "search", search)
 
     def record(self) -> dict:
         return asdict(self)
@@ -75,23 +117,20 @@ def cpu_has_bf16() -> bool:
     return False
 
 
-GRAPHED_METHODS = ("std", "pgd")  # cuda_graphs applies to these training steps only (see resolve)
-
-
-def resolve(params: ComputeParams | None, device, method: str | None = None) -> Compute:
-    """The switches for ``device`` ("cpu", "cuda", "cuda:1" or a torch.device) and, for a
-    training stage, its ``method`` (None: the attacks of transfer/evaluate).
+def resolve(params: ComputeParams | None, device) -> Compute:
+    """The switches for ``device`` ("cpu", "cuda", "cuda:1" or a torch.device).
 
     "auto", as measured per device (docs/performance.md, "The switches"):
       precision: bf16 on a CPU with bf16 hardware (``cpu_has_bf16``: faster there, results
         within binomial noise); fp32 on every other CPU (bf16 is emulated there, many times
-        slower) and on CUDA (bf16 measured slower on the launch-bound steps).
+        slower) and on CUDA (bf16 measured slower on the launch-bound eager steps).
       channels_last: on for every CPU (faster with and without bf16 hardware); off on CUDA.
-    cuda_graphs (never auto) is kept for STD and PGD training on CUDA only: the MMA step
-    and the evaluation attacks keep a forward's outputs while the same graph replays,
-    which failed on an H200 with torch 2.11 ("tensor output of CUDAGraphs that has been
-    overwritten", tests/test_gpu.py); there it is turned off with a warning and the
-    resolved (recorded) value says so.
+      cuda_graphs: off everywhere.  The graph path has not been timed on a GPU yet; it
+        becomes on for CUDA once `make gpu-check` measures it faster with the same results.
+        Off CUDA, cuda_graphs: true is ignored (resolved to false).
+      search: bisection on CUDA (fixed passes over all rows and no host read: what a CUDA
+        graph replays), secant on a CPU, where rows cost arithmetic (~4.5-6 forward rows
+        per example against bisection's 11, docs/performance.md).
     """
     p = params or ComputeParams()
     kind = str(device).split(":")[0]
@@ -101,49 +140,63 @@ def resolve(params: ComputeParams | None, device, method: str | None = None) -> 
     channels_last = p.channels_last
     if channels_last == "auto":
         channels_last = kind == "cpu"
-    cuda_graphs = p.cuda_graphs and kind == "cuda"
-    if cuda_graphs and method not in GRAPHED_METHODS:
-        import warnings
-
-        what = f"{method.upper()} training" if method else "the attacks of transfer/evaluate"
-        warnings.warn(f"compute.cuda_graphs is off for {what}: it works for STD and PGD training only "
-                      "(docs/performance.md, 'make gpu-check on an H200')", stacklevel=2)
-        cuda_graphs = False
+    cuda_graphs = p.cuda_graphs is True and kind == "cuda"
+    search = "" if p.search == "auto" else p.search
     return Compute(device=kind, precision=precision, channels_last=bool(channels_last), compile=p.compile,
-                   cuda_graphs=cuda_graphs)
+                   cuda_graphs=cuda_graphs, search=search)
 
 
 # --------------------------------------------------------------------------- applying them
 def prepare(model, c: Compute):
     """The model to run: ``model`` itself in channels_last if asked (in place; the
     state_dict is unchanged, so files save and load as before), compiled if asked.
-    Save ``model``, run the returned one (a compiled wrapper shares its parameters)."""
+    Save ``model``, run the returned one (a compiled wrapper shares its parameters).
+    The graph path (``c.cuda_graphs``) captures the model as it is: ``mma.graphs``."""
     import torch
 
     if c.channels_last:
         model.to(memory_format=torch.channels_last)  # only 4-D weights change layout
-    if c.compile or c.cuda_graphs:
-        return torch.compile(model, mode="reduce-overhead" if c.cuda_graphs else "default")
+    if c.compile:
+        return torch.compile(model)
     return model
 
 
 def autocast(c: Compute):
     """torch.autocast to bf16 when ``c`` says so (a no-op context otherwise): wrap the
     training forward/backward.  Losses take ``logits.float()``; the boundary search
-    turns autocast off for its own forwards."""
+    turns autocast off for its own forwards.  On the graph path autocast caches no
+    casts (torch's rule for autocast in a captured region)."""
     import torch
 
-    return torch.autocast(c.device, dtype=torch.bfloat16, enabled=c.bf16)
+    return torch.autocast(c.device, dtype=torch.bfloat16, enabled=c.bf16, cache_enabled=not c.cuda_graphs)
+
+
+def attack_path(c: Compute):
+    """The attacks' path and boundary search as ``c`` says (``mma.attacks.core.attack_path``):
+    wrap the training step."""
+    from .attacks.core import attack_path as path
+
+    return path(fixed_shape=c.fixed_shape, search=c.search)
 
 
 @contextlib.contextmanager
 def attacks(c: Compute) -> Iterator[None]:
     """Within the body, every attack's gradient steps run in ``c``'s precision (bf16:
     autocast); the forwards that judge an attack's result stay fp32 (see
-    ``mma.attacks.core.attack_precision``).  For evaluation and transfer stages."""
+    ``mma.attacks.core.attack_precision``); attacks take ``c``'s path and search, and on
+    the graph path each attack call is captured, one CUDA graph per (batch shape,
+    setting) (``mma.graphs.capture_attacks``).  For evaluation and transfer stages."""
     import torch
 
     from .attacks.core import attack_precision
+    from .graphs import capture_attacks
 
-    with attack_precision(torch.bfloat16 if c.bf16 else None):
+    graphs = capture_attacks() if c.cuda_graphs else contextlib.nullcontext()
+    with attack_precision(torch.bfloat16 if c.bf16 else None), attack_path(c), graphs:
         yield
+
+
+def eager(c: Compute) -> Compute:
+    """``c`` without the graph path (the compacting path, ``c``'s search unless it was the
+    graph path's): for work that changes shapes, e.g. validation between training steps."""
+    return dataclasses.replace(c, cuda_graphs=False, fixed_shape=False)

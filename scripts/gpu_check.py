@@ -361,13 +361,11 @@ def part_bench(c: Check) -> dict:
 
 
 def time_case(c: Check, case: Case, combo: str) -> dict:
-    """One timed row: the combination resolved for the case's method as a training stage would."""
+    """One timed row: the combination resolved as a training stage would."""
     from mma.compute import ComputeParams, resolve
 
-    switches = resolve(ComputeParams(**COMBOS[combo]), c.a.device, case.method)
-    if COMBOS[combo].get("cuda_graphs") and c.a.device.startswith("cuda") and not switches.cuda_graphs:
-        return {"skipped": f"compute.resolve turns cuda_graphs off for {case.method.upper()}"}
-    if c.left() < (120 if switches.cuda_graphs else 20):  # capture (and compilation) take their time first
+    switches = resolve(ComputeParams(**COMBOS[combo]), c.a.device)
+    if c.left() < (40 if switches.cuda_graphs else 20):  # warm-up and capture take their time first
         return {"skipped": "time budget"}
     tiny = case.arch == "wrn" and c.a.dry_run
     steps = 2 if tiny else c.a.steps or (6 if c.a.dry_run else 300)

@@ -90,13 +90,13 @@ class Call:
     def spec(self):
         return self.params.member(self.name, self.seed)
 
-    def switches(self, method: str | None = None):
+    def switches(self):
         """``compute.resolve`` of the params' compute section, GRAPH_PATH filling its unset keys on CUDA."""
         from mma.compute import ComputeParams, resolve
 
         written = self.params.compute.model_dump(exclude_unset=True)
         filled = {**(GRAPH_PATH if self.args.device.startswith("cuda") else {}), **written}
-        return resolve(ComputeParams(**filled), self.args.device, method)
+        return resolve(ComputeParams(**filled), self.args.device)
 
     def json_path(self) -> Path:
         return self.state / "results" / "gpu_paper" / self.name / f"seed{self.seed}.json"
@@ -224,7 +224,7 @@ def train(call: Call) -> dict:
     timer.start()
     try:
         stage.run(call.params, call.name, call.seed, device=call.args.device, tracker=clock,
-                  switches=call.switches(spec.method))
+                  switches=call.switches())
         stage.finish(call.name, call.seed)
         to = spec.train_steps
     except interrupt.Terminated:
@@ -234,7 +234,7 @@ def train(call: Call) -> dict:
     windows = clock.window_ms()
     return {"from_step": at, "to_step": to, "steps": to - at, "wall_s": round(time.monotonic() - t0, 3),
             "step_ms_median": statistics.median(windows) if windows else None, "step_ms_windows": windows,
-            "compute": call.switches(spec.method).record()}
+            "compute": call.switches().record()}
 
 
 # --------------------------------------------------------------------------- 2. evaluate

@@ -566,11 +566,13 @@ def _reference_crossing(model, x, y, u, eps_hi: float, points: int = 4001):
     return single, hi, never
 
 
+@pytest.mark.parametrize("search", ["secant", "bisection"])
 @pytest.mark.parametrize("with_g_zero", [False, True])
-def test_boundary_search_brackets_the_crossing_to_its_resolution(with_g_zero):
+def test_boundary_search_brackets_the_crossing_to_its_resolution(with_g_zero, search):
     """On rays with one crossing in [0, eps_hi] (by brute force), the returned length is
     adversarial, within the first bracket's width / 2^10 above the true crossing; rays
-    that never cross get eps_hi.  With g(0) given, fewer rows are evaluated in all."""
+    that never cross get eps_hi; both searches.  With g(0) given, the secant search
+    evaluates fewer rows in all."""
     from mma.attacks import boundary_search
 
     model, x, y, u, eps_mid = _mlp_rays()
@@ -589,7 +591,7 @@ def test_boundary_search_brackets_the_crossing_to_its_resolution(with_g_zero):
     model.forward = counting
     g_zero = _g(model, x, y, u, torch.zeros_like(eps_mid)) if with_g_zero else None
     calls.clear()
-    hi = boundary_search(model, x, y, u, eps_mid, eps_hi, g_zero=g_zero)
+    hi = boundary_search(model, x, y, u, eps_mid, eps_hi, g_zero=g_zero, search=search)
     rows_used = sum(calls)
     model.forward = inner
     width = torch.where(crossing <= eps_mid, eps_mid, eps_hi - eps_mid)  # the first bracket's width
@@ -598,9 +600,11 @@ def test_boundary_search_brackets_the_crossing_to_its_resolution(with_g_zero):
     assert (err <= (width / 2**10)[single] * 1.0001).all()
     assert (_g(model, x, y, u, hi)[single] >= 0).all()
     assert (hi[never] == 1.0).all()
-    print(f"\n[boundary search, g_zero={with_g_zero}] {rows_used / len(y):.2f} forward rows per ray, "
+    print(f"\n[{search} boundary search, g_zero={with_g_zero}] {rows_used / len(y):.2f} forward rows per ray, "
           f"{int(single.sum())} single-crossing rays, max error {float((err / width[single]).max()) * 1024:.3f} of a resolution")
-    if with_g_zero:
+    if search == "bisection":
+        assert rows_used == 11 * len(y)  # the authors' cost: 1 + 10 passes over every row
+    elif with_g_zero:
         # the rows at η = 0 are never evaluated, and the saving is real on this problem
         model.forward = counting
         calls.clear()

@@ -30,7 +30,9 @@ def test_compute_section_refuses_unknown_keys_and_values(tmp_path):
     assert load_params(ok).compute == ComputeParams(precision="bf16", channels_last=False)
     for text, key in (("compute: {precision: fp16}\n", "compute.precision = 'fp16'"),
                       ("compute: {cuda_graph: true}\n", "compute.cuda_graph: unknown key"),
-                      ("compute: {channels_last: maybe}\n", "compute.channels_last")):
+                      ("compute: {channels_last: maybe}\n", "compute.channels_last"),
+                      ("compute: {search: newton}\n", "compute.search"),
+                      ("compute: {cuda_graphs: true, search: secant}\n", "compute.search = 'secant' cannot run")):
         bad = tmp_path / "bad.yaml"
         bad.write_text(base + text)
         with pytest.raises(ParamsError, match=key.replace(".", r"\.").replace("(", r"\(")) as e:
@@ -42,13 +44,17 @@ def test_defaults_resolve_per_device():
     cpu = compute.resolve(None, "cpu")
     assert cpu.precision == ("bf16" if compute.cpu_has_bf16() else "fp32")  # measured: docs/performance.md
     assert cpu.channels_last is True and cpu.compile is False and cpu.cuda_graphs is False
+    assert (cpu.search, cpu.fixed_shape) == ("secant", False)  # rows cost arithmetic on a CPU
     cuda = compute.resolve(ComputeParams(), "cuda:1")
     assert (cuda.device, cuda.precision, cuda.channels_last) == ("cuda", "fp32", False)
+    assert (cuda.cuda_graphs, cuda.search, cuda.fixed_shape) == (False, "bisection", False)  # graphs: unmeasured
     explicit = compute.resolve(ComputeParams(precision="fp32", channels_last=False, cuda_graphs=True), "cpu")
     assert explicit == Compute("cpu", "fp32", False, False, False)  # CUDA graphs need CUDA
-    graphs = ComputeParams(cuda_graphs=True)
-    assert compute.resolve(graphs, "cuda", "pgd").cuda_graphs is True
-    assert compute.resolve(graphs, "cuda", "std").cuda_graphs is True
+    assert explicit.search == "secant"
+    graphs = compute.resolve(ComputeParams(cuda_graphs=True), "cuda")
+    assert (graphs.cuda_graphs, graphs.fixed_shape, graphs.search) == (True, True, "bisection")
+    assert compute.resolve(ComputeParams(search="secant"), "cuda").search == "secant"
+    assert compute.resolve(ComputeParams(search="bisection"), "cpu").search == "bisection"
 
 
 # the flags lines of /proc/cpuinfo on the kinds of CPU the CPU rule was measured on (docs/performance.md)
@@ -86,16 +92,23 @@ def test_the_cpu_rule_without_readable_flags_is_fp32(tmp_path, monkeypatch):
     assert compute.resolve(None, "cpu").precision == "fp32"
 
 
-@pytest.mark.parametrize("method", ["mma", None])
-def test_cuda_graphs_is_refused_where_a_replay_overwrote_kept_outputs(method):
-    """MMA training and the evaluation attacks keep a forward's outputs across replays of
-    the same graph: failed on an H200 (torch 2.11), so resolve turns the switch off, says so
-    and the recorded value is the one used."""
-    with pytest.warns(UserWarning, match="cuda_graphs is off for " + ("MMA training" if method else "the attacks")):
-        c = compute.resolve(ComputeParams(cuda_graphs=True), "cuda", method)
-    assert c.cuda_graphs is False and c.record()["cuda_graphs"] is False
+def test_the_graph_path_is_recorded_and_runs_the_bisection_search():
+    """The record says which path and search ran; the fixed-shape path (implied by
+    cuda_graphs) refuses the secant search, whose loop ends on a host read, in the
+    params (the key named) and in the resolved switches."""
+    from mma.params import ParamsError, load_params
+
     assert compute.FP32.record() == {"device": "cpu", "precision": "fp32", "channels_last": False,
-                                     "compile": False, "cuda_graphs": False}
+                                     "compile": False, "cuda_graphs": False, "search": "secant",
+                                     "fixed_shape": False}
+    assert Compute("cuda", cuda_graphs=True).record()["fixed_shape"] is True
+    assert Compute("cpu", fixed_shape=True).search == "bisection"
+    with pytest.raises(ValueError, match="bisection"):
+        Compute("cpu", fixed_shape=True, search="secant")
+    for bad in ({"cuda_graphs": True, "search": "secant"}, {"cuda_graphs": True, "compile": True}):
+        with pytest.raises(ValueError, match="cuda_graphs"):
+            ComputeParams(**bad)
+    assert compute.eager(Compute("cuda", cuda_graphs=True)) == Compute("cuda", search="bisection")
 
 
 # --------------------------------------------------------------------------- results unchanged

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mma.attacks import an_pgd
+from mma.compute import FP32, Compute
 from mma.io import load_tensors
 from mma.train import MMATrainSpec, ModelSpec, OptimizerSpec, PGDTrainSpec, train
 
@@ -145,32 +146,42 @@ def two_strips(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x1, 0.1 + torch.rand(n, generator=g) * 0.8], 1), y
 
 
-def run_logged(spec, x, y, folder, *, model: nn.Module, crash_at: int | None = None) -> dict[int, dict]:
+def run_logged(spec, x, y, folder, *, model: nn.Module, crash_at: int | None = None,
+               compute: Compute = FP32) -> dict[int, dict]:
     """Train (or resume) in ``folder``; returns {step: metrics} as logged."""
     logged: dict[int, dict] = {}
     batcher = Batcher(x, y, spec.batch_size, spec.seed, crash_at=crash_at)
     train(spec, batcher, (x[:128], y[:128]), model_path=folder / "model.pt", resume_path=folder / "resume.pt",
-          show_progress=False, model=model, log=lambda metrics, step: logged.setdefault(step, {}).update(metrics))
+          show_progress=False, model=model, log=lambda metrics, step: logged.setdefault(step, {}).update(metrics),
+          compute=compute)
     return logged
 
 
+# the training paths: today's (compacting, secant search), the fixed-shape one, and the graph
+# path's code run eagerly (a CPU does not capture: tensor learning rate, capturable Adam)
+PATHS = {"eager": FP32, "fixed": Compute("cpu", fixed_shape=True), "graph": Compute("cpu", cuda_graphs=True)}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("method", ["std", "pgd", "mma"])
-def test_crash_and_resume_equals_training_in_one_go(method, tmp_path):
+def test_crash_and_resume_equals_training_in_one_go(method, path, tmp_path):
     """N steps in one go == k steps, a crash a few steps after the checkpoint at k (new
     process state: fresh model, optimiser, batch step and RNG objects), a resume from
     the resume file to N: the same losses after k, bit for bit the same final weights,
     optimiser state, best model and (MMA) per-example ε store.  Validation (which
-    draws random numbers for AN-PGD / PGD) runs between checkpoints."""
+    draws random numbers for AN-PGD / PGD) runs between checkpoints.  On each path."""
     x, y = two_strips(256, seed=0)
     spec = toy_spec(method, steps=30, eval_every=5, checkpoint_every=10)
+    compute = PATHS[path]
 
-    whole = run_logged(spec, x, y, tmp_path / "whole", model=mlp(0))
+    whole = run_logged(spec, x, y, tmp_path / "whole", model=mlp(0), compute=compute)
 
     with pytest.raises(KeyboardInterrupt):
-        run_logged(spec, x, y, tmp_path / "crash", model=mlp(0), crash_at=14)
+        run_logged(spec, x, y, tmp_path / "crash", model=mlp(0), crash_at=14, compute=compute)
     assert load_tensors(tmp_path / "crash" / "resume.pt")["result"]["step"] == 10
     torch.manual_seed(12345)  # the crashed process's RNG state is gone
-    resumed = run_logged(spec, x, y, tmp_path / "crash", model=mlp(7))  # other initial weights: all must come from the file
+    # other initial weights: all must come from the file
+    resumed = run_logged(spec, x, y, tmp_path / "crash", model=mlp(7), compute=compute)
 
     assert sorted(resumed) == list(range(11, 31))  # resumed at the checkpoint, no step logged twice
     for step in resumed:
@@ -318,11 +329,14 @@ class _SyncCounter:
             monkeypatch.setattr(torch.Tensor, name, counted)
 
 
-@pytest.mark.parametrize("method", ["std", "pgd"])
-def test_training_steps_read_nothing_back_between_log_reads(method, tmp_path, monkeypatch):
-    """STD and PGD training steps make no host sync between reads (on a GPU each would
-    stall the launch queue): only the reads every log_every steps (and the checkpoint
-    and validation at the end) call item/tolist/bool/nonzero from mma's code."""
+@pytest.mark.parametrize("method, path", [("std", "eager"), ("pgd", "eager"), ("std", "graph"), ("pgd", "graph"),
+                                          ("mma", "fixed"), ("mma", "graph")])
+def test_training_steps_read_nothing_back_between_log_reads(method, path, tmp_path, monkeypatch):
+    """Training steps make no host sync between reads (on a GPU each would stall the
+    launch queue; a CUDA graph cannot contain one): only the reads every log_every steps
+    (and the checkpoint and validation at the end) call item/tolist/bool/nonzero from
+    mma's code.  STD and PGD on every path; MMA on the fixed-shape path (the compacting
+    one reads its number of correct rows)."""
     x, y = two_strips(256, seed=0)
     spec = toy_spec(method, steps=12, eval_every=12, checkpoint_every=12, log_every=6)
     reads: list[int] = []
@@ -335,7 +349,7 @@ def test_training_steps_read_nothing_back_between_log_reads(method, tmp_path, mo
             reads.append(step)
 
     train(spec, Batcher(x, y, spec.batch_size), (x[:64], y[:64]), model_path=tmp_path / "m.pt",
-          resume_path=tmp_path / "r.pt", show_progress=False, model=mlp(0), log=log)
+          resume_path=tmp_path / "r.pt", show_progress=False, model=mlp(0), log=log, compute=PATHS[path])
     assert reads == [6, 12]
     # the first read: its finite check and the window (one tolist each), nothing per step
     assert syncs_per_read[0] == 2, counter.calls

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..compute import SEARCHES
+
 NORMS = ("linf", "l2")
 # L2 PGD's start and projection order, named after the library whose PGD each reproduces:
 # "advertorch" (0.2.x, the authors' code: rand_init_delta and perturb_iterative with ord=2),
@@ -192,12 +194,12 @@ def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
 # --------------------------------------------------------------------------- restarts
 def keep_higher(best: Tensor | None, best_value: Tensor | None, x_adv: Tensor, value: Tensor):
     """Per example, keep whichever of (best, x_adv) has the higher value; returns the new
-    (best, best_value).  How restarts are chosen on the attacker's own model."""
+    (best, best_value).  How restarts are chosen on the attacker's own model.  A mask, not
+    boolean indexing: the same on every path, fixed shapes included."""
     if best is None:
         return x_adv, value
     better = value > best_value
-    best[better] = x_adv[better]
-    return best, torch.where(better, value, best_value)
+    return torch.where(expand_like(better, best), x_adv, best), torch.where(better, value, best_value)
 
 
 # --------------------------------------------------------------------------- model state
@@ -314,3 +316,47 @@ def input_grad(model: nn.Module | StepForward, x: Tensor, y: Tensor, loss_fn) ->
     logits = forward(x)
     (grad,) = torch.autograd.grad(loss_fn(logits, y).sum(), x)
     return logits.detach(), grad
+
+
+# --------------------------------------------------------------------------- fixed shapes
+# The path every attack takes (set by ``attack_path``; ``mma.compute`` sets it from the
+# ``compute:`` section).  A CUDA graph replays a fixed sequence of kernels on fixed memory,
+# so on the fixed-shape path an attack runs on all rows of its batch with masks and a fixed
+# number of iterations, and reads nothing back to the host: no compaction, no early exit.
+# Rows do not interact in eval mode, so it gives the results of the compacting path.
+_FIXED_SHAPE: ContextVar[bool] = ContextVar("mma_attack_fixed_shape", default=False)
+_SEARCH: ContextVar[str] = ContextVar("mma_boundary_search", default="secant")
+
+
+@contextlib.contextmanager
+def attack_path(*, fixed_shape: Optional[bool] = None, search: Optional[str] = None) -> Iterator[None]:
+    """In the body, every attack (and MMA's training step) runs on the fixed-shape path
+    when ``fixed_shape``, and AN-PGD's boundary search is ``search`` ("secant": bracketed
+    secant steps on the rows still open, the CPU's default; "bisection": the authors' fixed
+    passes over all rows, the only one the fixed-shape path runs).  None keeps the
+    enclosing setting; outside any, the compacting path and the secant search."""
+    if search is not None and search not in SEARCHES:
+        raise ValueError(f"unknown search {search!r}: expected one of {', '.join(SEARCHES)}")
+    tokens = [(var, var.set(value)) for var, value in ((_FIXED_SHAPE, fixed_shape), (_SEARCH, search))
+              if value is not None]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def fixed_shape() -> bool:
+    """True on the fixed-shape path (see ``attack_path``)."""
+    return _FIXED_SHAPE.get()
+
+
+def search_method() -> str:
+    """AN-PGD's boundary search in this context: "secant" or "bisection"."""
+    return _SEARCH.get()
+
+
+def attack_settings(device: torch.device) -> tuple:
+    """What of the context changes the kernels an attack runs on ``device`` (its step
+    precision, path and search): part of a captured attack's key (``mma.graphs``)."""
+    return step_dtype(device), _FIXED_SHAPE.get(), _SEARCH.get()

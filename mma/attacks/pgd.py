@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..graphs import graphed
 from .core import (
     StepForward,
     ascent_direction,
@@ -16,6 +17,7 @@ from .core import (
     check_l2_form,
     check_norm,
     expand_like,
+    fixed_shape,
     get_loss,
     input_grad,
     keep_higher,
@@ -69,7 +71,8 @@ def pgd(
             example runs every step.
         early_exit: with select="target", stop attacking fooled examples.  The
             result is the same as without it (random starts are drawn for the full
-            batch, then indexed); it only saves work.
+            batch, then indexed); it only saves work.  Off on the fixed-shape path
+            (``mma.attacks.core.attack_path``), where every row runs every step.
         exit_every: iterations between early-exit checks (each check is one host
             sync); None: every iteration on a CPU (a sync costs nothing there, and
             leaving early saves rows), every EXIT_EVERY_CUDA on other devices.  The
@@ -90,17 +93,27 @@ def pgd(
     if steps < 1 or restarts < 1 or exit_every < 1:
         raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}, "
                          f"exit_every={exit_every}")
-    loss_fn = get_loss(loss)
+    get_loss(loss)  # an unknown loss is refused here, before any capture
     x = x.detach()
     eps_t = per_example(eps, x)
     alpha = per_example(default_step_size(eps_t, steps) if step_size is None else step_size, x)
+    early_exit = early_exit and not fixed_shape()  # the fixed-shape path: every row, every step
+    return _pgd(model, x, y, eps_t, alpha, norm=norm, steps=steps, restarts=restarts, random_init=random_init,
+                loss=loss, select=select, early_exit=early_exit, exit_every=exit_every, l2_pgd=l2_pgd)
 
+
+@graphed
+def _pgd(model, x, y, eps, alpha, *, norm, steps, restarts, random_init, loss, select, early_exit,
+         exit_every, l2_pgd) -> Tensor:
+    """PGD with ε and the step size as (B,) tensors (``pgd``): one captured graph per
+    input shape and settings under ``mma.graphs.capture_attacks``."""
+    loss_fn = get_loss(loss)
     with attack_mode(model):
         forward = StepForward(model, x.device)  # the gradient steps' forward, weights cast once
         if select == "loss":
-            return _select_by_loss(model, forward, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn,
+            return _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn,
                                    l2_pgd)
-        return _select_target(model, forward, x, y, eps_t, alpha, norm, steps, restarts, random_init, loss_fn,
+        return _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn,
                               early_exit, exit_every, l2_pgd)
 
 
@@ -137,8 +150,9 @@ def _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, rand
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for r in range(restarts):
         start = _start(x, eps, norm, random_init, l2_pgd)  # drawn for the full batch: exactness of early exit
-        rows = (~fooled).nonzero().squeeze(1) if early_exit else torch.arange(x.shape[0], device=x.device)
-        if rows.numel() == 0:
+        # the rows still attacked (without early exit: all of them, no index: fixed shapes)
+        rows = (~fooled).nonzero().squeeze(1) if early_exit else slice(None)
+        if early_exit and rows.numel() == 0:
             break
         x_adv, hit = _run_until_fooled(
             model, forward, x[rows], y[rows], eps[rows], alpha[rows], start[rows], norm, steps, loss_fn,
@@ -172,7 +186,7 @@ def _run_until_fooled(model, forward, x, y, eps, alpha, x_adv, norm, steps, loss
     n = x.shape[0]
     out = x_adv.clone()
     hit = torch.zeros(n, dtype=torch.bool, device=x.device)
-    live = torch.arange(n, device=x.device)  # rows still being attacked
+    live = torch.arange(n, device=x.device) if early_exit else slice(None)  # rows still being attacked
     # their iterate, input, label, eps, step size, first fooling iterate so far, fooled flag
     xa, xl, yl, el, al, ol, hl = x_adv, x, y, eps, alpha, out, hit
     for t in range(steps + 1 - last):

@@ -81,7 +81,7 @@ def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting
             value = torch.nn.functional.cross_entropy(model(x_adv), y, reduction="none")
         best, best_value = keep_higher(best, best_value, x_adv, value)
         if r + 1 in keep:
-            kept[r + 1] = best.clone()  # keep_higher updates best in place
+            kept[r + 1] = best.clone()  # its own copy: best may be this restart's x_adv
     return [kept[k] for k in keep]
 
 

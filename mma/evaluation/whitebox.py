@@ -11,7 +11,9 @@ the model's clean prediction: PGD sees them as fooled at its first check and dro
 them (one forward/backward), and the random numbers they consume are the same as in
 the naive loop.  Hence the cascade (``skip_broken=True``) returns the same tensor as
 attacking every example with every restart; ``tests/test_evaluation_whitebox.py``
-checks it.
+checks it.  On the fixed-shape path (``compute.cuda_graphs``) PGD keeps every row to
+its last step and FGSM attacks the whole batch, masked after: the same results
+(tests/test_fixed_shape.py).
 
 Loss "mixed" (the authors' own evaluation): even restarts use cross-entropy, odd
 restarts the CW margin loss.
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from mma.attacks import attack_kind
-from mma.attacks.core import seeded
+from mma.attacks.core import fixed_shape, seeded
 from mma.progress import progress
 
 from ..config.evaluation import AttackSetting
@@ -123,6 +125,10 @@ def _one_restart(model, xb, yb, rows, pred, eps, setting, norm, loss, seed) -> T
     kind = attack_kind(setting.attack)
     idx = rows.nonzero().squeeze(1)
     fooled = torch.zeros_like(rows)
+    if kind.deterministic and fixed_shape():  # deterministic, rows apart: all rows, then the mask
+        x_adv = kind.run(model, xb, yb, eps, setting, norm=norm, loss=loss, select="target")
+        with torch.no_grad():
+            return rows & (model(x_adv).argmax(1) != yb)
     if kind.deterministic:  # no random draw to keep aligned: attack only the rows
         x_adv = kind.run(model, xb[idx], yb[idx], eps, setting, norm=norm, loss=loss, select="target")
         with torch.no_grad():

@@ -213,7 +213,7 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
     resume = paths.resume_file(name, seed)
     curves.recover(load_resume(resume, f"mma train {name} --seed {seed} --restart")["result"]["step"] if resume.exists() else 0, _mlflow_steps(tracker))
     best = checkpoint_dir(name, seed) / "best.pt"
-    switches = switches or compute.resolve(params.compute, device, spec.method)
+    switches = switches or compute.resolve(params.compute, device)
     with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
         result = train(spec, batcher, val, model_path=best, resume_path=resume, device=device,
                        log=curves.log, flush=curves.flush, show_progress=True, compute=switches)

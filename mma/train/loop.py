@@ -1,8 +1,9 @@
 """The one training loop.  STD, PGD, PGDLS and MMA differ only in the batch step.
 
-Reads top to bottom: build → resume → for each step (learning rate → batch →
-batch step → backward → finite check → optimiser step → metrics → every
-``log_every`` steps: read and log → validate and keep the best → checkpoint).
+Reads top to bottom: build → resume → for each step (batch → one optimisation step:
+learning rate, batch step, backward, finite check, optimiser step (``optimize.py``)
+→ metrics → every ``log_every`` steps: read and log → validate and keep the best →
+checkpoint).  ``Run`` holds the run's state and its phases.
 Batches are a pure function of (seed, step) and the RNG states are checkpointed,
 so a resumed run continues exactly where it stopped.
 
@@ -34,6 +35,7 @@ from ..config.model import ModelSpec
 from ..io import BadFileError, load_tensors, save_tensors
 from ..models import build_model
 from ..progress import progress
+from .optimize import TrainStep, keep_graph_safe, make_optimizer
 from .steps import make_step
 
 NUM_CLASSES = 10
@@ -59,17 +61,6 @@ class TrainResult:
 
 def new_model(spec: ModelSpec) -> nn.Module:
     return build_model(spec.arch, num_classes=NUM_CLASSES, in_channels=IN_CHANNELS[spec.dataset])
-
-
-def make_optimizer(spec: ModelSpec, model: nn.Module) -> torch.optim.Optimizer:
-    o = spec.optimizer
-    # fused: one pass over all parameters instead of ~10 per tensor.  Adam's step on
-    # LeNet5-Madry's 3.3M parameters: 12 ms -> 1.2 ms at 2 CPU threads (17.8 -> 1.8 at 1),
-    # and a few kernel launches instead of ~80 on a GPU, where a LeNet5 step is launch-bound
-    if o.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=True)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                           fused=True)
 
 
 # --------------------------------------------------------------------------- model selection
@@ -179,8 +170,9 @@ class MetricWindow:
     def add(self, metrics: dict) -> None:
         for k, v in metrics.items():
             total, count = v if isinstance(v, tuple) else (v, 1.0)
-            if isinstance(total, Tensor):
-                total = total.detach().to(torch.float64)
+            # copies: a replayed CUDA graph overwrites its output tensors at the next step
+            total, count = (t.detach().to(torch.float64, copy=True) if isinstance(t, Tensor) else t
+                            for t in (total, count))
             if k in self.sums:
                 self.sums[k][0] = self.sums[k][0] + total
                 self.sums[k][1] = self.sums[k][1] + count
@@ -200,7 +192,8 @@ class MetricWindow:
 
 
 class FiniteCheck:
-    """The first step with a non-finite loss or gradient, kept on the device; raised by
+    """The first step with a non-finite loss or gradient, kept on the device (updated in
+    place: a replayed CUDA graph writes into the same tensors); raised by
     ``raise_if_bad`` at the next read (before any save).  A gradient is bad when its sum is
     not finite: any inf or NaN element makes it so (inf - inf is NaN), and so would finite
     elements near 1e32, whose fp32 sum overflows — a diverged step either way.  The sum is
@@ -211,14 +204,15 @@ class FiniteCheck:
         self.first = torch.full((), -1, dtype=torch.int64, device=device)
         self.what = torch.zeros((), dtype=torch.int64, device=device)  # 1 loss, 2 gradient, 3 both
 
-    def update(self, step: int, loss: Tensor, params) -> None:
+    def update(self, step: int | Tensor, loss: Tensor, params) -> None:
+        """``step``: an int, or a 0-dim tensor on the device (the fixed-shape path)."""
         grads = [p.grad for p in params if p.grad is not None]
         bad_loss = ~torch.isfinite(loss.detach())
         bad_grad = ~torch.isfinite(torch.stack([g.sum() for g in grads])).all() if grads \
             else torch.zeros((), dtype=torch.bool, device=loss.device)
         new = (self.first < 0) & (bad_loss | bad_grad)
-        self.first = torch.where(new, step, self.first)
-        self.what = torch.where(new, bad_loss.long() + 2 * bad_grad.long(), self.what)
+        self.first.copy_(torch.where(new, step, self.first))
+        self.what.copy_(torch.where(new, bad_loss.long() + 2 * bad_grad.long(), self.what))
 
     def raise_if_bad(self, name: str, resume_path: Path) -> None:
         first, what = torch.stack([self.first, self.what]).tolist()
@@ -295,111 +289,143 @@ def train(
     up to that step are then safe: a resumed run never logs a step twice).
     ``model`` replaces the registry's ``spec.arch`` (any classifier; for research
     and tests).  ``compute``: the resolved speed switches (``mma.compute.resolve``;
-    plain fp32 eager by default), recorded in the model file.
+    plain fp32 eager by default), recorded in the model file; with ``cuda_graphs`` on
+    CUDA each step is one captured CUDA graph (``mma.train.optimize``).
 
     ``log`` receives each metric's mean over the steps since the last read, every
     ``spec.log_every`` steps and at every validation and checkpoint.
     """
-    device = torch.device(device)
-    torch.manual_seed(spec.seed)
-    np.random.seed(spec.seed % 2**32)
-    random.seed(spec.seed)
-    model = (new_model(spec) if model is None else model).to(device)
-    net = compute_.prepare(model, compute)  # what runs (channels_last / compiled); ``model`` is saved
-    optimizer = make_optimizer(spec, model)
-    step_fn = make_step(spec, batcher.num_examples, device)
-    metric = selection_metric(spec)
+    run = Run.build(spec, batcher.num_examples, torch.device(device), model, compute, Path(model_path),
+                    Path(resume_path), flush)
     per_epoch = getattr(batcher, "steps_per_epoch", batcher.num_examples // spec.batch_size)
-    eval_every, chosen_by = spec.eval_interval(per_epoch), selection_record(spec, per_epoch)
-    result = TrainResult(step=0, best_step=-1, best_value=-math.inf, selection_metric=metric)
-    x_val, y_val = val[0].to(device), val[1].to(device)
-
-    saved_at = None  # the step of the last resume checkpoint on disk (None: there is none)
-    if Path(resume_path).exists():
-        restart = f"mma train {spec.name} --seed {spec.seed} --restart"  # the member's own command
-        state = load_resume(resume_path, restart)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step_fn.load_state_dict(state["step_fn"])
-            set_rng_state(state["rng"])
-            result = TrainResult(**state["result"])
-        except Exception as e:  # noqa: BLE001 - made by other code or for another model
-            raise BadFileError(f"{resume_path}: does not fit this model ({type(e).__name__}: "
-                               f"{str(e).strip()[:160]}); run `{restart}` to "
-                               "discard it and train from step 0") from None
-        saved_at = result.step
-
-    def diverged(what: str, step: int) -> TrainingDiverged:
-        if saved_at is None:
-            kept = "no checkpoint was written yet"
-        else:
-            kept = f"the last resume checkpoint is {resume_path} (step {saved_at})"
-        return TrainingDiverged(f"{spec.name}: {what} at step {step}; {kept}. {DIVERGED_HINT}")
-
-    def checkpoint() -> None:
-        nonlocal saved_at
-        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save what cannot be resumed
-            raise diverged("non-finite weights", result.step)
-        save_tensors(resume_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step_fn": step_fn.state_dict(),
-            "rng": rng_state(), "result": result.__dict__, "spec": spec.model_dump(mode="json"),
-            "compute": compute.record(),
-        })
-        saved_at = result.step
-        if flush:
-            flush()
-
-    model.train()
-    window, finite = MetricWindow(), FiniteCheck(device)
-    with progress(spec.train_steps, f"train {spec.name}", start=result.step, enabled=show_progress) as advance:
-        while result.step < spec.train_steps:
-            step = result.step
-            for group in optimizer.param_groups:
-                group["lr"] = spec.optimizer.lr_at(step)
+    eval_every, run.selection = spec.eval_interval(per_epoch), selection_record(spec, per_epoch)
+    run.resume()
+    x_val, y_val = val[0].to(run.device), val[1].to(run.device)
+    window = MetricWindow()
+    run.model.train()
+    with progress(spec.train_steps, f"train {spec.name}", start=run.result.step, enabled=show_progress) as advance:
+        while run.result.step < spec.train_steps:
+            step = run.result.step
             x, y, idx = batcher.batch(step)
-            with compute_.autocast(compute):
-                loss, metrics = step_fn(net, x, y, idx, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            finite.update(step, loss, model.parameters())
-            optimizer.step()
-            result.step = step + 1
-            metrics["lr"] = optimizer.param_groups[0]["lr"]
-            window.add(metrics)
-            validating = result.step % eval_every == 0 or result.step == spec.train_steps
+            window.add(run.step(x, y, idx, step))
+            run.result.step = done = step + 1
+            validating = done % eval_every == 0 or done == spec.train_steps
             stopping = interrupt.requested()  # SIGTERM (scancel, time limit): checkpoint this step, then stop
-            saving = result.step % spec.checkpoint_every == 0 or result.step == spec.train_steps or stopping
-            if result.step % spec.log_every == 0 or validating or saving:
-                finite.raise_if_bad(spec.name, Path(resume_path))  # before anything below saves
+            saving = done % spec.checkpoint_every == 0 or done == spec.train_steps or stopping
+            if done % spec.log_every == 0 or validating or saving:
+                run.finite.raise_if_bad(spec.name, run.resume_path)  # before anything below saves
                 means = window.read()
                 if log:
-                    log(means, result.step)
+                    log(means, done)
                 advance(1, loss=means["loss"])
             else:
                 advance(1)
-
             if validating:
-                # a random stream of its own (seeded by the step), the training RNG left as it was: the
-                # training trace does not depend on how, how often or whether the model is validated
-                with compute_.attacks(compute), seeded((spec.seed << 32 | result.step) % 2**63, device):
-                    values = validate(spec, net, x_val, y_val)
-                if hasattr(step_fn, "eps_summary"):
-                    values.update(step_fn.eps_summary())
-                    if values["warn_eps_collapsed"]:
-                        warnings.warn(f"{spec.name}: every per-example MMA epsilon is 0 at step {result.step} "
-                                      "(no training example is classified correctly)", RuntimeWarning, stacklevel=1)
-                values["step"] = result.step
-                result.history.append(values)
-                if log:
-                    log({k: v for k, v in values.items() if k != "step"}, result.step)
-                if values[metric] > result.best_value:
-                    result.best_value, result.best_step = values[metric], result.step
-                    save_tensors(model_path, model_record(spec, model, step=result.step, selection_metric=metric,
-                                                          selection_value=values[metric], selection=chosen_by,
-                                                          compute=compute.record()))
+                run.validate(x_val, y_val, log)
             if saving:
-                checkpoint()
+                run.checkpoint()
             if stopping:
-                raise interrupt.Terminated(f"stopped by SIGTERM after step {result.step}; resume checkpoint {resume_path}")
-    return result
+                raise interrupt.Terminated(f"stopped by SIGTERM after step {done}; resume checkpoint {run.resume_path}")
+    return run.result
+
+
+@dataclass
+class Run:
+    """One training run's state, as ``train`` builds, resumes, steps, validates and saves it."""
+
+    spec: ModelSpec
+    device: torch.device
+    model: nn.Module  # what is saved
+    net: nn.Module  # what runs: ``model`` in channels_last / compiled (mma.compute.prepare)
+    optimizer: torch.optim.Optimizer
+    step_fn: Callable  # the batch step (mma.train.steps)
+    step: TrainStep  # one optimisation step, eager or a CUDA graph
+    finite: FiniteCheck
+    compute: Compute
+    model_path: Path
+    resume_path: Path
+    flush: Optional[Callable[[], None]]
+    result: TrainResult
+    saved_at: Optional[int] = None  # the step of the last resume checkpoint on disk (None: there is none)
+    selection: dict = field(default_factory=dict)  # how the kept checkpoint is chosen (``selection_record``)
+
+    @classmethod
+    def build(cls, spec: ModelSpec, num_examples: int, device: torch.device, model: Optional[nn.Module],
+              compute: Compute, model_path: Path, resume_path: Path, flush) -> "Run":
+        """Seeds, model, optimiser and batch step at step 0."""
+        torch.manual_seed(spec.seed)
+        np.random.seed(spec.seed % 2**32)
+        random.seed(spec.seed)
+        model = (new_model(spec) if model is None else model).to(device)
+        net = compute_.prepare(model, compute)
+        optimizer = make_optimizer(spec, model, graph_safe=compute.cuda_graphs)
+        step_fn = make_step(spec, num_examples, device)
+        finite = FiniteCheck(device)
+        result = TrainResult(step=0, best_step=-1, best_value=-math.inf, selection_metric=selection_metric(spec))
+        return cls(spec=spec, device=device, model=model, net=net, optimizer=optimizer, step_fn=step_fn,
+                   step=TrainStep(spec, net, model, optimizer, step_fn, finite, compute, device), finite=finite,
+                   compute=compute, model_path=model_path, resume_path=resume_path, flush=flush, result=result)
+
+    def resume(self) -> None:
+        """Continue from the resume checkpoint, if there is one: weights, optimiser, batch
+        step (MMA's ε store), every RNG state (CUDA's included: the graph path's random
+        starts continue from it), the result so far."""
+        if not self.resume_path.exists():
+            return
+        spec = self.spec
+        restart = f"mma train {spec.name} --seed {spec.seed} --restart"  # the member's own command
+        state = load_resume(self.resume_path, restart)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            keep_graph_safe(self.optimizer, self.compute.cuda_graphs)
+            self.step_fn.load_state_dict(state["step_fn"])
+            set_rng_state(state["rng"])
+            self.result = TrainResult(**state["result"])
+        except Exception as e:  # noqa: BLE001 - made by other code or for another model
+            raise BadFileError(f"{self.resume_path}: does not fit this model ({type(e).__name__}: "
+                               f"{str(e).strip()[:160]}); run `{restart}` to "
+                               "discard it and train from step 0") from None
+        self.saved_at = self.result.step
+
+    def validate(self, x_val: Tensor, y_val: Tensor, log) -> None:
+        """Validate (eagerly: the validation's attacks compact their rows), log, and save
+        the model if it is the best so far."""
+        spec, result, metric = self.spec, self.result, selection_metric(self.spec)
+        # a random stream of its own (seeded by the step), the training RNG left as it was: the
+        # training trace does not depend on how, how often or whether the model is validated
+        with compute_.attacks(compute_.eager(self.compute)), \
+                seeded((spec.seed << 32 | result.step) % 2**63, self.device):
+            values = validate(spec, self.net, x_val, y_val)
+        if hasattr(self.step_fn, "eps_summary"):
+            values.update(self.step_fn.eps_summary())
+            if values["warn_eps_collapsed"]:
+                warnings.warn(f"{spec.name}: every per-example MMA epsilon is 0 at step {result.step} "
+                              "(no training example is classified correctly)", RuntimeWarning, stacklevel=1)
+        values["step"] = result.step
+        result.history.append(values)
+        if log:
+            log({k: v for k, v in values.items() if k != "step"}, result.step)
+        if values[metric] > result.best_value:
+            result.best_value, result.best_step = values[metric], result.step
+            save_tensors(self.model_path, model_record(spec, self.model, step=result.step, selection_metric=metric,
+                                                       selection_value=values[metric], selection=self.selection,
+                                                       compute=self.compute.record()))
+
+    def checkpoint(self) -> None:
+        """The resume checkpoint, then ``flush`` (what was logged up to here is safe)."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # never save what cannot be resumed
+            if self.saved_at is None:
+                kept = "no checkpoint was written yet"
+            else:
+                kept = f"the last resume checkpoint is {self.resume_path} (step {self.saved_at})"
+            raise TrainingDiverged(f"{self.spec.name}: non-finite weights at step {self.result.step}; {kept}. "
+                                   f"{DIVERGED_HINT}")
+        save_tensors(self.resume_path, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "step_fn": self.step_fn.state_dict(), "rng": rng_state(), "result": self.result.__dict__,
+            "spec": self.spec.model_dump(mode="json"), "compute": self.compute.record(),
+        })
+        self.saved_at = self.result.step
+        if self.flush:
+            self.flush()

@@ -28,16 +28,23 @@ The attack itself runs in eval mode (``attack_mode``): their PGD does too
 
 The ε store is a (N,) tensor on the training device, indexed by dataset position;
 it belongs to the trainer and goes into checkpoints.
+
+Two paths, the same math: by default AN-PGD runs on the correct rows only (compacted:
+its cost is per row); on the fixed-shape path (``mma.attacks.core.attack_path``; CUDA
+graphs) it runs on all B rows and the split, the store's update, the mixed batch and the
+hinge are masks.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import an_pgd, get_loss
-from ..attacks.core import full_precision
+from ..attacks.core import expand_like, fixed_shape, full_precision
 from ..config.model import MMATrainSpec
 
 
@@ -51,37 +58,18 @@ class MMAStep:
         # max(eps_min, stored) is the same and lets "reset when wrong" be a plain 0
         self.eps = torch.zeros(num_train, device=device)
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int):
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int | Tensor):
         s = self.spec
         batch = x.shape[0]
         logits_clean = full_precision(model(x))  # (B, K), fp32 also under autocast
         ce_clean = F.cross_entropy(logits_clean, y, reduction="none")
         with torch.no_grad():
             correct = self.split_loss(logits_clean, y) < 0
-            # wrong examples: stored ε reset to 0 (a mask, no host sync)
-            self.eps[idx] = torch.where(correct, self.eps[idx], torch.zeros_like(self.eps[idx]))
         n_correct = correct.sum()
         metrics = {"frac_correct": n_correct / batch}
-        mixed, eps = x, torch.zeros(batch, device=x.device)  # wrong rows: x, length 0
-        # the attack runs on the correct rows only: its cost is per row, and AN-PGD's
-        # search syncs anyway (its loop ends when every bracket is closed)
-        rows = correct.nonzero().squeeze(1)
-        if rows.numel():
-            eps_init = self.eps[idx[rows]].clamp(min=s.eps_min)
-            x_adv, eps_rows = an_pgd(
-                model, x[rows], y[rows], eps_init, norm=self.norm, eps_max=self.eps_max, eps_inc=s.eps_inc,
-                steps=s.steps, step_size=s.step_size, random_init=s.random_init,
-                bisection_steps=s.bisection_steps, attack_loss=s.attack_loss, search_loss=s.search_loss,
-                repgd=s.repgd, clean_logits=logits_clean[rows], clip_final=s.clip_final, l2_pgd=self.l2_pgd,
-            )
-            self.eps[idx[rows]] = eps_rows
-            mixed = x.index_put((rows,), x_adv.to(x.dtype))
-            eps = eps.index_put((rows,), eps_rows.to(eps.dtype))
-            within = eps_rows < s.hinge
-            metrics.update(
-                eps_mean=(eps_rows.sum(), n_correct), eps_median=(eps_rows.median(), torch.ones((), device=x.device)),
-                frac_within_hinge=(within.sum(), n_correct),
-            )
+        attack = self._attack_all_rows if fixed_shape() else self._attack_correct_rows
+        mixed, eps, found = attack(model, x, y, idx, correct, n_correct, logits_clean)
+        metrics.update(found)
         # one forward of the mixed batch, also when every row is wrong (then x again): the
         # batch statistics and running statistics of a batch-norm model are those of B rows
         ce_mixed = F.cross_entropy(full_precision(model(mixed)), y, reduction="none")
@@ -93,6 +81,52 @@ class MMAStep:
             train_acc=(logits_clean.detach().argmax(1) == y).float().mean(),
         )
         return loss, metrics
+
+    def _an_pgd(self, model, x, y, eps_init, clean_logits):
+        s = self.spec
+        return an_pgd(model, x, y, eps_init, norm=self.norm, eps_max=self.eps_max, eps_inc=s.eps_inc, steps=s.steps,
+                      step_size=s.step_size, random_init=s.random_init, bisection_steps=s.bisection_steps,
+                      attack_loss=s.attack_loss, search_loss=s.search_loss, repgd=s.repgd,
+                      clean_logits=clean_logits, clip_final=s.clip_final, l2_pgd=self.l2_pgd)
+
+    def _attack_correct_rows(self, model, x, y, idx, correct, n_correct, logits_clean):
+        """(mixed batch, ε per row (0 where wrong), metrics): AN-PGD on the correct rows
+        only (its cost is per row, and AN-PGD's secant search syncs anyway: its loop
+        ends when every bracket is closed)."""
+        s = self.spec
+        with torch.no_grad():  # wrong examples: stored ε reset to 0 (a mask, no host sync)
+            self.eps[idx] = torch.where(correct, self.eps[idx], torch.zeros_like(self.eps[idx]))
+        mixed, eps, metrics = x, torch.zeros(x.shape[0], device=x.device), {}  # wrong rows: x, length 0
+        rows = correct.nonzero().squeeze(1)
+        if rows.numel():
+            x_adv, eps_rows = self._an_pgd(model, x[rows], y[rows], self.eps[idx[rows]].clamp(min=s.eps_min),
+                                           logits_clean[rows])
+            self.eps[idx[rows]] = eps_rows
+            mixed = x.index_put((rows,), x_adv.to(x.dtype))
+            eps = eps.index_put((rows,), eps_rows.to(eps.dtype))
+            within = eps_rows < s.hinge
+            metrics = dict(eps_mean=(eps_rows.sum(), n_correct),
+                           eps_median=(eps_rows.median(), torch.ones((), device=x.device)),
+                           frac_within_hinge=(within.sum(), n_correct))
+        return mixed, eps, metrics
+
+    def _attack_all_rows(self, model, x, y, idx, correct, n_correct, logits_clean):
+        """The fixed-shape path (a CUDA graph): AN-PGD on all B rows, the wrong rows'
+        results masked out; the ε store gathered and scattered at ``idx`` (a static index
+        buffer in a graph).  Rows do not interact in the attack (eval mode), so the
+        correct rows' lengths are those of ``_attack_correct_rows`` with the same search,
+        except that random starts are drawn for B rows (there: for the correct ones)."""
+        s = self.spec
+        zero = torch.zeros((), device=x.device)
+        stored = torch.where(correct, self.eps[idx], zero)
+        x_adv, found = self._an_pgd(model, x, y, stored.clamp(min=s.eps_min), logits_clean)
+        eps = torch.where(correct, found.to(self.eps.dtype), zero)
+        self.eps.index_put_((idx,), eps)
+        mixed = torch.where(expand_like(correct, x), x_adv.to(x.dtype), x)
+        some = (n_correct > 0).to(eps.dtype)  # the median counts where there is one, as above
+        metrics = dict(eps_mean=(eps.sum(), n_correct), eps_median=(masked_median(eps, correct), some),
+                       frac_within_hinge=((correct & (eps < s.hinge)).sum(), n_correct))
+        return mixed, eps, metrics
 
     def state_dict(self) -> dict:
         return {"eps": self.eps.detach().cpu().clone()}
@@ -111,3 +145,12 @@ class MMAStep:
             # every stored ε at 0: no example is correct any more, MMA has nothing to maximise
             "warn_eps_collapsed": float(frac_zero == 1.0),
         }
+
+
+def masked_median(v: Tensor, mask: Tensor) -> Tensor:
+    """``v[mask].median()`` (torch's lower median) without compaction: fixed shapes, no
+    host read; 0 where ``mask`` is empty."""
+    n = mask.sum()
+    ordered = torch.where(mask, v, torch.full_like(v, math.inf)).sort().values
+    median = ordered.gather(0, ((n - 1).clamp_min(0) // 2).view(1)).squeeze(0)
+    return torch.where(n > 0, median, torch.zeros_like(median))

@@ -2,7 +2,10 @@
 
 A batch step is called as ``step_fn(model, x, y, idx, step) -> (loss, metrics)``
 with the model in train mode; ``idx`` are the examples' positions in the training
-split (MMA's per-example ε store is indexed by them).  Steps that hold state
+split (MMA's per-example ε store is indexed by them).  ``step`` is an int, or on the
+fixed-shape path (``mma.attacks.core.attack_path``: CUDA graphs, which replay the step's
+kernels) a 0-dim float64 tensor on the device, written before each step: a schedule
+computed from it gives the same values without a host read.  Steps that hold state
 (MMA) expose ``state_dict()`` / ``load_state_dict()`` for checkpoints.
 
 Metrics never leave the device here (no ``.item()``: a host sync per step on a GPU).
@@ -45,16 +48,21 @@ class PGDStep:
     def __init__(self, spec: PGDTrainSpec, norm: str, total_steps: int, *, l2_pgd: str = "advertorch"):
         self.spec, self.norm, self.total_steps, self.l2_pgd = spec, norm, total_steps, l2_pgd
 
-    def eps_at(self, step: int) -> float:
+    def eps_at(self, step: int | Tensor) -> float | Tensor:
+        """ε at ``step``; a float64 tensor for a tensor ``step`` (the same float64 operations)."""
         ramp = self.spec.ramp_fraction * self.total_steps
         if ramp <= 0:
             return self.spec.eps
+        if isinstance(step, Tensor):
+            return self.spec.eps * torch.clamp(step / ramp, max=1.0)
         return self.spec.eps * min(1.0, step / ramp)
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int):
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, step: int | Tensor):
         eps = self.eps_at(step)
         s = self.spec
-        if eps > 0:
+        # a tensor ε (fixed shapes) always runs the attack: at ε = 0 (PGDLS's step 0) PGD
+        # returns x exactly, having drawn a random start the eager step does not draw
+        if isinstance(eps, Tensor) or eps > 0:
             # step_size scales with the ramped ε (2.5·ε/steps) unless fixed in params
             step_size = None if s.step_size is None else s.step_size * eps / s.eps
             x = pgd(model, x, y, eps, norm=self.norm, steps=s.steps, step_size=step_size,
