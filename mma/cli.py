@@ -118,7 +118,7 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
            seed: Optional[int]) -> None:
     from importlib import import_module
 
-    from .params import data_name
+    from .config.data import data_name
 
     p = _load(params_path)
     tags: dict = {}
@@ -128,14 +128,14 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
         spec_ = _model(p, model)
         seed = p.pick_seed(seed)
         # mma.group: the model a member belongs to, so the members of one model are found together
-        tags = {"mma.model": model, "mma.group": model, "mma.seed": seed, "mma.dataset": data_name(p, spec_.dataset),
+        tags = {"mma.model": model, "mma.group": model, "mma.seed": seed, "mma.dataset": data_name(p.data, spec_.dataset),
                 "mma.norm": spec_.norm, "mma.method": spec_.method}
         if stage.name in ("transfer", "evaluate"):
             tags["mma.eval_seed"] = p.seed  # the attacks' seed (params.seed); mma.seed: the model's training seed
         if stage.target == "role":
             tags["mma.role"] = target
     else:
-        tags = {"mma.dataset": ",".join(sorted({data_name(p, m.dataset) for m in p.models.values()}))}
+        tags = {"mma.dataset": ",".join(sorted({data_name(p.data, m.dataset) for m in p.models.values()}))}
     member = f"{model} --seed {seed}" if model else ""
     if stage.target is not None and stage.name != "train":
         from .paths import model_file
@@ -158,7 +158,7 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
     with stage_lock(stage.name, target or "all", seed):
         run_id_file = None
         if stage.resumable:
-            from .params import spec_record
+            from .stages.contract import spec_record
 
             resumed = module.prepare(p, target, seed, restart=restart)  # the first write: after every check
             tags["mma.resumed_from_checkpoint"] = str(resumed).lower()
@@ -233,7 +233,7 @@ def spec(name: Annotated[Optional[str], typer.Argument(
 
             write_json(eval_spec_file(name, seed), inputs_record(p, name, seed))
             return
-        from .params import spec_record
+        from .stages.contract import spec_record
         from .paths import spec_file
 
         write_json(spec_file(name, seed), spec_record(p, name, seed))
@@ -314,7 +314,7 @@ def _fail(message: str, code: int = EXIT_USAGE):
 
 
 def _load(path: Path):
-    from .params import ParamsError, load_params
+    from .config.params import ParamsError, load_params
 
     try:
         return load_params(path)
@@ -334,7 +334,7 @@ def _preflight(p) -> None:
 
 
 def _model(p, name: str):
-    from .params import ParamsError
+    from .config.params import ParamsError
 
     try:
         return p.model(name)
@@ -368,7 +368,7 @@ def _errors():
     a diverged training exits 1; anything else is a bug: its traceback, then a hint."""
     from .data import DataError
     from .io import BadFileError
-    from .params import ParamsError
+    from .config.params import ParamsError
     from .stages.files import BusyError
     from .tracking import TrackingError
     from .train import TrainingDiverged

@@ -17,7 +17,7 @@ that apply it.  Speed only: every switch keeps the algorithms as they are.
 the train stage's metrics.json, the section as written in MLflow's params.
 
 This module imports pydantic only; torch is imported by the helpers that need it
-(``mma.params`` imports this module and must stay torch-free).
+(``mma.config.params`` imports this module and must stay torch-free).
 """
 
 from __future__ import annotations

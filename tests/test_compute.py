@@ -19,7 +19,7 @@ from mma.compute import Compute, ComputeParams
 
 # --------------------------------------------------------------------------- the params section
 def test_compute_section_refuses_unknown_keys_and_values(tmp_path):
-    from mma.params import ParamsError, load_params
+    from mma.config.params import ParamsError, load_params
 
     from pathlib import Path
 

@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from mma.cli import app
-from mma.params import DATA_SOURCE_ENV, ParamsError, load_params, mnist_source
+from mma.config.data import DATA_SOURCE_ENV, mnist_source
+from mma.config.params import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
@@ -153,9 +154,9 @@ def test_data_source_env_wins(monkeypatch, tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
     p = load_params(tmp_path / "p.yaml")
     monkeypatch.delenv(DATA_SOURCE_ENV, raising=False)
-    assert mnist_source(p) == ("/from/params", "data.mnist_source")
+    assert mnist_source(p.data) == ("/from/params", "data.mnist_source")
     monkeypatch.setenv(DATA_SOURCE_ENV, "/from/env")
-    assert mnist_source(p) == ("/from/env", f"${DATA_SOURCE_ENV}")
+    assert mnist_source(p.data) == ("/from/env", f"${DATA_SOURCE_ENV}")
 
 
 def test_error_is_a_params_error_not_a_traceback(tmp_path):
@@ -167,7 +168,7 @@ def test_error_is_a_params_error_not_a_traceback(tmp_path):
 def test_every_model_is_trained_once_per_seed(tmp_path):
     """seeds: [0, 2] → each model twice, the member's spec carries its seed, and the resolved
     record (hence the identity every file between stages carries) differs between members."""
-    from mma.params import identity, spec_record
+    from mma.stages.contract import identity, spec_record
 
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "seeds", [0, 2]), sort_keys=False))
     p = load_params(tmp_path / "p.yaml")

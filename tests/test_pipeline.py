@@ -219,7 +219,7 @@ def test_dvc_and_snakemake_give_the_same_report(smoke_runs):
 def test_one_finished_mlflow_run_per_stage_invocation(smoke_runs, tool):
     from mlflow.tracking import MlflowClient
 
-    from mma.params import load_params
+    from mma.config.params import load_params
 
     repo = smoke_runs[tool]
     p = load_params(repo / "params.yaml")
@@ -307,7 +307,7 @@ def test_keys_that_cannot_change_a_model_rerun_nothing(smoke_runs, tmp_path):
 def test_resume_state_of_other_settings_is_discarded(tmp_path, monkeypatch):
     """A checkpoint is resumed only by the settings that made it (edit lr → start afresh);
     keys that cannot change the model (checkpoint_every, log_every, threads, device) keep it."""
-    from mma.params import load_params
+    from mma.config.params import load_params
     from mma.stages import train as stage
 
     monkeypatch.chdir(tmp_path)

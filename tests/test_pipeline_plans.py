@@ -95,7 +95,7 @@ def test_two_seeds_plan_one_job_per_model_and_seed_in_both_tools(tmp_path):
 def test_evaluate_inputs_record_holds_only_its_threat_models_sets(tmp_path, monkeypatch):
     """What DVC's evaluate@NAME-S depends on (results/specs/NAME/seedS.evaluate.json): the seed-S
     sets of its own threat model's sources, by hash; another threat model's or seed's are not in it."""
-    from mma.params import load_params
+    from mma.config.params import load_params
     from mma.stages.evaluate import inputs_record
 
     monkeypatch.chdir(tmp_path)

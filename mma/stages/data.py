@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from ..params import Params, mnist_source
+from ..config.data import mnist_source
+from ..config.params import Params
 
 
 def run(params: Params, *, tracker=None) -> dict[str, float]:
@@ -21,7 +22,7 @@ def run(params: Params, *, tracker=None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for dataset in d.datasets:
         if dataset == "mnist":
-            source, origin = mnist_source(params)
+            source, origin = mnist_source(params.data)
             print(f"data: mnist from {source or 'torchvision download'} (chosen by {origin})", file=sys.stderr)
             summary = prepare_mnist(d.root, source)
         else:

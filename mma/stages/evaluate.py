@@ -48,7 +48,7 @@ def output_identity(params, name: str, seed: int) -> dict:
     """The identity per_example.pt carries: the member's (``params.identity``) plus the sha256
     of ``settings_record``, so results made under other evaluation settings (attacks, evaluate
     section, seeds) are refused by the report, not mixed into it."""
-    from ..params import identity, record_hash
+    from .contract import identity, record_hash
 
     settings = record_hash(settings_record(params, name, seed))
     return {**identity(params, name, seed, "evaluate"), "settings_sha256": settings}
@@ -140,7 +140,7 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
     from ..evaluation.finite import finite_logits, retrain_remedy
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json, write_text
-    from ..params import data_name
+    from ..config.data import data_name
     from .files import load_checked_model, swapped_in
 
     ev = params.evaluate
@@ -149,7 +149,7 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
     model, _, _ = load_checked_model(params, name, seed, device)
     switches = compute.resolve(params.compute, device)
     model = finite_logits(compute.prepare(model, switches), name, retrain_remedy(name, seed))
-    x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
+    x_u8, y = load_split(data_name(params.data, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
                          limit=ev.test_limit)
     transfer_sets = load_transfer_sets(params, name, seed, x_u8, y)  # checked before any attack runs
     x, y = to_float(x_u8, device), y.to(device)
@@ -161,7 +161,7 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
                              transfer_sets=transfer_sets, timings=timings)
     timings["total"] = time.monotonic() - t0
     # no timings in the files: equal results make byte-identical files (DVC reruns nothing after them)
-    summary = summarize(res, name, spec, ev, {"data": data_name(params, spec.dataset), "threat_model": tm.model_dump(),
+    summary = summarize(res, name, spec, ev, {"data": data_name(params.data, spec.dataset), "threat_model": tm.model_dump(),
                                               "evaluate_params": ev.model_dump(mode="json"),
                                               "compute": switches.record()})
     out = paths.eval_dir(name, seed)

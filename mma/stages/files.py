@@ -5,7 +5,7 @@ Output folders are replaced whole, so each stage names the files it writes there
 holding anything else is refused before the work, never emptied.
 
 Identity: every file a stage hands to another (model.pt, a transfer set and its
-manifest, per_example.pt) carries ``mma.params.identity`` of the model it belongs to
+manifest, per_example.pt) carries ``mma.stages.contract.identity`` of the model it belongs to
 (name, sha256 of the resolved settings, the data used, the stage that wrote it);
 per_example.pt also the sha256 of the evaluation settings it was made under.  A
 reader compares it with the params entry it is about to use the file for, so a file
@@ -60,7 +60,7 @@ def check_identity(path: Path, found, want: dict, remedy: str) -> None:
 def load_checked_model(params, name: str, seed: int, device: str):
     """(model, spec, meta) of results/models/NAME/seedS/model.pt, checked: intact, loadable and
     trained for exactly this params entry and seed."""
-    from ..params import identity
+    from .contract import identity
     from ..train import load_model
 
     path = paths.model_file(name, seed)

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 from .. import interrupt, paths
-from ..params import Params, spec_record
+from ..config.params import Params
+from .contract import spec_record
 
 
 def checkpoint_dir(name: str, seed: int) -> Path:
@@ -191,15 +192,17 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
     from .. import compute
     from ..data import TensorBatcher, load_split, to_float
     from ..io import load_tensors, save_tensors, write_json
-    from ..params import ParamsError, data_name, identity
+    from ..config.data import data_name
+    from ..config.params import ParamsError
     from ..train import train
     from ..train.loop import load_resume
     from ..tracking import git_commit
+    from .contract import identity
 
     spec = params.member(name, seed)  # the seed drives the batches, the initialisation and the attacks' starts
     d = params.data
     t0 = time.monotonic()
-    data = data_name(params, spec.dataset)
+    data = data_name(params.data, spec.dataset)
     x, y = load_split(data, d.root, "train", val_size=d.val_size, limit=spec.train_limit)
     x_val, y_val = load_split(data, d.root, "val", val_size=d.val_size, limit=spec.val_limit)
     if spec.batch_size > len(x):

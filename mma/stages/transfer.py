@@ -24,7 +24,7 @@ import re
 import time
 
 from .. import paths
-from ..params import NAME_PATTERN
+from ..config.params import NAME_PATTERN
 
 # what this stage writes in results/transfer/ROLE/seedS/ (replaced whole): the manifest and
 # one ``set_name(attack, eps)``.pt per set; anything else there is the user's
@@ -45,7 +45,8 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     from ..evaluation.transfer import build_sets, family, save_set, set_name, test_hash
     from ..evaluation.whitebox import predict, seed_for
     from ..io import write_json
-    from ..params import data_name, identity
+    from ..config.data import data_name
+    from .contract import identity
     from .files import load_checked_model, stage_lock, swapped_in
 
     ev = params.evaluate
@@ -55,7 +56,7 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     model, _, _ = load_checked_model(params, source, seed, device)
     switches = compute.resolve(params.compute, device)
     model = finite_logits(compute.prepare(model, switches), source, retrain_remedy(source, seed))
-    x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
+    x_u8, y = load_split(data_name(params.data, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
                          limit=ev.test_limit)
     who, tested = identity(params, source, seed, "transfer"), test_hash(x_u8, y)
     out = paths.transfer_dir(role, seed)
@@ -90,7 +91,7 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
                                 "source_accuracy": acc}
                 metrics[f"source_accuracy/{record_key(record)}"] = acc
         sets = [entries[row] for row in rows]  # the manifest lists them in Table 1's order
-        manifest = {"source": source, "role": role, "seed": seed, "dataset": data_name(params, spec.dataset), "norm": spec.norm, "n": int(len(y)),
+        manifest = {"source": source, "role": role, "seed": seed, "dataset": data_name(params.data, spec.dataset), "norm": spec.norm, "n": int(len(y)),
                     "test_limit": ev.test_limit, "identity": who, "test_sha256": tested, "sets": sets}
         # the time goes to MLflow, not the manifest: equal sets make equal bytes (evaluate's inputs hash it)
         metrics["wall_seconds"] = round(time.monotonic() - t0, 1)
@@ -118,7 +119,7 @@ def load_sets(params, source: str, seed: int, x_u8, y) -> list:
     checked against the params and the evaluated test images (``x_u8``, ``y``: the first n)."""
     from ..evaluation.transfer import check_set, load_set, test_hash
     from ..io import read_json
-    from ..params import identity
+    from .contract import identity
     from .files import check_identity, stage_lock
 
     role = params.role_of(source)

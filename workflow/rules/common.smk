@@ -5,7 +5,8 @@ import os
 import re
 
 from mma import paths
-from mma.params import ParamsError, load_params, spec_record
+from mma.config.params import ParamsError, load_params
+from mma.stages.contract import spec_record
 from mma.stages.evaluate import settings_record
 
 # The stages read the params FILE (`mma ... --params FILE`), so the DAG is built from that
@@ -72,7 +73,7 @@ SETTINGS = {
 
 
 def spec_settings(wildcards):
-    """A member's resolved settings (mma.params.spec_record), as its spec job's params."""
+    """A member's resolved settings (mma.stages.contract.spec_record), as its spec job's params."""
     return json.dumps(spec_record(P, wildcards.name, int(wildcards.seed)), sort_keys=True)
 
 
