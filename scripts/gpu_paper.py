@@ -187,12 +187,12 @@ def refuse_other_settings(call: Call) -> None:
     """InputError if STATE holds a checkpoint or a model of other settings of this member: hours of GPU
     time are not discarded (as `mma train` would) because a params file changed."""
     from mma import paths
-    from mma.stages.contract import spec_record
+    from mma.stages.train import CONTRACT as TRAIN
 
     spec_file = call.state / paths.resume_file(call.name, call.seed).parent / "spec.json"
     try:
-        same = json.loads(spec_file.read_text()) == json.loads(json.dumps(spec_record(call.params, call.name,
-                                                                                      call.seed)))
+        same = json.loads(spec_file.read_text()) == json.loads(json.dumps(TRAIN.record(call.params, call.name,
+                                                                                       call.seed)))
     except (OSError, ValueError):  # absent (no checkpoint: fine) or unreadable (not ours to delete)
         same = not spec_file.exists()
     if not same:

@@ -324,11 +324,20 @@ def _lock_is(kind: str):
 
 
 def _evaluated_under_other_settings(p: Path):
-    """`mma evaluate PGD` run (exit 0) with every attack weakened: results of other settings."""
+    """`mma evaluate PGD` run (exit 0) with another curve (a setting the evaluate stage reads,
+    transfer does not): results of other settings."""
+    def other_curve(d):
+        d["evaluate"]["threat_models"][0]["curve_eps"] = [0.3]
+    result = invoke("evaluate", PGD, "--params", write_params(p, other_curve))
+    assert result.exit_code == 0, result.output
+
+
+def _transferred_under_other_settings(p: Path):
+    """`mma transfer --role PGD` run (exit 0) with every attack weakened: sets of other settings."""
     def weaken(d):
         for a in d["attacks"].values():
             a.update(step_size_factor=0.001, random_init=False)
-    result = invoke("evaluate", PGD, "--params", write_params(p, weaken))
+    result = invoke("transfer", "--role", "PGD", "--params", write_params(p, weaken))
     assert result.exit_code == 0, result.output
 
 
@@ -398,7 +407,10 @@ FILE_FAULTS = [
     ("lock file is a hard link", _lock_is("hard link"), ["evaluate", STD], [LOCK, "2 links"]),
     ("lock file holds other content", _lock_is("other"), ["evaluate", STD], [LOCK, "other than a lock record"]),
     ("results of other evaluation settings", _evaluated_under_other_settings, ["report"],
-     [f"results/eval/{PGD}/seed0/per_example.pt", "other evaluation settings", f"mma evaluate {PGD} --seed 0"]),
+     [f"results/eval/{PGD}/seed0/per_example.pt", "other evaluate settings", f"mma evaluate {PGD} --seed 0"]),
+    ("transfer sets of other attack settings", _transferred_under_other_settings, ["evaluate", STD],
+     ["results/transfer/PGD/seed0/manifest.json", "other transfer settings (attacks,",
+      "mma transfer --role PGD --seed 0"]),
     ("prepared data corrupted after preparation", _corrupt_prepared_data,
      ["evaluate", STD], ["data/MNIST/raw/t10k-labels-idx1-ubyte", "corrupted", "mma data"]),
 ]

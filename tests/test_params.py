@@ -168,7 +168,8 @@ def test_error_is_a_params_error_not_a_traceback(tmp_path):
 def test_every_model_is_trained_once_per_seed(tmp_path):
     """seeds: [0, 2] → each model twice, the member's spec carries its seed, and the resolved
     record (hence the identity every file between stages carries) differs between members."""
-    from mma.stages.contract import identity, spec_record
+    from mma.stages.contract import identity
+    from mma.stages.train import CONTRACT as TRAIN
 
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "seeds", [0, 2]), sort_keys=False))
     p = load_params(tmp_path / "p.yaml")
@@ -177,7 +178,7 @@ def test_every_model_is_trained_once_per_seed(tmp_path):
     assert p.member("mnist-linf-std", 2).seed == 2 and p.member("mnist-linf-std", 0).seed == 0
     assert p.member("mnist-linf-std", 2).model_dump(exclude={"seed"}) == p.model("mnist-linf-std").model_dump(
         exclude={"seed"})
-    a, b = spec_record(p, "mnist-linf-std", 0), spec_record(p, "mnist-linf-std", 2)
+    a, b = TRAIN.record(p, "mnist-linf-std", 0), TRAIN.record(p, "mnist-linf-std", 2)
     assert a["model"]["seed"] == 0 and b["model"]["seed"] == 2 and {**a["model"], "seed": 2} == b["model"]
     ia, ib = identity(p, "mnist-linf-std", 0, "train"), identity(p, "mnist-linf-std", 2, "train")
     assert (ia["seed"], ib["seed"]) == (0, 2) and ia["spec_sha256"] != ib["spec_sha256"]
