@@ -1,5 +1,6 @@
-"""How tensors are computed: the ``compute:`` section of params.yaml and the helpers
-that apply it.  Speed only: every switch keeps the algorithms as they are.
+"""How tensors are computed: the helpers that apply the ``compute:`` section of params.yaml
+(its schema, ``ComputeParams``, is in mma/config/compute.py).  Speed only: every switch keeps
+the algorithms as they are.
 
     precision      fp32 | bf16 | auto   bf16: autocast for the attacks' gradient steps and
                                         the training forward/backward; kept in fp32: every
@@ -16,8 +17,7 @@ that apply it.  Speed only: every switch keeps the algorithms as they are.
 (docs/performance.md); the resolved values are recorded in the model file and in
 the train stage's metrics.json, the section as written in MLflow's params.
 
-This module imports pydantic only; torch is imported by the helpers that need it
-(``mma.config.params`` imports this module and must stay torch-free).
+torch is imported by the helpers that need it.
 """
 
 from __future__ import annotations
@@ -25,18 +25,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Union
+from typing import Iterator
 
-from .config import Bool, Strict
-
-
-class ComputeParams(Strict):
-    """params.yaml ``compute:``: the speed switches (see the module docstring)."""
-
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: as measured per device (resolve)
-    channels_last: Union[Literal["auto"], Bool] = "auto"  # auto: as measured per device (resolve)
-    compile: Bool = False  # torch.compile the model: minutes of compile time, measured gain only on GPU
-    cuda_graphs: Bool = False  # CUDA graphs via torch.compile(mode="reduce-overhead"); ignored off CUDA
+from .config import Bool
+from .config.compute import ComputeParams
 
 
 @dataclass(frozen=True)

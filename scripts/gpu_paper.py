@@ -92,7 +92,8 @@ class Call:
 
     def switches(self, method: str | None = None):
         """``compute.resolve`` of the params' compute section, GRAPH_PATH filling its unset keys on CUDA."""
-        from mma.compute import ComputeParams, resolve
+        from mma.compute import resolve
+        from mma.config.compute import ComputeParams
 
         written = self.params.compute.model_dump(exclude_unset=True)
         filled = {**(GRAPH_PATH if self.args.device.startswith("cuda") else {}), **written}

@@ -14,7 +14,8 @@ from torch import nn
 from mma import compute
 from mma.attacks import an_pgd, boundary_search, pgd
 from mma.attacks.core import attack_precision
-from mma.compute import Compute, ComputeParams
+from mma.compute import Compute
+from mma.config.compute import ComputeParams
 
 
 # --------------------------------------------------------------------------- the params section

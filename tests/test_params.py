@@ -225,3 +225,28 @@ def test_every_model_can_be_set_by_name_with_dvc_exp_run_s(shipped, tmp_path):
         apply_overrides(copy, [f"models.{name}.optimizer.lr=0.0123"])
         models = yaml.safe_load(copy.read_text())["models"]
         assert [n for n in names if (models[n].get("optimizer") or {}).get("lr") == 0.0123] == [name]
+
+
+def test_the_schema_package_imports_no_torch_and_nothing_above_it():
+    """mma.config sits at the bottom of the import order: every module may import it, and it
+    imports no torch and no other part of mma (statically, function-level imports included,
+    and at run time)."""
+    import ast
+    import json
+    import os
+    import subprocess
+    import sys
+
+    for path in sorted((ROOT / "mma" / "config").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                top = (node.module or "").split(".")[0]
+                assert node.level == 1 or node.level == 0 and top not in ("mma", "torch"), \
+                    f"{path.name} imports {'.' * node.level}{node.module or ''}"
+            elif isinstance(node, ast.Import):
+                assert not {a.name.split(".")[0] for a in node.names} & {"mma", "torch"}, path.name
+    code = ("import json, sys, mma.config.params, mma.config.reader, mma.config.data, mma.config.compute; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('mma', 'torch'))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout)
+    assert "mma.config.params" in loaded and all(m == "mma" or m.startswith("mma.config") for m in loaded), loaded

@@ -2,6 +2,7 @@
 
     params       the whole file (``Params``), ``load_params`` and the checks that span sections
     data         ``data:`` (``DataParams``) and the settings resolved from it (its MNIST source, the data's name)
+    compute      ``compute:`` (``ComputeParams``), the speed switches; mma/compute.py applies them
     model        one entry of ``models``: architecture, method (STD / PGD / MMA), optimiser
     evaluation   ``attacks`` (every named attack setting, stated once), ``table1``,
                  ``evaluate`` and ``report``

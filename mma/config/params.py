@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 import pydantic
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from ..compute import ComputeParams
 from . import NonNegativeInt, ParamsError, Strict, short
+from .compute import ComputeParams
 from .data import DataParams
 from .evaluation import AttackSetting, EvaluateParams, ReportParams, Table1Params, paper_attacks
 from .model import ModelSpec
