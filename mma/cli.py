@@ -65,45 +65,57 @@ EXIT_FAILED = 1  # the work itself failed (e.g. training diverged)
 # --------------------------------------------------------------------------- the stages
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage as the CLI runs it: ``mma.stages.<name>.run(params, [target, seed], ...)``
-    inside one MLflow run.  ``target``: what it works on ("model": one member, a model of the
-    grid × a seed; "role": a Table-1 role's source model × a seed; None: the whole grid)."""
+    """One pipeline stage as the CLI runs it: its module's ``run(params, [target, seed], ...)``
+    inside one MLflow run whose params are the module's ``CONTRACT.record`` (what it reads)."""
 
     name: str
-    target: Optional[str]
     device: bool  # takes --device
     resumable: bool = False  # train: prepare() a resume checkpoint first, finish() after
 
+    @property
+    def module(self):
+        """mma.stages.<name>, from the static table of the stage modules."""
+        from .stages import MODULES
+
+        return MODULES[self.name]
+
 
 STAGES = {s.name: s for s in [
-    Stage("data", None, device=False),
-    Stage("train", "model", device=True, resumable=True),
-    Stage("transfer", "role", device=True),
-    Stage("evaluate", "model", device=True),
-    Stage("report", None, device=False),
+    Stage("data", device=False),
+    Stage("train", device=True, resumable=True),
+    Stage("transfer", device=True),
+    Stage("evaluate", device=True),
+    Stage("report", device=False),
 ]}
 
 
-def _logged(p, stage: str) -> dict:
-    """The params a stage's MLflow run records (what it reads)."""
-    sections = {"data": lambda: p.data.model_dump(mode="json"),
-                "transfer": lambda: {"attacks": {k: a.model_dump(mode="json") for k, a in p.attacks.items()},
-                                     "table1": p.table1.model_dump(mode="json"), "evaluate.loss": p.evaluate.loss},
-                "evaluate": lambda: p.evaluate.model_dump(mode="json"),
-                "report": lambda: p.report.model_dump(mode="json")}
-    return sections[stage]()
+def _writable(stage: Stage, p, target: Optional[str], seed: Optional[int]) -> list[Path]:
+    """The folders a stage writes in, checked for writability before any work: each output's
+    folder (outputs are built beside, then renamed into place), an existing output folder
+    itself, and the resume folder of a resumable stage."""
+    outputs = stage.module.CONTRACT.outputs(p, target, seed)
+    folders = [o.parent for o in outputs] + [o for o in outputs if o.is_dir()]
+    if stage.resumable:
+        folders.append(stage.module.checkpoint_dir(target, seed))
+    return list(dict.fromkeys(folders))
 
 
-def _outputs(p, stage: Stage, target: Optional[str], seed: Optional[int]) -> list[Path]:
-    """The folders a stage writes (checked for writability before any work)."""
-    from . import paths
+def _tags(p, contract, target: Optional[str], seed: Optional[int]) -> dict:
+    """The MLflow tags that find a run: the member (model, seed) and its kind, or the grid's data."""
+    from .config.data import data_name
 
-    folders = {"data": lambda: [Path(p.data.root)],
-               "train": lambda: [paths.model_dir(target, seed), paths.resume_file(target, seed).parent],
-               "transfer": lambda: [paths.transfer_dir(target, seed)],
-               "evaluate": lambda: [paths.eval_dir(target, seed)],
-               "report": lambda: [paths.report_dir()]}[stage.name]()
-    return folders + [f.parent for f in folders]  # outputs are built beside, then renamed into place
+    if contract.target is None:
+        return {"mma.dataset": ",".join(sorted({data_name(p.data, m.dataset) for m in p.models.values()}))}
+    model = p.source_model(target) if contract.target == "role" else target
+    spec_ = p.model(model)
+    # mma.group: the model a member belongs to, so the members of one model are found together
+    tags = {"mma.model": model, "mma.group": model, "mma.seed": seed, "mma.dataset": data_name(p.data, spec_.dataset),
+            "mma.norm": spec_.norm, "mma.method": spec_.method}
+    if contract.stage in ("transfer", "evaluate"):
+        tags["mma.eval_seed"] = p.seed  # the attacks' seed (params.seed); mma.seed: the model's training seed
+    if contract.target == "role":
+        tags["mma.role"] = target
+    return tags
 
 
 def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, device: Optional[str] = None,
@@ -116,28 +128,17 @@ def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, de
 
 def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optional[str], restart: bool,
            seed: Optional[int]) -> None:
-    from importlib import import_module
-
-    from .params import data_name
-
     p = _load(params_path)
-    tags: dict = {}
+    module = stage.module
+    contract = module.CONTRACT
     model = None  # the model whose member the stage works on (transfer: the role's source)
-    if stage.target is not None:
-        model = p.source_model(target) if stage.target == "role" else target
-        spec_ = _model(p, model)
+    if contract.target is not None:
+        model = p.source_model(target) if contract.target == "role" else target
+        _model(p, model)
         seed = p.pick_seed(seed)
-        # mma.group: the model a member belongs to, so the members of one model are found together
-        tags = {"mma.model": model, "mma.group": model, "mma.seed": seed, "mma.dataset": data_name(p, spec_.dataset),
-                "mma.norm": spec_.norm, "mma.method": spec_.method}
-        if stage.name in ("transfer", "evaluate"):
-            tags["mma.eval_seed"] = p.seed  # the attacks' seed (params.seed); mma.seed: the model's training seed
-        if stage.target == "role":
-            tags["mma.role"] = target
-    else:
-        tags = {"mma.dataset": ",".join(sorted({data_name(p, m.dataset) for m in p.models.values()}))}
+    tags = _tags(p, contract, target, seed)
     member = f"{model} --seed {seed}" if model else ""
-    if stage.target is not None and stage.name != "train":
+    if model is not None and stage.name != "train":
         from .paths import model_file
 
         if not model_file(model, seed).exists():
@@ -147,30 +148,25 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
         kwargs["device"] = tags["mma.device"] = _device(p, device)
     from .stages.files import ensure_writable, refuse_foreign, stage_lock
 
-    outputs = _outputs(p, stage, target, seed)
-    ensure_writable(*outputs)
-    module = import_module(f"mma.stages.{stage.name}")
-    if hasattr(module, "ours"):  # its folder is replaced whole: one holding the user's files is refused now
-        refuse_foreign(outputs[0], module.ours, stage.name)
+    ensure_writable(*_writable(stage, p, target, seed))
+    if contract.swapped is not None:  # its folder is replaced whole: one holding the user's files is refused now
+        refuse_foreign(contract.swapped(target, seed), module.ours, stage.name)
     _preflight(p)
-    args = (p,) if stage.target is None else (p, target, seed)
+    args = (p,) if contract.target is None else (p, target, seed)
     # one invocation per member / role / report at a time: a second one is refused, never interleaved
     with stage_lock(stage.name, target or "all", seed):
         run_id_file = None
         if stage.resumable:
-            from .params import spec_record
-
             resumed = module.prepare(p, target, seed, restart=restart)  # the first write: after every check
             tags["mma.resumed_from_checkpoint"] = str(resumed).lower()
-            run_id_file, logged = module.run_id_file(target, seed), spec_record(p, target, seed)
-        else:
-            logged = _logged(p, stage.name)
+            run_id_file = module.run_id_file(target, seed)
 
         from .tracking import params_file_tag, stage_run
 
         tags = {"mma.params_file": params_file_tag(params_path), "mma.experiment": p.experiment, **tags}
-        with stage_run(p.experiment, stage.name, name=model, seed=seed, tags=tags, params=logged,
-                       run_id_file=run_id_file) as tracker:
+        # the run's params: everything the stage reads from the params file, for this target and seed
+        with stage_run(p.experiment, stage.name, name=model, seed=seed, tags=tags,
+                       params=contract.record(p, target, seed), run_id_file=run_id_file) as tracker:
             tracker.log_artifact(params_path, "params")  # the values used, kept after a temporary copy is gone
             metrics = module.run(*args, tracker=tracker, **kwargs) or {}
             # the stage's summary, unless the stage logged those keys itself (no duplicate points)
@@ -197,46 +193,42 @@ RoleOpt = Annotated[Optional[str], typer.Option(
     "--role", metavar="ROLE", help="A Table-1 role (a key of table1.sources: MMA, PGD, STD, ...): its source model.")]
 
 
-@app.command()
-def spec(name: Annotated[Optional[str], typer.Argument(
-             metavar="NAME", help="A model name: a key of the params file's `models`.")] = None,
-         params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None,
-         evaluate: Annotated[bool, typer.Option("--evaluate", help=(
-             "Write results/specs/NAME/seedS.evaluate.json instead: what `mma evaluate NAME --seed S` reads "
-             "(settings, and the hash of each transfer set of its threat model and seed)."))] = False,
-         role: RoleOpt = None) -> None:
-    """Write results/specs/NAME/seedS.json: the member's resolved settings (defaults filled in).
+BOOKKEPT = ("train", "transfer", "evaluate")  # the stages whose reads reach DVC through a file
 
-    Bookkeeping for DVC, which cannot depend on one model of the grid or on files chosen
-    from the params: the train (evaluate) stage depends on this file, so editing one model
-    (one source's transfer sets) reruns only what reads it. With --role ROLE instead of NAME:
-    results/sources/ROLE/seedS.json, the role's source model and its model file's hash (what
-    the transfer stage of ROLE depends on). Not an MLflow run.
+
+@app.command()
+def spec(stage: Annotated[str, typer.Argument(
+             metavar="STAGE", help="The stage whose reads to write: train, transfer or evaluate.")],
+         target: Annotated[str, typer.Argument(
+             metavar="TARGET", help="What the stage works on: a model NAME (train, evaluate) or a Table-1 ROLE "
+                                    "(transfer).")],
+         params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None) -> None:
+    """Write what `mma STAGE TARGET --seed S` reads, for DVC: the values it reads from the
+    params (defaults filled in) and the md5 of every file the params choose for it.
+
+    \b
+      mma spec train NAME      results/specs/NAME/seedS.json
+      mma spec transfer ROLE   results/sources/ROLE/seedS.json (and the md5 of ROLE's source model file)
+      mma spec evaluate NAME   results/specs/NAME/seedS.evaluate.json (and the md5 of each transfer set
+                               of NAME's threat model and seed)
+
+    dvc.yaml cannot depend on one model of the grid or on files chosen by the params, so each
+    of these stages depends on its file instead: an edit of one model (a retrained source, a new
+    set of a threat model) reruns only the stages that read it. Not an MLflow run.
     """
     with _errors():
         p = _load(params)
-        if (name is None) == (role is None):
-            _fail("give a model NAME or --role ROLE (one of them)")
+        if stage not in BOOKKEPT:
+            _fail(f"STAGE {stage!r}: expected one of {', '.join(BOOKKEPT)}")
+        contract = STAGES[stage].module.CONTRACT
+        if contract.target == "role":
+            p.source_model(target)  # a role of table1.sources, else one line naming the roles
+        else:
+            _model(p, target)
         from .io import write_json
 
         seed = p.pick_seed(seed)
-        if role is not None:
-            from .paths import source_file
-            from .stages.transfer import source_record
-
-            write_json(source_file(role, seed), source_record(p, role, seed))
-            return
-        _model(p, name)
-        if evaluate:
-            from .paths import eval_spec_file
-            from .stages.evaluate import inputs_record
-
-            write_json(eval_spec_file(name, seed), inputs_record(p, name, seed))
-            return
-        from .params import spec_record
-        from .paths import spec_file
-
-        write_json(spec_file(name, seed), spec_record(p, name, seed))
+        write_json(contract.bookkeeping.file(target, seed), contract.bookkeeping_record(p, target, seed))
 
 
 @app.command()
@@ -314,7 +306,7 @@ def _fail(message: str, code: int = EXIT_USAGE):
 
 
 def _load(path: Path):
-    from .params import ParamsError, load_params
+    from .config.params import ParamsError, load_params
 
     try:
         return load_params(path)
@@ -334,7 +326,7 @@ def _preflight(p) -> None:
 
 
 def _model(p, name: str):
-    from .params import ParamsError
+    from .config.params import ParamsError
 
     try:
         return p.model(name)
@@ -368,7 +360,7 @@ def _errors():
     a diverged training exits 1; anything else is a bug: its traceback, then a hint."""
     from .data import DataError
     from .io import BadFileError
-    from .params import ParamsError
+    from .config.params import ParamsError
     from .stages.files import BusyError
     from .tracking import TrackingError
     from .train import TrainingDiverged

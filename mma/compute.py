@@ -1,5 +1,6 @@
-"""How tensors are computed: the ``compute:`` section of params.yaml and the helpers
-that apply it.  Speed only: every switch keeps the algorithms as they are.
+"""How tensors are computed: the helpers that apply the ``compute:`` section of params.yaml
+(its schema, ``ComputeParams``, is in mma/config/compute.py).  Speed only: every switch keeps
+the algorithms as they are.
 
     precision      fp32 | bf16 | auto   bf16: autocast for the attacks' gradient steps and
                                         the training forward/backward; kept in fp32: every
@@ -23,8 +24,7 @@ that apply it.  Speed only: every switch keeps the algorithms as they are.
 (docs/performance.md); the resolved values are recorded in the model file and in
 the train stage's metrics.json, the section as written in MLflow's params.
 
-This module imports pydantic only; torch is imported by the helpers that need it
-(``mma.params`` imports this module and must stay torch-free).
+torch is imported by the helpers that need it.
 """
 
 from __future__ import annotations
@@ -33,34 +33,10 @@ import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Union
+from typing import Iterator
 
-from pydantic import model_validator
-
-from .config import Bool, Strict
-
-SEARCHES = ("secant", "bisection")  # AN-PGD's boundary searches (mma.attacks.an_pgd.boundary_search)
-
-
-class ComputeParams(Strict):
-    """params.yaml ``compute:``: the speed switches (see the module docstring)."""
-
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: as measured per device (resolve)
-    channels_last: Union[Literal["auto"], Bool] = "auto"  # auto: as measured per device (resolve)
-    compile: Bool = False  # torch.compile the model: minutes of compile time, measured gain only on GPU
-    cuda_graphs: Union[Literal["auto"], Bool] = "auto"  # the graph path on CUDA; auto: off until measured (resolve)
-    search: Literal["auto", "secant", "bisection"] = "auto"  # AN-PGD's boundary search; auto: per device (resolve)
-
-    @model_validator(mode="after")
-    def _graph_path(self):
-        if self.cuda_graphs is True and self.search == "secant":
-            raise ValueError("search = 'secant' cannot run in a CUDA graph (its loop ends when every "
-                             "bracket has closed, a host read): with cuda_graphs: true set search to bisection "
-                             "or auto")
-        if self.cuda_graphs is True and self.compile:
-            raise ValueError("compile and cuda_graphs: choose one (the graph path captures the "
-                             "eager model's kernels)")
-        return self
+from .config import Bool
+from .config.compute import SEARCHES, ComputeParams
 
 
 @dataclass(frozen=True)

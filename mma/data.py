@@ -372,7 +372,7 @@ def _write_synthetic(tmp: Path, params: dict) -> list[str]:
 def resolve_dataset(dataset: str, root: PathLike) -> str:
     """The dataset ``load_split`` reads: exactly the one named.  "cifar10" is the real set
     only: the synthetic stand-in is read only when asked for by name ("cifar10-synthetic",
-    what ``mma.params.data_name`` gives when data.cifar10_source is "synthetic")."""
+    what ``mma.config.data.data_name`` gives when data.cifar10_source is "synthetic")."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if dataset == "cifar10" and not (Path(root) / FOLDERS["cifar10"] / MARKER).is_file():

@@ -30,22 +30,23 @@ def model_file(name: str, seed: Seed) -> Path:
 
 
 def spec_file(name: str, seed: Seed) -> Path:
-    """results/specs/NAME/seedS.json: the member's resolved settings (``mma spec NAME --seed S``).
-    DVC cannot depend on one element of the ``models`` mapping, so each train stage depends
-    on its own file: editing one model reruns only that model's members."""
+    """results/specs/NAME/seedS.json: what the train stage of the member reads, its resolved
+    settings (``mma spec train NAME --seed S``).  DVC cannot depend on one element of the
+    ``models`` mapping, so each train stage depends on its own file: editing one model reruns
+    only that model's members."""
     return RESULTS / "specs" / name / f"{seed_part(seed)}.json"
 
 
 def eval_spec_file(name: str, seed: Seed) -> Path:
     """results/specs/NAME/seedS.evaluate.json: what the evaluate stage of the member reads
     besides its model and the data (settings, and each transfer set's hash):
-    `mma spec NAME --seed S --evaluate`."""
+    `mma spec evaluate NAME --seed S`."""
     return RESULTS / "specs" / name / f"{seed_part(seed)}.evaluate.json"
 
 
 def source_file(role: str, seed: Seed) -> Path:
-    """results/sources/ROLE/seedS.json: which model is Table-1 role ROLE's source and the
-    hash of its seed-S model file (`mma spec --role ROLE --seed S`).  dvc.yaml names the
+    """results/sources/ROLE/seedS.json: what the transfer stage of Table-1 role ROLE reads, and
+    the hash of its source's seed-S model file (`mma spec transfer ROLE --seed S`).  dvc.yaml names the
     transfer stages by role and cannot look the role's model up, so transfer@ROLE-S depends
     on this file instead of on the model file it cannot name."""
     return RESULTS / "sources" / role / f"{seed_part(seed)}.json"

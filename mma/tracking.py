@@ -356,12 +356,14 @@ class Tracker:
                   file=sys.stderr)
 
     def log_params(self, params: dict) -> None:
+        """``params`` (a nested record) as MLflow params, one per leaf: ``attacks.pgd40x1.steps``."""
         from mlflow.entities import Param
+        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
-        flat = [Param(_key(k), _param_value(v)) for k, v in _flatten(params).items()]
-        for i in range(0, len(flat), 100):
+        flat = [Param(_key(k), _param_value(v)) for k, v in flatten(params).items()]
+        for i in range(0, len(flat), MAX_PARAMS_TAGS_PER_BATCH):  # one request per batch MLflow accepts
             with _locked(self.uri):
-                self.client.log_batch(self.run_id, params=flat[i:i + 100])
+                self.client.log_batch(self.run_id, params=flat[i:i + MAX_PARAMS_TAGS_PER_BATCH])
 
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
@@ -491,16 +493,28 @@ def _key(key: str) -> str:
 
 
 def _param_value(value: Any) -> str:
+    """A param's value as MLflow stores it: a list as JSON, anything else as ``str``; cut to
+    MLflow's limit (``MAX_PARAM_VAL_LENGTH``), saying so (the whole file is the run's params artifact)."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
     text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-    return text[:6000]
+    if len(text) <= MAX_PARAM_VAL_LENGTH:
+        return text
+    cut = " ... (cut: the whole value is in the run's params artifact)"
+    return text[:MAX_PARAM_VAL_LENGTH - len(cut)] + cut
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(record: Any, prefix: str = "") -> dict:
+    """A nested record as MLflow params: one key per leaf, its path joined by dots
+    (``evaluate.margins.fab_steps``); a list of mappings by index (``evaluate.threat_models.0.dataset``);
+    any other list (``table1.eps``) and an empty mapping stay one value."""
+    if isinstance(record, dict) and record:
+        items = record.items()
+    elif isinstance(record, (list, tuple)) and record and all(isinstance(v, dict) for v in record):
+        items = enumerate(record)
+    else:
+        return {prefix: record}
     out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out

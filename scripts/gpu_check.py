@@ -362,7 +362,8 @@ def part_bench(c: Check) -> dict:
 
 def time_case(c: Check, case: Case, combo: str) -> dict:
     """One timed row: the combination resolved as a training stage would."""
-    from mma.compute import ComputeParams, resolve
+    from mma.compute import resolve
+    from mma.config.compute import ComputeParams
 
     switches = resolve(ComputeParams(**COMBOS[combo]), c.a.device)
     if c.left() < (40 if switches.cuda_graphs else 20):  # warm-up and capture take their time first
@@ -396,7 +397,8 @@ def part_steps(c: Check) -> dict:
     try:  # at the graph path's fastest PGD setting
         combo = min((v["median_ms"], k.split(" ", 2)[2]) for k, v in rows.items()
                     if k.startswith("lenet pgd") and "median_ms" in v)[1]
-        from mma.compute import ComputeParams, resolve
+        from mma.compute import resolve
+        from mma.config.compute import ComputeParams
 
         out["eval_rate"] = eval_rate(c.a.device, resolve(ComputeParams(**COMBOS[combo]), c.a.device),
                                      images=64 if c.a.dry_run else 500, steps=4 if c.a.dry_run else 40)

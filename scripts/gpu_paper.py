@@ -71,7 +71,7 @@ class Call:
     """One invocation: its settings, its member of the grid and its clock."""
 
     args: argparse.Namespace
-    params: object  # mma.params.Params, data.root made absolute
+    params: object  # mma.config.params.Params, data.root made absolute
     name: str
     seed: int
     state: Path  # absolute; the working folder while the call runs
@@ -92,7 +92,8 @@ class Call:
 
     def switches(self):
         """``compute.resolve`` of the params' compute section, GRAPH_PATH filling its unset keys on CUDA."""
-        from mma.compute import ComputeParams, resolve
+        from mma.compute import resolve
+        from mma.config.compute import ComputeParams
 
         written = self.params.compute.model_dump(exclude_unset=True)
         filled = {**(GRAPH_PATH if self.args.device.startswith("cuda") else {}), **written}
@@ -107,7 +108,7 @@ class Call:
 
 def open_call(a: argparse.Namespace) -> Call:
     """The call's settings, checked (InputError / ParamsError on bad input); nothing written yet."""
-    from mma.params import load_params
+    from mma.config.params import load_params
 
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {a.device} but torch {torch.__version__} sees no CUDA device; "
@@ -123,7 +124,7 @@ def open_call(a: argparse.Namespace) -> Call:
     paper_attack(params)  # present, or refused now
     root = Path(params.data.root).resolve()  # the checkout's data, wherever STATE is
     # at least ~20 timed windows: how often the loop reads its metrics back (log_every) changes no model
-    # (params.NO_RESULT_KEYS: not part of its identity); the paper's 100k steps keep their 100
+    # (config.model.NO_RESULT_KEYS: not part of its identity); the paper's 100k steps keep their 100
     timed = spec.model_copy(update={"log_every": min(spec.log_every, max(1, spec.train_steps // 20))})
     params = params.model_copy(update={"data": params.data.model_copy(update={"root": str(root)}),
                                        "models": {**params.models, a.model: timed}})
@@ -137,7 +138,7 @@ def paper_attack(params):
     for key, setting in params.attacks.items():
         if (setting.as_paper or key) == PGD_SETTING and setting.attack == "pgd":
             return key, setting
-    from mma.params import ParamsError
+    from mma.config.params import ParamsError
 
     raise ParamsError(f"attacks: no PGD setting stands for the paper's {PGD_SETTING} (name one {PGD_SETTING}, or "
                       f"give one `as_paper: {PGD_SETTING}`)")
@@ -174,7 +175,7 @@ def model_trained(call: Call) -> bool:
     """True when STATE holds the model file of exactly these settings (the train stage's last write)."""
     from mma import paths
     from mma.io import load_tensors
-    from mma.params import identity
+    from mma.stages.contract import identity
 
     path = call.state / paths.model_file(call.name, call.seed)
     if not path.exists():
@@ -187,12 +188,12 @@ def refuse_other_settings(call: Call) -> None:
     """InputError if STATE holds a checkpoint or a model of other settings of this member: hours of GPU
     time are not discarded (as `mma train` would) because a params file changed."""
     from mma import paths
-    from mma.params import spec_record
+    from mma.stages.train import CONTRACT as TRAIN
 
     spec_file = call.state / paths.resume_file(call.name, call.seed).parent / "spec.json"
     try:
-        same = json.loads(spec_file.read_text()) == json.loads(json.dumps(spec_record(call.params, call.name,
-                                                                                      call.seed)))
+        same = json.loads(spec_file.read_text()) == json.loads(json.dumps(TRAIN.record(call.params, call.name,
+                                                                                       call.seed)))
     except (OSError, ValueError):  # absent (no checkpoint: fine) or unreadable (not ours to delete)
         same = not spec_file.exists()
     if not same:
@@ -325,7 +326,7 @@ def evaluate(call: Call, started: bool) -> dict:
     from mma import compute, interrupt
     from mma.data import load_split, to_float
     from mma.evaluation.finite import finite_logits, retrain_remedy
-    from mma.params import data_name
+    from mma.config.data import data_name
     from mma.stages.files import load_checked_model
 
     p, spec, ev = call.params, call.spec, call.params.evaluate
@@ -333,7 +334,7 @@ def evaluate(call: Call, started: bool) -> dict:
     model, _, _ = load_checked_model(p, call.name, call.seed, call.args.device)
     switches = call.switches()
     net = finite_logits(compute.prepare(model, switches), call.name, retrain_remedy(call.name, call.seed))
-    x_u8, y = load_split(data_name(p, spec.dataset), p.data.root, "test", val_size=p.data.val_size,
+    x_u8, y = load_split(data_name(p.data, spec.dataset), p.data.root, "test", val_size=p.data.val_size,
                          limit=ev.test_limit)
     x, y = to_float(x_u8, call.args.device), y.to(call.args.device)
     state = eval_state(call)
@@ -494,7 +495,7 @@ def history(call: Call, ident: dict) -> list[dict]:
 
 def report(call: Call, calls: list[dict], this: dict, trained: bool, evaluation: dict | None) -> dict:
     """The JSON: ours beside the paper's, step times and wall times (this call appended to ``calls``)."""
-    from mma.params import identity
+    from mma.stages.contract import identity
     from mma.tracking import git_commit
 
     spec, paper = call.spec, paper_values(call)
@@ -564,7 +565,7 @@ def work(call: Call) -> dict:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     call.state.mkdir(parents=True, exist_ok=True)
     with contextlib.chdir(call.state), stage_lock("gpu-paper", call.name, call.seed):
-        from mma.params import identity
+        from mma.stages.contract import identity
 
         calls = history(call, identity(call.params, call.name, call.seed, "train"))
         training = train(call) if "train" in parts else {"steps": 0}
@@ -607,7 +608,7 @@ def errors():
     training: one line and exit 1; anything else is a bug and keeps its traceback."""
     from mma.data import SOURCE_HINT, DataError
     from mma.io import BadFileError
-    from mma.params import ParamsError
+    from mma.config.params import ParamsError
     from mma.stages.files import BusyError
     from mma.train import TrainingDiverged
 

@@ -79,17 +79,17 @@ def test_a_member_stage_without_seed_on_a_two_seed_grid_lists_the_seeds(tmp_path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     doc = yaml.safe_load(SMOKE.read_text())
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({**doc, "seeds": [0, 3]}))
-    for args in (["train", "mnist-linf-std"], ["evaluate", "mnist-linf-std"], ["spec", "mnist-linf-std"],
-                 ["transfer", "--role", "PGD"]):
+    for args in (["train", "mnist-linf-std"], ["evaluate", "mnist-linf-std"], ["spec", "train", "mnist-linf-std"],
+                 ["spec", "transfer", "PGD"], ["transfer", "--role", "PGD"]):
         result = CliRunner().invoke(app, [*args, "--params", "two.yaml"])
         assert result.exit_code == 2, (args, result.output)
         assert result.stderr.strip() == ("mma: error: the grid has 2 seeds (0, 3); pass --seed S to pick one"), args
     result = CliRunner().invoke(app, ["train", "mnist-linf-std", "--seed", "1", "--params", "two.yaml"])
     assert result.exit_code == 2 and "--seed 1: not one of the grid's seeds (0, 3)" in result.stderr
     assert not (tmp_path / "results").exists()
-    result = CliRunner().invoke(app, ["spec", "mnist-linf-std", "--seed", "3", "--params", "two.yaml"])
+    result = CliRunner().invoke(app, ["spec", "train", "mnist-linf-std", "--seed", "3", "--params", "two.yaml"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "results/specs/mnist-linf-std/seed3.json").read_text())["model"]["seed"] == 3
+    assert json.loads((tmp_path / "results/specs/mnist-linf-std/seed3.json").read_text())["reads"]["model"]["seed"] == 3
 
 
 def test_offline_data_error_names_the_env_var_and_the_param(tmp_path, monkeypatch):

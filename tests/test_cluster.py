@@ -329,7 +329,7 @@ def test_cluster_run_gives_the_local_report(runs):
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_every_job_tracked_in_the_mlflow_server_on_postgresql(runs):
-    from mma.params import load_params
+    from mma.config.params import load_params
 
     repo = runs["cluster"]
     p = load_params(repo / "params.yaml")

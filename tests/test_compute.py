@@ -14,12 +14,13 @@ from torch import nn
 from mma import compute
 from mma.attacks import an_pgd, boundary_search, pgd
 from mma.attacks.core import attack_precision
-from mma.compute import Compute, ComputeParams
+from mma.compute import Compute
+from mma.config.compute import ComputeParams
 
 
 # --------------------------------------------------------------------------- the params section
 def test_compute_section_refuses_unknown_keys_and_values(tmp_path):
-    from mma.params import ParamsError, load_params
+    from mma.config.params import ParamsError, load_params
 
     from pathlib import Path
 
@@ -96,7 +97,7 @@ def test_the_graph_path_is_recorded_and_runs_the_bisection_search():
     """The record says which path and search ran; the fixed-shape path (implied by
     cuda_graphs) refuses the secant search, whose loop ends on a host read, in the
     params (the key named) and in the resolved switches."""
-    from mma.params import ParamsError, load_params
+    from mma.config.params import ParamsError, load_params
 
     assert compute.FP32.record() == {"device": "cpu", "precision": "fp32", "channels_last": False,
                                      "compile": False, "cuda_graphs": False, "search": "secant",

@@ -10,7 +10,7 @@ from mma.config.model import ModelSpec
 from mma.evaluation.protocol import evaluate_model, whitebox_attacks
 from mma.evaluation.records import attack_record, record_key
 from mma.evaluation.transfer import build_set
-from mma.params import Params
+from mma.config.params import Params
 from mma.report.checks import masking_checks, paper_table1_transfer_check
 
 

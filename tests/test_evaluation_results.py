@@ -7,7 +7,7 @@ from mma.config.evaluation import AttackSetting, Table1Params, Table1Source
 from mma.config.model import ModelSpec
 from mma.evaluation.records import Record, attack_record
 from mma.evaluation.results import NOT_RUN, Results
-from mma.params import Params
+from mma.config.params import Params
 from mma.report.table1 import build_table1, table1_csv, table1_markdown
 
 

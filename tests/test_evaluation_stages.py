@@ -36,7 +36,8 @@ class Tracker:
 
 
 def smoke_params(root):
-    from mma.params import DataParams, Params
+    from mma.config.data import DataParams
+    from mma.config.params import Params
     from mma.config.model import ModelSpec
 
     blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.3}}, "mma": {"mma": {"d_max": None, "eps_max": 0.5}}}
@@ -79,7 +80,7 @@ def world(tmp_path, monkeypatch, trained_convnet):
     spec_of = dict(params.models)
 
     def fake_load_model(path, device="cpu", remedy=""):  # the stages load through mma.train.load_model
-        from mma.params import identity
+        from mma.stages.contract import identity
 
         name = path.parent.parent.name  # results/models/NAME/seed0/model.pt
         return copy.deepcopy(nets[name]).to(device).eval(), spec_of[name], {"identity": identity(params, name, 0, "train")}

@@ -12,7 +12,7 @@ from mma.config.evaluation import (AttackSetting, ChecksParams, EvaluateParams, 
 from mma.config.model import ModelSpec
 from mma.evaluation.protocol import evaluate_model, whitebox_attacks
 from mma.evaluation.records import attack_fields
-from mma.params import Params
+from mma.config.params import Params
 from mma.evaluation.whitebox import predict, restart_loss, seed_for, survival
 
 

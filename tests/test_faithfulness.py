@@ -23,7 +23,7 @@ from mma.attacks import an_pgd, anpgd_for_test, lp_norm, margin_loss, pgd, soft_
 from mma.attacks.an_pgd import final_point
 from mma.attacks.core import STEP_SIZE_FACTOR, random_delta
 from mma.config.model import MMATrainSpec, ModelSpec, OptimizerSpec, SelectionSpec
-from mma.params import load_params
+from mma.config.params import load_params
 from mma.train import MMAStep
 
 ROOT = Path(__file__).resolve().parents[1]

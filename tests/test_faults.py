@@ -324,11 +324,20 @@ def _lock_is(kind: str):
 
 
 def _evaluated_under_other_settings(p: Path):
-    """`mma evaluate PGD` run (exit 0) with every attack weakened: results of other settings."""
+    """`mma evaluate PGD` run (exit 0) with another curve (a setting the evaluate stage reads,
+    transfer does not): results of other settings."""
+    def other_curve(d):
+        d["evaluate"]["threat_models"][0]["curve_eps"] = [0.3]
+    result = invoke("evaluate", PGD, "--params", write_params(p, other_curve))
+    assert result.exit_code == 0, result.output
+
+
+def _transferred_under_other_settings(p: Path):
+    """`mma transfer --role PGD` run (exit 0) with every attack weakened: sets of other settings."""
     def weaken(d):
         for a in d["attacks"].values():
             a.update(step_size_factor=0.001, random_init=False)
-    result = invoke("evaluate", PGD, "--params", write_params(p, weaken))
+    result = invoke("transfer", "--role", "PGD", "--params", write_params(p, weaken))
     assert result.exit_code == 0, result.output
 
 
@@ -398,7 +407,10 @@ FILE_FAULTS = [
     ("lock file is a hard link", _lock_is("hard link"), ["evaluate", STD], [LOCK, "2 links"]),
     ("lock file holds other content", _lock_is("other"), ["evaluate", STD], [LOCK, "other than a lock record"]),
     ("results of other evaluation settings", _evaluated_under_other_settings, ["report"],
-     [f"results/eval/{PGD}/seed0/per_example.pt", "other evaluation settings", f"mma evaluate {PGD} --seed 0"]),
+     [f"results/eval/{PGD}/seed0/per_example.pt", "other evaluate settings", f"mma evaluate {PGD} --seed 0"]),
+    ("transfer sets of other attack settings", _transferred_under_other_settings, ["evaluate", STD],
+     ["results/transfer/PGD/seed0/manifest.json", "other transfer settings (attacks,",
+      "mma transfer --role PGD --seed 0"]),
     ("prepared data corrupted after preparation", _corrupt_prepared_data,
      ["evaluate", STD], ["data/MNIST/raw/t10k-labels-idx1-ubyte", "corrupted", "mma data"]),
 ]
@@ -500,7 +512,7 @@ def test_second_invocation_is_refused_while_the_first_runs(project, command, loc
 def _resume(project: Path) -> Path:
     """A resume checkpoint of STD at step 5 of 10, as a run killed after its first checkpoint leaves."""
     from mma.data import TensorBatcher, load_split, to_float
-    from mma.params import load_params
+    from mma.config.params import load_params
     from mma.stages import train as train_stage
     from mma.train import train
 
@@ -532,7 +544,7 @@ def test_corrupt_resume_checkpoint_says_what_to_do_and_restart_discards_it(proje
     assert result.exit_code == 0, result.output
     assert not resume.parent.exists()  # finished: the working folder is gone
     from mma.stages.files import load_checked_model
-    from mma.params import load_params
+    from mma.config.params import load_params
 
     load_checked_model(load_params("params.yaml"), STD, 0, "cpu")  # a model of this params entry
 
@@ -658,11 +670,13 @@ def test_killed_transfer_leaves_the_previous_sets_and_manifest(project, monkeypa
 def test_synthetic_cifar10_is_named_as_such(tmp_path):
     """Figure 3's CIFAR10 panels and the data label say "synthetic stand-in" when the params
     ask for it, and never compare it with the paper's CIFAR10 anchors."""
-    from mma.params import data_name, identity, load_params
+    from mma.config.data import data_name
+    from mma.config.params import load_params
     from mma.report.figures import figure3
+    from mma.stages.contract import identity
 
     smoke = load_params(ROOT / "presets" / "smoke.yaml")  # data.cifar10_source: synthetic
-    assert data_name(smoke, "cifar10") == "cifar10-synthetic" and data_name(smoke, "mnist") == "mnist"
+    assert data_name(smoke.data, "cifar10") == "cifar10-synthetic" and data_name(smoke.data, "mnist") == "mnist"
     assert identity(smoke, "cifar10-linf-pgd-8", 0, "train")["data"] == "cifar10-synthetic"
     panels = figure3({}, dict(smoke.models), smoke, tmp_path / "f.png", dpi=50)
     assert "(c) CIFAR10 (synthetic stand-in), Linf" in panels and "(d) CIFAR10 (synthetic stand-in), L2" in panels

@@ -64,7 +64,7 @@ def test_restart_one_is_the_evaluate_stages_run_and_each_later_one_attacks_the_s
     import runpy
 
     from mma.evaluation.whitebox import whitebox_seed
-    from mma.params import load_params
+    from mma.config.params import load_params
 
     script = runpy.run_path(str(SCRIPT))
     calls = []
@@ -184,7 +184,7 @@ def test_the_model_comes_back_into_the_dag_and_mma_evaluate_agrees(uninterrupted
     model settings (presets/smoke.yaml, its Table 1 cut to this model: no other model's transfer sets),
     which finds its first restart's numbers image by image; under the paper's settings it is refused."""
     from mma.io import BadFileError, load_tensors
-    from mma.params import load_params
+    from mma.config.params import load_params
     from mma.stages.files import load_checked_model
 
     state = uninterrupted / "state"

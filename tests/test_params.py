@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from mma.cli import app
-from mma.params import DATA_SOURCE_ENV, ParamsError, load_params, mnist_source
+from mma.config.data import DATA_SOURCE_ENV, mnist_source
+from mma.config.params import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
@@ -153,9 +154,9 @@ def test_data_source_env_wins(monkeypatch, tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
     p = load_params(tmp_path / "p.yaml")
     monkeypatch.delenv(DATA_SOURCE_ENV, raising=False)
-    assert mnist_source(p) == ("/from/params", "data.mnist_source")
+    assert mnist_source(p.data) == ("/from/params", "data.mnist_source")
     monkeypatch.setenv(DATA_SOURCE_ENV, "/from/env")
-    assert mnist_source(p) == ("/from/env", f"${DATA_SOURCE_ENV}")
+    assert mnist_source(p.data) == ("/from/env", f"${DATA_SOURCE_ENV}")
 
 
 def test_error_is_a_params_error_not_a_traceback(tmp_path):
@@ -167,7 +168,8 @@ def test_error_is_a_params_error_not_a_traceback(tmp_path):
 def test_every_model_is_trained_once_per_seed(tmp_path):
     """seeds: [0, 2] → each model twice, the member's spec carries its seed, and the resolved
     record (hence the identity every file between stages carries) differs between members."""
-    from mma.params import identity, spec_record
+    from mma.stages.contract import identity
+    from mma.stages.train import CONTRACT as TRAIN
 
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(_set(SMOKE, "seeds", [0, 2]), sort_keys=False))
     p = load_params(tmp_path / "p.yaml")
@@ -176,7 +178,7 @@ def test_every_model_is_trained_once_per_seed(tmp_path):
     assert p.member("mnist-linf-std", 2).seed == 2 and p.member("mnist-linf-std", 0).seed == 0
     assert p.member("mnist-linf-std", 2).model_dump(exclude={"seed"}) == p.model("mnist-linf-std").model_dump(
         exclude={"seed"})
-    a, b = spec_record(p, "mnist-linf-std", 0), spec_record(p, "mnist-linf-std", 2)
+    a, b = TRAIN.record(p, "mnist-linf-std", 0), TRAIN.record(p, "mnist-linf-std", 2)
     assert a["model"]["seed"] == 0 and b["model"]["seed"] == 2 and {**a["model"], "seed": 2} == b["model"]
     ia, ib = identity(p, "mnist-linf-std", 0, "train"), identity(p, "mnist-linf-std", 2, "train")
     assert (ia["seed"], ib["seed"]) == (0, 2) and ia["spec_sha256"] != ib["spec_sha256"]
@@ -223,3 +225,28 @@ def test_every_model_can_be_set_by_name_with_dvc_exp_run_s(shipped, tmp_path):
         apply_overrides(copy, [f"models.{name}.optimizer.lr=0.0123"])
         models = yaml.safe_load(copy.read_text())["models"]
         assert [n for n in names if (models[n].get("optimizer") or {}).get("lr") == 0.0123] == [name]
+
+
+def test_the_schema_package_imports_no_torch_and_nothing_above_it():
+    """mma.config sits at the bottom of the import order: every module may import it, and it
+    imports no torch and no other part of mma (statically, function-level imports included,
+    and at run time)."""
+    import ast
+    import json
+    import os
+    import subprocess
+    import sys
+
+    for path in sorted((ROOT / "mma" / "config").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                top = (node.module or "").split(".")[0]
+                assert node.level == 1 or node.level == 0 and top not in ("mma", "torch"), \
+                    f"{path.name} imports {'.' * node.level}{node.module or ''}"
+            elif isinstance(node, ast.Import):
+                assert not {a.name.split(".")[0] for a in node.names} & {"mma", "torch"}, path.name
+    code = ("import json, sys, mma.config.params, mma.config.reader, mma.config.data, mma.config.compute; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('mma', 'torch'))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout)
+    assert "mma.config.params" in loaded and all(m == "mma" or m.startswith("mma.config") for m in loaded), loaded

@@ -219,7 +219,7 @@ def test_dvc_and_snakemake_give_the_same_report(smoke_runs):
 def test_one_finished_mlflow_run_per_stage_invocation(smoke_runs, tool):
     from mlflow.tracking import MlflowClient
 
-    from mma.params import load_params
+    from mma.config.params import load_params
 
     repo = smoke_runs[tool]
     p = load_params(repo / "params.yaml")
@@ -238,6 +238,19 @@ def test_one_finished_mlflow_run_per_stage_invocation(smoke_runs, tool):
         assert {"mma.dataset", "mma.norm", "mma.git_commit"} <= r.data.tags.keys()
         names = [f.path for f in client.list_artifacts(r.info.run_id, "model")]
         assert "model/model.pt" in names
+    # every run's params are its stage's record, flattened: attack settings, test_limit, seed, compute
+    from mma.stages import CONTRACTS
+    from mma.tracking import _param_value, flatten
+
+    for r in runs:
+        contract = CONTRACTS[r.data.tags["mma.stage"]]
+        target = r.data.tags.get("mma.role") or r.data.tags.get("mma.model")
+        seed = int(r.data.tags["mma.seed"]) if "mma.seed" in r.data.tags else None
+        want = {k: _param_value(v) for k, v in flatten(contract.record(p, target, seed)).items()}
+        assert want.items() <= r.data.params.items(), r.info.run_name
+        if contract.stage in ("transfer", "evaluate"):
+            assert {f"attacks.{a}.steps" for a in p.attacks} | {"evaluate.test_limit", "seed", "compute.precision"} \
+                <= r.data.params.keys()
 
 
 def _ran_dvc_stages(output: str) -> set[str]:
@@ -297,7 +310,7 @@ def test_keys_that_cannot_change_a_model_rerun_nothing(smoke_runs, tmp_path):
                 out = subprocess.run([_tool("dvc"), "repro"], cwd=repo, env=_env(), check=True,
                                      capture_output=True, text=True).stdout
                 ran = _ran_dvc_stages(out)
-                assert all(s.startswith("spec@") for s in ran), ran  # the cheap spec stages only
+                assert all(s.startswith(("spec@", "inputs@")) for s in ran), ran  # the cheap bookkeeping stages only
             else:
                 assert snakemake_jobs(repo) == []
         finally:
@@ -307,7 +320,7 @@ def test_keys_that_cannot_change_a_model_rerun_nothing(smoke_runs, tmp_path):
 def test_resume_state_of_other_settings_is_discarded(tmp_path, monkeypatch):
     """A checkpoint is resumed only by the settings that made it (edit lr → start afresh);
     keys that cannot change the model (checkpoint_every, log_every, threads, device) keep it."""
-    from mma.params import load_params
+    from mma.config.params import load_params
     from mma.stages import train as stage
 
     monkeypatch.chdir(tmp_path)

@@ -95,8 +95,11 @@ def test_two_seeds_plan_one_job_per_model_and_seed_in_both_tools(tmp_path):
 def test_evaluate_inputs_record_holds_only_its_threat_models_sets(tmp_path, monkeypatch):
     """What DVC's evaluate@NAME-S depends on (results/specs/NAME/seedS.evaluate.json): the seed-S
     sets of its own threat model's sources, by hash; another threat model's or seed's are not in it."""
-    from mma.params import load_params
-    from mma.stages.evaluate import inputs_record
+    from mma.config.params import load_params
+    from mma.stages.evaluate import CONTRACT
+
+    def inputs_record(p, name, seed):
+        return CONTRACT.bookkeeping_record(p, name, seed)
 
     monkeypatch.chdir(tmp_path)
     doc = yaml.safe_load(SMOKE.read_text())
@@ -110,11 +113,11 @@ def test_evaluate_inputs_record_holds_only_its_threat_models_sets(tmp_path, monk
             folder.mkdir(parents=True)
             (folder / "manifest.json").write_text(f"{role} {seed}")
     linf = inputs_record(p, "mnist-linf-mma-0p45", 0)
-    assert set(linf["transfer_files"]) == {"results/transfer/STD/seed0/manifest.json",
-                                           "results/transfer/PGD/seed0/manifest.json"}
-    assert set(inputs_record(p, "mnist-linf-mma-0p45", 1)["transfer_files"]) == {
+    assert set(linf["files"]) == {"results/transfer/STD/seed0/manifest.json",
+                                  "results/transfer/PGD/seed0/manifest.json"}
+    assert set(inputs_record(p, "mnist-linf-mma-0p45", 1)["files"]) == {
         "results/transfer/STD/seed1/manifest.json", "results/transfer/PGD/seed1/manifest.json"}
-    assert inputs_record(p, "mnist-l2-mma-2p0", 0)["transfer_files"] == {}
+    assert inputs_record(p, "mnist-l2-mma-2p0", 0)["files"] == {}
     before = inputs_record(p, "mnist-l2-mma-2p0", 0)
     (tmp_path / "results" / "transfer" / "STD" / "seed1" / "manifest.json").write_text("changed")
     assert inputs_record(p, "mnist-l2-mma-2p0", 0) == before

@@ -16,7 +16,7 @@ import yaml
 
 from mma.evaluation.records import Record, attack_fields, attack_record
 from mma.evaluation.results import NOT_RUN, Results
-from mma.params import load_params
+from mma.config.params import load_params
 from mma.report.spread import (DISTINGUISHABLE, NOT_DISTINGUISHABLE, SPREAD_UNKNOWN, Spread, verdict)
 
 ROOT = Path(__file__).resolve().parents[1]

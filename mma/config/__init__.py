@@ -1,18 +1,23 @@
 """The schema of params.yaml: plain, validated data, one module per part.
 
+    params       the whole file (``Params``), ``load_params`` and the checks that span sections
+    data         ``data:`` (``DataParams``) and the settings resolved from it (its MNIST source, the data's name)
+    compute      ``compute:`` (``ComputeParams``), the speed switches; mma/compute.py applies them
     model        one entry of ``models``: architecture, method (STD / PGD / MMA), optimiser
     evaluation   ``attacks`` (every named attack setting, stated once), ``table1``,
                  ``evaluate`` and ``report``
+    reader       the bounded YAML reader every params file goes through
 
-``mma.params`` assembles them into the whole file and loads it.  Nothing here imports
-torch: the CLI and the Snakefile validate a params file without paying for it.
+This module holds what they share: the number types, ``Strict`` and ``ParamsError``.  Nothing
+here imports torch or any other part of ``mma``: the CLI and the Snakefile validate a params
+file without paying for either, and every other module may import this package.
 
 Every number of the schema has one of the types below, scalar or inside a list: finite
 (no nan, no inf), strictly typed (``true`` is not 1, ``"3"`` is not 3; an integer is a
 valid float) and in its range.  Fields narrow them further with ``Field(le=..., lt=...)``.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,3 +54,18 @@ class Strict(BaseModel):
     """Every section: unknown keys are refused, values never change after validation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamsError(Exception):
+    """A params file that cannot be used; the message is one line naming the key."""
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """A bounded repr for error messages: a huge (alias-expanded) value costs no more than a small one."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 2, 4, 4, 4, 4
+    r.maxstring, r.maxother, r.maxlong = limit, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

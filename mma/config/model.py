@@ -146,10 +146,16 @@ class SelectionSpec(Strict):
     bisection_steps: PositiveInt = 10  # config.py: num_search_steps
 
 
+# ModelSpec keys that cannot change a trained model (how often it is checkpointed or its
+# metrics are read): left out of the train stage's record (mma.stages.train), so editing them
+# neither reruns a train stage nor discards a resume checkpoint.
+NO_RESULT_KEYS = ("checkpoint_every", "log_every")
+
+
 class ModelSpec(Strict):
     """One model of the grid."""
 
-    # also a folder name and a DVC stage key; in a params file also free of '.' (params._cross_check)
+    # also a folder name and a DVC stage key; in a params file also free of '.' (config.params._cross_check)
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
     dataset: Literal["mnist", "cifar10"]
     arch: Literal["lenet5_madry", "wrn28_4", "wrn10_1"]

@@ -15,7 +15,7 @@ import torch
 from ..attacks.core import NORM_LABELS
 from ..evaluation.records import attack_fields, record_key
 from ..evaluation.results import Results, eps_key
-from ..params import data_name
+from ..config.data import data_name
 from .checks import masking_checks, paper_table1_transfer_check
 from .format import DATASET_LABELS, fmt, fmt_spread, seeds_note
 from .reference import anchors
@@ -59,7 +59,7 @@ def build_summary(results, specs, params, *, table: dict, figure3_panels: dict, 
               for c in masking_checks(name, res, ev.threat_model(specs[name].dataset, specs[name].norm), params)]
     return {
         "loss": ev.loss, "cascade": ev.cascade, "seeds": list(params.seeds),
-        "data": {n: DATASET_LABELS[data_name(params, specs[n].dataset)] for n in results},
+        "data": {n: DATASET_LABELS[data_name(params.data, specs[n].dataset)] for n in results},
         "models": {n: model_summary(by_seed) for n, by_seed in results.items()},
         "autoattack": autoattack_rows(results, specs, params),
         "margins": margins_summary(results),
@@ -151,7 +151,7 @@ def autoattack_rows(results, specs, params) -> list[dict]:
         worst = over_seeds(by_seed, lambda r: r.worst_case_accuracy(eps))
         clean = over_seeds(by_seed, Results.clean_accuracy)
         # a synthetic stand-in's label matches no published anchor: it is never compared with the paper
-        ds, nm = DATASET_LABELS[data_name(params, spec.dataset)], NORM_LABELS[spec.norm]
+        ds, nm = DATASET_LABELS[data_name(params.data, spec.dataset)], NORM_LABELS[spec.norm]
         prefix = ANCHOR_MODEL.get(spec.method)
         anc = [a for a in anchors() if prefix and a["dataset"] == ds and a["norm"] == nm and a["model"].startswith(prefix)
                and a["metric"] in ("autoattack", "clean") and (a["metric"] == "clean" or abs(a["eps"] - eps) < 2e-4)]

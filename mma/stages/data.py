@@ -4,14 +4,24 @@ MNIST comes from ``$MMA_DATA_SOURCE`` if set, else ``data.mnist_source``, else a
 torchvision download; CIFAR10 from ``data.cifar10_source`` (null: download,
 "synthetic": generated CIFAR-shaped data for smoke runs, or a folder).  Either way
 the files are checked against known checksums (``mma.data``); the stage logs which
-source it used.
+source it used.  It reads the ``data`` section and ``seed`` (``CONTRACT``).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from ..params import Params, mnist_source
+from ..config.data import mnist_source
+from ..config.params import Params
+from .contract import Contract
+
+CONTRACT = Contract(
+    stage="data", target=None,
+    reads=("data", "seed"),  # seed: the synthetic CIFAR10's
+    code=("mma/stages/data.py", "mma/data.py", "mma/config/data.py"),
+    outputs=lambda params, target, seed: [Path(params.data.root)],
+)
 
 
 def run(params: Params, *, tracker=None) -> dict[str, float]:
@@ -21,7 +31,7 @@ def run(params: Params, *, tracker=None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for dataset in d.datasets:
         if dataset == "mnist":
-            source, origin = mnist_source(params)
+            source, origin = mnist_source(params.data)
             print(f"data: mnist from {source or 'torchvision download'} (chosen by {origin})", file=sys.stderr)
             summary = prepare_mnist(d.root, source)
         else:

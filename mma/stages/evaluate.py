@@ -10,19 +10,51 @@ One member (model NAME trained with seed S):
     results/metrics/NAME/seedS.json         the DVC metrics: a few headline numbers (percent), see ``headline``
     results/plots/robust_vs_eps/NAME/seedS.tsv  robust accuracy vs ε (DVC plots): curve attack, worst case
 
-What it reads besides the model and the data is ``inputs_record`` (the settings, and the
-hash of every transfer set it reads: its sources' seed-S sets): Snakemake's params and DVC's
-results/specs/NAME/seedS.evaluate.json, so a changed set of another threat model or seed
-reruns nothing here.
+What it reads besides the model and the data is ``CONTRACT``'s record (the evaluation
+settings and the sources whose transfer sets it is evaluated on) and those sets: DVC depends
+on results/specs/NAME/seedS.evaluate.json, the record and the hash of every set it reads (its
+sources' seed-S sets), so a changed set of another threat model or seed reruns nothing here.
+per_example.pt carries the sha256 of the record, which the report checks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from .. import paths
+from .contract import Bookkeeping, Contract, output_identity
+
+
+def transfer_sources(params, name: str, seed: int) -> dict:
+    """The source models whose transfer sets member (``name``, ``seed``) is evaluated on: those
+    of its threat model (``table1.sources_for``, which also reads the models' dataset and norm)."""
+    return {"transfer_sources": params.table1.sources_for(name, params.models.values())}
+
+
+def transfer_folders(params, name: str, seed: int) -> list[Path]:
+    """The folders of the sets member (``name``, ``seed``) reads: its sources' seed-``seed`` sets."""
+    return [paths.transfer_dir(params.role_of(source), seed)
+            for source in params.table1.sources_for(name, params.models.values())]
+
+
+FILES = ("per_example.pt", "metrics.json")  # results/eval/NAME/seedS/, replaced whole
+
+CONTRACT = Contract(
+    stage="evaluate", target="model",
+    reads=("attacks", "table1", "evaluate", "seed", "compute"),
+    derived=transfer_sources, derived_from=("models",),  # which sources: by the models' dataset and norm
+    code=("mma/stages/evaluate.py", "mma/stages/contract.py", "mma/evaluation", "mma/attacks",
+          "mma/config/evaluation.py", "mma/compute.py", "mma/data.py"),
+    inputs=lambda params, name, seed: [paths.model_file(name, seed), Path(params.data.root)],
+    outputs=lambda params, name, seed: [paths.eval_dir(name, seed), paths.plot_file("robust_vs_eps", name, seed),
+                                        paths.metrics_file(name, seed)],
+    swapped=paths.eval_dir,
+    # dvc.yaml cannot name the sets of a target's threat model: their hashes are in its file
+    bookkeeping=Bookkeeping("inputs", paths.eval_spec_file, chosen=transfer_folders,
+                            folders=(paths.RESULTS / "transfer",)),
+)
 
 
 def load_transfer_sets(params, name: str, seed: int, x_u8, y) -> list:
@@ -34,42 +66,9 @@ def load_transfer_sets(params, name: str, seed: int, x_u8, y) -> list:
             for item in load_sets(params, source, seed, x_u8, y)]
 
 
-def settings_record(params, name: str, seed: int) -> dict:
-    """The params values the evaluate stage of member (``name``, ``seed``) reads (its model's own
-    settings are in model.pt)."""
-    return {"attacks": {k: a.model_dump(mode="json") for k, a in params.attacks.items()},
-            "table1": params.table1.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json"),
-            "seed": params.seed, "compute": params.compute.model_dump(mode="json"),
-            "val_size": params.data.val_size, "model_seed": seed,
-            "sources": params.table1.sources_for(name, params.models.values())}
-
-
-def output_identity(params, name: str, seed: int) -> dict:
-    """The identity per_example.pt carries: the member's (``params.identity``) plus the sha256
-    of ``settings_record``, so results made under other evaluation settings (attacks, evaluate
-    section, seeds) are refused by the report, not mixed into it."""
-    from ..params import identity, record_hash
-
-    settings = record_hash(settings_record(params, name, seed))
-    return {**identity(params, name, seed, "evaluate"), "settings_sha256": settings}
-
-
-FILES = ("per_example.pt", "metrics.json")  # results/eval/NAME/seedS/, replaced whole
-
-
 def ours(filename: str) -> bool:
     """A file this stage writes in its output folder (anything else there is the user's)."""
     return filename in FILES
-
-
-def inputs_record(params, name: str, seed: int) -> dict:
-    """settings_record plus the md5 of each transfer file it reads (those present)."""
-    files = {}
-    for source in params.table1.sources_for(name, params.models.values()):
-        folder = paths.transfer_dir(params.role_of(source), seed)
-        for f in sorted(folder.glob("*")) if folder.is_dir() else []:
-            files[str(f)] = hashlib.md5(f.read_bytes()).hexdigest()
-    return {"model": name, "seed": seed, "settings": settings_record(params, name, seed), "transfer_files": files}
 
 
 def headline(res, name: str, params, tm) -> dict:
@@ -140,7 +139,7 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
     from ..evaluation.finite import finite_logits, retrain_remedy
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json, write_text
-    from ..params import data_name
+    from ..config.data import data_name
     from .files import load_checked_model, swapped_in
 
     ev = params.evaluate
@@ -149,7 +148,7 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
     model, _, _ = load_checked_model(params, name, seed, device)
     switches = compute.resolve(params.compute, device)
     model = finite_logits(compute.prepare(model, switches), name, retrain_remedy(name, seed))
-    x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
+    x_u8, y = load_split(data_name(params.data, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
                          limit=ev.test_limit)
     transfer_sets = load_transfer_sets(params, name, seed, x_u8, y)  # checked before any attack runs
     x, y = to_float(x_u8, device), y.to(device)
@@ -161,12 +160,13 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
                              transfer_sets=transfer_sets, timings=timings)
     timings["total"] = time.monotonic() - t0
     # no timings in the files: equal results make byte-identical files (DVC reruns nothing after them)
-    summary = summarize(res, name, spec, ev, {"data": data_name(params, spec.dataset), "threat_model": tm.model_dump(),
+    summary = summarize(res, name, spec, ev, {"data": data_name(params.data, spec.dataset), "threat_model": tm.model_dump(),
                                               "evaluate_params": ev.model_dump(mode="json"),
                                               "compute": switches.record()})
     out = paths.eval_dir(name, seed)
     with swapped_in(out, ours, "evaluate") as tmp:  # both files or neither: a kill leaves the previous pair
-        save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": output_identity(params, name, seed)})
+        who = output_identity(CONTRACT, params, name, seed)
+        save_tensors(tmp / "per_example.pt", {**res.to_tensors(), "identity": who})
         write_json(tmp / "metrics.json", summary)
     write_json(paths.metrics_file(name, seed), headline(res, name, params, tm))
     write_text(paths.plot_file("robust_vs_eps", name, seed), robust_vs_eps(res, params))

@@ -5,12 +5,12 @@ Output folders are replaced whole, so each stage names the files it writes there
 holding anything else is refused before the work, never emptied.
 
 Identity: every file a stage hands to another (model.pt, a transfer set and its
-manifest, per_example.pt) carries ``mma.params.identity`` of the model it belongs to
-(name, sha256 of the resolved settings, the data used, the stage that wrote it);
-per_example.pt also the sha256 of the evaluation settings it was made under.  A
-reader compares it with the params entry it is about to use the file for, so a file
-copied to another model's folder or left over from other settings is refused with the
-stage to rerun, never used under a wrong name.
+manifest, per_example.pt) carries ``contract.output_identity``: the model it belongs to
+(``contract.identity``: name, seed, sha256 of its resolved settings, the data used), the stage
+that wrote it and, from transfer and evaluate, the sha256 of that stage's record (what it
+read from the params, ``contract``).  A reader compares it with the params entry it is
+about to use the file for, so a file copied to another model's folder or left over from
+other settings is refused with the stage to rerun, never used under a wrong name.
 """
 
 from __future__ import annotations
@@ -49,10 +49,12 @@ def check_identity(path: Path, found, want: dict, remedy: str) -> None:
                            f"(spec sha256 {str(found.get('spec_sha256'))[:12]}…, params {want['spec_sha256'][:12]}…); "
                            f"{remedy}")
     if "settings_sha256" in want and found.get("settings_sha256") != want["settings_sha256"]:
+        from . import CONTRACTS
+
+        read = ", ".join(CONTRACTS[want["stage"]].reads)
         found_sha = str(found.get("settings_sha256"))[:12]
-        raise BadFileError(f"{path}: made under other evaluation settings (attacks, evaluate, table1, seed or "
-                           f"compute) than the params file's (settings sha256 {found_sha}…, params "
-                           f"{want['settings_sha256'][:12]}…); {remedy}")
+        raise BadFileError(f"{path}: made under other {want['stage']} settings ({read}) than the params file's "
+                           f"(settings sha256 {found_sha}…, params {want['settings_sha256'][:12]}…); {remedy}")
     if found.get("stage") != want["stage"]:
         raise BadFileError(f"{path}: written by stage {found.get('stage')!r}, expected {want['stage']!r}; {remedy}")
 
@@ -60,8 +62,8 @@ def check_identity(path: Path, found, want: dict, remedy: str) -> None:
 def load_checked_model(params, name: str, seed: int, device: str):
     """(model, spec, meta) of results/models/NAME/seedS/model.pt, checked: intact, loadable and
     trained for exactly this params entry and seed."""
-    from ..params import identity
     from ..train import load_model
+    from .contract import identity
 
     path = paths.model_file(name, seed)
     remedy = f"rerun `mma train {name} --seed {seed}`"

@@ -1,6 +1,8 @@
 """The report stage: reads every model's evaluation, calls ``mma.report``, writes the files.
 Everything printed traces to results/eval/NAME/seedS/per_example.pt; the only other numbers are
-the paper's, from mma/report/reference/ (with their source).
+the paper's, from mma/report/reference/ (with their source).  It reads ``seeds``, ``attacks``,
+``table1``, ``evaluate`` and ``report`` (``CONTRACT``), and refuses a per_example.pt whose
+identity is not the evaluate stage's record of the params.
 
     results/report/table1.md, table1.csv   Table 1 with our numbers (mean ± sd over seeds; the CSV also
                                            each seed's) beside the paper's + worst case
@@ -14,8 +16,21 @@ the paper's, from mma/report/reference/ (with their source).
 from __future__ import annotations
 
 from .. import paths
+from .contract import Contract, output_identity
 
 FILES = ("table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json", "summary.md")
+
+CONTRACT = Contract(
+    stage="report", target=None,
+    # what per_example.pt files were made under (the members' settings, the evaluation's) is
+    # checked through their identity (the evaluate stage's record), not read again here
+    reads=("seeds", "attacks", "table1", "evaluate", "report"),
+    code=("mma/stages/report.py", "mma/report", "mma/evaluation/records.py", "mma/evaluation/results.py",
+          "mma/config/evaluation.py"),
+    inputs=lambda params, target, seed: [paths.RESULTS / "eval"],
+    outputs=lambda params, target, seed: [paths.report_dir() / f for f in FILES],
+    swapped=lambda target, seed: paths.report_dir(),
+)
 
 
 def ours(filename: str) -> bool:
@@ -26,10 +41,10 @@ def ours(filename: str) -> bool:
 def load_results(params) -> dict:
     """Results by model, then by seed, for every member of the grid, each per_example.pt
     checked: intact, readable, and evaluated for exactly this params entry, seed and
-    evaluation settings (``evaluate.output_identity``)."""
+    evaluation settings (``contract.output_identity`` of the evaluate stage)."""
     from ..evaluation.results import Results
     from ..io import BadFileError, load_tensors
-    from .evaluate import output_identity
+    from .evaluate import CONTRACT as EVALUATE
     from .files import check_identity
 
     results = {}
@@ -38,7 +53,7 @@ def load_results(params) -> dict:
         remedy = f"rerun `mma evaluate {name} --seed {seed}`"
         obj = load_tensors(path, remedy=remedy)
         check_identity(path, obj.get("identity") if isinstance(obj, dict) else None,
-                       output_identity(params, name, seed), remedy)
+                       output_identity(EVALUATE, params, name, seed), remedy)
         try:
             results.setdefault(name, {})[seed] = Results.from_tensors(obj)
         except Exception as e:  # noqa: BLE001 - a damaged or foreign record, whatever the exception

@@ -16,6 +16,10 @@ must find its resume checkpoint *and* its best-so-far model again.  The best mod
 copied into results/models/NAME/seedS/ at the end; the folder is then deleted (only the
 last resume checkpoint and the selected model are ever kept on disk).
 
+What it reads from the params is ``CONTRACT``'s record: the member's entry of ``models``
+(``NO_RESULT_KEYS`` left out), ``data.val_size`` and ``compute``.  The same record is the MLflow
+run's params, results/specs/NAME/seedS.json (what DVC's train stage depends on), the resume
+checkpoint's ``spec.json`` and, hashed, every later file's ``spec_sha256`` (``contract.identity``).
 A checkpoint made with other settings (``spec.json`` differs) is discarded, never
 resumed.  The MLflow run id is kept in ``run.json`` so a resumed run continues the
 same MLflow run; metrics are buffered and flushed right after each checkpoint, so no
@@ -32,7 +36,29 @@ import time
 from pathlib import Path
 
 from .. import interrupt, paths
-from ..params import Params, spec_record
+from ..config.params import Params
+from .contract import MEMBER, Bookkeeping, Contract
+
+
+def outputs(params, name: str, seed: int) -> list[Path]:
+    """The files of the module docstring (the resume folder aside: working files only)."""
+    folder = paths.model_dir(name, seed)
+    return [folder / "model.pt", folder / "info.json", folder / "metrics.json",
+            paths.plot_file("train", name, seed), paths.plot_file("val", name, seed)]
+
+
+CONTRACT = Contract(
+    stage="train", target="model",
+    # the member's settings, its validation split and the speed switches: what can change a
+    # trained model (``threads``, ``device``, ``experiment`` cannot: execution settings)
+    reads=(MEMBER, "data.val_size", "compute"),
+    code=("mma/stages/train.py", "mma/stages/contract.py", "mma/train", "mma/models", "mma/attacks",
+          "mma/config/model.py", "mma/compute.py", "mma/data.py"),
+    inputs=lambda params, name, seed: [Path(params.data.root)],
+    outputs=outputs,
+    # dvc.yaml can depend on the whole `models` section only: one file per member holds its record
+    bookkeeping=Bookkeeping("spec", paths.spec_file),
+)
 
 
 def checkpoint_dir(name: str, seed: int) -> Path:
@@ -49,7 +75,7 @@ def prepare(params: Params, name: str, seed: int, restart: bool = False) -> bool
     ``restart``); True if resuming.  Only the files a train run makes are deleted."""
     from ..io import write_json
 
-    folder, record = checkpoint_dir(name, seed), spec_record(params, name, seed)
+    folder, record = checkpoint_dir(name, seed), CONTRACT.record(params, name, seed)
     spec_file = folder / "spec.json"
     if folder.exists() and restart:
         print(f"train {name}: --restart: discarding {folder}", file=sys.stderr)
@@ -191,15 +217,17 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
     from .. import compute
     from ..data import TensorBatcher, load_split, to_float
     from ..io import load_tensors, save_tensors, write_json
-    from ..params import ParamsError, data_name, identity
+    from ..config.data import data_name
+    from ..config.params import ParamsError
     from ..train import train
     from ..train.loop import load_resume
     from ..tracking import git_commit
+    from .contract import identity
 
     spec = params.member(name, seed)  # the seed drives the batches, the initialisation and the attacks' starts
     d = params.data
     t0 = time.monotonic()
-    data = data_name(params, spec.dataset)
+    data = data_name(params.data, spec.dataset)
     x, y = load_split(data, d.root, "train", val_size=d.val_size, limit=spec.train_limit)
     x_val, y_val = load_split(data, d.root, "val", val_size=d.val_size, limit=spec.val_limit)
     if spec.batch_size > len(x):
@@ -240,7 +268,7 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
         "final": percent(result.history[-1]) if result.history else {},
         "train_examples": len(x), "val_examples": len(x_val), "device": str(device),
         "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
-        "git_commit": git_commit(), "params": spec_record(params, name, seed), "compute": switches.record(),
+        "git_commit": git_commit(), "params": CONTRACT.record(params, name, seed), "compute": switches.record(),
     }
     write_json(paths.model_dir(name, seed) / "info.json", info)
     metrics = {f"best_{k}": float(v) for k, v in best.items()}

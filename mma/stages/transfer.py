@@ -15,16 +15,35 @@ Restarts are chosen on the source (the attacker has only the source model).  Set
 settings differ only in restarts are made in one run (``transfer.build_sets``), seeded by
 the setting without its restarts: the ×1 set is the ×R set's first restart.  The folder
 is written beside and swapped in whole (``files.swapped_in``): a killed run leaves the
-previous sets and manifest as they were.  ``load_sets`` is the reading side (evaluate).
+previous sets and manifest as they were.  ``load_sets`` is the reading side (evaluate):
+every set and the manifest carry the source's identity and the sha256 of this stage's record
+(``CONTRACT``), so a set made under other attack settings is refused, not evaluated.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 from .. import paths
-from ..params import NAME_PATTERN
+from ..config.params import NAME_PATTERN
+from .contract import Bookkeeping, Contract, output_identity
+
+CONTRACT = Contract(
+    stage="transfer", target="role",
+    # table1.columns aside: which models are evaluated on the sets does not change them
+    reads=("attacks", "table1.eps", "table1.sources", "evaluate.loss", "evaluate.test_limit", "evaluate.batch_size",
+           "seed", "compute"),
+    code=("mma/stages/transfer.py", "mma/stages/contract.py", "mma/evaluation", "mma/attacks",
+          "mma/config/evaluation.py", "mma/compute.py", "mma/data.py"),
+    inputs=lambda params, role, seed: [Path(params.data.root)],
+    outputs=lambda params, role, seed: [paths.transfer_dir(role, seed)],
+    swapped=paths.transfer_dir,
+    # stages are by role, and dvc.yaml cannot look a role's model up to depend on its file
+    bookkeeping=Bookkeeping("source", paths.source_file, folders=(paths.RESULTS / "models",),
+                            chosen=lambda params, role, seed: [paths.model_file(params.source_model(role), seed)]),
+)
 
 # what this stage writes in results/transfer/ROLE/seedS/ (replaced whole): the manifest and
 # one ``set_name(attack, eps)``.pt per set; anything else there is the user's
@@ -45,7 +64,7 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     from ..evaluation.transfer import build_sets, family, save_set, set_name, test_hash
     from ..evaluation.whitebox import predict, seed_for
     from ..io import write_json
-    from ..params import data_name, identity
+    from ..config.data import data_name
     from .files import load_checked_model, stage_lock, swapped_in
 
     ev = params.evaluate
@@ -55,9 +74,9 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     model, _, _ = load_checked_model(params, source, seed, device)
     switches = compute.resolve(params.compute, device)
     model = finite_logits(compute.prepare(model, switches), source, retrain_remedy(source, seed))
-    x_u8, y = load_split(data_name(params, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
+    x_u8, y = load_split(data_name(params.data, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
                          limit=ev.test_limit)
-    who, tested = identity(params, source, seed, "transfer"), test_hash(x_u8, y)
+    who, tested = output_identity(CONTRACT, params, role, seed), test_hash(x_u8, y)
     out = paths.transfer_dir(role, seed)
     metrics = {}
     t0 = time.monotonic()
@@ -90,7 +109,7 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
                                 "source_accuracy": acc}
                 metrics[f"source_accuracy/{record_key(record)}"] = acc
         sets = [entries[row] for row in rows]  # the manifest lists them in Table 1's order
-        manifest = {"source": source, "role": role, "seed": seed, "dataset": data_name(params, spec.dataset), "norm": spec.norm, "n": int(len(y)),
+        manifest = {"source": source, "role": role, "seed": seed, "dataset": data_name(params.data, spec.dataset), "norm": spec.norm, "n": int(len(y)),
                     "test_limit": ev.test_limit, "identity": who, "test_sha256": tested, "sets": sets}
         # the time goes to MLflow, not the manifest: equal sets make equal bytes (evaluate's inputs hash it)
         metrics["wall_seconds"] = round(time.monotonic() - t0, 1)
@@ -101,31 +120,18 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     return metrics
 
 
-def source_record(params, role: str, seed: int) -> dict:
-    """results/sources/ROLE/seedS.json: the role's source model and the md5 of its seed-S model
-    file (absent: not trained yet).  DVC's transfer@ROLE-SEED depends on this file, so it reruns
-    exactly when that model file changes (dvc.yaml cannot name the model file by role)."""
-    import hashlib
-
-    source = params.source_model(role)
-    path = paths.model_file(source, seed)
-    md5 = hashlib.md5(path.read_bytes()).hexdigest() if path.exists() else None
-    return {"role": role, "model": source, "seed": seed, "model_file": str(path), "model_md5": md5}
-
-
 def load_sets(params, source: str, seed: int, x_u8, y) -> list:
     """(manifest entry, uint8 images) of every set made on member (``source``, ``seed``), each
     checked against the params and the evaluated test images (``x_u8``, ``y``: the first n)."""
     from ..evaluation.transfer import check_set, load_set, test_hash
     from ..io import read_json
-    from ..params import identity
     from .files import check_identity, stage_lock
 
     role = params.role_of(source)
     folder = paths.transfer_dir(role, seed)
     remedy = f"rerun `mma transfer --role {role} --seed {seed}`"
     norm = params.model(source).norm
-    want = identity(params, source, seed, "transfer")
+    want = output_identity(CONTRACT, params, role, seed)
     with stage_lock("transfer-files", role, seed, shared=True, wait=True):
         manifest = read_json(folder / "manifest.json", remedy=remedy)
         try:

@@ -5,8 +5,8 @@ import os
 import re
 
 from mma import paths
-from mma.params import ParamsError, load_params, spec_record
-from mma.stages.evaluate import settings_record
+from mma.config.params import ParamsError, load_params
+from mma.stages import RECORDED
 
 # The stages read the params FILE (`mma ... --params FILE`), so the DAG is built from that
 # same file: the last --configfile, else params.yaml.  (Snakemake's own `config` merges the
@@ -29,7 +29,7 @@ def params_file(wildcards, input):
     the *values* of non-derived params; a params function that takes `input` counts as derived
     (snakemake.persistence: non_derived_params), so the file's name is not compared: a copied or
     renamed params file with the same values reruns nothing.  What each job reads from it is
-    in its `settings`/`record` params (or, for train, its spec file)."""
+    in its `settings` param (train, transfer, evaluate: in their spec, source, inputs file)."""
     return PARAMS
 
 
@@ -48,37 +48,20 @@ DATA = P.data.root
 ENV = "../envs/mma.yaml"  # relative to the rule files (Snakemake's convention)
 
 
-def _dump(*blocks):
-    return json.dumps([_plain(b) for b in blocks], sort_keys=True)
+def reads(rule):
+    """The `settings` param of `rule`: what it reads from the params, for its wildcards (the
+    record of its stage's contract, mma.stages.contract; for spec, source and inputs the record
+    of the stage they write it for), as dvc.yaml's `params:`.  Snakemake's params trigger
+    reruns a job when its record changes."""
+    contract = RECORDED[rule]
 
+    def settings(wildcards):
+        target = wildcards.get("name") or wildcards.get("role")
+        seed = int(wildcards.seed) if "seed" in wildcards.keys() else None
+        return json.dumps(contract.record(P, target, seed), sort_keys=True)
 
-def _plain(block):
-    if hasattr(block, "model_dump"):
-        return block.model_dump(mode="json")
-    if isinstance(block, dict):
-        return {k: _plain(v) for k, v in block.items()}
-    return block
+    return settings
 
-
-# What each stage reads besides its input files, as in dvc.yaml's `params:`; Snakemake's
-# params trigger reruns a job when it changes (a model's settings are in its spec file)
-SETTINGS = {
-    "data": _dump(P.data, P.seed),
-    "transfer": _dump(P.attacks, P.table1, P.evaluate.loss, P.evaluate.test_limit, P.evaluate.batch_size, P.seed,
-                      P.compute),
-    "source": _dump(P.table1.sources),
-    "report": _dump(P.seeds, P.attacks, P.table1, P.evaluate, P.report),
-}
-
-
-def spec_settings(wildcards):
-    """A member's resolved settings (mma.params.spec_record), as its spec job's params."""
-    return json.dumps(spec_record(P, wildcards.name, int(wildcards.seed)), sort_keys=True)
-
-
-def evaluate_settings(wildcards):
-    """What the evaluate job of a member reads from params (mma.stages.evaluate.settings_record)."""
-    return json.dumps(settings_record(P, wildcards.name, int(wildcards.seed)), sort_keys=True)
 
 # Output paths as wildcard patterns, from mma/paths.py (the CLI writes exactly these)
 SPEC = str(paths.spec_file("{name}", "{seed}"))

@@ -3,7 +3,7 @@ rule data:
         directory(DATA),
     params:
         file=params_file,
-        settings=SETTINGS["data"],
+        settings=reads("data"),
     log:
         "results/logs/data.log",
     threads: 1

@@ -1,5 +1,6 @@
-# inputs: what evaluate reads besides its model and the data (dvc.yaml's `inputs` stage;
-# here its inputs are already exactly the transfer sets of the model's threat model)
+# inputs: what evaluate reads besides its model and the data: the params' values and the
+# hashes of its transfer sets (dvc.yaml's `inputs` stage; here the evaluate job's inputs are
+# already exactly the transfer sets of the model's threat model)
 rule inputs:
     input:
         transfer=transfer_sets,
@@ -7,13 +8,13 @@ rule inputs:
         EVAL_SPEC,
     params:
         file=params_file,
-        settings=evaluate_settings,
+        settings=reads("inputs"),
     log:
         "results/logs/inputs/{name}/seed{seed}.log",
     conda:
         ENV
     shell:
-        "mma spec {wildcards.name} --seed {wildcards.seed} --evaluate --params {params.file} > {log} 2>&1"
+        "mma spec evaluate {wildcards.name} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"
 
 
 rule evaluate:

@@ -5,7 +5,7 @@ rule report:
         report_outputs(),
     params:
         file=params_file,
-        settings=SETTINGS["report"],
+        settings=reads("report"),
     log:
         "results/logs/report.log",
     conda:

@@ -1,17 +1,18 @@
-# spec: the resolved settings of one member (model × seed).  Snakemake's params trigger reruns
-# it only when that member's settings change (dvc.yaml needs the file to track one member).
+# spec: what the train job of one member (model × seed) reads from the params (its resolved
+# settings).  Snakemake's params trigger reruns it only when that member's settings change
+# (dvc.yaml needs the file to track one member).
 rule spec:
     output:
         SPEC,
     params:
         file=params_file,
-        record=spec_settings,
+        settings=reads("spec"),
     log:
         "results/logs/spec/{name}/seed{seed}.log",
     conda:
         ENV
     shell:
-        "mma spec {wildcards.name} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"
+        "mma spec train {wildcards.name} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"
 
 
 rule train:

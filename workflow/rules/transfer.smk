@@ -1,6 +1,6 @@
-# source: which model a Table-1 role's source is and its seed-S model file's hash (dvc.yaml's
-# source stage; here the transfer job could name the model file itself, but both tools keep
-# the same stages and files)
+# source: what the transfer job of a Table-1 role and seed reads: the params' values and the
+# hash of the role's seed-S source model file (dvc.yaml's source stage; here the transfer job
+# could name the model file itself, but both tools keep the same stages and files)
 rule source:
     input:
         model=source_model,
@@ -8,13 +8,13 @@ rule source:
         SOURCE,
     params:
         file=params_file,
-        settings=SETTINGS["source"],
+        settings=reads("source"),
     log:
         "results/logs/source/{role}/seed{seed}.log",
     conda:
         ENV
     shell:
-        "mma spec --role {wildcards.role} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"
+        "mma spec transfer {wildcards.role} --seed {wildcards.seed} --params {params.file} > {log} 2>&1"
 
 
 rule transfer:
@@ -26,7 +26,6 @@ rule transfer:
         directory(TRANSFER),
     params:
         file=params_file,
-        settings=SETTINGS["transfer"],
     log:
         "results/logs/transfer/{role}/seed{seed}.log",
     threads: THREADS

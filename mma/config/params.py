@@ -1,4 +1,4 @@
-"""The typed schema of params.yaml, and its loader.
+"""The whole of params.yaml (``Params``) and its loader (``load_params``).
 
 One file drives every stage: ``mma <stage> --params FILE`` validates the whole file
 before any work starts.  Every problem becomes ONE line naming the key path and the
@@ -10,12 +10,12 @@ with the same schema, never overlays: a stage reads one file, so a preset replac
 grid whole.  ``models`` maps each model's name to its settings and ``seeds`` lists the
 training seeds: every model is trained once per seed, each (name, seed) a *member* with
 its own stages (DVC's ``matrix`` names them ``train@mnist-linf-std-0``), files
-(``mma.paths``) and MLflow run.  This module imports no torch (``mma --help`` stays instant).
+(``mma.paths``) and MLflow run.  Each section's schema is its own module of this package;
+this one assembles them and checks what spans sections (names, references, data × model).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from pathlib import Path
@@ -24,32 +24,17 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 import pydantic
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from . import NonNegativeInt, ParamsError, Strict, short
 from .compute import ComputeParams
-from .config import NonNegativeInt, PositiveInt, Strict
-from .config.evaluation import AttackSetting, EvaluateParams, ReportParams, Table1Params, paper_attacks
-from .config.model import ModelSpec
+from .data import DataParams
+from .evaluation import AttackSetting, EvaluateParams, ReportParams, Table1Params, paper_attacks
+from .model import ModelSpec
+from .reader import read_yaml
 
-DATA_SOURCE_ENV = "MMA_DATA_SOURCE"  # wins over data.mnist_source (CI points it at ../shared/data/mnist)
-
+__all__ = ["NAME_PATTERN", "Params", "ParamsError", "Seed", "check_name", "load_params"]
 
 # seeds reach torch.manual_seed (below 2**64) and numpy's legacy seeding (below 2**32)
 Seed = Annotated[int, pydantic.Strict(), Field(ge=0, le=2**32 - 1)]
-
-
-class ParamsError(Exception):
-    """A params file that cannot be used; the message is one line naming the key."""
-
-
-class DataParams(Strict):
-    root: str = "data"  # prepared datasets land here (data/MNIST/raw, data/cifar-10-batches-py, ...)
-    # datasets the data stage prepares; every model's dataset must be listed (explicit, so the
-    # data stage's DVC params are exactly this section, not the whole model grid)
-    datasets: list[Literal["mnist", "cifar10"]] = Field(["mnist"], min_length=1)
-    mnist_source: Optional[str] = None  # folder with the 4 MNIST files (.gz or raw); null: download
-    cifar10_source: Optional[str] = None  # null: download; "synthetic": generated CIFAR-shaped data; or a folder
-    val_size: PositiveInt = 5000  # first N training images are the validation split (authors' code)
-    synthetic_train: PositiveInt = Field(2000, ge=10, le=1_000_000)  # synthetic CIFAR10 sizes (smoke runs without the real set)
-    synthetic_test: PositiveInt = Field(500, ge=10, le=1_000_000)
 
 
 class Params(Strict):
@@ -89,7 +74,7 @@ class Params(Strict):
         if isinstance(models, dict):
             for k, v in models.items():
                 if isinstance(v, dict) and "seed" in v:  # the seed of a member comes from `seeds`
-                    raise ValueError(f"{k}.seed = {_short(v['seed'])}: a model entry sets no seed; list the "
+                    raise ValueError(f"{k}.seed = {short(v['seed'])}: a model entry sets no seed; list the "
                                      "training seeds in the top-level `seeds:` (every model is trained once per seed)")
             return {k: {"name": k, **v} if isinstance(v, dict) else v for k, v in models.items()}
         return models
@@ -148,10 +133,6 @@ class Params(Strict):
 
 
 # --------------------------------------------------------------------------- loading
-MAX_BYTES = 1 << 20  # a params file is text of a few kB; more is a mistake (or an attack)
-MAX_VALUES = 200_000  # values after expanding YAML aliases (a "billion laughs" file expands to 10^9)
-
-
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate a params file; any problem raises ParamsError (one line)."""
     path = Path(path)
@@ -169,98 +150,6 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     return params
 
 
-def read_yaml(path: Path) -> Any:
-    """The YAML document of ``path``, bounded: at most MAX_BYTES of UTF-8 text, no key twice
-    in one mapping, at most MAX_VALUES values once aliases are expanded.  ParamsError otherwise."""
-    import yaml
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such params file (pass --params FILE)") from None
-    except IsADirectoryError:
-        raise ParamsError(f"{path}: is a folder, not a params file (pass --params FILE)") from None
-    except OSError as e:
-        raise ParamsError(f"{path}: cannot be read ({e.strerror}); pass a readable --params FILE") from None
-    if len(data) > MAX_BYTES:
-        raise ParamsError(f"{path}: larger than {MAX_BYTES // 1024} kB; a params file is a few kB of YAML")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ParamsError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
-                          "save it as UTF-8") from None
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        size = _expanded_size(node, {}, set())
-        if size > MAX_VALUES:
-            raise ParamsError(f"{path}: expands to more than {MAX_VALUES} values (YAML aliases: *name); "
-                              "write the values out")
-        return loader.construct_document(node)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ParamsError(f"{path}:{where}: not valid YAML ({str(problem)[:200]})") from None
-    except RecursionError:
-        raise ParamsError(f"{path}: nested too deeply to be a params file") from None
-    finally:
-        loader.dispose()
-
-
-@functools.lru_cache(maxsize=1)
-def _loader_class():
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
-
-        def construct_mapping(self, node, deep=False):
-            if isinstance(node, yaml.MappingNode):
-                seen: dict = {}
-                for key_node, _ in node.value:
-                    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                        continue  # merge keys (<<) may be overridden; complex keys: the base class decides
-                    key, line = self.construct_object(key_node), key_node.start_mark.line + 1
-                    if key in seen:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, f"duplicate key {_short(key)} (first at line {seen[key]}); give each key once",
-                            key_node.start_mark)
-                    seen[key] = line
-            return super().construct_mapping(node, deep=deep)
-
-    return Loader
-
-
-def _Loader(text: str):
-    return _loader_class()(text)
-
-
-def _expanded_size(node, memo: dict, active: set) -> int:
-    """How many values ``node`` holds once every alias is expanded (memoized: linear time)."""
-    import yaml
-
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    if key in active:
-        raise yaml.composer.ComposerError(None, None, "an alias refers to the node that contains it",
-                                          node.start_mark)
-    active.add(key)
-    if isinstance(node, yaml.SequenceNode):
-        n = 1 + sum(_expanded_size(c, memo, active) for c in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        n = 1 + sum(_expanded_size(k, memo, active) + _expanded_size(v, memo, active) for k, v in node.value)
-    else:
-        n = 1
-    active.discard(key)
-    memo[key] = n
-    return n
-
-
 # Every name a user gives that becomes a folder or file name, a DVC stage key or an MLflow key:
 # models, Table-1 roles and attack settings (transfer sets are files named after them).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
@@ -274,7 +163,7 @@ def check_name(where: str, name: Any) -> Optional[str]:
         # DVC's -S (Hydra's override grammar) splits keys at every dot, with no quoting
         return (f"{where}: a name cannot hold a '.' (`dvc exp run -S KEY.NAME.FIELD=VALUE` splits at dots, so it "
                 f"could not be set by name); write the number with a 'p': {name.replace('.', 'p')!r}")
-    return (f"{where}: {_short(name)} is not a name: a name is a folder name, a file name, a DVC stage key and an "
+    return (f"{where}: {short(name)} is not a name: a name is a folder name, a file name, a DVC stage key and an "
             "MLflow key, so it holds letters, digits, '_' and '-' only (starting with a letter or digit, at most "
             "100 characters)")
 
@@ -339,7 +228,7 @@ def _first_error(e: ValidationError, raw: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(Params, loc[:-1])
-        return f"{key}: unknown key (value {_short(value)}); allowed here: {', '.join(allowed)}"
+        return f"{key}: unknown key (value {short(value)}); allowed here: {', '.join(allowed)}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     if isinstance(value, dict) and loc and err["type"] == "value_error":
@@ -347,7 +236,7 @@ def _first_error(e: ValidationError, raw: dict) -> str:
         if field in value or field.split(".", 1)[0] in value:  # names one of its keys: "eps_min = 0.5: ..."
             return f"{key}.{msg}"
         return f"{key}: {msg}"  # a whole-block check (e.g. method 'pgd' needs a 'pgd:' block)
-    return f"{key} = {_short(value)}: {msg}"
+    return f"{key} = {short(value)}: {msg}"
 
 
 def _key_path(loc: list, raw: Any) -> str:
@@ -391,70 +280,3 @@ def _model_in(annotation) -> Optional[type[BaseModel]]:
             if found is not None:
                 return found
     return None
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """A bounded repr: a huge (alias-expanded) value costs no more than a small one."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 2, 4, 4, 4, 4
-    r.maxstring, r.maxother, r.maxlong = limit, limit, limit
-    text = r.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------- resolved settings
-def mnist_source(p: Params) -> tuple[Optional[str], str]:
-    """(source, where it came from): MMA_DATA_SOURCE wins over data.mnist_source; None = download."""
-    env = os.environ.get(DATA_SOURCE_ENV)
-    if env:
-        return env, f"${DATA_SOURCE_ENV}"
-    if p.data.mnist_source:
-        return p.data.mnist_source, "data.mnist_source"
-    return None, "download (neither $MMA_DATA_SOURCE nor data.mnist_source set)"
-
-
-def data_name(p: Params, dataset: str) -> str:
-    """The data a model of ``dataset`` really uses: "cifar10-synthetic" where
-    data.cifar10_source is "synthetic" (a stand-in: named as such in every output and
-    part of a model's identity), else ``dataset``."""
-    return "cifar10-synthetic" if dataset == "cifar10" and p.data.cifar10_source == "synthetic" else dataset
-
-
-# Model keys that cannot change a trained model (how often it is checkpointed or its
-# metrics are read): left out of spec_record, so editing them neither reruns a train stage
-# nor discards a resume checkpoint.  (`threads`, `device`: not model keys, never recorded.)
-NO_RESULT_KEYS = ("checkpoint_every", "log_every")
-
-
-def spec_record(p: Params, name: str, seed: int) -> dict:
-    """Everything the train stage of member (``name``, ``seed``) reads from params that can
-    change its result: the resolved model spec with its seed (defaults filled in,
-    NO_RESULT_KEYS left out) and the data settings it depends on.  DVC tracks it as the train
-    stage's dependency (results/specs/NAME/seedS.json), Snakemake as the spec job's params; a
-    resume checkpoint is resumed only under the same record."""
-    return {"model": p.member(name, seed).model_dump(mode="json", exclude=set(NO_RESULT_KEYS)),
-            "val_size": p.data.val_size, "compute": p.compute.model_dump(mode="json")}
-
-
-def record_hash(record: dict) -> str:
-    """sha256 of a settings record as canonical JSON (sorted keys, no spaces)."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def spec_hash(p: Params, name: str, seed: int) -> str:
-    """sha256 of ``spec_record``: what a model file says it was trained with."""
-    return record_hash(spec_record(p, name, seed))
-
-
-def identity(p: Params, name: str, seed: int, stage: str) -> dict:
-    """Who a file between stages is: the member it belongs to (model and seed), the hash of
-    its resolved settings, the data it used and the stage that wrote it.  Readers compare it
-    with the params entry they use it for (``mma.stages.files``)."""
-    m = p.model(name)
-    return {"model": name, "seed": seed, "spec_sha256": spec_hash(p, name, seed), "data": data_name(p, m.dataset),
-            "stage": stage}
