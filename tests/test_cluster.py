@@ -207,9 +207,12 @@ def slurm():
 
 @pytest.fixture(scope="module")
 def tracking():
-    """An MLflow server on PostgreSQL, both on 127.0.0.1; its URI.  Stopped and removed at the end."""
+    """An MLflow server on PostgreSQL, both on 127.0.0.1; its URI.  Stopped and removed at the end.
+    It starts empty: `start` leaves a running server as it is, so one left by an interrupted
+    test session (with the runs it holds) is stopped and its data removed first."""
     _require_engines()
     env = _env(MMA_TRACKING_DIR=TRACKING_DIR, MMA_PG_PORT=PG_PORT, MMA_MLFLOW_PORT=MLFLOW_PORT)
+    _script("tracking.sh", "stop", env)
     try:
         out = _script("tracking.sh", "start", env, seconds=150)
         uri = out.strip().splitlines()[-1].split("=", 1)[1]
