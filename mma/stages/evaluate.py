@@ -46,7 +46,7 @@ CONTRACT = Contract(
     reads=("attacks", "table1", "evaluate", "seed", "compute"),
     derived=transfer_sources, derived_from=("models",),  # which sources: by the models' dataset and norm
     code=("mma/stages/evaluate.py", "mma/stages/contract.py", "mma/evaluation", "mma/attacks",
-          "mma/config/evaluation.py", "mma/compute.py", "mma/data.py"),
+          "mma/config/evaluation.py", "mma/compute.py", "mma/config/compute.py", "mma/graphs.py", "mma/data.py"),
     inputs=lambda params, name, seed: [paths.model_file(name, seed), Path(params.data.root)],
     outputs=lambda params, name, seed: [paths.eval_dir(name, seed), paths.plot_file("robust_vs_eps", name, seed),
                                         paths.metrics_file(name, seed)],

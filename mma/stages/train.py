@@ -53,7 +53,7 @@ CONTRACT = Contract(
     # trained model (``threads``, ``device``, ``experiment`` cannot: execution settings)
     reads=(MEMBER, "data.val_size", "compute"),
     code=("mma/stages/train.py", "mma/stages/contract.py", "mma/train", "mma/models", "mma/attacks",
-          "mma/config/model.py", "mma/compute.py", "mma/data.py"),
+          "mma/config/model.py", "mma/compute.py", "mma/config/compute.py", "mma/graphs.py", "mma/data.py"),
     inputs=lambda params, name, seed: [Path(params.data.root)],
     outputs=outputs,
     # dvc.yaml can depend on the whole `models` section only: one file per member holds its record

@@ -36,7 +36,7 @@ CONTRACT = Contract(
     reads=("attacks", "table1.eps", "table1.sources", "evaluate.loss", "evaluate.test_limit", "evaluate.batch_size",
            "seed", "compute"),
     code=("mma/stages/transfer.py", "mma/stages/contract.py", "mma/evaluation", "mma/attacks",
-          "mma/config/evaluation.py", "mma/compute.py", "mma/data.py"),
+          "mma/config/evaluation.py", "mma/compute.py", "mma/config/compute.py", "mma/graphs.py", "mma/data.py"),
     inputs=lambda params, role, seed: [Path(params.data.root)],
     outputs=lambda params, role, seed: [paths.transfer_dir(role, seed)],
     swapped=paths.transfer_dir,
