@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from mma import compute
@@ -16,6 +18,8 @@ from mma.attacks import an_pgd, boundary_search, pgd
 from mma.attacks.core import attack_precision
 from mma.compute import Compute
 from mma.config.compute import ComputeParams
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- the params section
@@ -93,7 +97,7 @@ def test_the_cpu_rule_without_readable_flags_is_fp32(tmp_path, monkeypatch):
     assert compute.resolve(None, "cpu").precision == "fp32"
 
 
-def test_the_graph_path_is_recorded_and_runs_the_bisection_search():
+def test_the_graph_path_is_recorded_and_runs_the_bisection_search(tmp_path):
     """The record says which path and search ran; the fixed-shape path (implied by
     cuda_graphs) refuses the secant search, whose loop ends on a host read, in the
     params (the key named) and in the resolved switches."""
@@ -109,6 +113,11 @@ def test_the_graph_path_is_recorded_and_runs_the_bisection_search():
     for bad in ({"cuda_graphs": True, "search": "secant"}, {"cuda_graphs": True, "compile": True}):
         with pytest.raises(ValueError, match="cuda_graphs"):
             ComputeParams(**bad)
+        doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+        doc["compute"] = bad
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+        with pytest.raises(ParamsError, match="compute"):
+            load_params(tmp_path / "params.yaml")
     assert compute.eager(Compute("cuda", cuda_graphs=True)) == Compute("cuda", search="bisection")
 
 

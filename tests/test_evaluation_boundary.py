@@ -19,7 +19,7 @@ def test_distances_are_never_below_the_analytic_margin():
     model = _linear()
     x = torch.rand(8, 1, 4, 4) * 0.5 + 0.25
     y = model(x).argmax(1)
-    w, b = model[1].weight.detach(), model[1].bias.detach()
+    w = model[1].weight.detach()
     f = model(x).detach()
     fy = f.gather(1, y[:, None])
     gaps = (fy - f) / (w[y][:, None, :] - w[None]).norm(dim=2).clamp_min(1e-12)

@@ -92,7 +92,7 @@ def test_mma_step_on_the_device_agrees_with_cpu(trained_convnet, mnist_small, de
     assert torch.nn.functional.cosine_similarity(g_dev, g_cpu, dim=0) > 0.98
 
 
-def _graph_path(device) -> "Compute":
+def _graph_path(device):
     from mma.compute import Compute
 
     return Compute(device.type, cuda_graphs=True)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,13 +142,6 @@ def test_mma_epsilon_collapse_is_reported(tmp_path):
 
 
 # --------------------------------------------------------------------------- crash and resume
-import random
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 TOY = Path(__file__).parent / "helpers" / "train_toy.py"
 
 
