@@ -41,7 +41,7 @@ export MMA_DATA_SOURCE
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup lock test smoke quick paper clean-runs gpu-wheels gpu-check gpu-paper gpu-pydantic cluster-deps cluster-up cluster-down test-cluster
+.PHONY: setup lock lint test smoke quick paper clean-runs gpu-wheels gpu-check gpu-paper gpu-pydantic cluster-deps cluster-up cluster-down test-cluster
 
 # LOCK=1 (the default): the pinned versions of requirements.lock (hashes checked), then the
 # package without resolving again; LOCK=0: the newest versions pyproject.toml allows.
@@ -70,7 +70,12 @@ lock:
 	  --no-header -o $(RUNS)/requirements.lock
 	$(PYTHON) scripts/lock_env.py $(RUNS)/requirements.lock
 
-test:
+# ruff: lint and format check (pyproject.toml [tool.ruff]); `ruff format .` applies the format
+lint:
+	ruff check .
+	ruff format --check .
+
+test: lint
 	@# pytest's exit code 5 means "no tests collected": a broken checkout, never a pass
 	pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
