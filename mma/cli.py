@@ -22,25 +22,42 @@ import typer
 app = typer.Typer(
     name="mma",
     help="Max-Margin Adversarial (MMA) training, reproduced: the pipeline's stages "
-         "(data → train → transfer → evaluate → report). `dvc repro` or `snakemake` run them all.",
+    "(data → train → transfer → evaluate → report). `dvc repro` or `snakemake` run them all.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
-ParamsOpt = Annotated[Path, typer.Option(
-    "--params", "-p", metavar="FILE",
-    help="Params file to read (the params.yaml schema; presets/smoke.yaml and presets/quick.yaml are "
-         "complete params files). Validated before any work.")]
-DeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", metavar="DEVICE",
-    help="Where tensors live: cpu, cuda, cuda:N or auto (cuda if available). Overrides params.device.")]
+ParamsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--params",
+        "-p",
+        metavar="FILE",
+        help="Params file to read (the params.yaml schema; presets/smoke.yaml and presets/quick.yaml are "
+        "complete params files). Validated before any work.",
+    ),
+]
+DeviceOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device",
+        metavar="DEVICE",
+        help="Where tensors live: cpu, cuda, cuda:N or auto (cuda if available). Overrides params.device.",
+    ),
+]
 ModelArg = Annotated[str, typer.Argument(metavar="NAME", help="A model name: a key of the params file's `models`.")]
-SeedOpt = Annotated[Optional[int], typer.Option(
-    "--seed", metavar="S", min=0,
-    help="Which training seed (one of the params file's `seeds`): each model is trained once per seed. "
-         "Optional when `seeds` lists one.")]
+SeedOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--seed",
+        metavar="S",
+        min=0,
+        help="Which training seed (one of the params file's `seeds`): each model is trained once per seed. "
+        "Optional when `seeds` lists one.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -52,8 +69,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Max-Margin Adversarial (MMA) training, reproduced: the pipeline's stages
     (data → train → transfer → evaluate → report). `dvc repro` or `snakemake` run them all."""
 
@@ -80,13 +100,16 @@ class Stage:
         return MODULES[self.name]
 
 
-STAGES = {s.name: s for s in [
-    Stage("data", device=False),
-    Stage("train", device=True, resumable=True),
-    Stage("transfer", device=True),
-    Stage("evaluate", device=True),
-    Stage("report", device=False),
-]}
+STAGES = {
+    s.name: s
+    for s in [
+        Stage("data", device=False),
+        Stage("train", device=True, resumable=True),
+        Stage("transfer", device=True),
+        Stage("evaluate", device=True),
+        Stage("report", device=False),
+    ]
+}
 
 
 def _writable(stage: Stage, p, target: Optional[str], seed: Optional[int]) -> list[Path]:
@@ -109,8 +132,14 @@ def _tags(p, contract, target: Optional[str], seed: Optional[int]) -> dict:
     model = p.source_model(target) if contract.target == "role" else target
     spec_ = p.model(model)
     # mma.group: the model a member belongs to, so the members of one model are found together
-    tags = {"mma.model": model, "mma.group": model, "mma.seed": seed, "mma.dataset": data_name(p.data, spec_.dataset),
-            "mma.norm": spec_.norm, "mma.method": spec_.method}
+    tags = {
+        "mma.model": model,
+        "mma.group": model,
+        "mma.seed": seed,
+        "mma.dataset": data_name(p.data, spec_.dataset),
+        "mma.norm": spec_.norm,
+        "mma.method": spec_.method,
+    }
     if contract.stage in ("transfer", "evaluate"):
         tags["mma.eval_seed"] = p.seed  # the attacks' seed (params.seed); mma.seed: the model's training seed
     if contract.target == "role":
@@ -118,16 +147,23 @@ def _tags(p, contract, target: Optional[str], seed: Optional[int]) -> dict:
     return tags
 
 
-def _run_stage(stage: Stage, params_path: Path, target: Optional[str] = None, device: Optional[str] = None,
-               restart: bool = False, seed: Optional[int] = None) -> None:
+def _run_stage(
+    stage: Stage,
+    params_path: Path,
+    target: Optional[str] = None,
+    device: Optional[str] = None,
+    restart: bool = False,
+    seed: Optional[int] = None,
+) -> None:
     """Validate (once), then run the stage in its MLflow run and print its headline numbers.
     Every expected failure, wherever it happens, leaves through ``_errors``: one line, exit 2."""
     with _errors():
         _stage(stage, params_path, target, device, restart, seed)
 
 
-def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optional[str], restart: bool,
-           seed: Optional[int]) -> None:
+def _stage(
+    stage: Stage, params_path: Path, target: Optional[str], device: Optional[str], restart: bool, seed: Optional[int]
+) -> None:
     p = _load(params_path)
     module = stage.module
     contract = module.CONTRACT
@@ -142,7 +178,9 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
         from .paths import model_file
 
         if not model_file(model, seed).exists():
-            _fail(f"{model_file(model, seed)}: {model} (seed {seed}) is not trained yet; run `mma train {member}` first")
+            _fail(
+                f"{model_file(model, seed)}: {model} (seed {seed}) is not trained yet; run `mma train {member}` first"
+            )
     kwargs = {}
     if stage.device:
         kwargs["device"] = tags["mma.device"] = _device(p, device)
@@ -165,8 +203,15 @@ def _stage(stage: Stage, params_path: Path, target: Optional[str], device: Optio
 
         tags = {"mma.params_file": params_file_tag(params_path), "mma.experiment": p.experiment, **tags}
         # the run's params: everything the stage reads from the params file, for this target and seed
-        with stage_run(p.experiment, stage.name, name=model, seed=seed, tags=tags,
-                       params=contract.record(p, target, seed), run_id_file=run_id_file) as tracker:
+        with stage_run(
+            p.experiment,
+            stage.name,
+            name=model,
+            seed=seed,
+            tags=tags,
+            params=contract.record(p, target, seed),
+            run_id_file=run_id_file,
+        ) as tracker:
             tracker.log_artifact(params_path, "params")  # the values used, kept after a temporary copy is gone
             metrics = module.run(*args, tracker=tracker, **kwargs) or {}
             # the stage's summary, unless the stage logged those keys itself (no duplicate points)
@@ -189,20 +234,32 @@ def data(params: ParamsOpt = Path("params.yaml")) -> None:
     _run_stage(STAGES["data"], params)
 
 
-RoleOpt = Annotated[Optional[str], typer.Option(
-    "--role", metavar="ROLE", help="A Table-1 role (a key of table1.sources: MMA, PGD, STD, ...): its source model.")]
+RoleOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--role", metavar="ROLE", help="A Table-1 role (a key of table1.sources: MMA, PGD, STD, ...): its source model."
+    ),
+]
 
 
 BOOKKEPT = ("train", "transfer", "evaluate")  # the stages whose reads reach DVC through a file
 
 
 @app.command()
-def spec(stage: Annotated[str, typer.Argument(
-             metavar="STAGE", help="The stage whose reads to write: train, transfer or evaluate.")],
-         target: Annotated[str, typer.Argument(
-             metavar="TARGET", help="What the stage works on: a model NAME (train, evaluate) or a Table-1 ROLE "
-                                    "(transfer).")],
-         params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None) -> None:
+def spec(
+    stage: Annotated[
+        str, typer.Argument(metavar="STAGE", help="The stage whose reads to write: train, transfer or evaluate.")
+    ],
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="TARGET",
+            help="What the stage works on: a model NAME (train, evaluate) or a Table-1 ROLE (transfer).",
+        ),
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+    seed: SeedOpt = None,
+) -> None:
     """Write what `mma STAGE TARGET --seed S` reads, for DVC: the values it reads from the
     params (defaults filled in) and the md5 of every file the params choose for it.
 
@@ -232,10 +289,20 @@ def spec(stage: Annotated[str, typer.Argument(
 
 
 @app.command()
-def train(name: ModelArg, params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None, device: DeviceOpt = None,
-          restart: Annotated[bool, typer.Option(
-              "--restart", help="Discard the resume checkpoint in results/checkpoints/NAME/seedS/ (e.g. a corrupt "
-                                "one) and train from step 0 in a new MLflow run.")] = False) -> None:
+def train(
+    name: ModelArg,
+    params: ParamsOpt = Path("params.yaml"),
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Discard the resume checkpoint in results/checkpoints/NAME/seedS/ (e.g. a corrupt "
+            "one) and train from step 0 in a new MLflow run.",
+        ),
+    ] = False,
+) -> None:
     """Train model NAME with seed S; writes results/models/NAME/seedS/{model.pt,metrics.json}.
 
     Resumable: after a crash or kill, the same command continues from the last resume
@@ -246,10 +313,15 @@ def train(name: ModelArg, params: ParamsOpt = Path("params.yaml"), seed: SeedOpt
 
 
 @app.command()
-def transfer(source: Annotated[Optional[str], typer.Argument(
-                 metavar="SOURCE", help="A source model named in table1.sources (or give --role).")] = None,
-             params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None, role: RoleOpt = None,
-             device: DeviceOpt = None) -> None:
+def transfer(
+    source: Annotated[
+        Optional[str], typer.Argument(metavar="SOURCE", help="A source model named in table1.sources (or give --role).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    seed: SeedOpt = None,
+    role: RoleOpt = None,
+    device: DeviceOpt = None,
+) -> None:
     """Make the adversarial test sets of a Table-1 role's source model, seed S
     (results/transfer/ROLE/seedS/).
 
@@ -265,8 +337,9 @@ def transfer(source: Annotated[Optional[str], typer.Argument(
 
 
 @app.command()
-def evaluate(name: ModelArg, params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None,
-             device: DeviceOpt = None) -> None:
+def evaluate(
+    name: ModelArg, params: ParamsOpt = Path("params.yaml"), seed: SeedOpt = None, device: DeviceOpt = None
+) -> None:
     """Evaluate model NAME, seed S (results/eval/NAME/seedS/): natural and white-box robust accuracy,
     the transfer sets of its threat model, robust accuracy vs ε, margins and checks."""
     _run_stage(STAGES["evaluate"], params, name, device, seed=seed)
@@ -280,14 +353,27 @@ def report(params: ParamsOpt = Path("params.yaml")) -> None:
 
 @app.command()
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="A short run (under 5 minutes on 2 CPU cores) instead of "
-                                        "the full benchmark (~15 minutes).")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="A short run (under 5 minutes on 2 CPU cores) instead of the full benchmark (~15 minutes)."
+        ),
+    ] = False,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda, cuda:N or auto.")] = "auto",
-    json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE",
-                                                      help="Also write the results to FILE as JSON.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help=(
-        "torch CPU threads (default: torch's). On a shared machine 1 thread is often faster: "
-        "see docs/performance.md."))] = None,
+    json_path: Annotated[
+        Optional[Path], typer.Option("--json", metavar="FILE", help="Also write the results to FILE as JSON.")
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threads",
+            min=1,
+            help=(
+                "torch CPU threads (default: torch's). On a shared machine 1 thread is often faster: "
+                "see docs/performance.md."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Time the attacks and training steps (and compare with peer implementations)."""
     from .bench import run
@@ -358,9 +444,9 @@ def _errors():
     """The CLI's one error boundary.  Expected failures (bad params, data, files between
     stages, the tracking store, the file system, a busy lock) print one line and exit 2;
     a diverged training exits 1; anything else is a bug: its traceback, then a hint."""
+    from .config.params import ParamsError
     from .data import DataError
     from .io import BadFileError
-    from .config.params import ParamsError
     from .stages.files import BusyError
     from .tracking import TrackingError
     from .train import TrainingDiverged
@@ -372,8 +458,10 @@ def _errors():
     except DataError as e:  # mma.data speaks to Python callers (source=...); say what a user sets
         from .data import SOURCE_HINT
 
-        hint = ("set $MMA_DATA_SOURCE (MNIST) or data.mnist_source / data.cifar10_source in the params file "
-                "to a local folder holding the files, then rerun `mma data`")
+        hint = (
+            "set $MMA_DATA_SOURCE (MNIST) or data.mnist_source / data.cifar10_source in the params file "
+            "to a local folder holding the files, then rerun `mma data`"
+        )
         _fail(" ".join(str(e).replace(SOURCE_HINT, hint).split()))
     except TrainingDiverged as e:
         _fail(" ".join(str(e).split()), EXIT_FAILED)
@@ -385,10 +473,14 @@ def _errors():
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         if e.errno in NO_SPACE:
             what = "no space left on device" + ("" if e.errno == NO_SPACE[0] else f" ({e.strerror})")
-            _fail(f"{where}{what}; the previous outputs are as they were: free some space there (or point the "
-                  "folder elsewhere), then rerun")
-        _fail(f"{where}{e.strerror or type(e).__name__} ({type(e).__name__}); fix the file or folder "
-              "(space, permissions) and rerun")
+            _fail(
+                f"{where}{what}; the previous outputs are as they were: free some space there (or point the "
+                "folder elsewhere), then rerun"
+            )
+        _fail(
+            f"{where}{e.strerror or type(e).__name__} ({type(e).__name__}); fix the file or folder "
+            "(space, permissions) and rerun"
+        )
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to continue (train resumes from its last checkpoint)", 130)
     except Exception as e:  # noqa: BLE001
@@ -398,8 +490,11 @@ def _errors():
         import traceback
 
         traceback.print_exc()
-        _fail(f"internal error ({type(e).__name__}); this is a bug in mma: please report it with the command "
-              "and the traceback above", EXIT_FAILED)
+        _fail(
+            f"internal error ({type(e).__name__}); this is a bug in mma: please report it with the command "
+            "and the traceback above",
+            EXIT_FAILED,
+        )
 
 
 def _tracking_problem(e: Exception) -> Optional[str]:
@@ -411,9 +506,11 @@ def _tracking_problem(e: Exception) -> Optional[str]:
     from .tracking import tracking_uri
 
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    return (f"MLflow store {tracking_uri()} failed mid-stage ({type(e).__name__}: {first}); the stage's files "
-            "are complete where it got that far: free the store (another program holding mlflow.db? read-only?) "
-            "and rerun")
+    return (
+        f"MLflow store {tracking_uri()} failed mid-stage ({type(e).__name__}: {first}); the stage's files "
+        "are complete where it got that far: free the store (another program holding mlflow.db? read-only?) "
+        "and rerun"
+    )
 
 
 if __name__ == "__main__":  # python -m mma.cli

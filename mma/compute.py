@@ -62,8 +62,10 @@ class Compute:
         if search not in SEARCHES:
             raise ValueError(f"unknown search {search!r}: expected one of {', '.join(SEARCHES)}")
         if fixed and search != "bisection":
-            raise ValueError("the fixed-shape path (cuda_graphs) runs the bisection search: the secant search "
-                             "reads the device to end its loop")
+            raise ValueError(
+                "the fixed-shape path (cuda_graphs) runs the bisection search: the secant search "
+                "reads the device to end its loop"
+            )
         object.__setattr__(self, "fixed_shape", fixed)
         object.__setattr__(self, "search", search)
 
@@ -118,8 +120,14 @@ def resolve(params: ComputeParams | None, device) -> Compute:
         channels_last = kind == "cpu"
     cuda_graphs = p.cuda_graphs is True and kind == "cuda"
     search = "" if p.search == "auto" else p.search
-    return Compute(device=kind, precision=precision, channels_last=bool(channels_last), compile=p.compile,
-                   cuda_graphs=cuda_graphs, search=search)
+    return Compute(
+        device=kind,
+        precision=precision,
+        channels_last=bool(channels_last),
+        compile=p.compile,
+        cuda_graphs=cuda_graphs,
+        search=search,
+    )
 
 
 # --------------------------------------------------------------------------- applying them

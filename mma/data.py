@@ -80,8 +80,15 @@ def prepare_mnist(root: PathLike, source: PathLike | None = None, *, verify: boo
     return _prepare(Path(root), "mnist", source, fill, "sha256", expected, verify=verify)
 
 
-def prepare_cifar10(root: PathLike, source: PathLike | None = None, *, synthetic_train: int = 2000,
-                    synthetic_test: int = 500, seed: int = 0, verify: bool = True) -> dict:
+def prepare_cifar10(
+    root: PathLike,
+    source: PathLike | None = None,
+    *,
+    synthetic_train: int = 2000,
+    synthetic_test: int = 500,
+    seed: int = 0,
+    verify: bool = True,
+) -> dict:
     """Prepare CIFAR-10 under ``root``; reuse, verification and rebuilds as in ``prepare_mnist``.
 
     source=None: torchvision download (needs internet); a folder holding torchvision's
@@ -91,8 +98,7 @@ def prepare_cifar10(root: PathLike, source: PathLike | None = None, *, synthetic
     "source", "files": {name: md5 (real) or sha256 (synthetic)}} (+ "params" if synthetic).
     """
     if source == "synthetic":
-        params = {"n_train": synthetic_train, "n_test": synthetic_test, "seed": seed,
-                  "version": SYNTHETIC_VERSION}
+        params = {"n_train": synthetic_train, "n_test": synthetic_test, "seed": seed, "version": SYNTHETIC_VERSION}
         fill = partial(_write_synthetic, params=params)
         return _prepare(Path(root), "cifar10-synthetic", source, fill, "sha256", params=params, verify=verify)
     from torchvision.datasets import CIFAR10
@@ -107,9 +113,17 @@ def prepare_cifar10(root: PathLike, source: PathLike | None = None, *, synthetic
     return _prepare(Path(root), "cifar10", source, fill, "md5", expected, verify=verify)
 
 
-def _prepare(root: Path, dataset: str, source: PathLike | None, fill: Callable[[Path], list | None],
-             algo: str, expected: dict | None = None, *, params: dict | None = None,
-             verify: bool) -> dict:
+def _prepare(
+    root: Path,
+    dataset: str,
+    source: PathLike | None,
+    fill: Callable[[Path], list | None],
+    algo: str,
+    expected: dict | None = None,
+    *,
+    params: dict | None = None,
+    verify: bool,
+) -> dict:
     """Reuse ``root/FOLDERS[dataset]`` if complete and intact, else (re)build it; returns the summary.
 
     expected: known checksums {relative path: digest} (None: those recorded at generation).
@@ -123,8 +137,7 @@ def _prepare(root: Path, dataset: str, source: PathLike | None, fill: Callable[[
             return _summary(found)
         except DataError as e:
             if source is None:  # refused rather than silently re-downloaded
-                raise DataError(f"{e}; {SOURCE_HINT} to rebuild it, or delete {folder} to download "
-                                "again") from None
+                raise DataError(f"{e}; {SOURCE_HINT} to rebuild it, or delete {folder} to download again") from None
             _refuse_foreign(folder, e)  # rebuilt below only if every file in it is one we made
             rebuilt = {"rebuilt": str(e)}  # why: the caller says so (a corrupt copy is news to the user)
     marker = {"dataset": dataset, "source": str(source or "download"), "hash": algo}
@@ -148,16 +161,20 @@ def _refuse_foreign(folder: Path, why: DataError) -> None:
     """DataError unless ``folder`` is a real folder holding only files a build of ours made
     (then it may be replaced).  The data stage never deletes what it did not create."""
     if folder.is_symlink() or not folder.is_dir():
-        raise DataError(f"{folder}: exists but is not a dataset folder the data stage made ({why}); "
-                        f"move it away (or point data.root elsewhere), then rerun `mma data`")
+        raise DataError(
+            f"{folder}: exists but is not a dataset folder the data stage made ({why}); "
+            f"move it away (or point data.root elsewhere), then rerun `mma data`"
+        )
     ours = _ours(folder)
     found = [p for p in sorted(folder.rglob("*")) if not p.is_dir() or p.is_symlink()]
     foreign = [p for p in found if ours is None or p.relative_to(folder).as_posix() not in ours]
     if foreign:
         shown = ", ".join(str(p.relative_to(folder)) for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-        raise DataError(f"{folder}: needs rebuilding ({why}) but holds {len(foreign)} file(s) the data stage "
-                        f"did not make ({shown}); nothing was deleted: move them out of {folder} (or point "
-                        f"data.root elsewhere), then rerun `mma data`")
+        raise DataError(
+            f"{folder}: needs rebuilding ({why}) but holds {len(foreign)} file(s) the data stage "
+            f"did not make ({shown}); nothing was deleted: move them out of {folder} (or point "
+            f"data.root elsewhere), then rerun `mma data`"
+        )
 
 
 def _check(folder: Path, expected: dict | None, verify: bool) -> dict:
@@ -180,13 +197,11 @@ def _check(folder: Path, expected: dict | None, verify: bool) -> dict:
         if path.stat().st_size != sizes.get(rel):
             raise DataError(f"{path}: size differs from the prepared {sizes.get(rel)} bytes (truncated?)")
         if verify and (got := _digest(path, algo)) != digest:
-            raise DataError(f"{path}: {algo} {got[:16]}… differs from the prepared {digest[:16]}… "
-                            "(corrupted)")
+            raise DataError(f"{path}: {algo} {got[:16]}… differs from the prepared {digest[:16]}… (corrupted)")
     return marker
 
 
-def _build(folder: Path, fill: Callable[[Path], list | None], marker: dict,
-           expected: dict | None) -> dict:
+def _build(folder: Path, fill: Callable[[Path], list | None], marker: dict, expected: dict | None) -> dict:
     """Build ``folder`` atomically and return its marker.  fill(tmp) writes the files into
     the empty temporary folder and returns their relative paths when ``expected`` is None."""
     with no_space_names(folder):  # a full disk while writing the copy is data.root's, not the source's
@@ -205,9 +220,11 @@ def _build_in(folder: Path, fill: Callable[[Path], list | None], marker: dict, e
         for rel in expected if expected is not None else written:
             files[rel] = got = _digest(tmp / rel, algo)
             if expected is not None and got != expected[rel]:
-                raise DataError(f"{Path(rel).name} from {marker['source']}: {algo} of the content is "
-                                f"{got[:16]}…, expected {expected[rel][:16]}…; corrupt or not the genuine "
-                                "file: replace it")
+                raise DataError(
+                    f"{Path(rel).name} from {marker['source']}: {algo} of the content is "
+                    f"{got[:16]}…, expected {expected[rel][:16]}…; corrupt or not the genuine "
+                    "file: replace it"
+                )
         marker = {**marker, "files": files, "sizes": {rel: (tmp / rel).stat().st_size for rel in files}}
         write_json(tmp / MARKER, marker)  # last: only a finished folder has one
         if folder.exists():  # an invalid earlier copy holding only our files (checked by the caller):
@@ -271,8 +288,9 @@ def _download(dataset: str, subdir: str, tmp: Path, into: str = "") -> None:
     try:
         getattr(torchvision.datasets, dataset)(tmp / "download", train=True, download=True)
     except Exception as e:  # offline, mirror down, bad archive: all mean "no dataset this way"
-        raise DataError(f"could not download {dataset} ({type(e).__name__}: {e}); without internet, "
-                        f"{SOURCE_HINT}") from None
+        raise DataError(
+            f"could not download {dataset} ({type(e).__name__}: {e}); without internet, {SOURCE_HINT}"
+        ) from None
     (tmp / into).mkdir(exist_ok=True)
     for path in (tmp / "download" / subdir).iterdir():
         if not path.name.endswith(".gz"):  # the archives are not needed once extracted
@@ -356,9 +374,11 @@ def available_memory() -> Optional[int]:
 def _write_synthetic(tmp: Path, params: dict) -> list[str]:
     need, free = synthetic_bytes(params["n_train"], params["n_test"]), available_memory()
     if free is not None and need > free:  # refused before allocating, not a traceback or the OOM killer
-        raise DataError(f"data.synthetic_train = {params['n_train']}, data.synthetic_test = {params['n_test']}: "
-                        f"generating them needs ~{need / 1e9:.1f} GB of memory, {free / 1e9:.1f} GB is available "
-                        "here; lower them")
+        raise DataError(
+            f"data.synthetic_train = {params['n_train']}, data.synthetic_test = {params['n_test']}: "
+            f"generating them needs ~{need / 1e9:.1f} GB of memory, {free / 1e9:.1f} GB is available "
+            "here; lower them"
+        )
     splits = synthetic_cifar10(params["n_train"], params["n_test"], params["seed"])
     for part, (x, y) in zip(("train", "test"), splits, strict=True):
         np.save(tmp / f"{part}_x.npy", x, allow_pickle=False)  # .npy: loads without unpickling
@@ -377,15 +397,18 @@ def resolve_dataset(dataset: str, root: PathLike) -> str:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if dataset == "cifar10" and not (Path(root) / FOLDERS["cifar10"] / MARKER).is_file():
         if (Path(root) / FOLDERS["cifar10-synthetic"] / MARKER).is_file():
-            raise DataError(f"{Path(root) / FOLDERS['cifar10']}: the real CIFAR-10 is not prepared, only the synthetic "
-                            "stand-in (cifar10-synthetic/); set data.cifar10_source: synthetic to use the stand-in "
-                            "(its results are then labelled as synthetic), or prepare the real set with `mma data`")
+            raise DataError(
+                f"{Path(root) / FOLDERS['cifar10']}: the real CIFAR-10 is not prepared, only the synthetic "
+                "stand-in (cifar10-synthetic/); set data.cifar10_source: synthetic to use the stand-in "
+                "(its results are then labelled as synthetic), or prepare the real set with `mma data`"
+            )
         raise DataError(f"{Path(root) / FOLDERS['cifar10']}: CIFAR-10 is not prepared; run `mma data` first")
     return dataset
 
 
-def load_split(dataset: str, root: PathLike, split: str, *, val_size: int = 5000,
-               limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    dataset: str, root: PathLike, split: str, *, val_size: int = 5000, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One split of a prepared dataset: x uint8 (N, C, H, W) in 0..255, y int64 (N,).
 
     dataset: "mnist" (C=1, 28x28), "cifar10" (C=3, 32x32; see ``resolve_dataset``) or
@@ -398,8 +421,10 @@ def load_split(dataset: str, root: PathLike, split: str, *, val_size: int = 5000
     x, y = _load(resolve_dataset(dataset, root), Path(root), train=split != "test")
     if split != "test":
         if not 0 <= val_size < len(x):
-            raise DataSizeError(f"data.val_size = {val_size}: must be below the {len(x)} training images of "
-                                f"{dataset} (the rest are the training split); lower it")
+            raise DataSizeError(
+                f"data.val_size = {val_size}: must be below the {len(x)} training images of "
+                f"{dataset} (the rest are the training split); lower it"
+            )
         part = slice(0, val_size) if split == "val" else slice(val_size, None)
         x, y = x[part], y[part]
     if limit is not None:
@@ -471,11 +496,20 @@ class TensorBatcher:
     from (seed, step) and vectorised over the batch.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int,
-                 device: str | torch.device = "cpu", augment: bool = False):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        *,
+        seed: int,
+        device: str | torch.device = "cpu",
+        augment: bool = False,
+    ):
         if x.dtype != torch.uint8 or x.dim() != 4 or len(x) != len(y):
-            raise ValueError(f"expected uint8 x (N, C, H, W) and y (N,), got {x.dtype} {tuple(x.shape)}, "
-                             f"{tuple(y.shape)}")
+            raise ValueError(
+                f"expected uint8 x (N, C, H, W) and y (N,), got {x.dtype} {tuple(x.shape)}, {tuple(y.shape)}"
+            )
         if not 1 <= batch_size <= len(x):
             raise ValueError(f"batch_size must be in [1, {len(x)}], got {batch_size}")
         self.x, self.y, self.device = x.to(device), y.to(device), torch.device(device)
@@ -499,7 +533,7 @@ class TensorBatcher:
         if epoch != self._epoch:  # cached: one permutation per epoch, not per step
             perm = torch.randperm(len(self.x), generator=_generator(self.seed, "epoch", epoch))
             self._epoch, self._perm = epoch, perm.to(self.device)
-        idx = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
         x = self._crop_flip(self.x[idx], int(step)) if self.augment else self.x[idx]
         return to_float(x, self.device), self.y[idx], idx
 

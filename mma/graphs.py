@@ -85,9 +85,15 @@ class GraphCache:
     before the next call; it keeps the memory of many attack settings that of the
     largest one."""
 
-    def __init__(self, *, warmup: int = 1, max_graphs: int = 32, copy_outputs: bool = True,
-                 shared_pool: bool = False) -> None:
-        self.warmup, self.max_graphs, self.copy_outputs, self.shared_pool = warmup, max_graphs, copy_outputs, shared_pool
+    def __init__(
+        self, *, warmup: int = 1, max_graphs: int = 32, copy_outputs: bool = True, shared_pool: bool = False
+    ) -> None:
+        self.warmup, self.max_graphs, self.copy_outputs, self.shared_pool = (
+            warmup,
+            max_graphs,
+            copy_outputs,
+            shared_pool,
+        )
         self.graphs: dict = {}
         self.calls: dict = {}
         self.stream = self.pool = None  # made at the first CUDA call, on its device
@@ -157,14 +163,19 @@ def graphed(attack: Callable) -> Callable:
         settings = {k: v for k, v in kwargs.items() if k not in names}
         inputs = (*args, *(kwargs[k] for k in names))
         x = next(t for t in inputs if t is not None)
-        key = (attack.__qualname__, model, tuple(names), tuple(sorted(settings.items())),
-               attack_settings(x.device),
-               tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in inputs))
+        key = (
+            attack.__qualname__,
+            model,
+            tuple(names),
+            tuple(sorted(settings.items())),
+            attack_settings(x.device),
+            tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in inputs),
+        )
 
         def run(*tensors):
             token = _ATTACK_GRAPHS.set(None)  # nested attacks: inside this graph
             try:
-                return attack(model, *tensors[:len(args)], **settings, **dict(zip(names, tensors[len(args):])))
+                return attack(model, *tensors[: len(args)], **settings, **dict(zip(names, tensors[len(args) :])))
             finally:
                 _ATTACK_GRAPHS.reset(token)
 

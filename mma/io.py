@@ -143,8 +143,9 @@ def load_tensors(path: str | os.PathLike, map_location: Any = "cpu", *, remedy: 
         raise BadFileError(f"{path}: corrupt ({type(e).__name__}: {e}){todo}") from None
     if bad is not None:
         entry = str(Path(*Path(bad).parts[1:]))  # torch names entries "<archive name>/data/0"
-        raise BadFileError(f"{path}: corrupt (checksum of its {entry} differs: the file changed after it was written)"
-                           f"{todo}")
+        raise BadFileError(
+            f"{path}: corrupt (checksum of its {entry} differs: the file changed after it was written){todo}"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

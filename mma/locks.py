@@ -51,15 +51,18 @@ def open_lock(path: str | os.PathLike) -> int:
         fd = os.open(path, flags, 0o666)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise LockFileError(f"{path}: is a symbolic link where a lock file belongs (nothing was written "
-                                "through it); remove the link, then rerun") from None
+            raise LockFileError(
+                f"{path}: is a symbolic link where a lock file belongs (nothing was written "
+                "through it); remove the link, then rerun"
+            ) from None
         raise
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         os.close(fd)
         what = "not a plain file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} links"
-        raise LockFileError(f"{path}: is {what} where a lock file belongs (nothing was written to it); "
-                            "remove it, then rerun")
+        raise LockFileError(
+            f"{path}: is {what} where a lock file belongs (nothing was written to it); remove it, then rerun"
+        )
     return fd
 
 
@@ -98,8 +101,10 @@ def write_holder(fd: int, path: str | os.PathLike) -> None:
     ours; LockFileError if the file holds anything else (it was not made by this package)."""
     old = os.pread(fd, 4096, 0).decode("utf-8", "replace")
     if old and not old.startswith(RECORD_PREFIX):
-        raise LockFileError(f"{path}: holds something other than a lock record ({old[:40]!r}…; nothing was "
-                            "changed); move it away, then rerun")
+        raise LockFileError(
+            f"{path}: holds something other than a lock record ({old[:40]!r}…; nothing was "
+            "changed); move it away, then rerun"
+        )
     record = f"{RECORD_PREFIX}{os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
     os.ftruncate(fd, 0)
     os.pwrite(fd, record.encode(), 0)
@@ -128,8 +133,12 @@ def _holder_pids(path: str | os.PathLike) -> list[int]:
     exact, same_inode = [], []  # an overlay file system reports the lower device: the inode alone then
     for line in lines:
         fields = line.split()  # "1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF" ("1: -> FLOCK ...": a waiter)
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit() \
-                and fields[5].rsplit(":", 1)[-1] == str(info.st_ino):
+        if (
+            len(fields) >= 6
+            and fields[1] == "FLOCK"
+            and fields[4].isdigit()
+            and fields[5].rsplit(":", 1)[-1] == str(info.st_ino)
+        ):
             (exact if fields[5].rsplit(":", 1)[0] == device else same_inode).append(int(fields[4]))
     return list(dict.fromkeys(exact or same_inode))
 
@@ -156,12 +165,12 @@ def _worked(before: dict[int, int], after: dict[int, int], seconds: float) -> bo
 
 
 def _process(pid: int) -> str:
-    """"pid 123 (its command line[, stopped])" from /proc; "pid 123" if it cannot be read."""
+    """ "pid 123 (its command line[, stopped])" from /proc; "pid 123" if it cannot be read."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
         stat_text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return f"pid {pid}"
-    state = stat_text[stat_text.rindex(")") + 2:].split()[0]
+    state = stat_text[stat_text.rindex(")") + 2 :].split()[0]
     stopped = ", stopped (Ctrl-Z?)" if state in "tT" else ""
     return f"pid {pid} ({' '.join(argv.split())[:80]}{stopped})"

@@ -16,10 +16,24 @@ def progress(total: int, description: str, *, start: int = 0, enabled: bool = Tr
         yield lambda n=1, **fields: None
         return
     if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        ]
         with Progress(*columns, transient=False) as bar:
             task = bar.add_task(description, total=total, completed=start, info="")
 
@@ -42,8 +56,11 @@ def progress(total: int, description: str, *, start: int = 0, enabled: bool = Tr
             rate = (state["done"] - state["start"]) / max(elapsed, 1e-9)
             eta = (total - state["done"]) / rate if rate > 0 else float("nan")
             info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-            print(f"{description}: {state['done']}/{total} elapsed {elapsed:.0f}s eta {eta:.0f}s {info}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{description}: {state['done']}/{total} elapsed {elapsed:.0f}s eta {eta:.0f}s {info}",
+                file=sys.stderr,
+                flush=True,
+            )
             state["next"] = state["done"] + max(1, total // 10)
 
     yield advance

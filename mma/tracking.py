@@ -97,10 +97,16 @@ def git_commit(root: Path | None = None) -> str:
     """HEAD's hash, with "-dirty" when tracked files differ; "unknown" outside git."""
     cwd = root or repo_root()
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head + ("-dirty" if dirty else "")) if head else "unknown"
@@ -135,7 +141,7 @@ def _ancestor(program: str) -> Optional[tuple[int, str]]:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return None
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if any(Path(a.decode(errors="replace")).name == program for a in argv[:2]):
             return pid, fields[19]  # starttime: pid + start time never repeat together
         pid = int(fields[1])  # ppid
@@ -212,18 +218,28 @@ def _probe_server(uri: str, experiment: str) -> None:
 
     hint = f"start it, or unset {URI_ENV} to record runs in the local store {repo_root() / STORE_FILE}"
     try:
-        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET",
-                                max_retries=0, timeout=PROBE_TIMEOUT_S, raise_on_status=False,
-                                params={"experiment_name": experiment})
+        response = http_request(
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/experiments/get-by-name",
+            "GET",
+            max_retries=0,
+            timeout=PROBE_TIMEOUT_S,
+            raise_on_status=False,
+            params={"experiment_name": experiment},
+        )
     except Exception as e:  # noqa: BLE001 - refused, timed out, unknown host, bad TLS: unreachable either way
         raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({_reason(e)}); {hint}") from None
     if response.status_code in (401, 403):
-        raise TrackingError(f"MLflow tracking server {redact(uri)} refused the credentials (HTTP "
-                            f"{response.status_code}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
-                            "(or the URI's user:password@) to an account of that server")
+        raise TrackingError(
+            f"MLflow tracking server {redact(uri)} refused the credentials (HTTP "
+            f"{response.status_code}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            "(or the URI's user:password@) to an account of that server"
+        )
     if response.status_code not in (200, 404):  # 404: no such experiment yet, the API answered
-        raise TrackingError(f"MLflow tracking server {redact(uri)} answered its API with HTTP {response.status_code} "
-                            f"({response.reason}); is it an MLflow server? {hint}")
+        raise TrackingError(
+            f"MLflow tracking server {redact(uri)} answered its API with HTTP {response.status_code} "
+            f"({response.reason}); is it an MLflow server? {hint}"
+        )
 
 
 def _probe_database(uri: str, scheme: str) -> None:
@@ -235,8 +251,10 @@ def _probe_database(uri: str, scheme: str) -> None:
         try:
             socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
         except OSError as e:
-            raise TrackingError(f"MLflow store {redact(uri)}: the database server {host}:{port} is unreachable "
-                                f"({e.strerror or 'no answer'}); start it, or fix (or unset) {URI_ENV}") from None
+            raise TrackingError(
+                f"MLflow store {redact(uri)}: the database server {host}:{port} is unreachable "
+                f"({e.strerror or 'no answer'}); start it, or fix (or unset) {URI_ENV}"
+            ) from None
     os.environ.setdefault("PGCONNECT_TIMEOUT", str(int(PROBE_TIMEOUT_S) + 2))  # libpq: a server that stalls
     try:
         import sqlalchemy
@@ -247,9 +265,11 @@ def _probe_database(uri: str, scheme: str) -> None:
         finally:
             engine.dispose()
     except Exception as e:  # noqa: BLE001 - a missing driver, a refused login, no such database
-        raise TrackingError(f"MLflow store {redact(uri)} cannot be used ({type(e).__name__}: {_reason(e)}); fix "
-                            f"the database (or its driver: pip install -e '.[cluster]'), or fix (or unset) "
-                            f"{URI_ENV}") from None
+        raise TrackingError(
+            f"MLflow store {redact(uri)} cannot be used ({type(e).__name__}: {_reason(e)}); fix "
+            f"the database (or its driver: pip install -e '.[cluster]'), or fix (or unset) "
+            f"{URI_ENV}"
+        ) from None
 
 
 def _reason(e: BaseException) -> str:
@@ -280,8 +300,10 @@ def open_store(experiment: str, uri: str | None = None):
     # a locked or read-only mlflow.db: MLflow logs the traceback, then raises; the CLI says it in one line
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
-        raise TrackingError(f"MLflow store {uri}: folder {Path(uri.removeprefix('sqlite:///')).parent} does not "
-                            f"exist; create it, or fix (or unset) {URI_ENV}")
+        raise TrackingError(
+            f"MLflow store {uri}: folder {Path(uri.removeprefix('sqlite:///')).parent} does not "
+            f"exist; create it, or fix (or unset) {URI_ENV}"
+        )
     with _locked(uri):
         try:
             client = MlflowClient(tracking_uri=uri)
@@ -308,13 +330,17 @@ def _check_artifact_location(uri: str, experiment) -> None:
     db = Path(uri.removeprefix("sqlite:///"))
     location = experiment.artifact_location or ""
     expected = (db.parent / ARTIFACT_DIR).as_uri()
-    if location.startswith("file:") and location.rstrip("/") != expected.rstrip("/") \
-            and Path(location.removeprefix("file://")).parent.resolve() != db.parent.resolve():
+    if (
+        location.startswith("file:")
+        and location.rstrip("/") != expected.rstrip("/")
+        and Path(location.removeprefix("file://")).parent.resolve() != db.parent.resolve()
+    ):
         raise TrackingError(
             f"MLflow store {db}: experiment {experiment.name!r} keeps its artifacts in {location}, not beside this "
             f"store: the store was copied from another checkout, and runs here would write into that one. Move "
             f"{db.name} (and {ARTIFACT_DIR}/) out of {db.parent} to start a fresh store here, or set {URI_ENV} to "
-            "the original store")
+            "the original store"
+        )
 
 
 # --------------------------------------------------------------------------- one run
@@ -345,15 +371,21 @@ class Tracker:
         try:
             for i in range(0, len(pending), 1000):  # MLflow's batch limit
                 with _locked(self.uri):
-                    self.client.log_batch(self.run_id, metrics=pending[i:i + 1000])
+                    self.client.log_batch(self.run_id, metrics=pending[i : i + 1000])
         except Exception as e:  # noqa: BLE001
             self._pending = pending[i:] + self._pending
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if final:
-                raise TrackingError(redact(f"MLflow logging to {self.uri} failed at the end of the run ({why}); "
-                                           "the stage's output files are complete")) from None
-            print(redact(f"warning: MLflow logging failed, {len(self._pending)} metrics kept for the next try ({why})"),
-                  file=sys.stderr)
+                raise TrackingError(
+                    redact(
+                        f"MLflow logging to {self.uri} failed at the end of the run ({why}); "
+                        "the stage's output files are complete"
+                    )
+                ) from None
+            print(
+                redact(f"warning: MLflow logging failed, {len(self._pending)} metrics kept for the next try ({why})"),
+                file=sys.stderr,
+            )
 
     def log_params(self, params: dict) -> None:
         """``params`` (a nested record) as MLflow params, one per leaf: ``attacks.pgd40x1.steps``."""
@@ -363,7 +395,7 @@ class Tracker:
         flat = [Param(_key(k), _param_value(v)) for k, v in flatten(params).items()]
         for i in range(0, len(flat), MAX_PARAMS_TAGS_PER_BATCH):  # one request per batch MLflow accepts
             with _locked(self.uri):
-                self.client.log_batch(self.run_id, params=flat[i:i + MAX_PARAMS_TAGS_PER_BATCH])
+                self.client.log_batch(self.run_id, params=flat[i : i + MAX_PARAMS_TAGS_PER_BATCH])
 
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
@@ -380,9 +412,16 @@ class Tracker:
 
 
 @contextlib.contextmanager
-def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = None,
-              run_id_file: Path | None = None, name: str | None = None,
-              seed: int | None = None) -> Iterator[Tracker]:
+def stage_run(
+    experiment: str,
+    stage: str,
+    *,
+    tags: dict,
+    params: dict | None = None,
+    run_id_file: Path | None = None,
+    name: str | None = None,
+    seed: int | None = None,
+) -> Iterator[Tracker]:
     """An MLflow run around one stage invocation; FINISHED on success, FAILED/KILLED otherwise.
 
     run_id_file: where the run id is kept while the stage can be resumed; if it names
@@ -411,10 +450,17 @@ def stage_run(experiment: str, stage: str, *, tags: dict, params: dict | None = 
             if exp and not commit.endswith("-dirty") and commit != "unknown":
                 commit += "-dirty"  # the experiment's params, applied on top of that commit
             where = {"mma.pipeline_run": pipeline_run(), "mma.host": os.uname().nodename, "mma.pid": os.getpid()}
-            tracker.set_tags({"mma.stage": stage, "mma.git_commit": commit,
-                              "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-                              "mma.resumed": str(resumed).lower(), **exp,
-                              **{k: v for k, v in where.items() if v is not None}, **tags})
+            tracker.set_tags(
+                {
+                    "mma.stage": stage,
+                    "mma.git_commit": commit,
+                    "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+                    "mma.resumed": str(resumed).lower(),
+                    **exp,
+                    **{k: v for k, v in where.items() if v is not None},
+                    **tags,
+                }
+            )
             if params:
                 tracker.log_params(params)
             yield tracker
@@ -439,8 +485,9 @@ def _run_name(stage: str, name: Optional[str], seed: Optional[int]) -> str:
     return ":".join([stage] + ([name] if name else []) + ([f"seed{seed}"] if seed is not None else []))
 
 
-def _end_stale_runs(client, uri: str, experiment_id: str, stage: str, name: Optional[str], seed: Optional[int],
-                    keep: Optional[str]) -> None:
+def _end_stale_runs(
+    client, uri: str, experiment_id: str, stage: str, name: Optional[str], seed: Optional[int], keep: Optional[str]
+) -> None:
     """Runs of this stage (and member) left RUNNING by a process that died without a word
     (kill -9, out of memory, a lost node) on this machine: marked KILLED.  A run whose
     process is alive, or that was made on another machine, is left alone."""
@@ -461,8 +508,11 @@ def _end_stale_runs(client, uri: str, experiment_id: str, stage: str, name: Opti
         with _locked(uri):
             client.set_terminated(run.info.run_id, "KILLED")
         client.set_tag(run.info.run_id, "mma.ended_by", f"a later {stage} run: its process {pid} was gone")
-        print(f"{stage}{' ' + name if name else ''}: MLflow run {run.info.run_id} was left RUNNING by process "
-              f"{pid}, which is gone; marked KILLED", file=sys.stderr)
+        print(
+            f"{stage}{' ' + name if name else ''}: MLflow run {run.info.run_id} was left RUNNING by process "
+            f"{pid}, which is gone; marked KILLED",
+            file=sys.stderr,
+        )
 
 
 def _alive(pid: int) -> bool:
@@ -501,7 +551,7 @@ def _param_value(value: Any) -> str:
     if len(text) <= MAX_PARAM_VAL_LENGTH:
         return text
     cut = " ... (cut: the whole value is in the run's params artifact)"
-    return text[:MAX_PARAM_VAL_LENGTH - len(cut)] + cut
+    return text[: MAX_PARAM_VAL_LENGTH - len(cut)] + cut
 
 
 def flatten(record: Any, prefix: str = "") -> dict:

@@ -50,8 +50,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 # The goals on one H100 (an H200 counts), judged on the graph path's rows
-GOALS = {"mnist_mma40_step_ms": 5.0, "mnist_pgd40_step_ms": 4.0, "mma40_over_pgd40": 1.3, "wrn_mma10_step_ms": 40.0,
-         "mnist_linf_grid_with_table1_gpu_h": 0.5}
+GOALS = {
+    "mnist_mma40_step_ms": 5.0,
+    "mnist_pgd40_step_ms": 4.0,
+    "mma40_over_pgd40": 1.3,
+    "wrn_mma10_step_ms": 40.0,
+    "mnist_linf_grid_with_table1_gpu_h": 0.5,
+}
 MIN_ATTACKED = 0.5  # an MMA step time counts only where the step attacked at least half of its batch
 MNIST_GRID = ["std", "pgd40", "mma40", "mma40"]  # params.yaml: STD, PGD-0.3, MMA-0.45, MMA v1 (100k steps each)
 CIFAR_GRID = ["pgd10", "pgd10", "mma10", "pgd10", "pgd10", "mma10"]  # params.yaml's 6 CIFAR10 entries (50k steps)
@@ -60,11 +65,13 @@ from gpu_paper import GRAPH_PATH  # the switches gpu-paper trains with on CUDA
 
 # compute: sections timed, by name: the eager fp32 baseline, and the graph path ("graphs+..."), whose rows
 # alone are judged and projected
-COMBOS = {"fp32": {"precision": "fp32", "channels_last": False, "cuda_graphs": False},
-          "graphs+fp32": {"precision": "fp32", "channels_last": False, **GRAPH_PATH},
-          "graphs+bf16": {"precision": "bf16", "channels_last": False, **GRAPH_PATH},
-          "graphs+fp32+channels_last": {"precision": "fp32", "channels_last": True, **GRAPH_PATH},
-          "graphs+bf16+channels_last": {"precision": "bf16", "channels_last": True, **GRAPH_PATH}}
+COMBOS = {
+    "fp32": {"precision": "fp32", "channels_last": False, "cuda_graphs": False},
+    "graphs+fp32": {"precision": "fp32", "channels_last": False, **GRAPH_PATH},
+    "graphs+bf16": {"precision": "bf16", "channels_last": False, **GRAPH_PATH},
+    "graphs+fp32+channels_last": {"precision": "fp32", "channels_last": True, **GRAPH_PATH},
+    "graphs+bf16+channels_last": {"precision": "bf16", "channels_last": True, **GRAPH_PATH},
+}
 # the dry run: the code paths, not the numbers (WideResNet-28-4 on a CPU: one combination, 2 steps of batch 4)
 DRY_COMBOS, DRY_WRN = ("fp32", "graphs+bf16+channels_last"), "graphs+fp32"
 GRAPHS = "graphs+"
@@ -84,13 +91,21 @@ class Case:
         return f"{self.arch} {self.method}{k or ''} {combo}"
 
 
-CASES = (Case("lenet", "std"), Case("lenet", "pgd", 40, 2), Case("lenet", "mma", 40, 2), Case("wrn", "pgd", 10, 2),
-         Case("wrn", "mma", 10, 2))
+CASES = (
+    Case("lenet", "std"),
+    Case("lenet", "pgd", 40, 2),
+    Case("lenet", "mma", 40, 2),
+    Case("wrn", "pgd", 10, 2),
+    Case("wrn", "mma", 10, 2),
+)
 
 
 def mnist_source() -> Path | None:
-    for c in (os.environ.get("MMA_DATA_SOURCE"), ROOT.parent / "shared" / "data" / "mnist",
-              ROOT / "shared" / "data" / "mnist"):
+    for c in (
+        os.environ.get("MMA_DATA_SOURCE"),
+        ROOT.parent / "shared" / "data" / "mnist",
+        ROOT / "shared" / "data" / "mnist",
+    ):
         if c and Path(c).is_dir() and any(Path(c).iterdir()):
             return Path(c)
     return None
@@ -104,16 +119,31 @@ def run_tests(device: str, timeout: float) -> dict:
         env["MMA_DATA_SOURCE"] = str(src)
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-               f"--junitxml={report}", str(ROOT / "tests" / "test_gpu.py")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "gpu",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={report}",
+            str(ROOT / "tests" / "test_gpu.py"),
+        ]
         try:
             p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
         cases = _junit(report) if report.exists() else {}
     failed = {k: v for k, v in cases.items() if v not in ("passed", "skipped")}
-    return {"ok": p.returncode == 0, "returncode": p.returncode, "cases": cases, "failed": failed,
-            "tail": p.stdout[-1500:] if p.returncode else p.stdout.strip().splitlines()[-1:]}
+    return {
+        "ok": p.returncode == 0,
+        "returncode": p.returncode,
+        "cases": cases,
+        "failed": failed,
+        "tail": p.stdout[-1500:] if p.returncode else p.stdout.strip().splitlines()[-1:],
+    }
 
 
 def _junit(path: Path) -> dict[str, str]:
@@ -144,8 +174,11 @@ def lenet_data(device):
         y = torch.from_numpy(read_idx(find("train-labels-idx1-ubyte"))[:10000].astype("int64"))
         return x, y, "mnist"
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(0, 256, (10000, 1, 28, 28), generator=g, dtype=torch.uint8),
-            torch.randint(0, 10, (10000,), generator=g), "random")
+    return (
+        torch.randint(0, 256, (10000, 1, 28, 28), generator=g, dtype=torch.uint8),
+        torch.randint(0, 10, (10000,), generator=g),
+        "random",
+    )
 
 
 def cifar_like(n: int = 5000):
@@ -161,8 +194,17 @@ def cifar_like(n: int = 5000):
     return ((3 * templates[y] + noise) // 4).to(torch.uint8), y, "random, learnable class templates"
 
 
-def time_steps(kind: str, method: str, attack_steps: int, switches, *, steps: int, log_every: int, device: str,
-               batch: int | None = None) -> dict:
+def time_steps(
+    kind: str,
+    method: str,
+    attack_steps: int,
+    switches,
+    *,
+    steps: int,
+    log_every: int,
+    device: str,
+    batch: int | None = None,
+) -> dict:
     """Median seconds per step of the real training loop (``mma.train.train``); ``batch``
     replaces the paper's batch size (the dry run's WideResNet)."""
     from mma.data import TensorBatcher, to_float
@@ -172,20 +214,39 @@ def time_steps(kind: str, method: str, attack_steps: int, switches, *, steps: in
         x, y, data = lenet_data(device)
         # Adam 1e-3 (the quick profile's): from scratch, most of a batch is classified correctly (and
         # attacked by MMA) after the first window, as in a real run's steady state
-        base = dict(dataset="mnist", arch="lenet5_madry", norm="linf", batch_size=50,
-                    optimizer={"name": "adam", "lr": 1e-3})
-        blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.3, "steps": attack_steps, "step_size": 0.01}},
-                  "mma": {"mma": {"d_max": 0.45, "eps_min": 0.1, "steps": attack_steps}}}
+        base = dict(
+            dataset="mnist", arch="lenet5_madry", norm="linf", batch_size=50, optimizer={"name": "adam", "lr": 1e-3}
+        )
+        blocks = {
+            "std": {},
+            "pgd": {"pgd": {"eps": 0.3, "steps": attack_steps, "step_size": 0.01}},
+            "mma": {"mma": {"d_max": 0.45, "eps_min": 0.1, "steps": attack_steps}},
+        }
     else:
         x, y, data = cifar_like()
-        base = dict(dataset="cifar10", arch="wrn28_4", norm="linf", batch_size=128,
-                    optimizer={"name": "sgd", "lr": 0.3, "momentum": 0.9, "weight_decay": 2e-4})
-        blocks = {"pgd": {"pgd": {"eps": 8 / 255, "steps": attack_steps}},
-                  "mma": {"mma": {"d_max": 32 / 255, "eps_min": 0.005, "steps": attack_steps}}}
+        base = dict(
+            dataset="cifar10",
+            arch="wrn28_4",
+            norm="linf",
+            batch_size=128,
+            optimizer={"name": "sgd", "lr": 0.3, "momentum": 0.9, "weight_decay": 2e-4},
+        )
+        blocks = {
+            "pgd": {"pgd": {"eps": 8 / 255, "steps": attack_steps}},
+            "mma": {"mma": {"d_max": 32 / 255, "eps_min": 0.005, "steps": attack_steps}},
+        }
     if batch:
         base["batch_size"] = batch
-    spec = ModelSpec(name=f"check-{kind}-{method}", method=method, train_steps=steps, eval_every=10**9,
-                     checkpoint_every=10**9, log_every=log_every, **base, **blocks[method])
+    spec = ModelSpec(
+        name=f"check-{kind}-{method}",
+        method=method,
+        train_steps=steps,
+        eval_every=10**9,
+        checkpoint_every=10**9,
+        log_every=log_every,
+        **base,
+        **blocks[method],
+    )
     batcher = TensorBatcher(x, y, spec.batch_size, seed=0, device=device)
     n_val = min(50, spec.batch_size)  # validation runs once, after the last timed step
     val = (to_float(x[:n_val], device), y[:n_val].to(device))
@@ -200,15 +261,29 @@ def time_steps(kind: str, method: str, attack_steps: int, switches, *, steps: in
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train(spec, batcher, val, model_path=Path(tmp) / "m.pt", resume_path=Path(tmp) / "r.pt", device=device,
-              log=log, show_progress=False, compute=switches)
+        train(
+            spec,
+            batcher,
+            val,
+            model_path=Path(tmp) / "m.pt",
+            resume_path=Path(tmp) / "r.pt",
+            device=device,
+            log=log,
+            show_progress=False,
+            compute=switches,
+        )
         total = time.perf_counter() - t0
     per_step = [(t1 - t0_) / (s1 - s0) for (s0, t0_), (s1, t1) in zip(marks[1:], marks[2:]) if s1 > s0]
     per_step = per_step or [(marks[-1][1] - marks[0][1]) / max(1, marks[-1][0])]
-    return {"median_ms": 1000 * statistics.median(per_step), "min_ms": 1000 * min(per_step),
-            "windows": len(per_step), "first_window_ms": 1000 * (marks[1][1] - marks[0][1]) / max(1, marks[1][0]),
-            "total_s": total, "data": data,
-            "mma_frac_attacked": statistics.mean(attacked) if attacked else None}
+    return {
+        "median_ms": 1000 * statistics.median(per_step),
+        "min_ms": 1000 * min(per_step),
+        "windows": len(per_step),
+        "first_window_ms": 1000 * (marks[1][1] - marks[0][1]) / max(1, marks[1][0]),
+        "total_s": total,
+        "data": data,
+        "mma_frac_attacked": statistics.mean(attacked) if attacked else None,
+    }
 
 
 def mma_step_ms(timed: dict, prefix: str) -> tuple[float | None, str | None]:
@@ -219,8 +294,10 @@ def mma_step_ms(timed: dict, prefix: str) -> tuple[float | None, str | None]:
     rows = [v for k, v in timed.items() if k.startswith(prefix) and "median_ms" in v]
     attacked = min((v.get("mma_frac_attacked") or 0.0 for v in rows), default=None)
     if attacked is not None and attacked < MIN_ATTACKED:
-        return None, (f"{prefix}: MMA attacked {attacked:.1%} of a batch (a trained model's step attacks most of "
-                      "it): its time is a lower bound, no goal is judged on it")
+        return None, (
+            f"{prefix}: MMA attacked {attacked:.1%} of a batch (a trained model's step attacks most of "
+            "it): its time is a lower bound, no goal is judged on it"
+        )
     return min((v["median_ms"] for v in rows), default=math.nan), None
 
 
@@ -254,17 +331,36 @@ def eval_rate(device: str, switches, images: int, steps: int) -> dict:
     with compute.attacks(switches):
         for _ in range(2):
             t0 = time.perf_counter()
-            survival(model, xb, yb, 0.3, AttackSetting(steps=steps), norm="linf", loss="ce", seed=0, active=active,
-                     clean_pred=yb, batch_size=images, show_progress=False)  # returns on the host: synchronised
+            survival(
+                model,
+                xb,
+                yb,
+                0.3,
+                AttackSetting(steps=steps),
+                norm="linf",
+                loss="ce",
+                seed=0,
+                active=active,
+                clean_pred=yb,
+                batch_size=images,
+                show_progress=False,
+            )  # returns on the host: synchronised
     dt = time.perf_counter() - t0
-    return {"image_iterations_per_s": images * steps / dt, "batch": images, "steps": steps,
-            "compute": switches.record()}
+    return {
+        "image_iterations_per_s": images * steps / dt,
+        "batch": images,
+        "steps": steps,
+        "compute": switches.record(),
+    }
 
 
 def project(rows: dict, rate: dict | None) -> dict:
     """GPU-hours of the paper's grids from the step times of ``rows`` (the fastest setting of each)."""
-    mnist = {"std": best_ms(rows, "lenet std"), "pgd40": best_ms(rows, "lenet pgd"),
-             "mma40": best_ms(rows, "lenet mma")}
+    mnist = {
+        "std": best_ms(rows, "lenet std"),
+        "pgd40": best_ms(rows, "lenet pgd"),
+        "mma40": best_ms(rows, "lenet mma"),
+    }
     cifar = {"pgd10": best_ms(rows, "wrn pgd"), "mma10": best_ms(rows, "wrn mma")}
     train_h = sum(mnist[m] for m in MNIST_GRID) * 100_000 / 1000 / 3600
     from mma.config.evaluation import ALL_PAPER, Table1Params, paper_attacks
@@ -276,13 +372,17 @@ def project(rows: dict, rate: dict | None) -> dict:
     image_iters = 2 * 3 * n_eps * iters * 10_000
     table1_h = image_iters / rate["image_iterations_per_s"] / 3600 if rate else math.nan
     cifar_h = sum(cifar[m] for m in CIFAR_GRID) * 50_000 / 1000 / 3600
-    return {"mnist_step_s": {k: v / 1000 for k, v in mnist.items()},
-            "cifar_step_s": {k: v / 1000 for k, v in cifar.items()},
-            "mnist_grid_train_gpu_h": train_h, "table1_attacks_gpu_h_upper_bound": table1_h,
-            "mnist_linf_grid_with_table1_gpu_h": train_h + table1_h, "cifar10_grid_train_gpu_h": cifar_h,
-            "note": "the graph path's rows; training: 100k (MNIST) / 50k (CIFAR10) steps at the best measured step "
-                    "time; Table 1: every white-box setting and transfer set at 3 eps on 10k images with no early "
-                    "exit (an upper bound)"}
+    return {
+        "mnist_step_s": {k: v / 1000 for k, v in mnist.items()},
+        "cifar_step_s": {k: v / 1000 for k, v in cifar.items()},
+        "mnist_grid_train_gpu_h": train_h,
+        "table1_attacks_gpu_h_upper_bound": table1_h,
+        "mnist_linf_grid_with_table1_gpu_h": train_h + table1_h,
+        "cifar10_grid_train_gpu_h": cifar_h,
+        "note": "the graph path's rows; training: 100k (MNIST) / 50k (CIFAR10) steps at the best measured step "
+        "time; Table 1: every white-box setting and transfer set at 3 eps on 10k images with no early "
+        "exit (an upper bound)",
+    }
 
 
 def judge(timed: dict, p: dict) -> tuple[dict, list[str]]:
@@ -290,17 +390,24 @@ def judge(timed: dict, p: dict) -> tuple[dict, list[str]]:
     rows = graph_rows(timed)
     (mma40, note40), (wrn, note_wrn) = mma_step_ms(rows, "lenet mma"), mma_step_ms(rows, "wrn mma")
     notes = [n for n in (note40, note_wrn) if n]
-    for gone, keys in ((mma40 is None, ("mnist_grid_train_gpu_h", "mnist_linf_grid_with_table1_gpu_h")),
-                       (wrn is None, ("cifar10_grid_train_gpu_h",))):
+    for gone, keys in (
+        (mma40 is None, ("mnist_grid_train_gpu_h", "mnist_linf_grid_with_table1_gpu_h")),
+        (wrn is None, ("cifar10_grid_train_gpu_h",)),
+    ):
         for key in keys if gone else ():
             p[f"{key}_lower_bound"] = p.pop(key)
     pgd40 = best_ms(rows, "lenet pgd")
-    values = {"mnist_mma40_step_ms": mma40, "mnist_pgd40_step_ms": pgd40,
-              "mma40_over_pgd40": None if mma40 is None else mma40 / pgd40, "wrn_mma10_step_ms": wrn,
-              "mnist_linf_grid_with_table1_gpu_h": p.get("mnist_linf_grid_with_table1_gpu_h")}
+    values = {
+        "mnist_mma40_step_ms": mma40,
+        "mnist_pgd40_step_ms": pgd40,
+        "mma40_over_pgd40": None if mma40 is None else mma40 / pgd40,
+        "wrn_mma10_step_ms": wrn,
+        "mnist_linf_grid_with_table1_gpu_h": p.get("mnist_linf_grid_with_table1_gpu_h"),
+    }
     met = {k: None if v is None or not math.isfinite(v) else bool(v <= GOALS[k]) for k, v in values.items()}
-    notes += [f"{k}: the graph path was not measured" for k, v in values.items() if v is not None
-              and not math.isfinite(v)]
+    notes += [
+        f"{k}: the graph path was not measured" for k, v in values.items() if v is not None and not math.isfinite(v)
+    ]
     return met, notes
 
 
@@ -327,10 +434,17 @@ class Check:
 
     def __init__(self, a: argparse.Namespace):
         self.a, self.t0 = a, time.perf_counter()
-        self.out: dict = {"device": a.device, "dry_run": a.dry_run, "torch": torch.__version__,
-                          "python": platform.python_version(), "cuda": torch.version.cuda,
-                          "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
-                          "mnist": str(mnist_source()), "goals": GOALS, "graph_path": GRAPH_PATH}
+        self.out: dict = {
+            "device": a.device,
+            "dry_run": a.dry_run,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
+            "mnist": str(mnist_source()),
+            "goals": GOALS,
+            "graph_path": GRAPH_PATH,
+        }
 
     def left(self) -> float:
         return self.a.budget_s - (time.perf_counter() - self.t0)
@@ -350,14 +464,32 @@ def part_bench(c: Check) -> dict:
 
     settings = None
     if c.a.dry_run:
-        settings = bench.Settings(rounds=1, warmup=0, pretrain_acc=0.0, pretrain_max_steps=10, pretrain_eval=100,
-                                  train_steps=(2, 1), train_batches=(50,), attack_batch=16, attack_steps=2,
-                                  restart_examples=8, restarts=2, restart_steps=2, warm_store=False, switch_images=16,
-                                  job_steps=2, switch_train_steps=1)
+        settings = bench.Settings(
+            rounds=1,
+            warmup=0,
+            pretrain_acc=0.0,
+            pretrain_max_steps=10,
+            pretrain_eval=100,
+            train_steps=(2, 1),
+            train_batches=(50,),
+            attack_batch=16,
+            attack_steps=2,
+            restart_examples=8,
+            restarts=2,
+            restart_steps=2,
+            warm_store=False,
+            switch_images=16,
+            job_steps=2,
+            switch_train_steps=1,
+        )
     with tempfile.TemporaryDirectory() as tmp:
         res = bench.run(quick=True, device=c.a.device, json_path=None, data_root=tmp, settings=settings, show=False)
-    return {"ratios": res["ratios"], "paired_ratios": res["paired_ratios"], "targets_met": res["targets_met"],
-            "table": res["table"].splitlines()}
+    return {
+        "ratios": res["ratios"],
+        "paired_ratios": res["paired_ratios"],
+        "targets_met": res["targets_met"],
+        "table": res["table"].splitlines(),
+    }
 
 
 def time_case(c: Check, case: Case, combo: str) -> dict:
@@ -370,16 +502,24 @@ def time_case(c: Check, case: Case, combo: str) -> dict:
         return {"skipped": "time budget"}
     tiny = case.arch == "wrn" and c.a.dry_run
     steps = 2 if tiny else c.a.steps or (6 if c.a.dry_run else 300)
-    row = time_steps(case.arch, case.method, case.dry_steps if c.a.dry_run else case.attack_steps, switches,
-                     steps=steps, log_every=1 if tiny else max(1, steps // 6), device=c.a.device,
-                     batch=4 if tiny else None)
+    row = time_steps(
+        case.arch,
+        case.method,
+        case.dry_steps if c.a.dry_run else case.attack_steps,
+        switches,
+        steps=steps,
+        log_every=1 if tiny else max(1, steps // 6),
+        device=c.a.device,
+        batch=4 if tiny else None,
+    )
     return {**row, "compute": switches.record()}
 
 
 def part_steps(c: Check) -> dict:
     """Every case × combination, then the ratios, the evaluation rate, the projection and the goals."""
-    combos = [k for k in (DRY_COMBOS + (DRY_WRN,) if c.a.dry_run else COMBOS)
-              if not c.a.combos or k in c.a.combos.split(",")]
+    combos = [
+        k for k in (DRY_COMBOS + (DRY_WRN,) if c.a.dry_run else COMBOS) if not c.a.combos or k in c.a.combos.split(",")
+    ]
     timed: dict = {}
     for case in CASES:
         for combo in combos:
@@ -395,13 +535,20 @@ def part_steps(c: Check) -> dict:
     out = {"steps": timed, "ratios": ratios(timed)}
     rows = graph_rows(timed)
     try:  # at the graph path's fastest PGD setting
-        combo = min((v["median_ms"], k.split(" ", 2)[2]) for k, v in rows.items()
-                    if k.startswith("lenet pgd") and "median_ms" in v)[1]
+        combo = min(
+            (v["median_ms"], k.split(" ", 2)[2])
+            for k, v in rows.items()
+            if k.startswith("lenet pgd") and "median_ms" in v
+        )[1]
         from mma.compute import resolve
         from mma.config.compute import ComputeParams
 
-        out["eval_rate"] = eval_rate(c.a.device, resolve(ComputeParams(**COMBOS[combo]), c.a.device),
-                                     images=64 if c.a.dry_run else 500, steps=4 if c.a.dry_run else 40)
+        out["eval_rate"] = eval_rate(
+            c.a.device,
+            resolve(ComputeParams(**COMBOS[combo]), c.a.device),
+            images=64 if c.a.dry_run else 500,
+            steps=4 if c.a.dry_run else 40,
+        )
     except Exception as e:  # noqa: BLE001
         out["eval_rate"] = {"error": f"{type(e).__name__}: {e}"}
     out["projection"] = project(rows, out["eval_rate"] if "image_iterations_per_s" in out["eval_rate"] else None)
@@ -425,8 +572,11 @@ def main(argv=None) -> int:
     ap.add_argument("--combos", default=None, help=f"comma-separated subset of: {', '.join(COMBOS)} (default: all)")
     a = ap.parse_args(argv)
     if a.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"gpu-check: --device {a.device} but torch {torch.__version__} sees no CUDA device; "
-              "use DEVICE=cpu for a dry run", file=sys.stderr)
+        print(
+            f"gpu-check: --device {a.device} but torch {torch.__version__} sees no CUDA device; "
+            "use DEVICE=cpu for a dry run",
+            file=sys.stderr,
+        )
         return 2
     c = Check(a)
     for name in a.parts.split(","):

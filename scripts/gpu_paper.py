@@ -54,7 +54,7 @@ import torch
 # The graph path on CUDA, where the params file leaves these compute keys unset (`compute: {}`): the model
 # keeps the identity `mma train` gives it under the same params, and values written in the file win.
 GRAPH_PATH = {
-    "cuda_graphs": True,  # compute.cuda_graphs: CUDA graphs (mma/compute.py says what they capture)
+    "cuda_graphs": True  # compute.cuda_graphs: CUDA graphs (mma/compute.py says what they capture)
 }
 EPS = (0.3, 0.4)  # the ε of Table 1's white-box PGD-100 rows reproduced by default (--eps: others, e.g. 0.5)
 PGD_SETTING = "pgd100x1"  # the paper's attack whose setting in `attacks:` the restarts use (steps, step size, loss)
@@ -111,23 +111,27 @@ def open_call(a: argparse.Namespace) -> Call:
     from mma.config.params import load_params
 
     if a.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {a.device} but torch {torch.__version__} sees no CUDA device; "
-                         "use DEVICE=cpu for a dry run")
+        raise InputError(
+            f"--device {a.device} but torch {torch.__version__} sees no CUDA device; use DEVICE=cpu for a dry run"
+        )
     if not 1 <= a.min_restarts <= a.max_restarts:
         raise InputError(f"restarts: need 1 <= --min-restarts ({a.min_restarts}) <= --max-restarts ({a.max_restarts})")
     params = load_params(a.params)
     spec = params.model(a.model)
     if (spec.dataset, spec.norm) != ("mnist", "linf"):
-        raise InputError(f"model {a.model} is {spec.dataset} {spec.norm}: gpu-paper reproduces Table 1 (MNIST, "
-                         "Linf); pick one of its models (table1.columns)")
+        raise InputError(
+            f"model {a.model} is {spec.dataset} {spec.norm}: gpu-paper reproduces Table 1 (MNIST, "
+            "Linf); pick one of its models (table1.columns)"
+        )
     seed = params.pick_seed(a.seed)
     paper_attack(params)  # present, or refused now
     root = Path(params.data.root).resolve()  # the checkout's data, wherever STATE is
     # at least ~20 timed windows: how often the loop reads its metrics back (log_every) changes no model
     # (config.model.NO_RESULT_KEYS: not part of its identity); the paper's 100k steps keep their 100
     timed = spec.model_copy(update={"log_every": min(spec.log_every, max(1, spec.train_steps // 20))})
-    params = params.model_copy(update={"data": params.data.model_copy(update={"root": str(root)}),
-                                       "models": {**params.models, a.model: timed}})
+    params = params.model_copy(
+        update={"data": params.data.model_copy(update={"root": str(root)}), "models": {**params.models, a.model: timed}}
+    )
     if params.threads > 0:
         torch.set_num_threads(params.threads)
     return Call(a, params, a.model, seed, a.state.resolve())
@@ -140,8 +144,10 @@ def paper_attack(params):
             return key, setting
     from mma.config.params import ParamsError
 
-    raise ParamsError(f"attacks: no PGD setting stands for the paper's {PGD_SETTING} (name one {PGD_SETTING}, or "
-                      f"give one `as_paper: {PGD_SETTING}`)")
+    raise ParamsError(
+        f"attacks: no PGD setting stands for the paper's {PGD_SETTING} (name one {PGD_SETTING}, or "
+        f"give one `as_paper: {PGD_SETTING}`)"
+    )
 
 
 # --------------------------------------------------------------------------- 1. train
@@ -192,17 +198,22 @@ def refuse_other_settings(call: Call) -> None:
 
     spec_file = call.state / paths.resume_file(call.name, call.seed).parent / "spec.json"
     try:
-        same = json.loads(spec_file.read_text()) == json.loads(json.dumps(TRAIN.record(call.params, call.name,
-                                                                                       call.seed)))
+        same = json.loads(spec_file.read_text()) == json.loads(
+            json.dumps(TRAIN.record(call.params, call.name, call.seed))
+        )
     except (OSError, ValueError):  # absent (no checkpoint: fine) or unreadable (not ours to delete)
         same = not spec_file.exists()
     if not same:
-        raise InputError(f"{spec_file.parent}: a checkpoint of {call.name} made with other settings than "
-                         f"{call.args.params}'s; use another --state, or delete that folder to train anew")
+        raise InputError(
+            f"{spec_file.parent}: a checkpoint of {call.name} made with other settings than "
+            f"{call.args.params}'s; use another --state, or delete that folder to train anew"
+        )
     model = call.state / paths.model_file(call.name, call.seed)
     if model.exists() and not model_trained(call):
-        raise InputError(f"{model}: trained with other settings than {call.args.params}'s; use another --state, "
-                         "or move it away to train anew")
+        raise InputError(
+            f"{model}: trained with other settings than {call.args.params}'s; use another --state, "
+            "or move it away to train anew"
+        )
 
 
 def train(call: Call) -> dict:
@@ -218,14 +229,15 @@ def train(call: Call) -> dict:
     restart = f"delete {call.state / paths.resume_file(call.name, call.seed).parent} to train from step 0"
     resumed = stage.prepare(call.params, call.name, call.seed)
     at = load_resume(paths.resume_file(call.name, call.seed), restart)["result"]["step"] if resumed else 0
-    print(f"gpu-paper: training {call.name} from step {at} of {spec.train_steps} ({call.left():.0f} s left)",
-          file=sys.stderr)
+    print(
+        f"gpu-paper: training {call.name} from step {at} of {spec.train_steps} ({call.left():.0f} s left)",
+        file=sys.stderr,
+    )
     clock, timer = StepClock(at), threading.Timer(max(0.0, call.left()), call.stop)
     t0 = time.monotonic()
     timer.start()
     try:
-        stage.run(call.params, call.name, call.seed, device=call.args.device, tracker=clock,
-                  switches=call.switches())
+        stage.run(call.params, call.name, call.seed, device=call.args.device, tracker=clock, switches=call.switches())
         stage.finish(call.name, call.seed)
         to = spec.train_steps
     except interrupt.Terminated:
@@ -233,9 +245,15 @@ def train(call: Call) -> dict:
     finally:
         timer.cancel()
     windows = clock.window_ms()
-    return {"from_step": at, "to_step": to, "steps": to - at, "wall_s": round(time.monotonic() - t0, 3),
-            "step_ms_median": statistics.median(windows) if windows else None, "step_ms_windows": windows,
-            "compute": call.switches().record()}
+    return {
+        "from_step": at,
+        "to_step": to,
+        "steps": to - at,
+        "wall_s": round(time.monotonic() - t0, 3),
+        "step_ms_median": statistics.median(windows) if windows else None,
+        "step_ms_windows": windows,
+        "compute": call.switches().record(),
+    }
 
 
 # --------------------------------------------------------------------------- 2. evaluate
@@ -261,11 +279,16 @@ class Unit:
 def plan(eps: tuple[float, ...], min_restarts: int, max_restarts: int) -> list[Unit]:
     """The units in order: clean, the first ``min_restarts`` restarts at every ε (ε by ε per restart,
     so a cut leaves them even), the margins, then the extra restarts."""
+
     def pgd(restarts):
         return [Unit("pgd", e, r) for r in restarts for e in eps]
 
-    return [Unit("clean"), *pgd(range(1, min_restarts + 1)), Unit("margins"),
-            *pgd(range(min_restarts + 1, max_restarts + 1))]
+    return [
+        Unit("clean"),
+        *pgd(range(1, min_restarts + 1)),
+        Unit("margins"),
+        *pgd(range(min_restarts + 1, max_restarts + 1)),
+    ]
 
 
 class EvalState:
@@ -278,8 +301,16 @@ class EvalState:
         from mma.io import load_tensors
 
         self.path = path
-        self.data: dict = {"key": key, "clean_pred": None, "y": None, "survived": {}, "restarts": {},
-                           "anpgd": None, "margins": None, "seconds": {}}
+        self.data: dict = {
+            "key": key,
+            "clean_pred": None,
+            "y": None,
+            "survived": {},
+            "restarts": {},
+            "anpgd": None,
+            "margins": None,
+            "seconds": {},
+        }
         if path.exists():
             saved = load_tensors(path, remedy="delete it to evaluate from the start")
             if saved.get("key") == key:
@@ -300,7 +331,7 @@ class EvalState:
         """evaluating (the minimum not done yet) | done (final at ≥ --min-restarts; more restarts come
         while calls go on) | complete (--max-restarts done)."""
         missing = [u for u in units if not self.done(u)]
-        extra = units[units.index(Unit("margins")) + 1:]
+        extra = units[units.index(Unit("margins")) + 1 :]
         return "complete" if not missing else "done" if all(u in extra for u in missing) else "evaluating"
 
     def estimate_s(self, u: Unit, setting, margin_params) -> float:
@@ -324,9 +355,9 @@ def evaluate(call: Call, started: bool) -> dict:
     """Run the units not done yet while the budget allows (``started``: this call did work already, so
     the first unit need not start whatever the budget); the evaluation's record."""
     from mma import compute, interrupt
+    from mma.config.data import data_name
     from mma.data import load_split, to_float
     from mma.evaluation.finite import finite_logits, retrain_remedy
-    from mma.config.data import data_name
     from mma.stages.files import load_checked_model
 
     p, spec, ev = call.params, call.spec, call.params.evaluate
@@ -334,8 +365,9 @@ def evaluate(call: Call, started: bool) -> dict:
     model, _, _ = load_checked_model(p, call.name, call.seed, call.args.device)
     switches = call.switches()
     net = finite_logits(compute.prepare(model, switches), call.name, retrain_remedy(call.name, call.seed))
-    x_u8, y = load_split(data_name(p.data, spec.dataset), p.data.root, "test", val_size=p.data.val_size,
-                         limit=ev.test_limit)
+    x_u8, y = load_split(
+        data_name(p.data, spec.dataset), p.data.root, "test", val_size=p.data.val_size, limit=ev.test_limit
+    )
     x, y = to_float(x_u8, call.args.device), y.to(call.args.device)
     state = eval_state(call)
     _, setting = paper_attack(p)
@@ -351,8 +383,10 @@ def evaluate(call: Call, started: bool) -> dict:
             state.data["seconds"][unit.clock] = time.monotonic() - t0
             state.save()
             started = True
-            print(f"gpu-paper: {unit.label()} done in {time.monotonic() - t0:.1f} s ({call.left():.0f} s left)",
-                  file=sys.stderr)
+            print(
+                f"gpu-paper: {unit.label()} done in {time.monotonic() - t0:.1f} s ({call.left():.0f} s left)",
+                file=sys.stderr,
+            )
     net.check()
     return summarize(call, state, setting, tm)
 
@@ -387,10 +421,20 @@ class Work:
         p, key = self.call.params, f"{u.eps:g}"
         base = whitebox_seed(p.seed, self.call.name, self.setting, p.evaluate.loss, u.eps)
         alive = d["survived"][key] == u.restart - 1
-        s = survival(self.net, self.x, self.y, u.eps, self.setting, norm=self.tm.norm, loss=p.evaluate.loss,
-                     seed=base if u.restart == 1 else seed_for(base, "restart", u.restart),
-                     active=alive.to(self.x.device), clean_pred=d["clean_pred"], batch_size=p.evaluate.batch_size,
-                     show_progress=False)
+        s = survival(
+            self.net,
+            self.x,
+            self.y,
+            u.eps,
+            self.setting,
+            norm=self.tm.norm,
+            loss=p.evaluate.loss,
+            seed=base if u.restart == 1 else seed_for(base, "restart", u.restart),
+            active=alive.to(self.x.device),
+            clean_pred=d["clean_pred"],
+            batch_size=p.evaluate.batch_size,
+            show_progress=False,
+        )
         d["survived"][key] = torch.where(alive & (s == 1), u.restart, d["survived"][key]).to(torch.int16)
         d["restarts"][key] = u.restart
 
@@ -406,11 +450,21 @@ class Work:
         upper, lower = sweep_bounds({float(k): s >= 1 for k, s in d["survived"].items()})
         active = (d["clean_pred"] == self.y.cpu()) & (torch.arange(n) < m)
         eps_init = torch.where(torch.isfinite(upper), upper, torch.full_like(upper, max(tm.curve_eps)))
-        lengths = anpgd_margins(self.net, self.x, self.y, active.to(self.x.device), eps_init, norm=tm.norm,
-                                eps_max=tm.margin_eps_max, params=ev.margins, batch_size=ev.batch_size,
-                                seed=seed_for(p.seed, self.call.name, "anpgd"))
-        _, summary = combine(active, {"anpgd": lengths}, upper, lower, eps_max=tm.margin_eps_max,
-                             rtol=ev.margins.disagree_rtol)
+        lengths = anpgd_margins(
+            self.net,
+            self.x,
+            self.y,
+            active.to(self.x.device),
+            eps_init,
+            norm=tm.norm,
+            eps_max=tm.margin_eps_max,
+            params=ev.margins,
+            batch_size=ev.batch_size,
+            seed=seed_for(p.seed, self.call.name, "anpgd"),
+        )
+        _, summary = combine(
+            active, {"anpgd": lengths}, upper, lower, eps_max=tm.margin_eps_max, rtol=ev.margins.disagree_rtol
+        )
         d["anpgd"] = lengths
         d["margins"] = {**summary, "images": float(m), "anpgd/mean_all": float(lengths[:m].sum()) / m}
 
@@ -421,10 +475,16 @@ def summarize(call: Call, state: EvalState, setting, tm) -> dict:
     from mma.evaluation.results import Results
 
     d, p = state.data, call.params
-    out: dict = {"status": state.status(plan(call.args.eps, call.args.min_restarts, call.args.max_restarts)),
-                 "attack": {"setting": paper_attack(p)[0], **setting.model_dump(mode="json"),
-                                              "loss": setting.loss or p.evaluate.loss},
-                 "margin_eps_max": tm.margin_eps_max, "unit_seconds": d["seconds"]}
+    out: dict = {
+        "status": state.status(plan(call.args.eps, call.args.min_restarts, call.args.max_restarts)),
+        "attack": {
+            "setting": paper_attack(p)[0],
+            **setting.model_dump(mode="json"),
+            "loss": setting.loss or p.evaluate.loss,
+        },
+        "margin_eps_max": tm.margin_eps_max,
+        "unit_seconds": d["seconds"],
+    }
     if d["clean_pred"] is None:
         return out
     res = Results(d["y"], d["clean_pred"] == d["y"])
@@ -435,15 +495,22 @@ def summarize(call: Call, state: EvalState, setting, tm) -> dict:
         r = d["restarts"].get(key, 0)
         if not r:
             continue
-        records = [attack_record("whitebox", setting, float(key), loss=p.evaluate.loss, n=res.n, seed=p.seed,
-                                 restarts=k) for k in range(1, r + 1)]
+        records = [
+            attack_record("whitebox", setting, float(key), loss=p.evaluate.loss, n=res.n, seed=p.seed, restarts=k)
+            for k in range(1, r + 1)
+        ]
         for rec in records:
             res.add(rec, torch.clamp(survived, max=rec.restarts))
-        out["pgd"][key] = {"restarts": r, "accuracy": res.accuracy(records[-1]), "record": record_key(records[-1]),
-                           "attack": setting.model_copy(update={"restarts": r}).label(),
-                           "accuracy_x1": res.accuracy(records[0]), "attack_x1": setting.label(),
-                           "record_x1": record_key(records[0]),
-                           "accuracy_by_restarts": [res.accuracy(rec) for rec in records]}
+        out["pgd"][key] = {
+            "restarts": r,
+            "accuracy": res.accuracy(records[-1]),
+            "record": record_key(records[-1]),
+            "attack": setting.model_copy(update={"restarts": r}).label(),
+            "accuracy_x1": res.accuracy(records[0]),
+            "attack_x1": setting.label(),
+            "record_x1": record_key(records[0]),
+            "accuracy_by_restarts": [res.accuracy(rec) for rec in records],
+        }
     if d["margins"] is not None:
         out["margins"] = d["margins"]
     return out
@@ -459,12 +526,20 @@ def paper_values(call: Call) -> dict:
     out: dict = {"table1": TABLE1_SOURCE, "column": role}
     if role:
         out["clean_accuracy"] = paper_table1("Natural", None, None, None, "", role)
-        out["pgd"] = {f"{e:g}": {"x1": paper_table1("PGD", e, 100, 1, role, role),
-                                 "x50": paper_table1("PGD", e, 100, 50, role, role)} for e in call.args.eps}
+        out["pgd"] = {
+            f"{e:g}": {
+                "x1": paper_table1("PGD", e, 100, 1, role, role),
+                "x50": paper_table1("PGD", e, 100, 50, role, role),
+            }
+            for e in call.args.eps
+        }
     if spec.method == "mma" and spec.mma.d_max is not None:
         model = f"MMA-{spec.mma.d_max:g}"
-        out["final_paper_anchors"] = [a for a in anchors() if (a["dataset"], a["norm"], a["model"]) ==
-                                      ("MNIST", "Linf", model) and a["eps"] in (0.0, *call.args.eps)]
+        out["final_paper_anchors"] = [
+            a
+            for a in anchors()
+            if (a["dataset"], a["norm"], a["model"]) == ("MNIST", "Linf", model) and a["eps"] in (0.0, *call.args.eps)
+        ]
     return out
 
 
@@ -475,10 +550,22 @@ def comparison(ours: dict | None, paper: dict) -> list[dict]:
     rows = [{"what": "clean accuracy", "ours": ours["clean_accuracy"], "paper": paper.get("clean_accuracy")}]
     for key, r in ours.get("pgd", {}).items():
         theirs = paper.get("pgd", {}).get(key, {})
-        rows += [{"what": f"white-box PGD at ε {key}, 1 restart", "ours_attack": r["attack_x1"],
-                  "ours": r["accuracy_x1"], "paper_attack": "PGD-100×1", "paper": theirs.get("x1")},
-                 {"what": f"white-box PGD at ε {key}, {r['restarts']} restarts", "ours_attack": r["attack"],
-                  "ours": r["accuracy"], "paper_attack": "PGD-100×50", "paper": theirs.get("x50")}]
+        rows += [
+            {
+                "what": f"white-box PGD at ε {key}, 1 restart",
+                "ours_attack": r["attack_x1"],
+                "ours": r["accuracy_x1"],
+                "paper_attack": "PGD-100×1",
+                "paper": theirs.get("x1"),
+            },
+            {
+                "what": f"white-box PGD at ε {key}, {r['restarts']} restarts",
+                "ours_attack": r["attack"],
+                "ours": r["accuracy"],
+                "paper_attack": "PGD-100×50",
+                "paper": theirs.get("x50"),
+            },
+        ]
     return rows
 
 
@@ -510,16 +597,29 @@ def report(call: Call, calls: list[dict], this: dict, trained: bool, evaluation:
     else:
         state = "training"
     return {
-        "model": call.name, "seed": call.seed, "identity": identity(call.params, call.name, call.seed, "train"),
-        "params_file": str(call.args.params), "state": str(call.state), "status": state,
-        "device": call.args.device, "torch": torch.__version__, "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(torch.device(call.args.device)) if call.args.device.startswith("cuda")
+        "model": call.name,
+        "seed": call.seed,
+        "identity": identity(call.params, call.name, call.seed, "train"),
+        "params_file": str(call.args.params),
+        "state": str(call.state),
+        "status": state,
+        "device": call.args.device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(torch.device(call.args.device))
+        if call.args.device.startswith("cuda")
         else None,
-        "git_commit": git_commit(ROOT), "budget_s": call.args.budget_s,
-        "wall_s": {"this_call": this["wall_s"], "all_calls": round(sum(c["wall_s"] for c in calls), 3),
-                   "calls": len(calls)},
+        "git_commit": git_commit(ROOT),
+        "budget_s": call.args.budget_s,
+        "wall_s": {
+            "this_call": this["wall_s"],
+            "all_calls": round(sum(c["wall_s"] for c in calls), 3),
+            "calls": len(calls),
+        },
         "training": {
-            "train_steps": spec.train_steps, "steps_done": step, "finished": trained,
+            "train_steps": spec.train_steps,
+            "steps_done": step,
+            "finished": trained,
             "step_ms_median": statistics.median(windows) if windows else None,
             "step_ms_median_by_call": [t["step_ms_median"] for t in runs],
             "wall_ms_per_step_by_call": [round(1000 * t["wall_s"] / t["steps"], 3) for t in runs],
@@ -543,8 +643,9 @@ def parse_args(argv) -> argparse.Namespace:
     ap.add_argument("--state", type=Path, default=Path("gpu-paper"), help="the folder each call continues")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget-s", type=float, default=500.0, help="wall seconds of this call (default 500)")
-    ap.add_argument("--eps", type=lambda s: tuple(float(e) for e in s.split(",")), default=EPS,
-                    help="white-box ε (default 0.3,0.4)")
+    ap.add_argument(
+        "--eps", type=lambda s: tuple(float(e) for e in s.split(",")), default=EPS, help="white-box ε (default 0.3,0.4)"
+    )
     ap.add_argument("--min-restarts", type=int, default=MIN_RESTARTS)
     ap.add_argument("--max-restarts", type=int, default=MAX_RESTARTS)
     ap.add_argument("--parts", default="train,evaluate", help="train, evaluate or both (default)")
@@ -571,8 +672,12 @@ def work(call: Call) -> dict:
         training = train(call) if "train" in parts else {"steps": 0}
         trained = model_trained(call)
         evaluation = evaluate(call, started=training["steps"] > 0) if trained and "evaluate" in parts else None
-        this = {"started": started, "budget_s": call.args.budget_s, "training": training,
-                "stopped_by": "budget" if call.budget_spent else "SIGTERM" if interrupt.requested() else None}
+        this = {
+            "started": started,
+            "budget_s": call.args.budget_s,
+            "training": training,
+            "stopped_by": "budget" if call.budget_spent else "SIGTERM" if interrupt.requested() else None,
+        }
         out = report(call, calls, this, trained, evaluation)
         write_json(call.json_path(), out)
     return out
@@ -606,9 +711,9 @@ def main(argv=None) -> int:
 def errors():
     """Bad input, data or files: one line and exit 2 (yields a list that receives the code); a diverged
     training: one line and exit 1; anything else is a bug and keeps its traceback."""
+    from mma.config.params import ParamsError
     from mma.data import SOURCE_HINT, DataError
     from mma.io import BadFileError
-    from mma.config.params import ParamsError
     from mma.stages.files import BusyError
     from mma.train import TrainingDiverged
 
@@ -624,8 +729,9 @@ def errors():
         code.append(1)
     except OSError as e:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"gpu-paper: {where}{e.strerror or type(e).__name__}; fix the file or folder, then rerun",
-              file=sys.stderr)
+        print(
+            f"gpu-paper: {where}{e.strerror or type(e).__name__}; fix the file or folder, then rerun", file=sys.stderr
+        )
         code.append(2)
 
 

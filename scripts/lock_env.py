@@ -33,8 +33,11 @@ def pins(lock_text: str) -> list[str]:
 
 def main(compiled: str) -> None:
     lock = ROOT / "requirements.lock"
-    header = "".join(line for line in lock.read_text().splitlines(keepends=True) if line.startswith("#")) \
-        if lock.exists() else ""
+    header = (
+        "".join(line for line in lock.read_text().splitlines(keepends=True) if line.startswith("#"))
+        if lock.exists()
+        else ""
+    )
     body = Path(compiled).read_text()
     lock.write_text(header + body)
     env = ENV_HEAD + "".join(f"      - {p}\n" for p in pins(body)) + "      - -e .\n"

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from helpers.idx import read_idx
+from torch import nn
 
 # The tests' tensors are small: intra-op threads only add overhead, and on a shared
 # 2-core machine spinning OpenMP workers slowed this suite ~10x (measured).  One
@@ -63,9 +62,12 @@ def load_mnist_small() -> dict[str, torch.Tensor]:
 def small_convnet() -> nn.Module:
     """Two strided 4x4 convs and a linear layer: ~9k parameters, fast on CPU."""
     return nn.Sequential(
-        nn.Conv2d(1, 8, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 16, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(16 * 7 * 7, 10),
+        nn.Conv2d(1, 8, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 7 * 7, 10),
     )
 
 
@@ -81,7 +83,7 @@ def train_convnet(mnist_small: dict[str, torch.Tensor]) -> nn.Module:
     for _ in range(2):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 50):
-            b = perm[i: i + 50]
+            b = perm[i : i + 50]
             loss = F.cross_entropy(model(x[b]), y[b])
             opt.zero_grad()
             loss.backward()

@@ -73,17 +73,37 @@ PINS = {
 }
 
 
-def run(norm: str, eps_max: float, clean: bool, repgd: bool, clip_final: bool = False,
-        l2_pgd: str = "advertorch", seed: int = 7):
+def run(
+    norm: str,
+    eps_max: float,
+    clean: bool,
+    repgd: bool,
+    clip_final: bool = False,
+    l2_pgd: str = "advertorch",
+    seed: int = 7,
+):
     model, x, y, logits, eps_init = mlp_problem()
     scale = 1.0 if norm == "linf" else 4.0  # L2 lengths are ~4x the Linf ones in 16-d
     torch.manual_seed(seed)
-    x_adv, eps = an_pgd(model, x, y, scale * eps_init, norm=norm, eps_max=eps_max, steps=10,
-                        clean_logits=logits if clean else None, repgd=repgd, clip_final=clip_final, l2_pgd=l2_pgd)
+    x_adv, eps = an_pgd(
+        model,
+        x,
+        y,
+        scale * eps_init,
+        norm=norm,
+        eps_max=eps_max,
+        steps=10,
+        clean_logits=logits if clean else None,
+        repgd=repgd,
+        clip_final=clip_final,
+        l2_pgd=l2_pgd,
+    )
     return model, x, y, eps_init * scale, x_adv, eps
 
 
-@pytest.mark.parametrize("case", list(PINS), ids=lambda c: f"{c[0]}-clean_logits={c[2]}-repgd={c[3]}-clip_final={c[4]}-{c[5]}")
+@pytest.mark.parametrize(
+    "case", list(PINS), ids=lambda c: f"{c[0]}-clean_logits={c[2]}-repgd={c[3]}-clip_final={c[4]}-{c[5]}"
+)
 def test_an_pgd_results_are_pinned(case):
     norm, eps_max = case[:2]
     _, _, _, eps_init, x_adv, eps = run(*case)

@@ -51,7 +51,8 @@ def binary_problem(norm: str, n: int = 64, d: int = 64, seed: int = 0):
     are moved along the normal; |w_i| ∈ [0.5, 1.5] keeps every coordinate's move small."""
     g = torch.Generator().manual_seed(seed)
     w = (torch.rand(d, generator=g, dtype=torch.float64) + 0.5) * torch.where(
-        torch.rand(d, generator=g) < 0.5, -1.0, 1.0).double()
+        torch.rand(d, generator=g) < 0.5, -1.0, 1.0
+    ).double()
     zero = torch.zeros((), dtype=torch.float64)
     model = linear_model(torch.stack([torch.zeros_like(w), w]), torch.stack([zero, -0.5 * w.sum()]))
     lo, hi = (0.05, 0.10) if norm == "linf" else (0.2, 0.4)
@@ -100,8 +101,10 @@ def test_an_pgd_recovers_binary_linear_margin(norm, init_frac, repgd):
     x_adv, eps = an_pgd(model, x, y, init_frac * margin, norm=norm, eps_max=eps_max, steps=40, repgd=repgd)
     assert 0 < x_adv.min() and x_adv.max() < 1  # the box did not bind
     rel = (eps - margin) / margin
-    print(f"\n[binary {norm}, eps_init={init_frac}×margin, repgd={repgd}] an_pgd/analytic − 1: "
-          f"min {rel.min():+.2e} median {rel.median():+.2e} max {rel.max():+.2e}")
+    print(
+        f"\n[binary {norm}, eps_init={init_frac}×margin, repgd={repgd}] an_pgd/analytic − 1: "
+        f"min {rel.min():+.2e} median {rel.median():+.2e} max {rel.max():+.2e}"
+    )
     assert rel.abs().max() < 0.05
     if repgd:  # a fresh PGD at the found length: inside that ball (an L2 PGD just past the
         # margin need not cross it: its last iterate is ~1 % off the normal, measured)
@@ -138,14 +141,25 @@ def test_an_pgd_on_ten_class_linear_model(norm, attack_loss, logit_scale):
     bisection_steps = 10
     resolution = eps_max / 2**bisection_steps
     torch.manual_seed(0)
-    x_adv, eps = an_pgd(model, x, y, margin.median().item(), norm=norm, eps_max=eps_max, steps=40,
-                        bisection_steps=bisection_steps, attack_loss=attack_loss)
+    x_adv, eps = an_pgd(
+        model,
+        x,
+        y,
+        margin.median().item(),
+        norm=norm,
+        eps_max=eps_max,
+        steps=40,
+        bisection_steps=bisection_steps,
+        attack_loss=attack_loss,
+    )
     assert 0 < x_adv.min() and x_adv.max() < 1  # the box did not bind
     rel = eps / margin - 1
     q = torch.quantile(rel, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=rel.dtype))
-    print(f"\n[10-class {norm}, {attack_loss}, logit scale {logit_scale:g}] an_pgd/analytic − 1 over {len(y)} "
-          f"points: min {q[0]:+.4f} p10 {q[1]:+.4f} median {q[2]:+.4f} p90 {q[3]:+.4f} max {q[4]:+.4f}; "
-          f"within 5 %: {(rel < 0.05).float().mean():.0%}")
+    print(
+        f"\n[10-class {norm}, {attack_loss}, logit scale {logit_scale:g}] an_pgd/analytic − 1 over {len(y)} "
+        f"points: min {q[0]:+.4f} p10 {q[1]:+.4f} median {q[2]:+.4f} p90 {q[3]:+.4f} max {q[4]:+.4f}; "
+        f"within 5 %: {(rel < 0.05).float().mean():.0%}"
+    )
     # no perturbation shorter than the analytic minimum exists: an_pgd never reports one
     assert (eps >= margin - resolution).all()
     assert rel.median() < 0.05
@@ -188,14 +202,17 @@ def attack_loss_values(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss:
         return get_loss(loss)(model(x), y)
 
 
-@pytest.mark.parametrize("norm, grid", [("linf", [0.0, 0.025, 0.05, 0.075, 0.1, 0.15]),
-                                        ("l2", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])])
+@pytest.mark.parametrize(
+    "norm, grid", [("linf", [0.0, 0.025, 0.05, 0.075, 0.1, 0.15]), ("l2", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])]
+)
 def test_robust_accuracy_non_increasing_in_eps(trained_convnet, batch, norm, grid):
     x, y = batch
     acc = []
     for eps in grid:
         torch.manual_seed(0)
-        acc.append(robust_mask(trained_convnet, pgd(trained_convnet, x, y, eps, norm=norm, steps=20), y).float().mean().item())
+        acc.append(
+            robust_mask(trained_convnet, pgd(trained_convnet, x, y, eps, norm=norm, steps=20), y).float().mean().item()
+        )
     print(f"\n[{norm}] robust accuracy over ε {grid}: {[round(a, 3) for a in acc]}")
     assert acc[0] == 1.0  # ε = 0 is the clean input, and eval_batch is the correctly classified part
     assert all(b <= a for a, b in zip(acc, acc[1:]))
@@ -211,8 +228,10 @@ def test_more_restarts_never_raise_robust_accuracy(trained_convnet, batch, norm)
         torch.manual_seed(1)
         x_adv = pgd(trained_convnet, x, y, EPS[norm], norm=norm, steps=2, restarts=restarts)
         robust[restarts] = robust_mask(trained_convnet, x_adv, y)
-    print(f"\n[{norm}] robust accuracy by restarts: "
-          + ", ".join(f"{r}: {m.float().mean():.3f}" for r, m in robust.items()))
+    print(
+        f"\n[{norm}] robust accuracy by restarts: "
+        + ", ".join(f"{r}: {m.float().mean():.3f}" for r, m in robust.items())
+    )
     # same seed: the first restarts are the same attacks, so the robust sets are nested
     assert not (robust[2] & ~robust[1]).any()
     assert not (robust[4] & ~robust[2]).any()
@@ -234,8 +253,9 @@ def test_early_exit_gives_the_same_result(trained_convnet, batch, norm, restarts
     # check), and never
     for key, early_exit, every in ((1, True, 1), (3, True, 3), ("naive", False, 1)):
         torch.manual_seed(2)
-        out[key] = pgd(model, x, y, EPS[norm], norm=norm, steps=10, restarts=restarts, early_exit=early_exit,
-                       exit_every=every)
+        out[key] = pgd(
+            model, x, y, EPS[norm], norm=norm, steps=10, restarts=restarts, early_exit=early_exit, exit_every=every
+        )
     full = robust_mask(model, out["naive"], y)
     assert 0 < full.sum() < len(y)  # some examples exit early, some run to the end
     for key in (1, 3):
@@ -309,8 +329,9 @@ def test_select_loss_returns_each_examples_best_restart(trained_convnet, batch, 
     torch.manual_seed(4)
     combined = pgd(trained_convnet, x, y, EPS[norm], norm=norm, steps=5, restarts=restarts, select="loss", loss=loss)
     torch.manual_seed(4)
-    singles = torch.stack([pgd(trained_convnet, x, y, EPS[norm], norm=norm, steps=5, select="loss", loss=loss)
-                           for _ in range(restarts)])  # (R, B, ...)
+    singles = torch.stack(
+        [pgd(trained_convnet, x, y, EPS[norm], norm=norm, steps=5, select="loss", loss=loss) for _ in range(restarts)]
+    )  # (R, B, ...)
     values = torch.stack([attack_loss_values(trained_convnet, s, y, loss) for s in singles])  # (R, B)
     assert (values.argmax(0) != 0).any()  # the later restarts win somewhere: selection is exercised
     best = singles[values.argmax(0), torch.arange(len(y))]
@@ -371,8 +392,12 @@ def test_attacks_are_deterministic_given_the_seed(trained_convnet, batch):
     runs = []
     for _ in range(2):
         torch.manual_seed(6)
-        runs.append((pgd(trained_convnet, x, y, 0.05, steps=5, restarts=2),
-                     an_pgd(trained_convnet, x, y, 0.05, eps_max=0.2, steps=5)[1]))
+        runs.append(
+            (
+                pgd(trained_convnet, x, y, 0.05, steps=5, restarts=2),
+                an_pgd(trained_convnet, x, y, 0.05, eps_max=0.2, steps=5)[1],
+            )
+        )
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
@@ -404,8 +429,9 @@ def test_each_kinds_cost_counts_its_restarts_and_steps():
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("name", ["fgsm", "pgd"])
-def test_every_registered_kind_attacks_inside_box_and_ball_and_is_as_random_as_it_says(trained_convnet, batch, name,
-                                                                                         norm):
+def test_every_registered_kind_attacks_inside_box_and_ball_and_is_as_random_as_it_says(
+    trained_convnet, batch, name, norm
+):
     """One restart of each kind on the trained net, per-example ε: inside [0, 1] and the
     ε-ball, fools some examples; a deterministic kind gives the same x_adv under another
     seed, a random one does not."""
@@ -453,10 +479,13 @@ def test_pgd_agrees_with_torchattacks_and_foolbox(trained_convnet, eval_batch, n
     fb_cls = fb.attacks.LinfPGD if norm == "linf" else fb.attacks.L2PGD
     torch.manual_seed(0)
     _, _, success = fb_cls(abs_stepsize=alpha, steps=steps, random_start=random_init)(
-        fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)
+        fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps
+    )
     foolbox = 1 - success.float().mean().item()
-    print(f"\n[peer {norm} ε={eps} steps={steps} random_init={random_init}, n={len(y)}] robust accuracy: "
-          f"mma {ours:.4f}  torchattacks {ta:.4f}  foolbox {foolbox:.4f}")
+    print(
+        f"\n[peer {norm} ε={eps} steps={steps} random_init={random_init}, n={len(y)}] robust accuracy: "
+        f"mma {ours:.4f}  torchattacks {ta:.4f}  foolbox {foolbox:.4f}"
+    )
     assert 0.2 <= ours <= 0.8  # a mid-range model: agreement at 0 % or 100 % would say nothing
     assert abs(ours - ta) <= 0.01
     assert abs(ours - foolbox) <= 0.01
@@ -476,8 +505,18 @@ def test_l2_torchattacks_form_is_torchattacks_pgdl2(random_init):
     x = torch.where(torch.rand(12, 1, 8, 8, generator=g) < 0.7, 0.0, x)
     y = torch.arange(12) % 10
     torch.manual_seed(3)
-    ours = pgd(model, x, y, 1.5, norm="l2", steps=4, step_size=0.9, random_init=random_init, select="loss",
-               l2_pgd="torchattacks")
+    ours = pgd(
+        model,
+        x,
+        y,
+        1.5,
+        norm="l2",
+        steps=4,
+        step_size=0.9,
+        random_init=random_init,
+        select="loss",
+        l2_pgd="torchattacks",
+    )
     torch.manual_seed(3)
     theirs = torchattacks.PGDL2(model, eps=1.5, alpha=0.9, steps=4, random_start=random_init)(x, y)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
@@ -511,13 +550,13 @@ def test_an_pgd_finds_a_crossing_whose_far_side_is_correct_again(norm, clean_log
     x = torch.stack([torch.full((16,), 0.1), 0.2 + 0.6 * torch.rand(16, generator=g)], 1).double()
     y = torch.zeros(16, dtype=torch.long)
     torch.manual_seed(0)
-    x_adv, eps = an_pgd(model, x, y, 0.1, norm=norm, eps_max=0.8, steps=20,
-                        clean_logits=model(x) if clean_logits else None)
+    x_adv, eps = an_pgd(
+        model, x, y, 0.1, norm=norm, eps_max=0.8, steps=20, clean_logits=model(x) if clean_logits else None
+    )
     print(f"\n[band {norm}] an_pgd lengths: {eps.min():.4f} .. {eps.max():.4f} (true minimal 0.3)")
     assert (eps >= 0.3 - 0.8 / 2**10).all()
     assert (eps <= 0.3 * 1.05).all()
     assert is_fooled(model, x_adv, y).all()
-
 
 
 # --------------------------------------------------------------------------- the boundary search
@@ -535,7 +574,7 @@ def _mlp_rays(n: int = 300, d: int = 12, seed: int = 0):
     x = (0.3 + 0.4 * torch.rand(n, d, generator=g, dtype=torch.float64)).requires_grad_(True)
     logits = model(x)
     y = logits.argmax(1)
-    grad, = torch.autograd.grad(get_loss("margin")(logits, y).sum(), x)
+    (grad,) = torch.autograd.grad(get_loss("margin")(logits, y).sum(), x)
     flip = torch.where(torch.rand(n, d, generator=g) < 1 / 3, -1.0, 1.0).double()
     u = grad.sign() * flip
     eps_mid = 0.02 + 0.28 * torch.rand(n, generator=g, dtype=torch.float64)
@@ -600,8 +639,11 @@ def test_boundary_search_brackets_the_crossing_to_its_resolution(with_g_zero, se
     assert (err <= (width / 2**10)[single] * 1.0001).all()
     assert (_g(model, x, y, u, hi)[single] >= 0).all()
     assert (hi[never] == 1.0).all()
-    print(f"\n[{search} boundary search, g_zero={with_g_zero}] {rows_used / len(y):.2f} forward rows per ray, "
-          f"{int(single.sum())} single-crossing rays, max error {float((err / width[single]).max()) * 1024:.3f} of a resolution")
+    print(
+        f"\n[{search} boundary search, g_zero={with_g_zero}] {rows_used / len(y):.2f} forward rows per ray, "
+        f"{int(single.sum())} single-crossing rays, "
+        f"max error {float((err / width[single]).max()) * 1024:.3f} of a resolution"
+    )
     if search == "bisection":
         assert rows_used == 11 * len(y)  # the authors' cost: 1 + 10 passes over every row
     elif with_g_zero:

@@ -64,9 +64,11 @@ def test_bad_device_is_one_line_exit_2(tmp_path, monkeypatch):
 def test_evaluate_before_training_names_the_train_command(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    for args, name in ((["evaluate", "mnist-linf-std"], "mnist-linf-std"),
-                       (["transfer", "mnist-linf-pgd-0p3"], "mnist-linf-pgd-0p3"),
-                       (["transfer", "--role", "PGD", "--seed", "0"], "mnist-linf-pgd-0p3")):
+    for args, name in (
+        (["evaluate", "mnist-linf-std"], "mnist-linf-std"),
+        (["transfer", "mnist-linf-pgd-0p3"], "mnist-linf-pgd-0p3"),
+        (["transfer", "--role", "PGD", "--seed", "0"], "mnist-linf-pgd-0p3"),
+    ):
         result = CliRunner().invoke(app, [*args, "--params", str(SMOKE)])
         assert result.exit_code == 2, result.output
         assert f"run `mma train {name} --seed 0` first" in result.stderr
@@ -79,8 +81,13 @@ def test_a_member_stage_without_seed_on_a_two_seed_grid_lists_the_seeds(tmp_path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     doc = yaml.safe_load(SMOKE.read_text())
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({**doc, "seeds": [0, 3]}))
-    for args in (["train", "mnist-linf-std"], ["evaluate", "mnist-linf-std"], ["spec", "train", "mnist-linf-std"],
-                 ["spec", "transfer", "PGD"], ["transfer", "--role", "PGD"]):
+    for args in (
+        ["train", "mnist-linf-std"],
+        ["evaluate", "mnist-linf-std"],
+        ["spec", "train", "mnist-linf-std"],
+        ["spec", "transfer", "PGD"],
+        ["transfer", "--role", "PGD"],
+    ):
         result = CliRunner().invoke(app, [*args, "--params", "two.yaml"])
         assert result.exit_code == 2, (args, result.output)
         assert result.stderr.strip() == ("mma: error: the grid has 2 seeds (0, 3); pass --seed S to pick one"), args

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_pipeline import ROOT, _close, _env, _tool, scratch_copy
 
 from mma import paths
-from test_pipeline import ROOT, _close, _env, _tool, scratch_copy
 
 SCRIPTS = ROOT / "tests" / "cluster"
 PROFILE = "workflow/profiles/slurm"
@@ -85,8 +85,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _script(name: str, action: str, env: dict, seconds: int = 120) -> str:
-    result = subprocess.run(_bounded(seconds, "bash", str(SCRIPTS / name), action), env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        _bounded(seconds, "bash", str(SCRIPTS / name), action), env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, f"{name} {action}: {result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -167,8 +168,9 @@ def test_sigterm_checkpoints_training_and_the_rerun_resumes_the_same_mlflow_run(
     subprocess.run(_bounded(300, _tool("mma"), "data"), cwd=repo, env=env, check=True, capture_output=True)
     log = repo / "train.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(_bounded(600, _tool("mma"), "train", name), cwd=repo, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            _bounded(600, _tool("mma"), "train", name), cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 300
         while _progress(log, steps) < steps // 10 and proc.poll() is None and time.monotonic() < deadline:
@@ -180,8 +182,9 @@ def test_sigterm_checkpoints_training_and_the_rerun_resumes_the_same_mlflow_run(
         _stop(proc)
     _stopped_at_a_checkpoint(log, steps, repo, name, f"sqlite:///{repo / 'mlflow.db'}", "mma-sigterm")
 
-    rerun = subprocess.run(_bounded(600, _tool("mma"), "train", name), cwd=repo, env=env, capture_output=True,
-                           text=True)
+    rerun = subprocess.run(
+        _bounded(600, _tool("mma"), "train", name), cwd=repo, env=env, capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming from" in rerun.stderr
     client, runs = _mlflow_runs(f"sqlite:///{repo / 'mlflow.db'}", "mma-sigterm")
@@ -225,16 +228,35 @@ def tracking():
 def _psql(sql: str) -> str:
     """A query against the tracking server's PostgreSQL database (as the postgres user, on its socket)."""
     pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
-    result = subprocess.run(_bounded(30, "runuser", "-u", "postgres", "--", str(pg_bin), "-h", TRACKING_DIR,
-                                     "-p", PG_PORT, "-d", "mlflow", "-tAc", sql), capture_output=True, text=True)
+    result = subprocess.run(
+        _bounded(
+            30,
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(pg_bin),
+            "-h",
+            TRACKING_DIR,
+            "-p",
+            PG_PORT,
+            "-d",
+            "mlflow",
+            "-tAc",
+            sql,
+        ),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
 def _jobs() -> dict[str, dict]:
     """Every job slurmctld still knows (MinJobAge=600 s): {job id: scontrol's fields}."""
-    out = subprocess.run(_bounded(30, "scontrol", "-o", "show", "job"), capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        _bounded(30, "scontrol", "-o", "show", "job"), capture_output=True, text=True, check=True
+    ).stdout
     jobs = {}
     for line in out.splitlines():
         fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
@@ -247,20 +269,29 @@ def _submitted(log_text: str) -> dict[str, str]:
     """{SLURM job id: 'rule' or 'rule:NAME:SEED' (transfer: 'rule:ROLE:SEED'), as test_pipeline's
     snakemake_jobs} from Snakemake's log of a SLURM run (the plugin joins the wildcards with '_':
     rule_train/NAME_SEED/; the seed is the last wildcard and holds no '_')."""
-    found = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/?([^/\s]*)/",
-                       log_text)
+    found = re.findall(
+        r"has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/?([^/\s]*)/", log_text
+    )
     return {jid: ":".join([rule, *wildcards.rsplit("_", 1)]) if wildcards else rule for jid, rule, wildcards in found}
 
 
-def _snakemake_on_slurm(repo: Path, env: dict, *extra: str, seconds: int = DAG_TIMEOUT_S,
-                        check: bool = True) -> tuple[int, str]:
+def _snakemake_on_slurm(
+    repo: Path, env: dict, *extra: str, seconds: int = DAG_TIMEOUT_S, check: bool = True
+) -> tuple[int, str]:
     log = repo / "snakemake-slurm.log"
     with log.open("a") as out:
-        rc = subprocess.run(_bounded(seconds, _tool("snakemake"), "--workflow-profile", PROFILE, *SLURM_TEST_ARGS,
-                                     *extra), cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            _bounded(seconds, _tool("snakemake"), "--workflow-profile", PROFILE, *SLURM_TEST_ARGS, *extra),
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        ).returncode
     text = log.read_text()
     if check and rc != 0:
-        logs = "".join(f"\n--- {p}\n{p.read_text()[-2000:]}" for p in sorted((repo / "results" / "logs").rglob("*.log")))
+        logs = "".join(
+            f"\n--- {p}\n{p.read_text()[-2000:]}" for p in sorted((repo / "results" / "logs").rglob("*.log"))
+        )
         pytest.fail(f"snakemake on SLURM exited {rc}:\n{text[-6000:]}{logs}")
     return rc, text
 
@@ -277,8 +308,9 @@ def runs(slurm, tracking, tmp_path_factory):
     assert "\ndevice: cpu\n" in text
     (cluster / "params.yaml").write_text(text.replace("\ndevice: cpu\n", "\ndevice: auto\n"))
     with (local / "dvc.log").open("w") as out:
-        dvc = subprocess.Popen(_bounded(DAG_TIMEOUT_S, _tool("dvc"), "repro"), cwd=local, env=_env(), stdout=out,
-                               stderr=subprocess.STDOUT)
+        dvc = subprocess.Popen(
+            _bounded(DAG_TIMEOUT_S, _tool("dvc"), "repro"), cwd=local, env=_env(), stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         t0 = time.monotonic()
         _, log = _snakemake_on_slurm(cluster, _env(MLFLOW_TRACKING_URI=tracking))
@@ -287,8 +319,10 @@ def runs(slurm, tracking, tmp_path_factory):
     finally:
         _stop(dvc)
     jobs = _submitted(log)
-    print(f"\nsmoke DAG on SLURM: {wall:.0f} s wall, {len(jobs)} sbatch jobs: "
-          + ", ".join(f"{j}={r}" for j, r in sorted(jobs.items(), key=lambda x: int(x[0]))))
+    print(
+        f"\nsmoke DAG on SLURM: {wall:.0f} s wall, {len(jobs)} sbatch jobs: "
+        + ", ".join(f"{j}={r}" for j, r in sorted(jobs.items(), key=lambda x: int(x[0])))
+    )
     return {"local": local, "cluster": cluster, "log": log, "jobs": jobs, "wall": wall, "uri": tracking}
 
 
@@ -338,8 +372,12 @@ def test_every_job_tracked_in_the_mlflow_server_on_postgresql(runs):
     p = load_params(repo / "params.yaml")
     client, found = _mlflow_runs(runs["uri"], p.experiment)
     got = sorted((r.data.tags["mma.stage"], r.data.tags.get("mma.model", "")) for r in found)
-    expected = sorted([("data", ""), ("report", "")] + [("train", n) for n in p.model_names]
-                      + [("evaluate", n) for n in p.model_names] + [("transfer", s.model) for s in p.table1.sources.values()])
+    expected = sorted(
+        [("data", ""), ("report", "")]
+        + [("train", n) for n in p.model_names]
+        + [("evaluate", n) for n in p.model_names]
+        + [("transfer", s.model) for s in p.table1.sources.values()]
+    )
     assert got == expected
     assert {r.info.status for r in found} == {"FINISHED"}
     default = client.get_experiment_by_name("Default")
@@ -349,8 +387,10 @@ def test_every_job_tracked_in_the_mlflow_server_on_postgresql(runs):
             assert client.get_metric_history(r.info.run_id, "loss")
             assert "model/model.pt" in [f.path for f in client.list_artifacts(r.info.run_id, "model")]
     # the runs are rows of the PostgreSQL database behind the server
-    rows = _psql("SELECT count(*) FROM runs JOIN experiments USING (experiment_id) "
-                 f"WHERE experiments.name = '{p.experiment}' AND runs.status = 'FINISHED'")
+    rows = _psql(
+        "SELECT count(*) FROM runs JOIN experiments USING (experiment_id) "
+        f"WHERE experiments.name = '{p.experiment}' AND runs.status = 'FINISHED'"
+    )
     assert int(rows) == len(expected)
 
 
@@ -364,9 +404,13 @@ def _scancel_training(repo, tracking, experiment: str, steps: int, *snakemake_ar
     train_log = repo / "results" / "logs" / "train" / name / "seed0.log"
     log = repo / "snakemake-slurm.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(_bounded(600, _tool("snakemake"), "--workflow-profile", PROFILE, *SLURM_TEST_ARGS,
-                                         *snakemake_args, target), cwd=repo, env=_env(MLFLOW_TRACKING_URI=tracking),
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            _bounded(600, _tool("snakemake"), "--workflow-profile", PROFILE, *SLURM_TEST_ARGS, *snakemake_args, target),
+            cwd=repo,
+            env=_env(MLFLOW_TRACKING_URI=tracking),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 400
         while _progress(train_log, steps) < steps // 10 and proc.poll() is None and time.monotonic() < deadline:

@@ -24,20 +24,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------- the params section
 def test_compute_section_refuses_unknown_keys_and_values(tmp_path):
-    from mma.config.params import ParamsError, load_params
-
     from pathlib import Path
+
+    from mma.config.params import ParamsError, load_params
 
     base = (Path(__file__).parents[1] / "presets" / "smoke.yaml").read_text()
     base = "\n".join(line for line in base.splitlines() if not line.startswith("compute:")) + "\n"
     ok = tmp_path / "ok.yaml"
     ok.write_text(base + "compute: {precision: bf16, channels_last: false}\n")
     assert load_params(ok).compute == ComputeParams(precision="bf16", channels_last=False)
-    for text, key in (("compute: {precision: fp16}\n", "compute.precision = 'fp16'"),
-                      ("compute: {cuda_graph: true}\n", "compute.cuda_graph: unknown key"),
-                      ("compute: {channels_last: maybe}\n", "compute.channels_last"),
-                      ("compute: {search: newton}\n", "compute.search"),
-                      ("compute: {cuda_graphs: true, search: secant}\n", "compute.search = 'secant' cannot run")):
+    for text, key in (
+        ("compute: {precision: fp16}\n", "compute.precision = 'fp16'"),
+        ("compute: {cuda_graph: true}\n", "compute.cuda_graph: unknown key"),
+        ("compute: {channels_last: maybe}\n", "compute.channels_last"),
+        ("compute: {search: newton}\n", "compute.search"),
+        ("compute: {cuda_graphs: true, search: secant}\n", "compute.search = 'secant' cannot run"),
+    ):
         bad = tmp_path / "bad.yaml"
         bad.write_text(base + text)
         with pytest.raises(ParamsError, match=key.replace(".", r"\.").replace("(", r"\(")) as e:
@@ -63,16 +65,25 @@ def test_defaults_resolve_per_device():
 
 
 # the flags lines of /proc/cpuinfo on the kinds of CPU the CPU rule was measured on (docs/performance.md)
-AVX2_ONLY = ("fpu vme sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c bmi1 avx2 bmi2 sha_ni xsaveopt vaes vpclmulqdq"
-             " rdpid fsrm")  # an AMD EPYC without AVX-512 (this CPU's flags, abridged)
+AVX2_ONLY = (
+    "fpu vme sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c bmi1 avx2 bmi2 sha_ni xsaveopt vaes vpclmulqdq"
+    " rdpid fsrm"
+)  # an AMD EPYC without AVX-512 (this CPU's flags, abridged)
 AVX512_NO_BF16 = AVX2_ONLY + " avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni"  # AVX-512 before BF16
 AMX_BF16 = AVX512_NO_BF16 + " avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8"  # Sapphire Rapids class
 
 
-@pytest.mark.parametrize("flags, bf16", [(AVX2_ONLY, False), (AVX512_NO_BF16, False), (AMX_BF16, True),
-                                         (AVX2_ONLY + " avx512_bf16", True), (AVX2_ONLY + " amx_bf16", True)])
-def test_the_cpu_rule_picks_bf16_only_with_bf16_hardware_and_channels_last_always(tmp_path, monkeypatch, flags,
-                                                                                   bf16):
+@pytest.mark.parametrize(
+    "flags, bf16",
+    [
+        (AVX2_ONLY, False),
+        (AVX512_NO_BF16, False),
+        (AMX_BF16, True),
+        (AVX2_ONLY + " avx512_bf16", True),
+        (AVX2_ONLY + " amx_bf16", True),
+    ],
+)
+def test_the_cpu_rule_picks_bf16_only_with_bf16_hardware_and_channels_last_always(tmp_path, monkeypatch, flags, bf16):
     """auto on a CPU: bf16 only where the flags say bf16 is computed in hardware (emulated
     bf16 measured many times slower than fp32 on an AVX2-only CPU), channels_last on both
     kinds; on CUDA neither, whatever the host CPU; explicit values are kept."""
@@ -103,9 +114,15 @@ def test_the_graph_path_is_recorded_and_runs_the_bisection_search(tmp_path):
     params (the key named) and in the resolved switches."""
     from mma.config.params import ParamsError, load_params
 
-    assert compute.FP32.record() == {"device": "cpu", "precision": "fp32", "channels_last": False,
-                                     "compile": False, "cuda_graphs": False, "search": "secant",
-                                     "fixed_shape": False}
+    assert compute.FP32.record() == {
+        "device": "cpu",
+        "precision": "fp32",
+        "channels_last": False,
+        "compile": False,
+        "cuda_graphs": False,
+        "search": "secant",
+        "fixed_shape": False,
+    }
     assert Compute("cuda", cuda_graphs=True).record()["fixed_shape"] is True
     assert Compute("cpu", fixed_shape=True).search == "bisection"
     with pytest.raises(ValueError, match="bisection"):
@@ -195,8 +212,9 @@ def test_weights_cast_once_per_attack_give_bitwise_the_same_attack(arch, where):
     shape = (12, 1, 28, 28) if arch == "lenet5_madry" else (12, 3, 32, 32)  # MNIST, CIFAR10
     x, y = torch.rand(shape), torch.randint(0, 10, (12,))
     torch.manual_seed(1)
-    ours_ctx = attack_precision(torch.bfloat16) if where == "attack_precision" else torch.autocast(
-        "cpu", dtype=torch.bfloat16)
+    ours_ctx = (
+        attack_precision(torch.bfloat16) if where == "attack_precision" else torch.autocast("cpu", dtype=torch.bfloat16)
+    )
     with ours_ctx:
         ours = pgd(model, x, y, 0.1, steps=5, loss="ce", select="loss")
         weights = StepForward(model, x.device).weights
@@ -222,8 +240,10 @@ def test_bf16_an_pgd_mean_length_within_noise(trained_convnet, eval_batch):
     diff = found[torch.bfloat16] - found[None]
     resolution = 0.5 / 2**10
     se = diff.std().item() / math.sqrt(len(diff))
-    print(f"\nAN-PGD mean length fp32 {found[None].mean():.4f}, bf16 {found[torch.bfloat16].mean():.4f}, "
-          f"median |diff| {diff.abs().median():.4f}")
+    print(
+        f"\nAN-PGD mean length fp32 {found[None].mean():.4f}, bf16 {found[torch.bfloat16].mean():.4f}, "
+        f"median |diff| {diff.abs().median():.4f}"
+    )
     assert abs(diff.mean().item()) <= resolution + 2 * se
 
 
@@ -249,8 +269,9 @@ def test_autoattack_takes_its_gradient_steps_in_the_step_precision_and_judges_in
     for dtype in (torch.bfloat16, None):
         spy = _RecordsAutocast(trained_convnet)
         with attack_precision(dtype):
-            autoattack_robust(spy, x, y, torch.ones(40, dtype=torch.bool), params, eps=0.1, norm="linf", seed=0,
-                              device="cpu")
+            autoattack_robust(
+                spy, x, y, torch.ones(40, dtype=torch.bool), params, eps=0.1, norm="linf", seed=0, device="cpu"
+            )
         grad_steps = [autocast for grad, autocast in spy.seen if grad]
         checks = [autocast for grad, autocast in spy.seen if not grad]
         assert len(grad_steps) >= 5 and len(checks) >= 2
@@ -271,8 +292,17 @@ def test_bf16_autoattack_robust_accuracy_is_within_binomial_noise(trained_convne
     acc = {}
     for dtype in (None, torch.bfloat16):
         with attack_precision(dtype):
-            s, _ = autoattack_robust(trained_convnet, x, y, torch.ones(len(y), dtype=torch.bool), params, eps=0.1,
-                                     norm="linf", seed=0, device="cpu")
+            s, _ = autoattack_robust(
+                trained_convnet,
+                x,
+                y,
+                torch.ones(len(y), dtype=torch.bool),
+                params,
+                eps=0.1,
+                norm="linf",
+                seed=0,
+                device="cpu",
+            )
         acc[dtype] = (s == 1).float().mean().item()
     p = acc[None]
     print(f"\nAPGD-CE-20 robust accuracy at 0.1 on {len(y)} images: fp32 {p:.3f}, bf16 {acc[torch.bfloat16]:.3f}")
@@ -306,14 +336,32 @@ def test_training_with_switches_records_them_and_saves_plain_weights(mnist_small
             idx = torch.arange(step * 50, step * 50 + 50) % 500
             return mnist_small["x_train"][idx], mnist_small["y_train"][idx], idx
 
-    spec = ModelSpec(name="switches", dataset="mnist", arch="lenet5_madry", norm="linf", method="pgd",
-                     pgd={"eps": 0.1, "steps": 3}, train_steps=6, eval_every=6, checkpoint_every=6, log_every=3)
+    spec = ModelSpec(
+        name="switches",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method="pgd",
+        pgd={"eps": 0.1, "steps": 3},
+        train_steps=6,
+        eval_every=6,
+        checkpoint_every=6,
+        log_every=3,
+    )
     logged = []
     torch.manual_seed(0)
     switches = Compute("cpu", precision="bf16", channels_last=True)
-    train(spec, Batcher(), (mnist_small["x_eval"][:50], mnist_small["y_eval"][:50]), model_path=tmp_path / "m.pt",
-          resume_path=tmp_path / "r.pt", model=small_convnet(), show_progress=False, compute=switches,
-          log=lambda m, s: logged.append(m))
+    train(
+        spec,
+        Batcher(),
+        (mnist_small["x_eval"][:50], mnist_small["y_eval"][:50]),
+        model_path=tmp_path / "m.pt",
+        resume_path=tmp_path / "r.pt",
+        model=small_convnet(),
+        show_progress=False,
+        compute=switches,
+        log=lambda m, s: logged.append(m),
+    )
     assert all(math.isfinite(m["loss"]) for m in logged if "loss" in m)
     record = load_tensors(tmp_path / "m.pt")
     assert record["compute"] == switches.record()

@@ -44,8 +44,11 @@ def dvc_stages(repo: Path) -> dict[str, dict]:
         for stage in r.index.stages:
             params = [p for d in stage.deps if hasattr(d, "params") for p in (d.params or [])]
             deps = [str(d.def_path).rstrip("/") for d in stage.deps if not hasattr(d, "params")]
-            out[stage.name] = {"params": sorted(params), "deps": sorted(deps),
-                               "outs": sorted(str(o.def_path).rstrip("/") for o in stage.outs)}
+            out[stage.name] = {
+                "params": sorted(params),
+                "deps": sorted(deps),
+                "outs": sorted(str(o.def_path).rstrip("/") for o in stage.outs),
+            }
     return out
 
 
@@ -73,8 +76,13 @@ def test_snakemake_rules_read_what_the_contracts_declare():
 
     params = load_params(SMOKE)
     with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-        workflow = api.workflow(resource_settings=ResourceSettings(cores=1), config_settings=ConfigSettings(
-            configfiles=[SMOKE]), storage_settings=StorageSettings(), snakefile=ROOT / "Snakefile", workdir=ROOT)
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(configfiles=[SMOKE]),
+            storage_settings=StorageSettings(),
+            snakefile=ROOT / "Snakefile",
+            workdir=ROOT,
+        )
         rules = {r.name: r for r in workflow._workflow.rules if r.name != "all"}
     assert set(rules) == set(RECORDED) | {c.stage for c in CONTRACTS.values()}
     for name, rule in rules.items():
@@ -89,8 +97,9 @@ def test_snakemake_rules_read_what_the_contracts_declare():
         for target, seed in _targets(contract, params):
             wildcards = {"role" if contract.target == "role" else "name": target, "seed": str(seed)}
             job = Wildcards(fromdict=wildcards if target is not None else {})
-            assert json.loads(settings(job)) == json.loads(json.dumps(contract.record(params, target, seed))), \
+            assert json.loads(settings(job)) == json.loads(json.dumps(contract.record(params, target, seed))), (
                 f"rule {name} ({target}, seed {seed}) reads other values than its contract's record"
+            )
 
 
 def _targets(contract: Contract, params) -> list[tuple]:
@@ -106,13 +115,21 @@ def test_a_record_holds_each_key_path_it_reads_and_nothing_else():
     defaults filled in), the member's entry under `model`, plus what the stage derives."""
     p = load_params(SMOKE)
     transfer = CONTRACTS["transfer"].record(p, "PGD", 0)
-    assert transfer["evaluate"] == {"loss": p.evaluate.loss, "test_limit": p.evaluate.test_limit,
-                                    "batch_size": p.evaluate.batch_size}
+    assert transfer["evaluate"] == {
+        "loss": p.evaluate.loss,
+        "test_limit": p.evaluate.test_limit,
+        "batch_size": p.evaluate.batch_size,
+    }
     assert set(transfer["table1"]) == {"eps", "sources"} and transfer["seed"] == p.seed
     name, setting = next(iter(p.attacks.items()))
     assert transfer["attacks"][name] == setting.model_dump(mode="json") and set(transfer["attacks"]) == set(p.attacks)
-    assert transfer["compute"] == {"precision": "auto", "channels_last": "auto", "compile": False, "cuda_graphs": "auto",
-                                   "search": "auto"}
+    assert transfer["compute"] == {
+        "precision": "auto",
+        "channels_last": "auto",
+        "compile": False,
+        "cuda_graphs": "auto",
+        "search": "auto",
+    }
     train = CONTRACTS["train"].record(p, "mnist-linf-std", 0)
     assert set(train) == {"model", "data", "compute"} and train["data"] == {"val_size": p.data.val_size}
     assert train["model"]["optimizer"]["lr"] == p.models["mnist-linf-std"].optimizer.lr
@@ -171,8 +188,9 @@ def test_mlflow_params_are_the_record_flattened_within_mlflows_limits():
     assert flat["evaluate.margins.fab_steps"] == 100 and flat["table1.sources.PGD.model"] == "mnist-linf-pgd-0p3"
     for contract in CONTRACTS.values():  # every value fits MLflow's limit without a cut
         for target, seed in _targets(contract, p):
-            assert all(len(_param_value(v)) <= MAX_PARAM_VAL_LENGTH
-                       for v in flatten(contract.record(p, target, seed)).values())
+            assert all(
+                len(_param_value(v)) <= MAX_PARAM_VAL_LENGTH for v in flatten(contract.record(p, target, seed)).values()
+            )
     long = _param_value(list(range(5000)))
     assert len(long) == MAX_PARAM_VAL_LENGTH and long.endswith("in the run's params artifact)")
 
@@ -192,9 +210,13 @@ def test_bookkeeping_file_holds_the_record_and_the_chosen_files_hashes(tmp_path,
     assert result.exit_code == 0, result.output
     model = tmp_path / "results" / "models" / "mnist-linf-pgd-0p3" / "seed0" / "model.pt"
     written = json.loads((tmp_path / "results" / "sources" / "PGD" / "seed0.json").read_text())
-    assert written == {"stage": "transfer", "target": "PGD", "seed": 0,
-                       "reads": json.loads(json.dumps(CONTRACTS["transfer"].record(p, "PGD", 0))),
-                       "files": {"results/models/mnist-linf-pgd-0p3/seed0/model.pt": None}}
+    assert written == {
+        "stage": "transfer",
+        "target": "PGD",
+        "seed": 0,
+        "reads": json.loads(json.dumps(CONTRACTS["transfer"].record(p, "PGD", 0))),
+        "files": {"results/models/mnist-linf-pgd-0p3/seed0/model.pt": None},
+    }
     model.parent.mkdir(parents=True)
     model.write_bytes(b"weights")
     assert CliRunner().invoke(app, ["spec", "transfer", "PGD", "--params", str(SMOKE)]).exit_code == 0

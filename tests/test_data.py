@@ -24,8 +24,9 @@ from mma.data import (
 )
 
 # The real MNIST files (gzipped); CI clones the repository with shared/ beside it.
-MNIST_SOURCE = Path(os.environ.get("MMA_DATA_SOURCE")
-                    or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
+MNIST_SOURCE = Path(
+    os.environ.get("MMA_DATA_SOURCE") or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+)
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -72,7 +73,7 @@ def make_source(tmp_path: Path, source: Path, name: str, change) -> Path:
 
 
 def flip_byte(data: bytes, at: int = 1000) -> bytes:
-    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
 
 
 def flip_file_byte(path: Path, at: int = 5000) -> None:
@@ -283,8 +284,15 @@ def test_synthetic_cifar10_too_large_for_this_machine_is_refused_before_allocati
 def test_real_cifar10_source_is_checked(tmp_path):
     fake = tmp_path / "source" / "cifar-10-batches-py"
     fake.mkdir(parents=True)
-    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                 "test_batch", "batches.meta"]:
+    for name in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+        "batches.meta",
+    ]:
         (fake / name).write_bytes(b"not cifar")
     with pytest.raises(DataError, match="data_batch_1"):
         prepare_cifar10(tmp_path / "root", tmp_path / "source")
@@ -351,7 +359,7 @@ def find_crop(original: torch.Tensor, augmented: torch.Tensor) -> tuple[int, int
     padded = F.pad(original[None].float(), (4, 4, 4, 4), mode="reflect")[0]
     for r in range(9):
         for c in range(9):
-            crop = padded[:, r:r + 32, c:c + 32]
+            crop = padded[:, r : r + 32, c : c + 32]
             for flip in (False, True):
                 if torch.equal(crop.flip(-1) if flip else crop, augmented):
                     return r, c, flip
@@ -372,7 +380,6 @@ def test_augmentation_is_reflect_pad_crop_and_flip_deterministic_per_step():
     assert torch.equal(xb, again)
     plain = TensorBatcher(x, y, 50, seed=0).batch(3)
     assert torch.equal(plain[2], idx)  # augmentation does not change which examples are drawn
-
 
 
 def test_cifar10_is_never_silently_the_synthetic_stand_in(tmp_path):

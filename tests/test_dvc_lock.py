@@ -17,7 +17,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_pipeline import _env, _tool, scratch_copy
 
 

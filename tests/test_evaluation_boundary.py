@@ -6,8 +6,8 @@ import math
 import torch
 from torch import nn
 
-from mma.evaluation.boundary import boundary_distances
 from mma.config.evaluation import BoundaryParams
+from mma.evaluation.boundary import boundary_distances
 
 
 def _linear(seed=0):
@@ -39,8 +39,7 @@ def test_examples_without_a_start_get_inf_and_the_rest_still_run():
     const[1].weight.data.zero_()
     const[1].bias.data = torch.arange(10.0)  # always class 9: nothing can be made adversarial
     params = BoundaryParams(limit=6, steps=50, init_attempts=5, init_steps=5, batch_size=3)
-    d = boundary_distances(const, x, torch.full((6,), 9), torch.ones(6, dtype=torch.bool), params, seed=0,
-                           device="cpu")
+    d = boundary_distances(const, x, torch.full((6,), 9), torch.ones(6, dtype=torch.bool), params, seed=0, device="cpu")
     assert torch.isinf(d).all()
     # the limit: rows past it are not attacked (nan)
     params = BoundaryParams(limit=4, steps=50, init_attempts=20, init_steps=20, batch_size=3)

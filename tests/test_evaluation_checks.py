@@ -7,10 +7,10 @@ from torch import nn
 
 from mma.config.evaluation import AttackSetting, ChecksParams, EvaluateParams, ReportParams, Table1Params, ThreatModel
 from mma.config.model import ModelSpec
+from mma.config.params import Params
 from mma.evaluation.protocol import evaluate_model, whitebox_attacks
 from mma.evaluation.records import attack_record, record_key
 from mma.evaluation.transfer import build_set
-from mma.config.params import Params
 from mma.report.checks import masking_checks, paper_table1_transfer_check
 
 
@@ -41,14 +41,27 @@ def honest_model():
     return model.eval(), x[:200], y[:200]
 
 
-TM = ThreatModel(dataset="mnist", norm="linf", curve_eps=[0.02, 0.05, 0.1, 0.2], headline_eps=0.05,
-                 margin_eps_max=1.0, unbounded_eps=1.0)
+TM = ThreatModel(
+    dataset="mnist",
+    norm="linf",
+    curve_eps=[0.02, 0.05, 0.1, 0.2],
+    headline_eps=0.05,
+    margin_eps_max=1.0,
+    unbounded_eps=1.0,
+)
 PARAMS = Params(
     models=[ModelSpec(name="m", dataset="mnist", arch="lenet5_madry", norm="linf", method="std")],
-    attacks={"pgd100x1": AttackSetting(steps=20)}, table1=Table1Params(sources={}, columns={}),
-    evaluate=EvaluateParams(curve_attack="pgd100x1", threat_models=[TM], batch_size=100,
-                            checks=ChecksParams(unbounded_steps=50, more_steps=60, more_restarts=3),
-                            autoattack={"enabled": False}, margins={"enabled": False}))
+    attacks={"pgd100x1": AttackSetting(steps=20)},
+    table1=Table1Params(sources={}, columns={}),
+    evaluate=EvaluateParams(
+        curve_attack="pgd100x1",
+        threat_models=[TM],
+        batch_size=100,
+        checks=ChecksParams(unbounded_steps=50, more_steps=60, more_restarts=3),
+        autoattack={"enabled": False},
+        margins={"enabled": False},
+    ),
+)
 
 
 def evaluate(model, x, y, transfer_from):
@@ -56,13 +69,24 @@ def evaluate(model, x, y, transfer_from):
     sets = []
     for eps in (0.05, 0.1):
         setting = AttackSetting(steps=20)
-        adv = build_set(transfer_from, x_u8, y, eps, setting, norm="linf", loss="ce", seed=1,
-                        batch_size=100, device="cpu")
+        adv = build_set(
+            transfer_from, x_u8, y, eps, setting, norm="linf", loss="ce", seed=1, batch_size=100, device="cpu"
+        )
         record = attack_record("transfer", setting, eps, loss="ce", n=len(y), seed=0, source="other")
         sets.append(({"record": record_key(record), "file": "-"}, adv))
-    return evaluate_model(model, x_u8.float() / 255, y, name="m", tm=TM, ev=PARAMS.evaluate,
-                          whitebox=whitebox_attacks("m", TM, PARAMS), curve=PARAMS.curve_attack(), seed=0,
-                          transfer_sets=sets, show_progress=False)
+    return evaluate_model(
+        model,
+        x_u8.float() / 255,
+        y,
+        name="m",
+        tm=TM,
+        ev=PARAMS.evaluate,
+        whitebox=whitebox_attacks("m", TM, PARAMS),
+        curve=PARAMS.curve_attack(),
+        seed=0,
+        transfer_sets=sets,
+        show_progress=False,
+    )
 
 
 def statuses(res):
@@ -84,8 +108,13 @@ def test_masked_model_is_flagged_and_honest_passes():
 
     st_h, checks_h = statuses(evaluate(honest, x, y, transfer_from=masked))
     assert all(s == "pass" for s in st_h.values()), [c for c in checks_h if c["status"] == "flag"]
-    assert {"unbounded", "transfer_vs_whitebox", "monotone/white-box curve", "more_attack/more_steps",
-            "more_attack/more_restarts"} <= set(st_h)
+    assert {
+        "unbounded",
+        "transfer_vs_whitebox",
+        "monotone/white-box curve",
+        "more_attack/more_steps",
+        "more_attack/more_restarts",
+    } <= set(st_h)
 
 
 def test_paper_table1_flags_mma_transfer():
@@ -100,15 +129,35 @@ def checks_params(more_restarts, table1_attacks=()):
     """Model "m" with the curve attack PGD-20×1 and the checks at ε 0.05; ``table1_attacks``:
     names of ATTACKS run white-box as Table 1's rows at ε 0.05 (m as the PGD column)."""
     attacks = {"pgd100x1": AttackSetting(steps=20), "pgd100x50": AttackSetting(steps=20, restarts=more_restarts)}
-    table1 = (Table1Params(eps=[0.05], sources={"PGD": {"model": "m", "attacks": list(table1_attacks)}},
-                           columns={"m": "PGD"}) if table1_attacks else Table1Params(sources={}, columns={}))
-    return PARAMS.model_copy(update={"attacks": attacks, "table1": table1, "evaluate": PARAMS.evaluate.model_copy(
-        update={"checks": ChecksParams(unbounded_steps=50, more_steps=60, more_restarts=more_restarts)})})
+    table1 = (
+        Table1Params(eps=[0.05], sources={"PGD": {"model": "m", "attacks": list(table1_attacks)}}, columns={"m": "PGD"})
+        if table1_attacks
+        else Table1Params(sources={}, columns={})
+    )
+    return PARAMS.model_copy(
+        update={
+            "attacks": attacks,
+            "table1": table1,
+            "evaluate": PARAMS.evaluate.model_copy(
+                update={"checks": ChecksParams(unbounded_steps=50, more_steps=60, more_restarts=more_restarts)}
+            ),
+        }
+    )
 
 
 def run_checks(model, x, y, params):
-    res = evaluate_model(model, x, y, name="m", tm=TM, ev=params.evaluate, whitebox=whitebox_attacks("m", TM, params),
-                         curve=params.curve_attack(), seed=0, show_progress=False)
+    res = evaluate_model(
+        model,
+        x,
+        y,
+        name="m",
+        tm=TM,
+        ev=params.evaluate,
+        whitebox=whitebox_attacks("m", TM, params),
+        curve=params.curve_attack(),
+        seed=0,
+        show_progress=False,
+    )
     checks = masking_checks("m", res, TM, params)
     return res, {c["check"]: c for c in checks}
 
@@ -165,6 +214,7 @@ def test_one_sided_mcnemar_by_hand():
     assert one_sided_mcnemar(13, 0) < 0.01 < one_sided_mcnemar(6, 0)
     # agrees with scipy's exact binomial test (an independent implementation)
     from scipy.stats import binomtest
+
     for k, m in ((7, 3), (20, 12), (40, 40), (2, 30)):
         assert abs(one_sided_mcnemar(k, m) - binomtest(k, k + m, 0.5, alternative="greater").pvalue) < 1e-12
 
@@ -184,8 +234,10 @@ def test_checks_of_two_seeds_of_noise_pass_and_a_systematic_excess_flags():
         res = Results(torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.bool))
         base = (torch.rand(n, generator=g) < 0.5).long()
         res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, restarts=1, loss="ce", n=n), base)
-        res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, restarts=50, loss="ce", n=n),
-                50 * (torch.rand(n, generator=g) < 0.5).long())
+        res.add(
+            Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, restarts=50, loss="ce", n=n),
+            50 * (torch.rand(n, generator=g) < 0.5).long(),
+        )
         [c] = [c for c in masking_checks("m", res, TM, params) if c["check"] == "more_attack/table1"]
         flags += c["status"] == "flag"
         res2 = Results(torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.bool))
@@ -208,15 +260,21 @@ def test_transfer_is_compared_with_white_box_runs_on_the_same_images():
 
     params = checks_params(more_restarts=3)
     res = Results(torch.zeros(40, dtype=torch.long), torch.ones(40, dtype=torch.bool))
-    res.add(Record(kind="transfer", attack="pgd", eps=0.05, steps=20, loss="ce", source="s", n=40),
-            torch.tensor([1, 1, 0, 0]).repeat_interleave(10))
-    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, loss="ce", n=40),
-            torch.tensor([1, 1, 1, 0]).repeat_interleave(10))
-    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=60, loss="ce", n=20),
-            torch.tensor([0, 0, -1, -1]).repeat_interleave(10))
+    res.add(
+        Record(kind="transfer", attack="pgd", eps=0.05, steps=20, loss="ce", source="s", n=40),
+        torch.tensor([1, 1, 0, 0]).repeat_interleave(10),
+    )
+    res.add(
+        Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, loss="ce", n=40),
+        torch.tensor([1, 1, 1, 0]).repeat_interleave(10),
+    )
+    res.add(
+        Record(kind="whitebox", attack="pgd", eps=0.05, steps=60, loss="ce", n=20),
+        torch.tensor([0, 0, -1, -1]).repeat_interleave(10),
+    )
     [c] = [c for c in masking_checks("m", res, TM, params) if c["check"] == "transfer_vs_whitebox"]
     assert c["status"] == "flag" and (c["transfer_accuracy"], c["whitebox_accuracy"]) == (50.0, 75.0), c
-    assert c["p_value"] == 2.0 ** -10
+    assert c["p_value"] == 2.0**-10
 
 
 def test_more_steps_that_break_much_more_than_the_curve_attack_flag():
@@ -229,8 +287,10 @@ def test_more_steps_that_break_much_more_than_the_curve_attack_flag():
     params = checks_params(more_restarts=3)
     res = Results(torch.zeros(100, dtype=torch.long), torch.ones(100, dtype=torch.bool))
     res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=20, loss="ce", n=100), torch.ones(100))
-    res.add(Record(kind="whitebox", attack="pgd", eps=0.05, steps=60, loss="ce", n=100),
-            torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1]).repeat_interleave(10))
+    res.add(
+        Record(kind="whitebox", attack="pgd", eps=0.05, steps=60, loss="ce", n=100),
+        torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1]).repeat_interleave(10),
+    )
     [c] = [c for c in masking_checks("m", res, TM, params) if c["check"] == "more_attack/more_steps"]
     assert c["status"] == "flag" and (c["base_accuracy"], c["stronger_accuracy"]) == (100.0, 80.0), c
     lenient = params.model_copy(update={"report": ReportParams(more_attack_gain_tol=25.0)})

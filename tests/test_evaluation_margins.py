@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from mma.config.evaluation import AutoAttackParams, BoundaryParams, MarginParams
 from mma.evaluation.autoattack import autoattack_robust
 from mma.evaluation.boundary import boundary_distances
-from mma.config.evaluation import AutoAttackParams, BoundaryParams, MarginParams
 from mma.evaluation.margins import anpgd_margins, combine, fab_margins, sweep_bounds
 
 
@@ -41,11 +41,22 @@ def test_fab_exact_anpgd_and_boundary_never_below():
     p = MarginParams(an_pgd_steps=20, fab_steps=50, bisection_steps=12)
     fab = fab_margins(model, x, y, active, norm="l2", eps_max=2.0, params=p, batch_size=50, seed=0, device="cpu")
     assert torch.allclose(fab, exact, rtol=1e-2, atol=1e-3)
-    an = anpgd_margins(model, x, y, active, torch.full((len(y),), 0.2, dtype=torch.float64), norm="l2",
-                       eps_max=2.0, params=p, batch_size=50, seed=0)
+    an = anpgd_margins(
+        model,
+        x,
+        y,
+        active,
+        torch.full((len(y),), 0.2, dtype=torch.float64),
+        norm="l2",
+        eps_max=2.0,
+        params=p,
+        batch_size=50,
+        seed=0,
+    )
     assert (an >= exact - 1e-4).all()
-    bd = boundary_distances(model, x, y, active, BoundaryParams(limit=None, steps=300, batch_size=50), seed=0,
-                            device="cpu")
+    bd = boundary_distances(
+        model, x, y, active, BoundaryParams(limit=None, steps=300, batch_size=50), seed=0, device="cpu"
+    )
     assert torch.isfinite(bd).all() and (bd >= exact - 1e-4).all()
     # the sweep brackets the margin on a grid; the combined margin is the smallest estimate
     grid = [0.05 * k for k in range(1, 11)]
@@ -60,8 +71,17 @@ def test_fab_exact_anpgd_and_boundary_never_below():
 def test_autoattack_runs_in_ball():
     model, x, y, exact = linear_problem(60)
     active = torch.ones(len(y), dtype=torch.bool)
-    s, attacks = autoattack_robust(model, x, y, active, AutoAttackParams(n_iter=10, n_queries=20, limit=None),
-                                   eps=0.1, norm="l2", seed=0, device="cpu")
+    s, attacks = autoattack_robust(
+        model,
+        x,
+        y,
+        active,
+        AutoAttackParams(n_iter=10, n_queries=20, limit=None),
+        eps=0.1,
+        norm="l2",
+        seed=0,
+        device="cpu",
+    )
     assert attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
     robust = s == 1
     # on a linear model the exact answer is known: robust iff the margin exceeds ε
@@ -124,6 +144,16 @@ def test_fab_recovers_the_exact_margin(norm):
     model, x, y, exact = close_linear_problem(norm, 60)
     assert MarginParams().cross_check == "fab"
     active = torch.ones(len(y), dtype=torch.bool)
-    fab = fab_margins(model, x, y, active, norm=norm, eps_max=1.0, params=MarginParams(fab_steps=10), batch_size=60,
-                      seed=0, device="cpu")
+    fab = fab_margins(
+        model,
+        x,
+        y,
+        active,
+        norm=norm,
+        eps_max=1.0,
+        params=MarginParams(fab_steps=10),
+        batch_size=60,
+        seed=0,
+        device="cpu",
+    )
     assert ((fab >= exact * (1 - 1e-4)) & (fab <= exact * 1.01)).all(), (fab / exact).tolist()

@@ -14,8 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORDS = [
     Record(kind="whitebox", attack="pgd", eps=0.3, steps=100, restarts=50, loss="ce", n=10000, seed=0),
     Record(kind="whitebox", attack="fgsm", eps=0.1, loss="cw", n=64),
-    Record(kind="transfer", attack="pgd", eps=8 / 255, steps=10, restarts=2, loss="mixed", step_factor=1.25,
-           clean_start=True, source="cifar10-linf-mma-0p125.v2_b", n=500, seed=3),
+    Record(
+        kind="transfer",
+        attack="pgd",
+        eps=8 / 255,
+        steps=10,
+        restarts=2,
+        loss="mixed",
+        step_factor=1.25,
+        clean_start=True,
+        source="cifar10-linf-mma-0p125.v2_b",
+        n=500,
+        seed=3,
+    ),
     Record(kind="whitebox", attack="pgd", eps=2.0, steps=100, loss="ce", l2_pgd="torchattacks", n=1000),
     Record(kind="autoattack", attack="apgd-ce_apgd-t", eps=0.0313725490, steps=5, n=20, seed=0),
     Record(kind="boundary", attack="boundary", eps=2.5, steps=25000, n=1000),
@@ -45,7 +56,9 @@ def test_key_leaves_out_defaults_and_reads_them_back():
 def test_attack_fields_identify_what_ran():
     # FGSM ignores steps/restarts/random start: two spellings of it are one record
     a = attack_record("whitebox", AttackSetting(attack="fgsm", steps=100), 0.3, loss="ce", n=10, seed=0)
-    b = attack_record("whitebox", AttackSetting(attack="fgsm", steps=1, random_init=False), 0.3, loss="ce", n=10, seed=0)
+    b = attack_record(
+        "whitebox", AttackSetting(attack="fgsm", steps=1, random_init=False), 0.3, loss="ce", n=10, seed=0
+    )
     assert a == b and label(a) == "FGSM (ce)"
     # the setting's own loss wins over the default; restarts can be read off a longer run
     s = AttackSetting(steps=20, restarts=5, loss="cw", random_init=False, step_size_factor=1.0)

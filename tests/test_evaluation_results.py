@@ -5,9 +5,9 @@ import torch
 
 from mma.config.evaluation import AttackSetting, Table1Params, Table1Source
 from mma.config.model import ModelSpec
+from mma.config.params import Params
 from mma.evaluation.records import Record, attack_record
 from mma.evaluation.results import NOT_RUN, Results
-from mma.config.params import Params
 from mma.report.table1 import build_table1, table1_csv, table1_markdown
 
 
@@ -76,11 +76,19 @@ def test_roundtrip_weights_only(tmp_path):
 
 
 def test_table1_assembly_by_hand():
-    attacks = {"fgsm": AttackSetting(attack="fgsm"), "pgd100x1": AttackSetting(steps=7),
-               "pgd100x50": AttackSetting(steps=7, restarts=2)}
-    table1 = Table1Params(eps=[0.3], sources={"MMA": Table1Source(model="m", attacks=["pgd100x1", "pgd100x50"]),
-                                             "PGD": Table1Source(model="p", attacks=["fgsm", "pgd100x50"])},
-                          columns={"m": "MMA", "p": "PGD"})
+    attacks = {
+        "fgsm": AttackSetting(attack="fgsm"),
+        "pgd100x1": AttackSetting(steps=7),
+        "pgd100x50": AttackSetting(steps=7, restarts=2),
+    }
+    table1 = Table1Params(
+        eps=[0.3],
+        sources={
+            "MMA": Table1Source(model="m", attacks=["pgd100x1", "pgd100x50"]),
+            "PGD": Table1Source(model="p", attacks=["fgsm", "pgd100x50"]),
+        },
+        columns={"m": "MMA", "p": "PGD"},
+    )
     models = [ModelSpec(name=n, dataset="mnist", arch="lenet5_madry", norm="linf", method="std") for n in "mp"]
     params = Params(models=models, attacks=attacks, table1=table1)
     m, p = make((1, 1, 1, 1)), make((1, 1, 1, 0))
@@ -99,13 +107,16 @@ def test_table1_assembly_by_hand():
     add(p, "transfer", "pgd100x1", t(1, 1, 1, 1), "m")
     add(p, "transfer", "pgd100x50", t(2, 2, 0, 2), "m")
     table = build_table1({"m": {0: m}, "p": {0: p}}, params)  # one seed each
-    got = {(r["attack"], r["source"], r["setting"]): {k: c["ours"] for k, c in r["cells"].items()} for r in table["rows"]}
+    got = {
+        (r["attack"], r["source"], r["setting"]): {k: c["ours"] for k, c in r["cells"].items()} for r in table["rows"]
+    }
     assert got[("Natural", "", "")] == {"m": 100.0, "p": 75.0}
     assert got[("PGD", "MMA", "pgd100x1")] == {"m": 75.0, "p": 75.0}  # p's example 3 is misclassified
     assert got[("PGD", "MMA", "pgd100x50")] == {"m": 50.0, "p": 50.0}
     assert got[("FGSM", "PGD", "fgsm")] == {"m": 100.0, "p": 50.0}
     assert got[("PGD", "PGD", "pgd100x50")] == {"m": 75.0, "p": 50.0}
-    # worst case, m: wb×1 {0,1,3}, wb×2 {0,3}, tr fgsm all, tr pgd {1,2,3} -> {3};  p: {0,2}∩{0,2}∩all∩{0,1,3}∩correct{0,1,2} -> {0}
+    # worst case, m: wb×1 {0,1,3}, wb×2 {0,3}, tr fgsm all, tr pgd {1,2,3} -> {3};
+    #             p: {0,2}∩{0,2}∩all∩{0,1,3}∩correct{0,1,2} -> {0}
     assert got[("Worst case (all attacks)", "all", "")] == {"m": 25.0, "p": 25.0}
     row = next(r for r in table["rows"] if r["source"] == "MMA" and r["setting"] == "pgd100x50")
     assert row["cells"]["m"]["kind"] == "white-box" and row["cells"]["p"]["kind"] == "transfer"
@@ -115,8 +126,10 @@ def test_table1_assembly_by_hand():
     md = table1_markdown(table, notes=["White-box loss: ce"])
     assert "93.64" in md and "PGD-7×2" in md and "Worst case" in md and "White-box loss: ce" in md
     csv = table1_csv(table).splitlines()
-    assert csv[0] == ("attack,eps,steps,restarts,source,our_setting,m,m_sd,m_n_seeds,m_seed0,m_kind,paper_m,"
-                      "p,p_sd,p_n_seeds,p_seed0,p_kind,paper_p")
+    assert csv[0] == (
+        "attack,eps,steps,restarts,source,our_setting,m,m_sd,m_n_seeds,m_seed0,m_kind,paper_m,"
+        "p,p_sd,p_n_seeds,p_seed0,p_kind,paper_p"
+    )
     assert len(csv) == 1 + len(table["rows"])
 
 

@@ -7,15 +7,26 @@ import json
 
 import pytest
 import torch
-
-from mma import paths
-from mma.config.evaluation import (AttackSetting, AutoAttackParams, BoundaryParams, ChecksParams, EvaluateParams,
-                                   MarginParams, ReportParams, ThreatModel)
-
 from conftest import mnist_source
 
-NAMES = [("mnist-linf-std", "std", "linf"), ("mnist-linf-pgd-0p3", "pgd", "linf"),
-         ("mnist-linf-mma-v1", "mma", "linf"), ("mnist-l2-pgd-1", "pgd", "l2")]
+from mma import paths
+from mma.config.evaluation import (
+    AttackSetting,
+    AutoAttackParams,
+    BoundaryParams,
+    ChecksParams,
+    EvaluateParams,
+    MarginParams,
+    ReportParams,
+    ThreatModel,
+)
+
+NAMES = [
+    ("mnist-linf-std", "std", "linf"),
+    ("mnist-linf-pgd-0p3", "pgd", "linf"),
+    ("mnist-linf-mma-v1", "mma", "linf"),
+    ("mnist-l2-pgd-1", "pgd", "l2"),
+]
 
 
 class Tracker:
@@ -37,28 +48,55 @@ class Tracker:
 
 def smoke_params(root):
     from mma.config.data import DataParams
-    from mma.config.params import Params
     from mma.config.model import ModelSpec
+    from mma.config.params import Params
 
     blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.3}}, "mma": {"mma": {"d_max": None, "eps_max": 0.5}}}
-    models = [ModelSpec(name=n, dataset="mnist", arch="lenet5_madry", norm=norm, method=m, **blocks[m])
-              for n, m, norm in NAMES]
-    s = {"fgsm": AttackSetting(attack="fgsm", random_init=False), "pgd40x1": AttackSetting(steps=2),
-         "pgd40x50": AttackSetting(steps=2, restarts=2), "pgd100x1": AttackSetting(steps=3),
-         "pgd100x50": AttackSetting(steps=3, restarts=2)}
-    tms = [ThreatModel(dataset="mnist", norm="linf", curve_eps=[0.1, 0.2, 0.3, 0.4, 0.5], headline_eps=0.3,
-                       margin_eps_max=1.0, unbounded_eps=1.0),
-           ThreatModel(dataset="mnist", norm="l2", curve_eps=[1.0, 2.0, 3.0], headline_eps=2.0, margin_eps_max=10.0,
-                       boundary=True, unbounded_eps=28.0)]
+    models = [
+        ModelSpec(name=n, dataset="mnist", arch="lenet5_madry", norm=norm, method=m, **blocks[m])
+        for n, m, norm in NAMES
+    ]
+    s = {
+        "fgsm": AttackSetting(attack="fgsm", random_init=False),
+        "pgd40x1": AttackSetting(steps=2),
+        "pgd40x50": AttackSetting(steps=2, restarts=2),
+        "pgd100x1": AttackSetting(steps=3),
+        "pgd100x50": AttackSetting(steps=3, restarts=2),
+    }
+    tms = [
+        ThreatModel(
+            dataset="mnist",
+            norm="linf",
+            curve_eps=[0.1, 0.2, 0.3, 0.4, 0.5],
+            headline_eps=0.3,
+            margin_eps_max=1.0,
+            unbounded_eps=1.0,
+        ),
+        ThreatModel(
+            dataset="mnist",
+            norm="l2",
+            curve_eps=[1.0, 2.0, 3.0],
+            headline_eps=2.0,
+            margin_eps_max=10.0,
+            boundary=True,
+            unbounded_eps=28.0,
+        ),
+    ]
     return Params(
-        models=models, data=DataParams(root=str(root), val_size=100),
+        models=models,
+        data=DataParams(root=str(root), val_size=100),
         attacks=s,
-        evaluate=EvaluateParams(threat_models=tms, test_limit=60, batch_size=60,
-                                boundary=BoundaryParams(limit=8, steps=20, init_attempts=10, batch_size=8),
-                                autoattack=AutoAttackParams(limit=12, n_iter=3, n_queries=10),
-                                margins=MarginParams(limit=20, an_pgd_steps=3, fab_steps=3, bisection_steps=5),
-                                checks=ChecksParams(unbounded_steps=3, more_steps=6, more_restarts=3)),
-        report=ReportParams(dpi=60))
+        evaluate=EvaluateParams(
+            threat_models=tms,
+            test_limit=60,
+            batch_size=60,
+            boundary=BoundaryParams(limit=8, steps=20, init_attempts=10, batch_size=8),
+            autoattack=AutoAttackParams(limit=12, n_iter=3, n_queries=10),
+            margins=MarginParams(limit=20, an_pgd_steps=3, fab_steps=3, bisection_steps=5),
+            checks=ChecksParams(unbounded_steps=3, more_steps=6, more_restarts=3),
+        ),
+        report=ReportParams(dpi=60),
+    )
 
 
 @pytest.fixture()
@@ -83,7 +121,11 @@ def world(tmp_path, monkeypatch, trained_convnet):
         from mma.stages.contract import identity
 
         name = path.parent.parent.name  # results/models/NAME/seed0/model.pt
-        return copy.deepcopy(nets[name]).to(device).eval(), spec_of[name], {"identity": identity(params, name, 0, "train")}
+        return (
+            copy.deepcopy(nets[name]).to(device).eval(),
+            spec_of[name],
+            {"identity": identity(params, name, 0, "train")},
+        )
 
     monkeypatch.setattr("mma.train.load_model", fake_load_model)
     return params

@@ -19,7 +19,12 @@ def ball_points(clean_u8, eps, norm, g):
         # on the sphere and inside it, plus exact corners
         d = torch.where(torch.rand(x.shape, generator=g) < 0.5, d.sign(), d) * eps
     else:
-        d = d / lp_norm(d, "l2").view(-1, 1, 1, 1) * eps * torch.rand(x.shape[0], 1, 1, 1, generator=g, dtype=torch.float64).sqrt()
+        d = (
+            d
+            / lp_norm(d, "l2").view(-1, 1, 1, 1)
+            * eps
+            * torch.rand(x.shape[0], 1, 1, 1, generator=g, dtype=torch.float64).sqrt()
+        )
     return (x + d).clamp(0, 1).float()  # float32, as attacks return
 
 
@@ -64,8 +69,18 @@ def test_build_set_in_ball_and_fools_source():
         with torch.no_grad():
             acc = (model(adv.float() / 255).argmax(1) == y).float().mean()
         assert acc < 0.9
-    again = build_set(model, x, y, 0.1, AttackSetting(steps=5, restarts=3), norm="linf", loss="ce", seed=0,
-                      batch_size=25, device="cpu")
+    again = build_set(
+        model,
+        x,
+        y,
+        0.1,
+        AttackSetting(steps=5, restarts=3),
+        norm="linf",
+        loss="ce",
+        seed=0,
+        batch_size=25,
+        device="cpu",
+    )
     assert torch.equal(again, adv)  # seeded: the same set every run
 
 

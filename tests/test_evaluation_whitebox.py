@@ -7,12 +7,11 @@ import torch
 from torch import nn
 
 from mma.attacks import pgd
-from mma.config.evaluation import (AttackSetting, ChecksParams, EvaluateParams, Table1Params, Table1Source,
-                                   ThreatModel)
+from mma.config.evaluation import AttackSetting, ChecksParams, EvaluateParams, Table1Params, Table1Source, ThreatModel
 from mma.config.model import ModelSpec
+from mma.config.params import Params
 from mma.evaluation.protocol import evaluate_model, whitebox_attacks
 from mma.evaluation.records import attack_fields
-from mma.config.params import Params
 from mma.evaluation.whitebox import predict, restart_loss, seed_for, survival
 
 
@@ -33,16 +32,27 @@ def naive_survival(model, x, y, eps, s: AttackSetting, *, norm, loss, seed, batc
     out = torch.full((n,), R, dtype=torch.int16)
     broken = torch.zeros(n, dtype=torch.bool)
     for b, i in enumerate(range(0, n, batch_size)):
-        xb, yb = x[i: i + batch_size], y[i: i + batch_size]
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         for r in range(R):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_for(seed, b, r))
-                x_adv = pgd(model, xb, yb, eps, norm=norm, steps=s.steps, step_size=s.step_size_factor * eps / s.steps,
-                            restarts=1, random_init=True, loss=restart_loss(loss, r), select="target")
+                x_adv = pgd(
+                    model,
+                    xb,
+                    yb,
+                    eps,
+                    norm=norm,
+                    steps=s.steps,
+                    step_size=s.step_size_factor * eps / s.steps,
+                    restarts=1,
+                    random_init=True,
+                    loss=restart_loss(loss, r),
+                    select="target",
+                )
             fooled = model(x_adv).argmax(1) != yb
-            first = fooled & ~broken[i: i + batch_size]
-            out[i: i + batch_size][first] = r
-            broken[i: i + batch_size] |= fooled
+            first = fooled & ~broken[i : i + batch_size]
+            out[i : i + batch_size][first] = r
+            broken[i : i + batch_size] |= fooled
     return out
 
 
@@ -53,8 +63,20 @@ def test_cascade_equals_naive_loop(norm, eps, loss):
     pred = predict(model, x, 32)
     active = pred == y
     s = AttackSetting(steps=6, restarts=4)
-    fast = survival(model, x, y, eps, s, norm=norm, loss=loss, seed=3, active=active, clean_pred=pred, batch_size=32,
-                    show_progress=False)
+    fast = survival(
+        model,
+        x,
+        y,
+        eps,
+        s,
+        norm=norm,
+        loss=loss,
+        seed=3,
+        active=active,
+        clean_pred=pred,
+        batch_size=32,
+        show_progress=False,
+    )
     slow = naive_survival(model, x, y, eps, s, norm=norm, loss=loss, seed=3, batch_size=32)
     assert torch.equal(fast[active], slow[active])
     assert (fast[~active] == -1).all()
@@ -80,23 +102,49 @@ def test_restarts_nest_and_subset_independent():
 
 def tiny_params(cascade):
     """Model "t" as Table 1's PGD column: every attack white-box at ε 0.05 and 0.1."""
-    attacks = {"fgsm": AttackSetting(attack="fgsm"), "pgd40x1": AttackSetting(steps=3),
-               "pgd40x50": AttackSetting(steps=3, restarts=3), "pgd100x1": AttackSetting(steps=5),
-               "pgd100x50": AttackSetting(steps=5, restarts=3)}
-    tm = ThreatModel(dataset="mnist", norm="linf", curve_eps=[0.025, 0.05, 0.1], headline_eps=0.05,
-                     margin_eps_max=0.5, unbounded_eps=1.0)
-    ev = EvaluateParams(threat_models=[tm], cascade=cascade,
-                        checks=ChecksParams(unbounded_steps=5, more_steps=8, more_restarts=4), batch_size=32,
-                        autoattack={"enabled": False}, margins={"enabled": False})
-    table1 = Table1Params(eps=[0.05, 0.1], sources={"PGD": Table1Source(model="t", attacks=list(attacks))},
-                          columns={"t": "PGD"})
+    attacks = {
+        "fgsm": AttackSetting(attack="fgsm"),
+        "pgd40x1": AttackSetting(steps=3),
+        "pgd40x50": AttackSetting(steps=3, restarts=3),
+        "pgd100x1": AttackSetting(steps=5),
+        "pgd100x50": AttackSetting(steps=5, restarts=3),
+    }
+    tm = ThreatModel(
+        dataset="mnist",
+        norm="linf",
+        curve_eps=[0.025, 0.05, 0.1],
+        headline_eps=0.05,
+        margin_eps_max=0.5,
+        unbounded_eps=1.0,
+    )
+    ev = EvaluateParams(
+        threat_models=[tm],
+        cascade=cascade,
+        checks=ChecksParams(unbounded_steps=5, more_steps=8, more_restarts=4),
+        batch_size=32,
+        autoattack={"enabled": False},
+        margins={"enabled": False},
+    )
+    table1 = Table1Params(
+        eps=[0.05, 0.1], sources={"PGD": Table1Source(model="t", attacks=list(attacks))}, columns={"t": "PGD"}
+    )
     model = ModelSpec(name="t", dataset="mnist", arch="lenet5_madry", norm="linf", method="std")
     return tm, Params(models=[model], attacks=attacks, table1=table1, evaluate=ev)
 
 
 def run(model, x, y, tm, params):
-    return evaluate_model(model, x, y, name="t", tm=tm, ev=params.evaluate, whitebox=whitebox_attacks("t", tm, params),
-                          curve=params.curve_attack(), seed=0, show_progress=False)
+    return evaluate_model(
+        model,
+        x,
+        y,
+        name="t",
+        tm=tm,
+        ev=params.evaluate,
+        whitebox=whitebox_attacks("t", tm, params),
+        curve=params.curve_attack(),
+        seed=0,
+        show_progress=False,
+    )
 
 
 def wb(res, name, eps, params, **override):
@@ -116,7 +164,9 @@ def test_cumulative_cascade_same_worst_case():
         assert torch.equal(a.worst_case(e), b.worst_case(e)), e
     # per-attack: every record ran on every correct example; cumulative skipped some
     assert all(int((s == -1).sum()) == int((~a.clean_correct).sum()) for s in a.survived.values())
-    assert sum(int((s == -1).sum()) for s in b.survived.values()) > sum(int((s == -1).sum()) for s in a.survived.values())
+    assert sum(int((s == -1).sum()) for s in b.survived.values()) > sum(
+        int((s == -1).sum()) for s in a.survived.values()
+    )
     # the first attack of an ε sees the same examples either way
     first = wb(a, "fgsm", 0.05, params)
     assert torch.equal(a.survived[first], b.survived[first])
@@ -138,8 +188,9 @@ def test_restart_counts_draw_independent_starts():
 def test_check_attacks_honour_their_limit():
     model, x, y = toy(3)
     tm, params = tiny_params("per_attack")
-    ev = params.evaluate.model_copy(update={"checks": ChecksParams(limit=30, unbounded_steps=3, more_steps=8,
-                                                                    more_restarts=4)})
+    ev = params.evaluate.model_copy(
+        update={"checks": ChecksParams(limit=30, unbounded_steps=3, more_steps=8, more_restarts=4)}
+    )
     params = params.model_copy(update={"evaluate": ev})
     res = run(model, x, y, tm, params)
     more_steps = wb(res, "pgd100x1", 0.05, params, steps=8)

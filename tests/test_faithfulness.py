@@ -50,13 +50,18 @@ AUTHORS: dict = {
     },
     # model selection, every model (STD, PGD and MMA)
     "selection": {
-        "selection_metric": ("mean_margin", "the final paper, Setup: 'choose the model with largest average margin "
-                             "from the sequence of checkpoints'; train.py main loop: best by val_avgeps"),
+        "selection_metric": (
+            "mean_margin",
+            "the final paper, Setup: 'choose the model with largest average margin "
+            "from the sequence of checkpoints'; train.py main loop: best by val_avgeps",
+        ),
         "margin_attack": ("authors", "train.py: get_adversaries, test_adversary = ANPGDForTest(...)"),
         "eval_every": ("epoch", "train.py: main loop, val_evaluater.test_one_epoch() after every train_one_epoch()"),
         "val_bisection_steps": (10, "train.py: get_adversaries, ANPGDForTest(num_search_steps=cfg.num_search_steps)"),
-        "l2_pgd": ("advertorch", "train.py: get_adversaries, advertorch's L2PGDAttack (rand_init_delta, "
-                   "perturb_iterative)"),
+        "l2_pgd": (
+            "advertorch",
+            "train.py: get_adversaries, advertorch's L2PGDAttack (rand_init_delta, perturb_iterative)",
+        ),
     },
     "mnist": {
         "steps": (40, "config.py: MNIST.nb_iter = 40"),
@@ -113,8 +118,12 @@ SELECTION_ROWS = {"test_eps", "test_eps_iter"}
 # params.yaml entries that are deliberately another form, and what they set instead
 OTHER_FORMS = {
     # arXiv v1 (Table 1's MMA model): no hinge, no clean loss; it searches up to 0.45
-    "mnist-linf-mma-v1": {"clean_loss_coeff": 0.0, "d_max": None, "eps_max_over_d_max": None,
-                          "val_eps_max_over_d_max": None},
+    "mnist-linf-mma-v1": {
+        "clean_loss_coeff": 0.0,
+        "d_max": None,
+        "eps_max_over_d_max": None,
+        "val_eps_max_over_d_max": None,
+    }
 }
 
 
@@ -195,20 +204,27 @@ def test_schema_defaults_are_the_authors_mnist_linf_settings(method):
     to their final code's MNIST Linf configuration (the CIFAR10 entries set theirs
     explicitly); every method is selected by the mean margin, validated every epoch."""
     blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.3}}, "mma": {"mma": MMATrainSpec()}}[method]
-    m = ModelSpec(name="defaults", dataset="mnist", arch="lenet5_madry", norm="linf", method=method,
-                  optimizer=OptimizerSpec(), **blocks)
+    m = ModelSpec(
+        name="defaults",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method=method,
+        optimizer=OptimizerSpec(),
+        **blocks,
+    )
     checked = keys_for(m)
     assert {"lr", "batch_size", "selection_metric", "eval_every", "test_eps", "val_steps", "l2_pgd"} <= set(checked)
     if method == "mma":
         assert {"search_loss", "split_loss", "eps_min", "d_max", "steps", "clip_final"} <= set(checked)
-    wrong = {k: (ours(m, k), theirs, where) for k, (theirs, where) in checked.items()
-             if not agrees(k, ours(m, k), theirs)}
+    wrong = {
+        k: (ours(m, k), theirs, where) for k, (theirs, where) in checked.items() if not agrees(k, ours(m, k), theirs)
+    }
     assert not wrong, wrong
     assert OptimizerSpec().momentum == AUTHORS["cifar10"]["momentum"][0]  # the SGD default too
 
 
-@pytest.mark.parametrize("dataset, norm", [("mnist", "linf"), ("mnist", "l2"), ("cifar10", "linf"),
-                                           ("cifar10", "l2")])
+@pytest.mark.parametrize("dataset, norm", [("mnist", "linf"), ("mnist", "l2"), ("cifar10", "linf"), ("cifar10", "l2")])
 def test_selection_defaults_per_threat_model_are_the_authors(dataset, norm):
     """The validation attack resolves to their config.py values per dataset × norm, for
     a model of any method; a model without a hinge searches up to 1.05 × their largest."""
@@ -220,8 +236,7 @@ def test_selection_defaults_per_threat_model_are_the_authors(dataset, norm):
     assert std.resolved_selection.eps_max == pytest.approx(1.05 * largest, abs=1e-4)
 
 
-@pytest.mark.parametrize("dataset, norm", [("mnist", "linf"), ("mnist", "l2"), ("cifar10", "linf"),
-                                           ("cifar10", "l2")])
+@pytest.mark.parametrize("dataset, norm", [("mnist", "linf"), ("mnist", "l2"), ("cifar10", "linf"), ("cifar10", "l2")])
 def test_every_params_yaml_model_has_the_authors_values(dataset, norm, tmp_path):
     """Each model of params.yaml (switches on) of this dataset × norm, by method, against
     the table; entries of another form (arXiv v1) differ only where OTHER_FORMS says."""
@@ -246,15 +261,25 @@ def test_the_split_follows_the_search_loss_by_default():
     is set (a step built from a spec uses the resolved function)."""
     assert MMAStep(MMATrainSpec(), "linf", 4).split_loss is soft_margin_loss
     assert MMAStep(MMATrainSpec(search_loss="margin"), "linf", 4).split_loss is margin_loss
-    assert MMAStep(MMATrainSpec(search_loss="margin", split_loss="soft_margin"), "linf", 4).split_loss \
-        is soft_margin_loss
+    assert (
+        MMAStep(MMATrainSpec(search_loss="margin", split_loss="soft_margin"), "linf", 4).split_loss is soft_margin_loss
+    )
 
 
 def test_every_switch_to_the_other_behaviour_is_documented():
     """docs/faithfulness.md names each setting that gives the non-default behaviour."""
     doc = (ROOT / "docs" / "faithfulness.md").read_text()
-    for key in ("clip_final", "l2_pgd", "an_pgd_l2_pgd", "eval_every", "selection.metric", "selection.margin_attack",
-                "search_loss", "test_eps", "test_eps_iter"):
+    for key in (
+        "clip_final",
+        "l2_pgd",
+        "an_pgd_l2_pgd",
+        "eval_every",
+        "selection.metric",
+        "selection.margin_attack",
+        "search_loss",
+        "test_eps",
+        "test_eps_iter",
+    ):
         assert re.search(r"`[A-Za-z_.]*" + re.escape(key) + r"[:`]", doc), key  # a setting in code style
     assert "docs/faithfulness.md" in (ROOT / "README.md").read_text()
 
@@ -445,7 +470,7 @@ def advertorch_l2_pgd_by_hand(model, x, y, start, eps: float, eps_iter: float, n
     ball (clamp_by_pnorm); the result clamp(x + delta, 0, 1)."""
     out = []
     for i in range(len(x)):
-        xi, yi, d = x[i:i + 1], y[i:i + 1], (start[i:i + 1] - x[i:i + 1]).clone()
+        xi, yi, d = x[i : i + 1], y[i : i + 1], (start[i : i + 1] - x[i : i + 1]).clone()
         for _ in range(nb_iter):
             d.requires_grad_(True)
             (g,) = torch.autograd.grad(F.cross_entropy(model(xi + d), yi, reduction="sum"), d)
@@ -494,8 +519,18 @@ def test_l2_pgd_is_advertorchs_perturb_iterative(scale, random_init):
     theirs = advertorch_l2_pgd_by_hand(model, x, y, start, eps, alpha, steps)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
     torch.manual_seed(3)
-    other = pgd(model, x, y, eps, norm="l2", steps=steps, step_size=alpha, random_init=False, select="loss",
-                l2_pgd="torchattacks")
+    other = pgd(
+        model,
+        x,
+        y,
+        eps,
+        norm="l2",
+        steps=steps,
+        step_size=alpha,
+        random_init=False,
+        select="loss",
+        l2_pgd="torchattacks",
+    )
     theirs_from_x = advertorch_l2_pgd_by_hand(model, x, y, x.clone(), eps, alpha, steps)
     assert (other - theirs_from_x).abs().flatten(1).amax(1).max() > 1e-3  # the forms differ: the test can fail
 
@@ -543,8 +578,9 @@ def test_validation_measure_is_the_authors_anpgd_for_test():
     y = model(x).argmax(1)
     y[::4] = (y[::4] + 1) % 10  # a quarter misclassified
     torch.manual_seed(11)
-    length, adv_ok = anpgd_for_test(model, x, y, norm="linf", test_eps=0.3, test_eps_iter=0.01, steps=40,
-                                    eps_max=0.4725, bisection_steps=10)
+    length, adv_ok = anpgd_for_test(
+        model, x, y, norm="linf", test_eps=0.3, test_eps_iter=0.01, steps=40, eps_max=0.4725, bisection_steps=10
+    )
     torch.manual_seed(11)
     theirs, theirs_ok = anpgd_for_test_by_hand(model, x, y, 0.3, 0.01, 40, 0.4725, 10)
     torch.testing.assert_close(length, theirs, rtol=0, atol=1e-12)
@@ -578,8 +614,9 @@ def test_the_authors_first_bisection_update_reads_the_margin_at_test_eps(cross, 
     eps_max = 0.4725
     x, y, model = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64), torch.tensor([1]), TwoClassLine(16, cross)
     torch.manual_seed(0)
-    length, _ = anpgd_for_test(model, x, y, norm="linf", test_eps=0.3, test_eps_iter=0.05, steps=40,
-                               eps_max=eps_max, bisection_steps=10)
+    length, _ = anpgd_for_test(
+        model, x, y, norm="linf", test_eps=0.3, test_eps_iter=0.05, steps=40, eps_max=eps_max, bisection_steps=10
+    )
     res = eps_max / 2**10
     if expect == "found":
         assert abs(length.item() - cross) <= res
@@ -614,16 +651,36 @@ def test_every_method_is_selected_by_mean_margin_every_epoch(method, tmp_path):
     from mma.io import load_tensors
     from mma.train import train
 
-    blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.1, "steps": 2}},
-              "mma": {"mma": {"eps_min": 0.05, "d_max": 0.3, "steps": 2}}}[method]
-    spec = ModelSpec(name="toy", dataset="mnist", arch="lenet5_madry", norm="linf", method=method,
-                     train_steps=10, batch_size=4, checkpoint_every=100, optimizer={"lr": 1e-2},
-                     selection={"steps": 3}, **blocks)
+    blocks = {
+        "std": {},
+        "pgd": {"pgd": {"eps": 0.1, "steps": 2}},
+        "mma": {"mma": {"eps_min": 0.05, "d_max": 0.3, "steps": 2}},
+    }[method]
+    spec = ModelSpec(
+        name="toy",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method=method,
+        train_steps=10,
+        batch_size=4,
+        checkpoint_every=100,
+        optimizer={"lr": 1e-2},
+        selection={"steps": 3},
+        **blocks,
+    )
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     b = TinyBatcher()
-    result = train(spec, b, (b.x, b.y), model_path=tmp_path / "m.pt", resume_path=tmp_path / "r.pt",
-                   model=model, show_progress=False)
+    result = train(
+        spec,
+        b,
+        (b.x, b.y),
+        model_path=tmp_path / "m.pt",
+        resume_path=tmp_path / "r.pt",
+        model=model,
+        show_progress=False,
+    )
     assert [h["step"] for h in result.history] == [4, 8, 10]
     margins = [h["val_mean_margin"] for h in result.history]
     assert result.selection_metric == "val_mean_margin" and "val_adv_acc" in result.history[0]
@@ -631,8 +688,12 @@ def test_every_method_is_selected_by_mean_margin_every_epoch(method, tmp_path):
     saved = load_tensors(tmp_path / "m.pt")
     assert saved["step"] == result.best_step and saved["selection_metric"] == "val_mean_margin"
     chosen = saved["selection"]
-    assert (chosen["metric"], chosen["margin_attack"], chosen["eval_every"], chosen["eval_every_steps"]) == \
-        ("mean_margin", "authors", "epoch", 4)
+    assert (chosen["metric"], chosen["margin_attack"], chosen["eval_every"], chosen["eval_every_steps"]) == (
+        "mean_margin",
+        "authors",
+        "epoch",
+        4,
+    )
     assert (chosen["test_eps"], chosen["test_eps_iter"], chosen["steps"]) == (0.3, 0.01, 3)
 
 
@@ -669,9 +730,15 @@ def test_the_other_selections_are_kept_as_options():
     x, model = sparse_images(24, 3), linear_net()
     y = model(x).argmax(1)
     y[::3] = (y[::3] + 1) % 10
-    spec = ModelSpec(name="v", dataset="mnist", arch="lenet5_madry", norm="linf", method="mma",
-                     mma={"d_max": 0.3, "steps": 5, "attack_loss": "margin"},
-                     selection={"margin_attack": "an_pgd", "steps": 5})
+    spec = ModelSpec(
+        name="v",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method="mma",
+        mma={"d_max": 0.3, "steps": 5, "attack_loss": "margin"},
+        selection={"margin_attack": "an_pgd", "steps": 5},
+    )
     torch.manual_seed(2)
     out = validate(spec, model, x, y)
     ok = model(x).argmax(1) == y
@@ -682,8 +749,9 @@ def test_the_other_selections_are_kept_as_options():
     clean = validate(spec.model_copy(update={"selection": SelectionSpec(metric="clean_acc")}), model, x, y)
     assert clean == {"val_clean_acc": pytest.approx(16 / 24)}
     with pytest.raises(ValueError, match="pgd_acc' needs method 'pgd'"):
-        ModelSpec(name="v", dataset="mnist", arch="lenet5_madry", norm="linf", method="std",
-                  selection={"metric": "pgd_acc"})
+        ModelSpec(
+            name="v", dataset="mnist", arch="lenet5_madry", norm="linf", method="std", selection={"metric": "pgd_acc"}
+        )
 
 
 @pytest.mark.parametrize("selection", [{"metric": "pgd_acc"}, {"metric": "clean_acc"}, {"margin_attack": "an_pgd"}])
@@ -694,18 +762,37 @@ def test_how_a_model_is_selected_never_changes_its_training(selection, tmp_path)
     from mma.train import train
 
     def final_weights(**over):
-        spec = ModelSpec(name="toy", dataset="mnist", arch="lenet5_madry", norm="linf", method="pgd",
-                         pgd={"eps": 0.1, "steps": 2}, train_steps=9, batch_size=4, checkpoint_every=100,
-                         optimizer={"lr": 1e-2}, **over)
+        spec = ModelSpec(
+            name="toy",
+            dataset="mnist",
+            arch="lenet5_madry",
+            norm="linf",
+            method="pgd",
+            pgd={"eps": 0.1, "steps": 2},
+            train_steps=9,
+            batch_size=4,
+            checkpoint_every=100,
+            optimizer={"lr": 1e-2},
+            **over,
+        )
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
         b = TinyBatcher()
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
-        train(spec, b, (b.x, b.y), model_path=folder / "m.pt", resume_path=folder / "r.pt", model=model,
-              show_progress=False)
+        train(
+            spec,
+            b,
+            (b.x, b.y),
+            model_path=folder / "m.pt",
+            resume_path=folder / "r.pt",
+            model=model,
+            show_progress=False,
+        )
         return [p.detach().clone() for p in model.parameters()]
 
     default = final_weights(selection={"steps": 2})
-    for other in (final_weights(selection={"steps": 2, **selection}), final_weights(selection={"steps": 2}, eval_every=2)):
+    for other in (
+        final_weights(selection={"steps": 2, **selection}),
+        final_weights(selection={"steps": 2}, eval_every=2),
+    ):
         assert all(torch.equal(a, b) for a, b in zip(default, other))
-

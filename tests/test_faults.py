@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 import hashlib
 import http.server
-import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,11 +33,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import mnist_source
 from typer.testing import CliRunner
 
 from mma.cli import app
-
-from conftest import mnist_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "presets" / "smoke.yaml").read_text())
@@ -54,9 +52,14 @@ def project_params(data_root: Path) -> dict:
     p["models"] = {n: m for n, m in p["models"].items() if n in (STD, PGD)}
     for m in p["models"].values():
         m.update(train_steps=10, eval_every=10, checkpoint_every=5, train_limit=600, val_limit=50)
-    p["table1"] = {"eps": [0.3], "sources": {"PGD": {"model": PGD, "attacks": ["fgsm", "pgd5x1"]},
-                                            "STD": {"model": STD, "attacks": ["fgsm", "pgd5x1"]}},
-                   "columns": {PGD: "PGD", STD: "STD"}}
+    p["table1"] = {
+        "eps": [0.3],
+        "sources": {
+            "PGD": {"model": PGD, "attacks": ["fgsm", "pgd5x1"]},
+            "STD": {"model": STD, "attacks": ["fgsm", "pgd5x1"]},
+        },
+        "columns": {PGD: "PGD", STD: "STD"},
+    }
     ev = p["evaluate"]
     ev["threat_models"] = [t for t in ev["threat_models"] if (t["dataset"], t["norm"]) == ("mnist", "linf")]
     ev["threat_models"][0]["curve_eps"] = [0.1, 0.3]
@@ -87,8 +90,11 @@ def one_line_exit_2(result, *expected: str) -> str:
 
 def tree(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under ``folder`` (lock files aside)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".locks" not in p.parts}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".locks" not in p.parts
+    }
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +112,16 @@ def built(tmp_path_factory) -> Path:
         mp.chdir(base)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base}/mlflow.db")
         mp.setenv("MMA_DATA_SOURCE", str(src))
-        for args in (["data"], ["train", STD], ["train", PGD], ["transfer", STD], ["transfer", PGD],
-                     ["evaluate", STD], ["evaluate", PGD], ["report"]):
+        for args in (
+            ["data"],
+            ["train", STD],
+            ["train", PGD],
+            ["transfer", STD],
+            ["transfer", PGD],
+            ["evaluate", STD],
+            ["evaluate", PGD],
+            ["report"],
+        ):
             result = invoke(*args, "--params", "params.yaml")
             assert result.exit_code == 0, (args, result.output)
     return base
@@ -169,31 +183,63 @@ PARAMS_FAULTS = [
     ("nan in table1.eps", lambda d: d["table1"].update(eps=[float("nan")]), ["table1.eps[0]", "finite"]),
     ("negative table1.eps", lambda d: d["table1"].update(eps=[-0.3]), ["table1.eps[0]", "-0.3", "greater than 0"]),
     ("eps out of order", lambda d: d["table1"].update(eps=[0.4, 0.3]), ["table1", "increase"]),
-    ("inf in curve_eps", lambda d: d["evaluate"]["threat_models"][0].update(curve_eps=[0.1, float("inf")]),
-     ["evaluate.threat_models[0].curve_eps[1]", "finite"]),
-    ("negative curve_eps", lambda d: d["evaluate"]["threat_models"][0].update(curve_eps=[-0.2, 0.1]),
-     ["curve_eps[0]", "-0.2"]),
+    (
+        "inf in curve_eps",
+        lambda d: d["evaluate"]["threat_models"][0].update(curve_eps=[0.1, float("inf")]),
+        ["evaluate.threat_models[0].curve_eps[1]", "finite"],
+    ),
+    (
+        "negative curve_eps",
+        lambda d: d["evaluate"]["threat_models"][0].update(curve_eps=[-0.2, 0.1]),
+        ["curve_eps[0]", "-0.2"],
+    ),
     ("negative lr in lr_steps", lambda d: _lr_steps(d, [[10, -1.0]]), ["optimizer.lr_steps[0][1]", "-1.0"]),
     ("lr_steps not increasing", lambda d: _lr_steps(d, [[10, 0.1], [5, 0.01]]), ["lr_steps", "increase"]),
-    ("inf pgd eps", lambda d: d["models"]["mnist-linf-pgd-0p3"]["pgd"].update(eps=float("inf")),
-     ["models.mnist-linf-pgd-0p3.pgd.eps", "finite"]),
-    ("inf lr", lambda d: d["models"]["mnist-linf-std"]["optimizer"].update(lr=float("inf")), ["optimizer.lr", "finite"]),
+    (
+        "inf pgd eps",
+        lambda d: d["models"]["mnist-linf-pgd-0p3"]["pgd"].update(eps=float("inf")),
+        ["models.mnist-linf-pgd-0p3.pgd.eps", "finite"],
+    ),
+    (
+        "inf lr",
+        lambda d: d["models"]["mnist-linf-std"]["optimizer"].update(lr=float("inf")),
+        ["optimizer.lr", "finite"],
+    ),
     ("true as eps", lambda d: d["models"]["mnist-linf-pgd-0p3"]["pgd"].update(eps=True), ["pgd.eps = True", "number"]),
-    ("true as train_steps", lambda d: d["models"]["mnist-linf-std"].update(train_steps=True), ["train_steps = True", "integer"]),
+    (
+        "true as train_steps",
+        lambda d: d["models"]["mnist-linf-std"].update(train_steps=True),
+        ["train_steps = True", "integer"],
+    ),
     ("float as steps", lambda d: d["models"]["mnist-linf-pgd-0p3"]["pgd"].update(steps=3.5), ["pgd.steps = 3.5"]),
     ("string as bool", lambda d: d["models"]["mnist-linf-std"].update(augment="yes"), ["augment", "'yes'"]),
-    ("attack name holding a home path", lambda d: _rename_attack(d, "~/trav/evil"),
-     ["attacks.~/trav/evil", "not a name"]),
+    (
+        "attack name holding a home path",
+        lambda d: _rename_attack(d, "~/trav/evil"),
+        ["attacks.~/trav/evil", "not a name"],
+    ),
     ("attack name climbing out", lambda d: _rename_attack(d, "../x"), ["attacks.../x", "not a name"]),
-    ("attack name that is an absolute path", lambda d: _rename_attack(d, "/tmp/evil"),
-     ["attacks./tmp/evil", "not a name"]),
-    ("attack name 'p+x' beside 'p_x'", lambda d: (_rename_attack(d, "p+x"), d["attacks"].update(p_x={"steps": 2})),
-     ["attacks.p+x", "letters, digits, '_' and '-' only"]),
-    ("seed beyond numpy's and torch's range", lambda d: d.update(seeds=[2**64]),
-     ["seeds[0] = 18446744073709551616", "4294967295"]),
+    (
+        "attack name that is an absolute path",
+        lambda d: _rename_attack(d, "/tmp/evil"),
+        ["attacks./tmp/evil", "not a name"],
+    ),
+    (
+        "attack name 'p+x' beside 'p_x'",
+        lambda d: (_rename_attack(d, "p+x"), d["attacks"].update(p_x={"steps": 2})),
+        ["attacks.p+x", "letters, digits, '_' and '-' only"],
+    ),
+    (
+        "seed beyond numpy's and torch's range",
+        lambda d: d.update(seeds=[2**64]),
+        ["seeds[0] = 18446744073709551616", "4294967295"],
+    ),
     ("evaluation seed beyond numpy's range", lambda d: d.update(seed=2**32), ["seed = 4294967296", "4294967295"]),
-    ("string as significance", lambda d: d["report"].update(significance="0.05"),
-     ["report.significance = '0.05'", "valid number"]),
+    (
+        "string as significance",
+        lambda d: d["report"].update(significance="0.05"),
+        ["report.significance = '0.05'", "valid number"],
+    ),
 ]
 
 
@@ -207,8 +253,15 @@ def test_params_value_faults(tmp_path, monkeypatch, change, expected):
     assert sorted(os.listdir(tmp_path)) == before  # nothing created
 
 
-BOMB = "\n".join([f"{k}: &{k} [" + ", ".join([f"*{prev}"] * 9 if prev else ['"lol"'] * 9) + "]"
-                  for prev, k in zip([None, "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi")]) + "\nexperiment: *i\n"
+BOMB = (
+    "\n".join(
+        [
+            f"{k}: &{k} [" + ", ".join([f"*{prev}"] * 9 if prev else ['"lol"'] * 9) + "]"
+            for prev, k in zip([None, "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi")
+        ]
+    )
+    + "\nexperiment: *i\n"
+)
 
 RAW_FAULTS = [
     ("duplicate key", None, ["duplicate key 'train_steps'", "line"]),
@@ -254,6 +307,7 @@ def _copy_model(p: Path):
 def _other_architecture(p: Path):
     def swap(obj):
         obj["state_dict"] = {"0.weight": torch.zeros(8, 1, 4, 4), "0.bias": torch.zeros(8)}
+
     resave(p / "results/models" / STD / "seed0" / "model.pt", swap)
 
 
@@ -261,6 +315,7 @@ def _inf_weights(p: Path):
     def poison(obj):
         key = next(k for k, v in obj["state_dict"].items() if v.is_floating_point())
         obj["state_dict"][key][0] = float("inf")
+
     resave(p / "results/models" / STD / "seed0" / "model.pt", poison)
 
 
@@ -271,6 +326,7 @@ def _no_identity(p: Path):
 def _other_settings(p: Path):
     def change(obj):
         obj["identity"]["spec_sha256"] = "0" * 64
+
     resave(p / "results/models" / STD / "seed0" / "model.pt", change)
 
 
@@ -282,6 +338,7 @@ def _inverted_set(p: Path):
     def invert(obj):
         x = torch.frombuffer(bytearray(zlib.decompress(obj["data"].numpy().tobytes())), dtype=torch.uint8)
         obj["data"] = torch.frombuffer(bytearray(zlib.compress((255 - x).numpy().tobytes())), dtype=torch.uint8)
+
     resave(_set_file(p), invert)
 
 
@@ -310,6 +367,7 @@ LOCK = f"results/.locks/evaluate-{STD}-seed0.lock"
 def _lock_is(kind: str):
     """Something of the user's where evaluate's lock file belongs: a symbolic or a hard link to
     the user's file outside the project, or a plain file with other content."""
+
     def damage(p: Path):
         lock = p / LOCK
         lock.parent.mkdir(exist_ok=True)
@@ -320,23 +378,28 @@ def _lock_is(kind: str):
             os.link(outside(p) / "victim", lock)
         else:
             lock.write_text("my results\n")
+
     return damage
 
 
 def _evaluated_under_other_settings(p: Path):
     """`mma evaluate PGD` run (exit 0) with another curve (a setting the evaluate stage reads,
     transfer does not): results of other settings."""
+
     def other_curve(d):
         d["evaluate"]["threat_models"][0]["curve_eps"] = [0.3]
+
     result = invoke("evaluate", PGD, "--params", write_params(p, other_curve))
     assert result.exit_code == 0, result.output
 
 
 def _transferred_under_other_settings(p: Path):
     """`mma transfer --role PGD` run (exit 0) with every attack weakened: sets of other settings."""
+
     def weaken(d):
         for a in d["attacks"].values():
             a.update(step_size_factor=0.001, random_init=False)
+
     result = invoke("transfer", "--role", "PGD", "--params", write_params(p, weaken))
     assert result.exit_code == 0, result.output
 
@@ -356,63 +419,159 @@ def _corrupt_prepared_data(p: Path):
 
 FILE_FAULTS = [
     # (id, damage(project), command, substrings of the one line)
-    ("empty model.pt", lambda p: (p / "results/models" / STD / "seed0" / "model.pt").write_bytes(b""),
-     ["evaluate", STD], ["results/models/mnist-linf-std/seed0/model.pt", "empty", f"mma train {STD}"]),
-    ("flipped byte in model.pt", lambda p: flip_byte(p / "results/models" / STD / "seed0" / "model.pt", 3000),
-     ["evaluate", STD], ["model.pt", f"mma train {STD}"]),
-    ("flipped byte late in model.pt",
-     lambda p: flip_byte(p / "results/models" / STD / "seed0" / "model.pt",
-                         (p / "results/models" / STD / "seed0" / "model.pt").stat().st_size // 2),
-     ["evaluate", STD], ["model.pt", "corrupt", f"mma train {STD}"]),
-    ("truncated model.pt", lambda p: _truncate(p / "results/models" / STD / "seed0" / "model.pt"),
-     ["transfer", STD], ["model.pt", f"mma train {STD}"]),
-    ("model.pt copied from another model", _copy_model,
-     ["evaluate", STD], ["model.pt", f"belongs to model '{PGD}'", f"mma train {STD}"]),
-    ("model.pt of another architecture", _other_architecture,
-     ["evaluate", STD], ["model.pt", "not a model file", f"mma train {STD}"]),
+    (
+        "empty model.pt",
+        lambda p: (p / "results/models" / STD / "seed0" / "model.pt").write_bytes(b""),
+        ["evaluate", STD],
+        ["results/models/mnist-linf-std/seed0/model.pt", "empty", f"mma train {STD}"],
+    ),
+    (
+        "flipped byte in model.pt",
+        lambda p: flip_byte(p / "results/models" / STD / "seed0" / "model.pt", 3000),
+        ["evaluate", STD],
+        ["model.pt", f"mma train {STD}"],
+    ),
+    (
+        "flipped byte late in model.pt",
+        lambda p: flip_byte(
+            p / "results/models" / STD / "seed0" / "model.pt",
+            (p / "results/models" / STD / "seed0" / "model.pt").stat().st_size // 2,
+        ),
+        ["evaluate", STD],
+        ["model.pt", "corrupt", f"mma train {STD}"],
+    ),
+    (
+        "truncated model.pt",
+        lambda p: _truncate(p / "results/models" / STD / "seed0" / "model.pt"),
+        ["transfer", STD],
+        ["model.pt", f"mma train {STD}"],
+    ),
+    (
+        "model.pt copied from another model",
+        _copy_model,
+        ["evaluate", STD],
+        ["model.pt", f"belongs to model '{PGD}'", f"mma train {STD}"],
+    ),
+    (
+        "model.pt of another architecture",
+        _other_architecture,
+        ["evaluate", STD],
+        ["model.pt", "not a model file", f"mma train {STD}"],
+    ),
     ("model.pt with inf weights", _inf_weights, ["evaluate", STD], ["model.pt", "non-finite", f"mma train {STD}"]),
     ("model.pt without identity", _no_identity, ["transfer", STD], ["model.pt", "identity", f"mma train {STD}"]),
     ("model.pt of other settings", _other_settings, ["evaluate", STD], ["model.pt", "other settings"]),
-    ("truncated transfer set", lambda p: _truncate(_set_file(p), 0.7),
-     ["evaluate", STD], ["results/transfer/PGD/seed0/fgsm", "mma transfer --role PGD --seed 0"]),
-    ("flipped byte in transfer set", lambda p: flip_byte(_set_file(p), _set_file(p).stat().st_size // 2),
-     ["evaluate", STD], ["fgsm", "mma transfer --role PGD --seed 0"]),
-    ("inverted images in transfer set", _inverted_set,
-     ["evaluate", STD], ["fgsm", "outside its ε-ball", "mma transfer --role PGD --seed 0"]),
-    ("transfer set under another row's name", _set_of_other_record,
-     ["evaluate", STD], ["manifest says", "mma transfer --role PGD --seed 0"]),
-    ("transfer set of another source", _set_of_other_source,
-     ["evaluate", STD], [f"belongs to model '{STD}'", "mma transfer --role PGD --seed 0"]),
-    ("invalid manifest.json", lambda p: (p / "results/transfer" / "PGD" / "seed0" / "manifest.json").write_text("{\"sets\": [tru"),
-     ["evaluate", STD], ["manifest.json", "not valid JSON", "mma transfer --role PGD --seed 0"]),
-    ("manifest.json missing", lambda p: (p / "results/transfer" / "PGD" / "seed0" / "manifest.json").unlink(),
-     ["evaluate", STD], ["manifest.json", "missing", "mma transfer --role PGD --seed 0"]),
-    ("per_example.pt copied from another model",
-     lambda p: shutil.copy(p / "results/eval" / PGD / "seed0" / "per_example.pt",
-                           p / "results/eval" / STD / "seed0" / "per_example.pt"),
-     ["report"], ["results/eval/mnist-linf-std/seed0/per_example.pt", f"belongs to model '{PGD}'", f"mma evaluate {STD}"]),
-    ("truncated per_example.pt", lambda p: _truncate(p / "results/eval" / STD / "seed0" / "per_example.pt"),
-     ["report"], ["per_example.pt", f"mma evaluate {STD}"]),
-    ("per_example.pt missing", lambda p: (p / "results/eval" / STD / "seed0" / "per_example.pt").unlink(),
-     ["report"], ["per_example.pt", "missing", f"mma evaluate {STD}"]),
-    ("output folder is a file", lambda p: (shutil.rmtree(p / "results/report"), (p / "results/report").write_text("x")),
-     ["report"], ["results/report", "not a folder"]),
-    ("user's file in results/report", _user_file("results/report"),
-     ["report"], ["results/report", "my_notes.md", "did not make", "nothing was deleted"]),
-    ("user's file in an evaluation folder", _user_file(f"results/eval/{STD}/seed0"),
-     ["evaluate", STD], [f"results/eval/{STD}/seed0", "my_notes.md", "nothing was deleted"]),
-    ("user's file in a transfer folder", _user_file("results/transfer/PGD/seed0"),
-     ["transfer", PGD], ["results/transfer/PGD/seed0", "my_notes.md", "nothing was deleted"]),
+    (
+        "truncated transfer set",
+        lambda p: _truncate(_set_file(p), 0.7),
+        ["evaluate", STD],
+        ["results/transfer/PGD/seed0/fgsm", "mma transfer --role PGD --seed 0"],
+    ),
+    (
+        "flipped byte in transfer set",
+        lambda p: flip_byte(_set_file(p), _set_file(p).stat().st_size // 2),
+        ["evaluate", STD],
+        ["fgsm", "mma transfer --role PGD --seed 0"],
+    ),
+    (
+        "inverted images in transfer set",
+        _inverted_set,
+        ["evaluate", STD],
+        ["fgsm", "outside its ε-ball", "mma transfer --role PGD --seed 0"],
+    ),
+    (
+        "transfer set under another row's name",
+        _set_of_other_record,
+        ["evaluate", STD],
+        ["manifest says", "mma transfer --role PGD --seed 0"],
+    ),
+    (
+        "transfer set of another source",
+        _set_of_other_source,
+        ["evaluate", STD],
+        [f"belongs to model '{STD}'", "mma transfer --role PGD --seed 0"],
+    ),
+    (
+        "invalid manifest.json",
+        lambda p: (p / "results/transfer" / "PGD" / "seed0" / "manifest.json").write_text('{"sets": [tru'),
+        ["evaluate", STD],
+        ["manifest.json", "not valid JSON", "mma transfer --role PGD --seed 0"],
+    ),
+    (
+        "manifest.json missing",
+        lambda p: (p / "results/transfer" / "PGD" / "seed0" / "manifest.json").unlink(),
+        ["evaluate", STD],
+        ["manifest.json", "missing", "mma transfer --role PGD --seed 0"],
+    ),
+    (
+        "per_example.pt copied from another model",
+        lambda p: shutil.copy(
+            p / "results/eval" / PGD / "seed0" / "per_example.pt", p / "results/eval" / STD / "seed0" / "per_example.pt"
+        ),
+        ["report"],
+        ["results/eval/mnist-linf-std/seed0/per_example.pt", f"belongs to model '{PGD}'", f"mma evaluate {STD}"],
+    ),
+    (
+        "truncated per_example.pt",
+        lambda p: _truncate(p / "results/eval" / STD / "seed0" / "per_example.pt"),
+        ["report"],
+        ["per_example.pt", f"mma evaluate {STD}"],
+    ),
+    (
+        "per_example.pt missing",
+        lambda p: (p / "results/eval" / STD / "seed0" / "per_example.pt").unlink(),
+        ["report"],
+        ["per_example.pt", "missing", f"mma evaluate {STD}"],
+    ),
+    (
+        "output folder is a file",
+        lambda p: (shutil.rmtree(p / "results/report"), (p / "results/report").write_text("x")),
+        ["report"],
+        ["results/report", "not a folder"],
+    ),
+    (
+        "user's file in results/report",
+        _user_file("results/report"),
+        ["report"],
+        ["results/report", "my_notes.md", "did not make", "nothing was deleted"],
+    ),
+    (
+        "user's file in an evaluation folder",
+        _user_file(f"results/eval/{STD}/seed0"),
+        ["evaluate", STD],
+        [f"results/eval/{STD}/seed0", "my_notes.md", "nothing was deleted"],
+    ),
+    (
+        "user's file in a transfer folder",
+        _user_file("results/transfer/PGD/seed0"),
+        ["transfer", PGD],
+        ["results/transfer/PGD/seed0", "my_notes.md", "nothing was deleted"],
+    ),
     ("lock file is a symbolic link", _lock_is("symlink"), ["evaluate", STD], [LOCK, "symbolic link"]),
     ("lock file is a hard link", _lock_is("hard link"), ["evaluate", STD], [LOCK, "2 links"]),
     ("lock file holds other content", _lock_is("other"), ["evaluate", STD], [LOCK, "other than a lock record"]),
-    ("results of other evaluation settings", _evaluated_under_other_settings, ["report"],
-     [f"results/eval/{PGD}/seed0/per_example.pt", "other evaluate settings", f"mma evaluate {PGD} --seed 0"]),
-    ("transfer sets of other attack settings", _transferred_under_other_settings, ["evaluate", STD],
-     ["results/transfer/PGD/seed0/manifest.json", "other transfer settings (attacks,",
-      "mma transfer --role PGD --seed 0"]),
-    ("prepared data corrupted after preparation", _corrupt_prepared_data,
-     ["evaluate", STD], ["data/MNIST/raw/t10k-labels-idx1-ubyte", "corrupted", "mma data"]),
+    (
+        "results of other evaluation settings",
+        _evaluated_under_other_settings,
+        ["report"],
+        [f"results/eval/{PGD}/seed0/per_example.pt", "other evaluate settings", f"mma evaluate {PGD} --seed 0"],
+    ),
+    (
+        "transfer sets of other attack settings",
+        _transferred_under_other_settings,
+        ["evaluate", STD],
+        [
+            "results/transfer/PGD/seed0/manifest.json",
+            "other transfer settings (attacks,",
+            "mma transfer --role PGD --seed 0",
+        ],
+    ),
+    (
+        "prepared data corrupted after preparation",
+        _corrupt_prepared_data,
+        ["evaluate", STD],
+        ["data/MNIST/raw/t10k-labels-idx1-ubyte", "corrupted", "mma data"],
+    ),
 ]
 
 
@@ -428,17 +587,19 @@ def test_file_faults(project, damage, command, expected):
 # --------------------------------------------------------------------------- data, store, locks
 def test_batch_size_larger_than_the_data(project):
     bad = write_params(project, lambda d: d["models"]["mnist-linf-std"].update(batch_size=5000))
-    one_line_exit_2(invoke("train", STD, "--params", bad), "models.mnist-linf-std.batch_size = 5000",
-                    "training images")
+    one_line_exit_2(invoke("train", STD, "--params", bad), "models.mnist-linf-std.batch_size = 5000", "training images")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders (the file-in-the-way case covers root)")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders (the file-in-the-way case covers root)"
+)
 def test_read_only_output_folder_is_refused_before_the_work(project):
     out = project / "results/eval" / STD / "seed0"
     out.chmod(0o555)
     try:
-        one_line_exit_2(invoke("evaluate", STD, "--params", "params.yaml"), "results/eval/mnist-linf-std",
-                        "cannot be written")
+        one_line_exit_2(
+            invoke("evaluate", STD, "--params", "params.yaml"), "results/eval/mnist-linf-std", "cannot be written"
+        )
     finally:
         out.chmod(0o755)
 
@@ -457,8 +618,12 @@ def test_cifar10_is_not_silently_the_synthetic_stand_in(tmp_path, monkeypatch):
     doc = copy.deepcopy(SMOKE)
     doc["data"].update(root="data", cifar10_source=None)  # asks for the real CIFAR-10
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
-    one_line_exit_2(invoke("train", "cifar10-linf-pgd-8", "--params", "p.yaml"),
-                    "cifar-10-batches-py", "synthetic stand-in", "data.cifar10_source: synthetic")
+    one_line_exit_2(
+        invoke("train", "cifar10-linf-pgd-8", "--params", "p.yaml"),
+        "cifar-10-batches-py",
+        "synthetic stand-in",
+        "data.cifar10_source: synthetic",
+    )
 
 
 def test_tracking_uri_in_a_missing_folder(tmp_path, monkeypatch):
@@ -489,30 +654,37 @@ def test_copied_store_would_write_into_the_original(project, built, monkeypatch)
     shutil.copy(built / "mlflow.db", project / "copy" / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project}/copy/mlflow.db")
     before = tree(built / "mlartifacts") if (built / "mlartifacts").exists() else {}
-    one_line_exit_2(invoke("report", "--params", "params.yaml"), "copied from another checkout",
-                    str(built / "mlartifacts"))
+    one_line_exit_2(
+        invoke("report", "--params", "params.yaml"), "copied from another checkout", str(built / "mlartifacts")
+    )
     assert (tree(built / "mlartifacts") if (built / "mlartifacts").exists() else {}) == before
 
 
-@pytest.mark.parametrize("command, lock, shown", [
-    (["train", STD], ("train", STD, 0), f"train {STD} --seed 0"),
-    (["transfer", PGD], ("transfer", "PGD", 0), "transfer PGD --seed 0"),
-    (["evaluate", STD], ("evaluate", STD, 0), f"evaluate {STD} --seed 0"), (["report"], ("report", "all"), "report")])
+@pytest.mark.parametrize(
+    "command, lock, shown",
+    [
+        (["train", STD], ("train", STD, 0), f"train {STD} --seed 0"),
+        (["transfer", PGD], ("transfer", "PGD", 0), "transfer PGD --seed 0"),
+        (["evaluate", STD], ("evaluate", STD, 0), f"evaluate {STD} --seed 0"),
+        (["report"], ("report", "all"), "report"),
+    ],
+)
 def test_second_invocation_is_refused_while_the_first_runs(project, command, lock, shown):
     from mma.stages.files import stage_lock
 
     before = tree(project)
     with stage_lock(*lock):  # what the first invocation holds while it works
-        one_line_exit_2(invoke(*command, "--params", "params.yaml"), f"another `mma {shown}` is running",
-                        f"pid {os.getpid()}")
+        one_line_exit_2(
+            invoke(*command, "--params", "params.yaml"), f"another `mma {shown}` is running", f"pid {os.getpid()}"
+        )
     assert tree(project) == before
 
 
 # --------------------------------------------------------------------------- resume checkpoints
 def _resume(project: Path) -> Path:
     """A resume checkpoint of STD at step 5 of 10, as a run killed after its first checkpoint leaves."""
-    from mma.data import TensorBatcher, load_split, to_float
     from mma.config.params import load_params
+    from mma.data import TensorBatcher, load_split, to_float
     from mma.stages import train as train_stage
     from mma.train import train
 
@@ -522,29 +694,43 @@ def _resume(project: Path) -> Path:
     x, y = load_split("mnist", params.data.root, "train", val_size=params.data.val_size, limit=spec.train_limit)
     xv, yv = load_split("mnist", params.data.root, "val", val_size=params.data.val_size, limit=spec.val_limit)
     resume = train_stage.checkpoint_dir(STD, 0) / "resume.pt"
-    train(spec.model_copy(update={"train_steps": 5}), TensorBatcher(x, y, spec.batch_size, seed=spec.seed),
-          (to_float(xv, "cpu"), yv), model_path=resume.parent / "best.pt", resume_path=resume, show_progress=False)
+    train(
+        spec.model_copy(update={"train_steps": 5}),
+        TensorBatcher(x, y, spec.batch_size, seed=spec.seed),
+        (to_float(xv, "cpu"), yv),
+        model_path=resume.parent / "best.pt",
+        resume_path=resume,
+        show_progress=False,
+    )
     assert resume.is_file()
     return resume
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda r: flip_byte(r, r.stat().st_size // 2), ["resume.pt", "--restart"]),
-    (lambda r: r.write_bytes(b""), ["resume.pt", "empty", "--restart"]),
-    (lambda r: resave(r, lambda s: s["model"][next(iter(s["model"]))].fill_(float("nan"))),
-     ["resume.pt", "non-finite weights", "--restart"]),
-], ids=["flipped byte", "empty", "nan weights"])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda r: flip_byte(r, r.stat().st_size // 2), ["resume.pt", "--restart"]),
+        (lambda r: r.write_bytes(b""), ["resume.pt", "empty", "--restart"]),
+        (
+            lambda r: resave(r, lambda s: s["model"][next(iter(s["model"]))].fill_(float("nan"))),
+            ["resume.pt", "non-finite weights", "--restart"],
+        ),
+    ],
+    ids=["flipped byte", "empty", "nan weights"],
+)
 def test_corrupt_resume_checkpoint_says_what_to_do_and_restart_discards_it(project, damage, expected):
     resume = _resume(project)
     damage(resume)
     for _ in range(2):  # the same clear line on every rerun, nothing deleted
-        one_line_exit_2(invoke("train", STD, "--params", "params.yaml"), f"mma train {STD} --seed 0 --restart", *expected)
+        one_line_exit_2(
+            invoke("train", STD, "--params", "params.yaml"), f"mma train {STD} --seed 0 --restart", *expected
+        )
         assert resume.is_file()
     result = invoke("train", STD, "--params", "params.yaml", "--restart")
     assert result.exit_code == 0, result.output
     assert not resume.parent.exists()  # finished: the working folder is gone
-    from mma.stages.files import load_checked_model
     from mma.config.params import load_params
+    from mma.stages.files import load_checked_model
 
     load_checked_model(load_params("params.yaml"), STD, 0, "cpu")  # a model of this params entry
 
@@ -703,8 +889,10 @@ def test_data_stage_says_it_rebuilt_a_corrupted_copy(project, monkeypatch):
 @contextlib.contextmanager
 def held_by_another_process(path: Path, *, shared: bool = False, stop: bool = False):
     """Another process holding an flock on ``path`` (stopped by SIGSTOP, as Ctrl-Z does, if ``stop``)."""
-    code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
-            f"fcntl.flock(f, fcntl.{'LOCK_SH' if shared else 'LOCK_EX'}); print('held', flush=True); time.sleep(300)")
+    code = (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+        f"fcntl.flock(f, fcntl.{'LOCK_SH' if shared else 'LOCK_EX'}); print('held', flush=True); time.sleep(300)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
@@ -727,8 +915,13 @@ def test_store_lock_held_elsewhere_is_waited_on_for_a_bounded_time(project, buil
     before, beside = tree(project), tree(outside(project))
     with held_by_another_process(built / "mlflow.db.lock", stop=stop) as holder:
         t0 = time.monotonic()
-        one_line_exit_2(invoke("report", "--params", "params.yaml"), "mlflow.db.lock", f"pid {holder.pid}",
-                        "idle for 2 s", *(["stopped"] if stop else []))
+        one_line_exit_2(
+            invoke("report", "--params", "params.yaml"),
+            "mlflow.db.lock",
+            f"pid {holder.pid}",
+            "idle for 2 s",
+            *(["stopped"] if stop else []),
+        )
         elapsed = time.monotonic() - t0
     assert elapsed < WAIT_S + 10, elapsed  # bounded, not forever
     assert tree(project) == before and tree(outside(project)) == beside
@@ -744,8 +937,13 @@ def test_transfer_waits_a_bounded_time_for_a_stopped_reader_of_its_sets(project,
     before, beside = tree(project), tree(outside(project))
     with held_by_another_process(lock, shared=True, stop=True) as holder:
         t0 = time.monotonic()
-        one_line_exit_2(invoke("transfer", PGD, "--params", "params.yaml"), "transfer-files-PGD-seed0.lock",
-                        f"pid {holder.pid}", "stopped", "idle for 2 s")
+        one_line_exit_2(
+            invoke("transfer", PGD, "--params", "params.yaml"),
+            "transfer-files-PGD-seed0.lock",
+            f"pid {holder.pid}",
+            "stopped",
+            "idle for 2 s",
+        )
         elapsed = time.monotonic() - t0
     assert elapsed < WAIT_S + 60, elapsed  # the sets' making (seconds), then the bounded wait; not forever
     assert tree(project) == before and tree(outside(project)) == beside
@@ -786,12 +984,21 @@ def health_only_server():
 
 STORE_FAULTS = [
     # (id, URI (PORT: a closed port, or the health-only server's), substrings of the one line)
-    ("refused PostgreSQL", "postgresql://mma:s3cret@127.0.0.1:PORT/mlflow",
-     ["postgresql://mma:***@127.0.0.1", "unreachable", "Connection refused"]),
-    ("refused server, credentials in the URI", "http://alice:s3cret@127.0.0.1:PORT",
-     ["http://alice:***@127.0.0.1", "unreachable", "Connection refused"]),
-    ("server answering /health but not its API", "http://alice:s3cret@127.0.0.1:HEALTH_ONLY",
-     ["http://alice:***@127.0.0.1", "unreachable", "timed out"]),
+    (
+        "refused PostgreSQL",
+        "postgresql://mma:s3cret@127.0.0.1:PORT/mlflow",
+        ["postgresql://mma:***@127.0.0.1", "unreachable", "Connection refused"],
+    ),
+    (
+        "refused server, credentials in the URI",
+        "http://alice:s3cret@127.0.0.1:PORT",
+        ["http://alice:***@127.0.0.1", "unreachable", "Connection refused"],
+    ),
+    (
+        "server answering /health but not its API",
+        "http://alice:s3cret@127.0.0.1:HEALTH_ONLY",
+        ["http://alice:***@127.0.0.1", "unreachable", "timed out"],
+    ),
 ]
 
 
@@ -799,8 +1006,9 @@ STORE_FAULTS = [
 def test_unusable_store_fails_within_seconds_without_its_password(project, monkeypatch, uri, expected):
     before, beside = tree(project), tree(outside(project))
     with health_only_server() as port:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.replace("HEALTH_ONLY", str(port)).replace("PORT",
-                                                                                               str(closed_port())))
+        monkeypatch.setenv(
+            "MLFLOW_TRACKING_URI", uri.replace("HEALTH_ONLY", str(port)).replace("PORT", str(closed_port()))
+        )
         t0 = time.monotonic()
         result = invoke("report", "--params", "params.yaml")
         elapsed = time.monotonic() - t0
@@ -820,8 +1028,12 @@ def small_disk(folder: Path, free_kb: int):
     folder.rename(content)
     folder.mkdir()
     used_kb = sum(-(-p.stat().st_size // 4096) * 4 for p in content.rglob("*") if p.is_file())
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used_kb + free_kb}k", "tmpfs", str(folder)],
-                             capture_output=True, text=True, timeout=30)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={used_kb + free_kb}k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if mounted.returncode != 0:
         folder.rmdir()
         content.rename(folder)
@@ -850,16 +1062,25 @@ DISK_FAULTS = [
     ("transfer", "results/transfer/PGD", 8, ["transfer", PGD], ["results/transfer/PGD/seed0", "no space left"], "."),
     ("report", "results", 8, ["report"], ["results/report", "no space left"], "."),
     # room for the checkpoint folder's small files (spec.json, run.json, the curves' journal), not for resume.pt
-    ("train's resume checkpoint", "results/checkpoints", 512, ["train", STD],
-     [f"results/checkpoints/{STD}/seed0/resume.pt", "no space left"], "results/models"),
+    (
+        "train's resume checkpoint",
+        "results/checkpoints",
+        512,
+        ["train", STD],
+        [f"results/checkpoints/{STD}/seed0/resume.pt", "no space left"],
+        "results/models",
+    ),
     ("data under data.root", "data", 512, ["data"], ["data/MNIST", "no space left"], "."),
 ]
 
 
-@pytest.mark.parametrize("folder, free_kb, command, expected, kept",
-                         [pytest.param(f, k, c, e, left, id=i) for i, f, k, c, e, left in DISK_FAULTS])
-def test_full_disk_is_one_line_and_the_previous_outputs_stay(project, monkeypatch, folder, free_kb, command, expected,
-                                                             kept):
+@pytest.mark.parametrize(
+    "folder, free_kb, command, expected, kept",
+    [pytest.param(f, k, c, e, left, id=i) for i, f, k, c, e, left in DISK_FAULTS],
+)
+def test_full_disk_is_one_line_and_the_previous_outputs_stay(
+    project, monkeypatch, folder, free_kb, command, expected, kept
+):
     if command == ["data"]:
         _data_root_in_the_project(project)
         monkeypatch.setenv("MMA_DATA_SOURCE", str(mnist_source()))
@@ -882,10 +1103,16 @@ def test_a_stage_run_twice_writes_the_same_bytes(project):
     """The same stage on the same inputs gives byte-identical files, so DVC reruns nothing
     downstream: the model, every transfer set and its manifest, the per-example results and
     the evaluation's metrics."""
+
     def files():
         folders = ["results/transfer/PGD/seed0", f"results/eval/{STD}/seed0"]
-        return {str(p.relative_to(project)): md5(p) for p in [project / f"results/models/{STD}/seed0/model.pt",
-                                                              *(f for d in folders for f in (project / d).iterdir())]}
+        return {
+            str(p.relative_to(project)): md5(p)
+            for p in [
+                project / f"results/models/{STD}/seed0/model.pt",
+                *(f for d in folders for f in (project / d).iterdir()),
+            ]
+        }
 
     first = files()
     assert len(first) == 1 + 3 + 2  # the model; 2 sets and their manifest; per-example results and metrics
@@ -923,8 +1150,12 @@ def test_synthetic_data_larger_than_the_machine_holds_is_refused_before_allocati
     from mma import data
 
     monkeypatch.setattr(data, "available_memory", lambda: 2 * 10**9)
-    bad = write_params(project, lambda d: d["data"].update(root="data", datasets=["cifar10", "mnist"],
-                                                           cifar10_source="synthetic", synthetic_train=1_000_000))
+    bad = write_params(
+        project,
+        lambda d: d["data"].update(
+            root="data", datasets=["cifar10", "mnist"], cifar10_source="synthetic", synthetic_train=1_000_000
+        ),
+    )
     before = tree(project)
     one_line_exit_2(invoke("data", "--params", bad), "data.synthetic_train = 1000000", "GB of memory", "lower them")
     assert tree(project) == before and not (project / "data").exists()

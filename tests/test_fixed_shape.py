@@ -31,7 +31,7 @@ from torch import nn
 
 from mma import compute
 from mma.attacks import an_pgd, boundary_search, fgsm, get_loss, pgd
-from mma.attacks.core import attack_path, seeded
+from mma.attacks.core import attack_path
 from mma.compute import Compute
 from mma.config.model import ModelSpec
 from mma.models import build_model
@@ -66,17 +66,30 @@ def nets(mnist_small) -> dict[str, nn.Module]:
 
 def spec_for(arch: str, norm: str, method: str) -> ModelSpec:
     eps = {"linf": 0.3, "l2": 2.0}[norm]
-    blocks = {"std": {}, "pgd": {"pgd": {"eps": eps, "steps": 3}},
-              # no random start: at the ramp's ε = 0 the fixed-shape step attacks (PGD returns x
-              # exactly) and so draws one start the eager step, which skips it, does not draw
-              "pgdls": {"pgd": {"eps": eps, "steps": 3, "ramp_fraction": 0.5, "random_init": False}},
-              "mma": {"mma": {"eps_min": eps / 3, "d_max": eps, "steps": 5, "random_init": False}}}[method]
-    return ModelSpec(name=f"fixed-{method}", dataset="mnist", arch=arch, norm=norm, method={"pgdls": "pgd"}.get(method, method),
-                     train_steps=8, batch_size=BATCH, optimizer={"lr": 1e-3}, **blocks)
+    blocks = {
+        "std": {},
+        "pgd": {"pgd": {"eps": eps, "steps": 3}},
+        # no random start: at the ramp's ε = 0 the fixed-shape step attacks (PGD returns x
+        # exactly) and so draws one start the eager step, which skips it, does not draw
+        "pgdls": {"pgd": {"eps": eps, "steps": 3, "ramp_fraction": 0.5, "random_init": False}},
+        "mma": {"mma": {"eps_min": eps / 3, "d_max": eps, "steps": 5, "random_init": False}},
+    }[method]
+    return ModelSpec(
+        name=f"fixed-{method}",
+        dataset="mnist",
+        arch=arch,
+        norm=norm,
+        method={"pgdls": "pgd"}.get(method, method),
+        train_steps=8,
+        batch_size=BATCH,
+        optimizer={"lr": 1e-3},
+        **blocks,
+    )
 
 
-def run_steps(model: nn.Module, spec: ModelSpec, switches: Compute, batches, *, seed: int = 0,
-              fresh: bool = True) -> dict:
+def run_steps(
+    model: nn.Module, spec: ModelSpec, switches: Compute, batches, *, seed: int = 0, fresh: bool = True
+) -> dict:
     """The loop's optimisation step (``TrainStep``) on a copy of ``model`` (``fresh=False``:
     on ``model`` itself) in train mode, one per (x, y, idx) of ``batches`` at steps 0, 1,
     ...: the last step's loss and gradients, the weights, buffers (batch norm's
@@ -84,15 +97,19 @@ def run_steps(model: nn.Module, spec: ModelSpec, switches: Compute, batches, *, 
     model = (copy.deepcopy(model) if fresh else model).train()
     optimizer = make_optimizer(spec, model, graph_safe=switches.cuda_graphs)
     step_fn = make_step(spec, 200, "cpu")
-    run = TrainStep(spec, model, model, optimizer, step_fn, FiniteCheck(torch.device("cpu")), switches,
-                    torch.device("cpu"))
+    run = TrainStep(
+        spec, model, model, optimizer, step_fn, FiniteCheck(torch.device("cpu")), switches, torch.device("cpu")
+    )
     torch.manual_seed(seed)
     for step, (x, y, idx) in enumerate(batches):
         metrics = run(x, y, idx, step)
-    return {"loss": metrics["loss"], "metrics": metrics,
-            "grads": {k: p.grad.clone() for k, p in model.named_parameters()},
-            "state": {k: v.clone() for k, v in model.state_dict().items()},
-            "eps": step_fn.eps.clone() if hasattr(step_fn, "eps") else None}
+    return {
+        "loss": metrics["loss"],
+        "metrics": metrics,
+        "grads": {k: p.grad.clone() for k, p in model.named_parameters()},
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "eps": step_fn.eps.clone() if hasattr(step_fn, "eps") else None,
+    }
 
 
 def batches(mnist_small, n: int, offset: int = 3000 - 2 * BATCH):
@@ -265,8 +282,10 @@ def test_the_fixed_shape_training_step_reads_nothing_back(arch, method):
         spec = spec.model_copy(update={"mma": spec.mma.model_copy(update={"random_init": True})})
     with fake_mode():
         model = build_model(arch, in_channels=1).train()
-        data = [(torch.rand(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,)), torch.randperm(200)[:BATCH])
-                for _ in range(2)]
+        data = [
+            (torch.rand(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,)), torch.randperm(200)[:BATCH])
+            for _ in range(2)
+        ]
         out = run_steps(model, spec, GRAPH_PATH, data, fresh=False)
     assert out["loss"].shape == ()
 
@@ -278,8 +297,9 @@ def test_the_compacting_mma_step_is_refused_there():
     spec = spec_for("lenet5_madry", "linf", "mma")
     with fake_mode(), pytest.raises(DynamicOutputShapeException):
         model = build_model("lenet5_madry", in_channels=1).train()
-        run_steps(model, spec, EAGER, [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)), torch.arange(8))],
-                  fresh=False)
+        run_steps(
+            model, spec, EAGER, [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)), torch.arange(8))], fresh=False
+        )
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -314,8 +334,15 @@ def test_white_box_evaluation_is_the_same_on_the_fixed_shape_path(trained_convne
 
     x, y = eval_batch[0][:120], eval_batch[1][:120]
     setting = AttackSetting(attack=attack, steps=5, restarts=3) if attack == "pgd" else AttackSetting(attack="fgsm")
-    kw = dict(norm="linf", loss="mixed", seed=7, active=torch.arange(120) % 5 != 0, clean_pred=y,
-              batch_size=50, show_progress=False)
+    kw = dict(
+        norm="linf",
+        loss="mixed",
+        seed=7,
+        active=torch.arange(120) % 5 != 0,
+        clean_pred=y,
+        batch_size=50,
+        show_progress=False,
+    )
     out = {}
     for name, switches in (("eager", EAGER), ("fixed", FIXED)):
         with compute.attacks(switches):

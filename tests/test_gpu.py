@@ -105,8 +105,9 @@ def _wrn_small():
     return build_model("wrn10_1", in_channels=1)
 
 
-@pytest.mark.parametrize("arch, method", [("convnet", "std"), ("convnet", "pgd"), ("convnet", "mma"),
-                                          ("wrn10_1", "mma")])
+@pytest.mark.parametrize(
+    "arch, method", [("convnet", "std"), ("convnet", "pgd"), ("convnet", "mma"), ("wrn10_1", "mma")]
+)
 def test_graph_path_steps_equal_the_same_steps_run_eagerly(trained_convnet, mnist_small, device, arch, method):
     """Six optimisation steps of the graph path (three warm-up steps, the capture, two
     replays) against the same code without capture (``TrainStep.graphs = None``): the same
@@ -121,15 +122,27 @@ def test_graph_path_steps_equal_the_same_steps_run_eagerly(trained_convnet, mnis
     from mma.train.optimize import TrainStep, make_optimizer
     from mma.train.steps import make_step
 
-    blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.3, "steps": 5, "ramp_fraction": 0.5}},
-              "mma": {"mma": {"eps_min": 0.1, "d_max": 0.3, "steps": 5, "search_loss": "margin"}}}[method]
-    spec = ModelSpec(name="graphs", dataset="mnist", arch="lenet5_madry", norm="linf", method=method,
-                     train_steps=12, batch_size=32, optimizer={"lr": 1e-3}, **blocks)
+    blocks = {
+        "std": {},
+        "pgd": {"pgd": {"eps": 0.3, "steps": 5, "ramp_fraction": 0.5}},
+        "mma": {"mma": {"eps_min": 0.1, "d_max": 0.3, "steps": 5, "search_loss": "margin"}},
+    }[method]
+    spec = ModelSpec(
+        name="graphs",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method=method,
+        train_steps=12,
+        batch_size=32,
+        optimizer={"lr": 1e-3},
+        **blocks,
+    )
     base = copy.deepcopy(trained_convnet) if arch == "convnet" else _wrn_small()
     x, y = mnist_small["x_train"][:192].to(device), mnist_small["y_train"][:192].to(device)
     if arch == "wrn10_1":
         with torch.no_grad():
-            y = torch.cat([copy.deepcopy(base).to(device).train()(x[i:i + 32]).argmax(1) for i in range(0, 192, 32)])
+            y = torch.cat([copy.deepcopy(base).to(device).train()(x[i : i + 32]).argmax(1) for i in range(0, 192, 32)])
     out = {}
     torch.use_deterministic_algorithms(True, warn_only=True)  # WRN: global average pooling's backward
     try:
@@ -146,8 +159,11 @@ def test_graph_path_steps_equal_the_same_steps_run_eagerly(trained_convnet, mnis
             for step in range(6):
                 idx = torch.arange(32 * step, 32 * step + 32, device=device)
                 metrics = run(x[idx], y[idx], idx, step)
-            out[name] = ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                         step_fn.eps.cpu().clone() if method == "mma" else None, float(metrics["loss"]))
+            out[name] = (
+                {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                step_fn.eps.cpu().clone() if method == "mma" else None,
+                float(metrics["loss"]),
+            )
     finally:
         torch.use_deterministic_algorithms(False)
     (state_g, eps_g, loss_g), (state_e, eps_e, loss_e) = out["graphs"], out["eager"]
@@ -220,7 +236,7 @@ class _Batcher:
         if step == self.crash_at:
             raise KeyboardInterrupt(step)
         perm = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(step // 8))
-        idx = perm[(step % 8) * 32: (step % 8 + 1) * 32].to(self.x.device)
+        idx = perm[(step % 8) * 32 : (step % 8 + 1) * 32].to(self.x.device)
         return self.x[idx], self.y[idx], idx
 
 
@@ -229,13 +245,33 @@ def _toy(method, device, tmp, batcher, switches=None):
     from mma.train import ModelSpec, train
 
     blocks = {"mma": {"mma": {"eps_min": 0.02, "d_max": 0.3, "steps": 5}}, "pgd": {"pgd": {"eps": 0.1, "steps": 5}}}
-    spec = ModelSpec(name=f"gpu-{method}", dataset="mnist", arch="lenet5_madry", norm="linf", method=method,
-                     train_steps=24, batch_size=32, eval_every=8, checkpoint_every=6, log_every=4,
-                     optimizer={"lr": 2e-2}, **blocks[method])
+    spec = ModelSpec(
+        name=f"gpu-{method}",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method=method,
+        train_steps=24,
+        batch_size=32,
+        eval_every=8,
+        checkpoint_every=6,
+        log_every=4,
+        optimizer={"lr": 2e-2},
+        **blocks[method],
+    )
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 10)).to(device)
-    train(spec, batcher, (batcher.x[:64], batcher.y[:64]), model_path=tmp / "model.pt", resume_path=tmp / "resume.pt",
-          model=model, show_progress=False, device=device, compute=switches or FP32)
+    train(
+        spec,
+        batcher,
+        (batcher.x[:64], batcher.y[:64]),
+        model_path=tmp / "model.pt",
+        resume_path=tmp / "resume.pt",
+        model=model,
+        show_progress=False,
+        device=device,
+        compute=switches or FP32,
+    )
     return model
 
 
@@ -268,8 +304,9 @@ def test_resume_on_the_device_equals_training_in_one_go(method, path, device, tm
         assert (a["step_fn"]["eps"] > 0).any()  # the store is in use
 
 
-@pytest.mark.parametrize("method, path", [("std", "eager"), ("pgd", "eager"), ("std", "fixed"), ("pgd", "fixed"),
-                                          ("mma", "fixed")])
+@pytest.mark.parametrize(
+    "method, path", [("std", "eager"), ("pgd", "eager"), ("std", "fixed"), ("pgd", "fixed"), ("mma", "fixed")]
+)
 def test_training_step_makes_no_host_sync(trained_convnet, mnist_small, device, method, path):
     """CUDA's sync debug mode turns any synchronising call into an error: a training step
     (batch step, backward, finite check, Adam, metrics summed on the device) makes none;
@@ -283,14 +320,31 @@ def test_training_step_makes_no_host_sync(trained_convnet, mnist_small, device, 
     from mma.train.steps import make_step
 
     blocks = {"std": {}, "pgd": {"pgd": {"eps": 0.3, "steps": 5}}, "mma": {"mma": {"eps_min": 0.1, "steps": 5}}}
-    spec = ModelSpec(name="sync", dataset="mnist", arch="lenet5_madry", norm="linf", method=method,
-                     train_steps=10**9, batch_size=50, optimizer={"lr": 1e-4}, **blocks[method])
+    spec = ModelSpec(
+        name="sync",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method=method,
+        train_steps=10**9,
+        batch_size=50,
+        optimizer={"lr": 1e-4},
+        **blocks[method],
+    )
     switches = Compute("cuda", fixed_shape=path == "fixed")
     model = copy.deepcopy(trained_convnet).to(device).train()
     for p in model.parameters():
         p.requires_grad_(True)
-    run = TrainStep(spec, model, model, make_optimizer(spec, model), make_step(spec, 50, device),
-                    FiniteCheck(device), switches, device)
+    run = TrainStep(
+        spec,
+        model,
+        model,
+        make_optimizer(spec, model),
+        make_step(spec, 50, device),
+        FiniteCheck(device),
+        switches,
+        device,
+    )
     x, y = mnist_small["x_train"][:50].to(device), mnist_small["y_train"][:50].to(device)
     idx = torch.arange(50, device=device)
     window = MetricWindow()
@@ -317,18 +371,38 @@ def test_bf16_and_channels_last_on_the_graph_path(trained_convnet, mnist_small, 
     from mma.train import ModelSpec, train
 
     switches = Compute(device.type, precision="bf16", channels_last=True, cuda_graphs=True)
-    spec = ModelSpec(name="bf16-graphs", dataset="mnist", arch="lenet5_madry", norm="linf", method="mma",
-                     mma={"eps_min": 0.1, "d_max": 0.3, "steps": 3}, train_steps=8, batch_size=50, eval_every=8,
-                     checkpoint_every=8, log_every=2, optimizer={"lr": 1e-4})
+    spec = ModelSpec(
+        name="bf16-graphs",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method="mma",
+        mma={"eps_min": 0.1, "d_max": 0.3, "steps": 3},
+        train_steps=8,
+        batch_size=50,
+        eval_every=8,
+        checkpoint_every=8,
+        log_every=2,
+        optimizer={"lr": 1e-4},
+    )
     x_u8 = (mnist_small["x_train"][:400] * 255).round().to(torch.uint8)
     batcher = TensorBatcher(x_u8, mnist_small["y_train"][:400], 50, seed=0, device=device)
     model = copy.deepcopy(trained_convnet)
     for p in model.parameters():
         p.requires_grad_(True)
     logged = []
-    train(spec, batcher, (to_float(x_u8[:50], device), mnist_small["y_train"][:50].to(device)),
-          model_path=tmp_path / "m.pt", resume_path=tmp_path / "r.pt", device=device, model=model,
-          show_progress=False, compute=switches, log=lambda m, s: logged.append(m))
+    train(
+        spec,
+        batcher,
+        (to_float(x_u8[:50], device), mnist_small["y_train"][:50].to(device)),
+        model_path=tmp_path / "m.pt",
+        resume_path=tmp_path / "r.pt",
+        device=device,
+        model=model,
+        show_progress=False,
+        compute=switches,
+        log=lambda m, s: logged.append(m),
+    )
     losses = [m["loss"] for m in logged if "loss" in m]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     assert all(m["eps_mean"] > 0 for m in logged if "eps_mean" in m)

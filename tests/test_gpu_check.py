@@ -12,21 +12,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import mnist_source
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT = ("mlflow", "dvc", "snakemake", "foolbox", "autoattack", "torchattacks")  # not on the GPU machine
-RUN = ("import runpy, sys\n"
-       f"for m in {ABSENT!r}: sys.modules[m] = None\n"
-       "sys.argv = ['gpu_check.py'] + sys.argv[1:]\n"
-       f"runpy.run_path({str(ROOT / 'scripts' / 'gpu_check.py')!r}, run_name='__main__')\n")
+RUN = (
+    "import runpy, sys\n"
+    f"for m in {ABSENT!r}: sys.modules[m] = None\n"
+    "sys.argv = ['gpu_check.py'] + sys.argv[1:]\n"
+    f"runpy.run_path({str(ROOT / 'scripts' / 'gpu_check.py')!r}, run_name='__main__')\n"
+)
 
 
 def run_check(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MMA_DATA_SOURCE": str(mnist_source())}
-    return subprocess.run([sys.executable, "-c", RUN, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", RUN, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there: the refusal cannot happen")
@@ -44,7 +46,7 @@ def test_dry_run_writes_the_whole_json_without_the_pipeline_packages(tmp_path):
     p = run_check("--device", "cpu", "--dry-run", "--out", str(out), "--budget-s", "3000")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert json.loads(p.stdout[p.stdout.index("{"):]) == res  # printed too
+    assert json.loads(p.stdout[p.stdout.index("{") :]) == res  # printed too
     assert res["tests"]["ok"] and not res["tests"]["failed"]
     assert any(v == "passed" for v in res["tests"]["cases"].values())
     assert "error" not in res["bench"] and "mma_over_pgd_step" in res["bench"]["ratios"]
@@ -56,7 +58,8 @@ def test_dry_run_writes_the_whole_json_without_the_pipeline_packages(tmp_path):
             assert case["median_ms"] > 0, (arch, method, combo, case)
             graphs = combo.startswith("graphs")  # on a CPU, resolve keeps the graph path's switch off
             assert case["compute"]["cuda_graphs"] is False and case["compute"]["precision"] == (
-                "bf16" if "bf16" in combo else "fp32"), case["compute"]
+                "bf16" if "bf16" in combo else "fp32"
+            ), case["compute"]
             if graphs and arch == "lenet":
                 eager = res["steps"][f"{arch} {method} fp32"]["median_ms"]
                 assert res["ratios"]["graphs_speedup"][f"{arch} {method} {combo}"] == eager / case["median_ms"]
@@ -67,11 +70,19 @@ def test_dry_run_writes_the_whole_json_without_the_pipeline_packages(tmp_path):
     assert res["projection"]["mnist_step_s"]["pgd40"] == pgd["median_ms"] / 1000  # the graph path's, not eager's
     assert res["projection"]["cifar_step_s"]["mma10"] == res["steps"]["wrn mma2 graphs+fp32"]["median_ms"] / 1000
     proj, notes = res["projection"], " ".join(res.get("not_representative", []))
-    for key, arch in (("mnist_grid_train_gpu_h", "lenet"), ("table1_attacks_gpu_h_upper_bound", None),
-                      ("mnist_linf_grid_with_table1_gpu_h", "lenet"), ("cifar10_grid_train_gpu_h", "wrn")):
+    for key, arch in (
+        ("mnist_grid_train_gpu_h", "lenet"),
+        ("table1_attacks_gpu_h_upper_bound", None),
+        ("mnist_linf_grid_with_table1_gpu_h", "lenet"),
+        ("cifar10_grid_train_gpu_h", "wrn"),
+    ):
         if key not in proj:  # a few dry-run steps leave most of a batch misclassified: MMA attacks little
-            assert arch and f"{arch} mma" in notes and res["goals_met"][next(
-                g for g in res["goals"] if ("wrn" in g) == (arch == "wrn") and "step" in g)] is None
+            assert (
+                arch
+                and f"{arch} mma" in notes
+                and res["goals_met"][next(g for g in res["goals"] if ("wrn" in g) == (arch == "wrn") and "step" in g)]
+                is None
+            )
             key += "_lower_bound"
         assert math.isfinite(proj[key]) and proj[key] > 0, key
     assert set(res["goals_met"]) == set(res["goals"])
@@ -83,11 +94,13 @@ def test_an_mma_step_time_judges_a_goal_only_where_mma_attacked_most_of_the_batc
     import runpy
 
     mma_step_ms = runpy.run_path(str(ROOT / "scripts" / "gpu_check.py"))["mma_step_ms"]
-    timed = {"wrn mma10 graphs+fp32": {"median_ms": 56.4, "mma_frac_attacked": 0.0149},
-             "wrn mma10 graphs+bf16": {"median_ms": 20.9, "mma_frac_attacked": 0.9},
-             "lenet mma40 graphs+fp32": {"median_ms": 82.8, "mma_frac_attacked": 0.949},
-             "lenet mma40 graphs+bf16": {"median_ms": 92.9, "mma_frac_attacked": 0.948},
-             "lenet mma40 graphs+fp32+channels_last": {"skipped": "compute.resolve turns cuda_graphs off for MMA"}}
+    timed = {
+        "wrn mma10 graphs+fp32": {"median_ms": 56.4, "mma_frac_attacked": 0.0149},
+        "wrn mma10 graphs+bf16": {"median_ms": 20.9, "mma_frac_attacked": 0.9},
+        "lenet mma40 graphs+fp32": {"median_ms": 82.8, "mma_frac_attacked": 0.949},
+        "lenet mma40 graphs+bf16": {"median_ms": 92.9, "mma_frac_attacked": 0.948},
+        "lenet mma40 graphs+fp32+channels_last": {"skipped": "compute.resolve turns cuda_graphs off for MMA"},
+    }
     ms, note = mma_step_ms(timed, "wrn mma")
     assert ms is None and "1.5%" in note and "lower bound" in note
     assert mma_step_ms(timed, "lenet mma") == (82.8, None)
@@ -99,12 +112,17 @@ def test_the_goals_are_judged_on_the_graph_path_alone():
     import runpy
 
     check = runpy.run_path(str(ROOT / "scripts" / "gpu_check.py"))
-    timed = {"lenet std fp32": {"median_ms": 1.0}, "lenet std graphs+fp32": {"median_ms": 2.0},
-             "lenet pgd40 fp32": {"median_ms": 3.0}, "lenet pgd40 graphs+fp32": {"median_ms": 4.0},
-             "lenet pgd40 graphs+bf16": {"median_ms": 3.5},
-             "lenet mma40 fp32": {"median_ms": 1.0, "mma_frac_attacked": 0.9},
-             "lenet mma40 graphs+fp32": {"median_ms": 5.0, "mma_frac_attacked": 0.9},
-             "wrn pgd10 graphs+fp32": {"skipped": "time budget"}, "wrn mma10 graphs+fp32": {"error": "X"}}
+    timed = {
+        "lenet std fp32": {"median_ms": 1.0},
+        "lenet std graphs+fp32": {"median_ms": 2.0},
+        "lenet pgd40 fp32": {"median_ms": 3.0},
+        "lenet pgd40 graphs+fp32": {"median_ms": 4.0},
+        "lenet pgd40 graphs+bf16": {"median_ms": 3.5},
+        "lenet mma40 fp32": {"median_ms": 1.0, "mma_frac_attacked": 0.9},
+        "lenet mma40 graphs+fp32": {"median_ms": 5.0, "mma_frac_attacked": 0.9},
+        "wrn pgd10 graphs+fp32": {"skipped": "time budget"},
+        "wrn mma10 graphs+fp32": {"error": "X"},
+    }
     projection = check["project"](check["graph_rows"](timed), {"image_iterations_per_s": 1e12})
     assert projection["mnist_step_s"] == {"std": 0.002, "pgd40": 0.0035, "mma40": 0.005}
     met, notes = check["judge"](timed, projection)
@@ -113,7 +131,8 @@ def test_the_goals_are_judged_on_the_graph_path_alone():
     assert met["wrn_mma10_step_ms"] is None and any("wrn_mma10_step_ms" in n for n in notes)
     hours = (2 + 3.5 + 5 + 5) * 100_000 / 1000 / 3600
     assert math.isclose(projection["mnist_grid_train_gpu_h"], hours) and met["mnist_linf_grid_with_table1_gpu_h"] is (
-        projection["mnist_linf_grid_with_table1_gpu_h"] <= 0.5)
+        projection["mnist_linf_grid_with_table1_gpu_h"] <= 0.5
+    )
     r = check["ratios"](timed)
     assert r["mma_over_pgd"] == {"lenet mma40 fp32": 1 / 3, "lenet mma40 graphs+fp32": 5 / 4}
     assert r["graphs_speedup"]["lenet pgd40 graphs+bf16"] == 3.0 / 3.5

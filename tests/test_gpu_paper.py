@@ -14,27 +14,37 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import mnist_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_paper.py"
 ABSENT = ("mlflow", "dvc", "snakemake", "foolbox", "autoattack", "pyautoattack", "torchattacks")  # not on the GPU
-RUN = ("import runpy, sys\n"
-       f"for m in {ABSENT!r}: sys.modules[m] = None\n"
-       "sys.argv = ['gpu_paper.py'] + sys.argv[1:]\n"
-       f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n")
+RUN = (
+    "import runpy, sys\n"
+    f"for m in {ABSENT!r}: sys.modules[m] = None\n"
+    "sys.argv = ['gpu_paper.py'] + sys.argv[1:]\n"
+    f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+)
 NAME = "mnist-linf-mma-0p45"
 # the smoke preset's model; ε 0.1 besides Table 1's 0.3 and 0.4: the smoke model is robust to some images
 # there, so comparisons of robust accuracy are not all between zeros
-DRY = ("--device", "cpu", "--params", str(ROOT / "presets" / "smoke.yaml"), "--eps", "0.1,0.3,0.4",
-       "--max-restarts", "10")
+DRY = (
+    "--device",
+    "cpu",
+    "--params",
+    str(ROOT / "presets" / "smoke.yaml"),
+    "--eps",
+    "0.1,0.3,0.4",
+    "--max-restarts",
+    "10",
+)
 
 
 def gpu_paper(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MMA_DATA_SOURCE": str(mnist_source())}
-    return subprocess.run([sys.executable, "-c", RUN, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", RUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def result(state: Path) -> dict:
@@ -63,8 +73,8 @@ def test_restart_one_is_the_evaluate_stages_run_and_each_later_one_attacks_the_s
     import argparse
     import runpy
 
-    from mma.evaluation.whitebox import whitebox_seed
     from mma.config.params import load_params
+    from mma.evaluation.whitebox import whitebox_seed
 
     script = runpy.run_path(str(SCRIPT))
     calls = []
@@ -82,10 +92,10 @@ def test_restart_one_is_the_evaluate_stages_run_and_each_later_one_attacks_the_s
     name, setting = script["paper_attack"](params)
     y = torch.arange(10) % 10
     pred = torch.where(torch.arange(10) < 8, y, (y + 1) % 10)  # the last 2 misclassified: never attacked
-    d = {"clean_pred": pred, "y": y, "survived": {"0.3": torch.where(pred == y, 0, -1).to(torch.int16)},
-         "restarts": {}}
-    work = script["Work"](call, None, torch.zeros(10, 1, 28, 28), y, params.evaluate.threat_model("mnist", "linf"),
-                          setting)
+    d = {"clean_pred": pred, "y": y, "survived": {"0.3": torch.where(pred == y, 0, -1).to(torch.int16)}, "restarts": {}}
+    work = script["Work"](
+        call, None, torch.zeros(10, 1, 28, 28), y, params.evaluate.threat_model("mnist", "linf"), setting
+    )
     for r in (1, 2, 3):
         work.pgd(script["Unit"]("pgd", 0.3, r), d)
     assert name == "pgd5x1" and calls[0][0] == whitebox_seed(params.seed, NAME, setting, params.evaluate.loss, 0.3)
@@ -132,8 +142,11 @@ def test_the_dry_run_trains_evaluates_and_sets_ours_beside_the_papers(uninterrup
     assert paper["pgd"]["0.3"] == {"x1": 96.64, "x50": 93.64} and paper["pgd"]["0.4"] == {"x1": 95.33, "x50": 89.99}
     assert paper["pgd"]["0.1"] == {"x1": None, "x50": None}  # not a Table-1 row
     assert {(a["metric"], a["eps"], a["value_percent"]) for a in paper["final_paper_anchors"]} == {
-        ("clean", 0.0, 98.9), ("robust_all_attacks", 0.1, 97.9), ("robust_all_attacks", 0.3, 92.6),
-        ("robust_all_attacks", 0.4, 85.2)}
+        ("clean", 0.0, 98.9),
+        ("robust_all_attacks", 0.1, 97.9),
+        ("robust_all_attacks", 0.3, 92.6),
+        ("robust_all_attacks", 0.4, 85.2),
+    }
     rows = {r["what"]: r for r in res["comparison"]}
     assert rows["white-box PGD at ε 0.3, 10 restarts"]["ours"] == ev["pgd"]["0.3"]["accuracy"]
     assert rows["white-box PGD at ε 0.3, 10 restarts"]["paper"] == 93.64
@@ -143,8 +156,9 @@ def test_the_dry_run_trains_evaluates_and_sets_ours_beside_the_papers(uninterrup
 def test_a_state_of_other_settings_is_refused_not_discarded(uninterrupted):
     """Under the paper's params the smoke model in STATE is another model: one line, exit 2, nothing touched."""
     before = {f: f.stat().st_mtime_ns for f in (uninterrupted / "state").rglob("*") if f.is_file()}
-    p = gpu_paper(uninterrupted, "--device", "cpu", "--params", str(ROOT / "params.yaml"), "--state", "state",
-                  timeout=120)
+    p = gpu_paper(
+        uninterrupted, "--device", "cpu", "--params", str(ROOT / "params.yaml"), "--state", "state", timeout=120
+    )
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().count("\n") == 0 and "model.pt: trained with other settings" in p.stderr
     assert {f: f.stat().st_mtime_ns for f in (uninterrupted / "state").rglob("*") if f.is_file()} == before
@@ -183,8 +197,8 @@ def test_the_model_comes_back_into_the_dag_and_mma_evaluate_agrees(uninterrupted
     """Copied into results/models/NAME/seed0/, the model is evaluated by `mma evaluate` under the same
     model settings (presets/smoke.yaml, its Table 1 cut to this model: no other model's transfer sets),
     which finds its first restart's numbers image by image; under the paper's settings it is refused."""
-    from mma.io import BadFileError, load_tensors
     from mma.config.params import load_params
+    from mma.io import BadFileError, load_tensors
     from mma.stages.files import load_checked_model
 
     state = uninterrupted / "state"

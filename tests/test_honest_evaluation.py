@@ -13,8 +13,8 @@ import os
 
 import pytest
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from mma import paths
@@ -37,9 +37,16 @@ class GridMemorizer(nn.Module):
 
 
 def test_pgd_validation_counts_only_examples_also_correct_clean():
-    spec = ModelSpec(name="toy-pgd", dataset="mnist", arch="lenet5_madry", norm="linf", method="pgd",
-                     pgd=PGDTrainSpec(eps=0.1, steps=3), optimizer=OptimizerSpec(name="adam", lr=1e-3),
-                     selection={"metric": "pgd_acc"})
+    spec = ModelSpec(
+        name="toy-pgd",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method="pgd",
+        pgd=PGDTrainSpec(eps=0.1, steps=3),
+        optimizer=OptimizerSpec(name="adam", lr=1e-3),
+        selection={"metric": "pgd_acc"},
+    )
     x = torch.tensor([100, 120, 250], dtype=torch.float32)[:, None].expand(3, 4) / 255
     # A: wrong clean (1 ≠ 0), "right" at its adversarial point (0); B: right clean, fooled;
     # C: bright, right everywhere
@@ -55,8 +62,14 @@ def test_pgd_validation_counts_only_examples_also_correct_clean():
 def test_margin_validation_robust_accuracy_counts_only_examples_also_correct_clean():
     """The same for the authors' validation attack's side number, val_adv_acc (their
     Evaluator's advacc counts A)."""
-    spec = ModelSpec(name="toy-std", dataset="mnist", arch="lenet5_madry", norm="linf", method="std",
-                     selection={"steps": 3, "test_eps": 0.1, "eps_max": 0.2})
+    spec = ModelSpec(
+        name="toy-std",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method="std",
+        selection={"steps": 3, "test_eps": 0.1, "eps_max": 0.2},
+    )
     x = torch.tensor([100, 120, 250], dtype=torch.float32)[:, None].expand(3, 4) / 255
     torch.manual_seed(0)
     out = validate(spec, GridMemorizer(), x, torch.tensor([0, 1, 2]))
@@ -84,13 +97,29 @@ def test_nan_model_stops_the_evaluation_naming_it():
     torch.manual_seed(1)
     x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
     assert torch.isnan(model(x)).all()  # argmax of these is class 0 for every image: "accuracy" 1 in 8
-    tm = ThreatModel(dataset="mnist", norm="linf", curve_eps=[0.1, 0.3], headline_eps=0.3, margin_eps_max=1.0,
-                     unbounded_eps=1.0)
-    ev = EvaluateParams(threat_models=[tm], checks=ChecksParams(enabled=False), autoattack={"enabled": False},
-                        margins={"enabled": False}, batch_size=8)
+    tm = ThreatModel(
+        dataset="mnist", norm="linf", curve_eps=[0.1, 0.3], headline_eps=0.3, margin_eps_max=1.0, unbounded_eps=1.0
+    )
+    ev = EvaluateParams(
+        threat_models=[tm],
+        checks=ChecksParams(enabled=False),
+        autoattack={"enabled": False},
+        margins={"enabled": False},
+        batch_size=8,
+    )
     with pytest.raises(NonFiniteLogits, match=r"model lenet-nan: its logits are not finite.*mma train lenet-nan"):
-        evaluate_model(model, x, y, name="lenet-nan", tm=tm, ev=ev, curve=AttackSetting(steps=2),
-                       whitebox=[WhiteboxAttack(0.3, AttackSetting(steps=2))], seed=0, show_progress=False)
+        evaluate_model(
+            model,
+            x,
+            y,
+            name="lenet-nan",
+            tm=tm,
+            ev=ev,
+            curve=AttackSetting(steps=2),
+            whitebox=[WhiteboxAttack(0.3, AttackSetting(steps=2))],
+            seed=0,
+            show_progress=False,
+        )
 
 
 def test_finite_model_is_unchanged_by_the_check():
@@ -133,10 +162,14 @@ def test_cli_evaluate_of_a_model_with_inf_logits_is_one_line_exit_2(tmp_path, mo
         assert invoke(*args, "--params", "params.yaml").exit_code == 0, args
     path = paths.model_file(STD, 0)
     obj = torch.load(path, weights_only=True)
-    obj["state_dict"] = {k: torch.full_like(v, 1e20) if v.is_floating_point() else v
-                         for k, v in obj["state_dict"].items()}
+    obj["state_dict"] = {
+        k: torch.full_like(v, 1e20) if v.is_floating_point() else v for k, v in obj["state_dict"].items()
+    }
     torch.save(obj, path)
-    one_line_exit_2(invoke("evaluate", STD, "--params", "params.yaml"),
-                    f"model {STD}: its logits are not finite", str(paths.model_file(STD, 0)),
-                    f"mma train {STD} --seed 0 --restart")
+    one_line_exit_2(
+        invoke("evaluate", STD, "--params", "params.yaml"),
+        f"model {STD}: its logits are not finite",
+        str(paths.model_file(STD, 0)),
+        f"mma train {STD} --seed 0 --restart",
+    )
     assert not (paths.eval_dir(STD, 0) / "metrics.json").exists()

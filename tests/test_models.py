@@ -21,7 +21,9 @@ def test_lenet5_madry_shape_and_size():
     assert n_params(model) == 3_274_634
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
-        (1, 32, (5, 5), (2, 2)), (32, 64, (5, 5), (2, 2))]
+        (1, 32, (5, 5), (2, 2)),
+        (32, 64, (5, 5), (2, 2)),
+    ]
     fcs = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(f.in_features, f.out_features) for f in fcs] == [(3136, 1024), (1024, 10)]
 

@@ -42,23 +42,32 @@ def test_wheel_carries_the_reference_csvs_and_runs_the_report(tmp_path):
     """`pip wheel .` then install it (no deps: this environment's) into a target folder; the
     installed `mma report` (not the checkout) writes Table 1 from fake evaluation results."""
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = wheels.glob("mma-*.whl")
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
     assert {"mma/report/reference/table1_mnist_linf.csv", "mma/report/reference/final_paper_anchors.csv"} <= set(names)
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)
-    code = ("import mma, sys; from mma.report.reference import table1_rows, anchors; "
-            "assert str(mma.__file__).startswith(sys.argv[1]), mma.__file__; "
-            "print(len(table1_rows()), len(anchors()))")
-    out = subprocess.run([sys.executable, "-c", code, str(target)], env=env, cwd=tmp_path, capture_output=True,
-                         text=True)
+    code = (
+        "import mma, sys; from mma.report.reference import table1_rows, anchors; "
+        "assert str(mma.__file__).startswith(sys.argv[1]), mma.__file__; "
+        "print(len(table1_rows()), len(anchors()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(target)], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     rows, anchors = map(int, out.stdout.split())
     assert rows > 0 and anchors > 0

@@ -45,32 +45,72 @@ BAD = [
     ("unknown top-level key", _set(SMOKE, "experimnt", "x"), ["experimnt", "unknown key"]),
     ("unknown model key", _set(SMOKE, "models/mnist-linf-std/lrr", 0.1), ["models.mnist-linf-std.lrr", "0.1"]),
     ("wrong type", _set(SMOKE, "seed", "abc"), ["seed", "'abc'"]),
-    ("wrong type nested", _set(SMOKE, "models/mnist-linf-std/train_steps", "many"), ["models.mnist-linf-std.train_steps", "many"]),
-    ("negative eps", _set(SMOKE, "models/mnist-linf-pgd-0p3/pgd/eps", -0.3), ["models.mnist-linf-pgd-0p3.pgd.eps", "-0.3"]),
+    (
+        "wrong type nested",
+        _set(SMOKE, "models/mnist-linf-std/train_steps", "many"),
+        ["models.mnist-linf-std.train_steps", "many"],
+    ),
+    (
+        "negative eps",
+        _set(SMOKE, "models/mnist-linf-pgd-0p3/pgd/eps", -0.3),
+        ["models.mnist-linf-pgd-0p3.pgd.eps", "-0.3"],
+    ),
     ("steps 0", _set(SMOKE, "models/mnist-linf-pgd-0p3/pgd/steps", 0), ["models.mnist-linf-pgd-0p3.pgd.steps", "0"]),
     ("train_steps 0", _set(SMOKE, "models/mnist-linf-std/train_steps", 0), ["train_steps", "0"]),
     ("unknown norm", _set(SMOKE, "models/mnist-linf-std/norm", "l3"), ["models.mnist-linf-std.norm", "'l3'"]),
     ("unknown arch", _set(SMOKE, "models/mnist-linf-std/arch", "resnet"), ["models.mnist-linf-std.arch", "'resnet'"]),
-    ("unknown dataset", _set(SMOKE, "models/mnist-linf-std/dataset", "svhn"), ["models.mnist-linf-std.dataset", "'svhn'"]),
-    ("unknown method", _set(SMOKE, "models/mnist-linf-std/method", "trades"), ["models.mnist-linf-std.method", "'trades'"]),
-    ("eps_min > d_max", _set(_set(SMOKE, "models/mnist-linf-mma-0p45/mma/eps_min", 0.5), "models/mnist-linf-mma-0p45/mma/eps_max", 1.0),
-     ["models.mnist-linf-mma-0p45.mma.eps_min", "0.5", "d_max"]),
-    ("name differs from its key", _set(SMOKE, "models/mnist-linf-pgd-0p3/name", "mnist-linf-std"),
-     ["models.mnist-linf-pgd-0p3.name", "'mnist-linf-std'", "differs from its key"]),
+    (
+        "unknown dataset",
+        _set(SMOKE, "models/mnist-linf-std/dataset", "svhn"),
+        ["models.mnist-linf-std.dataset", "'svhn'"],
+    ),
+    (
+        "unknown method",
+        _set(SMOKE, "models/mnist-linf-std/method", "trades"),
+        ["models.mnist-linf-std.method", "'trades'"],
+    ),
+    (
+        "eps_min > d_max",
+        _set(_set(SMOKE, "models/mnist-linf-mma-0p45/mma/eps_min", 0.5), "models/mnist-linf-mma-0p45/mma/eps_max", 1.0),
+        ["models.mnist-linf-mma-0p45.mma.eps_min", "0.5", "d_max"],
+    ),
+    (
+        "name differs from its key",
+        _set(SMOKE, "models/mnist-linf-pgd-0p3/name", "mnist-linf-std"),
+        ["models.mnist-linf-pgd-0p3.name", "'mnist-linf-std'", "differs from its key"],
+    ),
     ("the grid as a list", _set(SMOKE, "models", [{"name": "mnist-linf-std"}]), ["models", "mapping", "not a list"]),
-    ("table1 names a model not in the grid", _set(SMOKE, "table1/columns", {"mnist-linf-nope": "MMA"}),
-     ["table1.columns.mnist-linf-nope", "'mnist-linf-nope'"]),
-    ("transfer source not in the grid", _set(SMOKE, "table1/sources/MMA/model", "mnist-linf-nope"),
-     ["table1.sources.MMA.model", "'mnist-linf-nope'"]),
-    ("unknown attack name", _set(SMOKE, "table1/sources/PGD/attacks", ["fgsm", "pgd7x7"]),
-     ["table1.sources.PGD.attacks", "'pgd7x7'", "attacks"]),
+    (
+        "table1 names a model not in the grid",
+        _set(SMOKE, "table1/columns", {"mnist-linf-nope": "MMA"}),
+        ["table1.columns.mnist-linf-nope", "'mnist-linf-nope'"],
+    ),
+    (
+        "transfer source not in the grid",
+        _set(SMOKE, "table1/sources/MMA/model", "mnist-linf-nope"),
+        ["table1.sources.MMA.model", "'mnist-linf-nope'"],
+    ),
+    (
+        "unknown attack name",
+        _set(SMOKE, "table1/sources/PGD/attacks", ["fgsm", "pgd7x7"]),
+        ["table1.sources.PGD.attacks", "'pgd7x7'", "attacks"],
+    ),
     ("curve attack not defined", _set(SMOKE, "evaluate/curve_attack", "pgd9x9"), ["evaluate.curve_attack", "'pgd9x9'"]),
-    ("table1 over two threat models", _set(SMOKE, "table1/columns", {"mnist-l2-mma-2p0": "MMA"}),
-     ["table1", "one dataset × norm"]),
-    ("column role without a source", _set(SMOKE, "table1/columns", {"mnist-linf-std": "TRADES"}),
-     ["table1", "'TRADES'", "not a role"]),
-    ("cw as AN-PGD's attack loss", _set(SMOKE, "models/mnist-linf-mma-0p45/mma/attack_loss", "cw"),
-     ["models.mnist-linf-mma-0p45.mma.attack_loss", "'cw'"]),
+    (
+        "table1 over two threat models",
+        _set(SMOKE, "table1/columns", {"mnist-l2-mma-2p0": "MMA"}),
+        ["table1", "one dataset × norm"],
+    ),
+    (
+        "column role without a source",
+        _set(SMOKE, "table1/columns", {"mnist-linf-std": "TRADES"}),
+        ["table1", "'TRADES'", "not a role"],
+    ),
+    (
+        "cw as AN-PGD's attack loss",
+        _set(SMOKE, "models/mnist-linf-mma-0p45/mma/attack_loss", "cw"),
+        ["models.mnist-linf-mma-0p45.mma.attack_loss", "'cw'"],
+    ),
     ("unknown device", _set(SMOKE, "device", "tpu"), ["device", "'tpu'"]),
     ("negative threads", _set(SMOKE, "threads", -1), ["threads", "-1"]),
     ("pgd without its block", _without(SMOKE, "models/mnist-linf-pgd-0p3/pgd"), ["models.mnist-linf-pgd-0p3", "pgd"]),
@@ -78,20 +118,38 @@ BAD = [
     ("empty grid", _set(SMOKE, "models", {}), ["models"]),
     ("missing grid", _without(SMOKE, "models"), ["models", "missing"]),
     ("bad model name", {**SMOKE, "models": {"a/b": SMOKE["models"]["mnist-linf-std"]}}, ["models.a/b.name", "'a/b'"]),
-    ("a model entry sets a seed", _set(SMOKE, "models/mnist-linf-std/seed", 3),
-     ["models.mnist-linf-std.seed = 3", "top-level `seeds:`"]),
+    (
+        "a model entry sets a seed",
+        _set(SMOKE, "models/mnist-linf-std/seed", 3),
+        ["models.mnist-linf-std.seed = 3", "top-level `seeds:`"],
+    ),
     ("empty seeds", _set(SMOKE, "seeds", []), ["seeds = []"]),
     ("seeds not a list", _set(SMOKE, "seeds", 3), ["seeds = 3"]),
     ("negative seed", _set(SMOKE, "seeds", [0, -1]), ["seeds[1] = -1", "greater than or equal to 0"]),
     ("seed listed twice", _set(SMOKE, "seeds", [0, 1, 0]), ["seeds = [0, 1, 0]", "seed 0 is listed twice"]),
     ("not an int seed", _set(SMOKE, "seeds", [0, 1.5]), ["seeds[1] = 1.5", "integer"]),
-    ("role not usable as a folder", _set(_set(SMOKE, "table1/sources", {
-        ("P/GD" if r == "PGD" else r): v for r, v in SMOKE["table1"]["sources"].items()}),
-        "table1/columns", {m: ("P/GD" if r == "PGD" else r) for m, r in SMOKE["table1"]["columns"].items()}),
-     ["table1.sources.P/GD", "folder name"]),
-    ("model name with a dot (dvc exp run -S splits there)",
-     _set(SMOKE, "models", {("mnist-linf-std-0.5" if k == "mnist-linf-std" else k): v for k, v in SMOKE["models"].items()}),
-     ["models.mnist-linf-std-0.5", "cannot hold a '.'", "'mnist-linf-std-0p5'"]),
+    (
+        "role not usable as a folder",
+        _set(
+            _set(
+                SMOKE,
+                "table1/sources",
+                {("P/GD" if r == "PGD" else r): v for r, v in SMOKE["table1"]["sources"].items()},
+            ),
+            "table1/columns",
+            {m: ("P/GD" if r == "PGD" else r) for m, r in SMOKE["table1"]["columns"].items()},
+        ),
+        ["table1.sources.P/GD", "folder name"],
+    ),
+    (
+        "model name with a dot (dvc exp run -S splits there)",
+        _set(
+            SMOKE,
+            "models",
+            {("mnist-linf-std-0.5" if k == "mnist-linf-std" else k): v for k, v in SMOKE["models"].items()},
+        ),
+        ["models.mnist-linf-std-0.5", "cannot hold a '.'", "'mnist-linf-std-0p5'"],
+    ),
     ("not YAML", "models: [\n  - {name: x\n", ["not valid YAML", "line"]),
     ("not a mapping", "- 1\n- 2\n", ["expected a mapping"]),
 ]
@@ -146,7 +204,12 @@ def test_params_yaml_with_every_switch_on_is_valid(tmp_path):
     p = params_with_every_switch_on(tmp_path)
     names = p.model_names
     assert any(n.startswith("mnist-l2-") for n in names) and any(n.startswith("cifar10-") for n in names)
-    assert {(m.dataset, m.norm) for m in p.models.values()} == {("mnist", "linf"), ("mnist", "l2"), ("cifar10", "linf"), ("cifar10", "l2")}
+    assert {(m.dataset, m.norm) for m in p.models.values()} == {
+        ("mnist", "linf"),
+        ("mnist", "l2"),
+        ("cifar10", "linf"),
+        ("cifar10", "l2"),
+    }
 
 
 def test_data_source_env_wins(monkeypatch, tmp_path):
@@ -177,7 +240,8 @@ def test_every_model_is_trained_once_per_seed(tmp_path):
     assert p.members() == [(n, s) for n in names for s in (0, 2)]
     assert p.member("mnist-linf-std", 2).seed == 2 and p.member("mnist-linf-std", 0).seed == 0
     assert p.member("mnist-linf-std", 2).model_dump(exclude={"seed"}) == p.model("mnist-linf-std").model_dump(
-        exclude={"seed"})
+        exclude={"seed"}
+    )
     a, b = TRAIN.record(p, "mnist-linf-std", 0), TRAIN.record(p, "mnist-linf-std", 2)
     assert a["model"]["seed"] == 0 and b["model"]["seed"] == 2 and {**a["model"], "seed": 2} == b["model"]
     ia, ib = identity(p, "mnist-linf-std", 0, "train"), identity(p, "mnist-linf-std", 2, "train")
@@ -241,12 +305,22 @@ def test_the_schema_package_imports_no_torch_and_nothing_above_it():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 top = (node.module or "").split(".")[0]
-                assert node.level == 1 or node.level == 0 and top not in ("mma", "torch"), \
+                assert node.level == 1 or node.level == 0 and top not in ("mma", "torch"), (
                     f"{path.name} imports {'.' * node.level}{node.module or ''}"
+                )
             elif isinstance(node, ast.Import):
                 assert not {a.name.split(".")[0] for a in node.names} & {"mma", "torch"}, path.name
-    code = ("import json, sys, mma.config.params, mma.config.reader, mma.config.data, mma.config.compute; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('mma', 'torch'))))")
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                       env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout)
+    code = (
+        "import json, sys, mma.config.params, mma.config.reader, mma.config.data, mma.config.compute; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('mma', 'torch'))))"
+    )
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        ).stdout
+    )
     assert "mma.config.params" in loaded and all(m == "mma" or m.startswith("mma.config") for m in loaded), loaded

@@ -43,13 +43,24 @@ def scratch_copy(dest: Path, profile: str | None = "smoke") -> Path:
     params.yaml, DVC set to run without git — what `make smoke` does."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                                capture_output=True, check=True).stdout.decode().split("\0")
+        listed = (
+            subprocess.run(
+                ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                cwd=ROOT,
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .split("\0")
+        )
         files = [f for f in listed if f and (ROOT / f).is_file() and not f.startswith("runs/")]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything but outputs
         skip = {".git", ".venv", "results", "data", "runs", ".snakemake", "mlartifacts"}
-        files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
-                 if p.is_file() and not skip & set(p.relative_to(ROOT).parts) and "mlflow.db" not in p.name]
+        files = [
+            str(p.relative_to(ROOT))
+            for p in ROOT.rglob("*")
+            if p.is_file() and not skip & set(p.relative_to(ROOT).parts) and "mlflow.db" not in p.name
+        ]
     for f in files:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dest / f)
@@ -83,8 +94,14 @@ def dvc_declared(repo: Path) -> set[tuple[str, str, frozenset]]:
 
 def snakemake_declared(repo: Path, *extra: str) -> set[tuple[str, str, frozenset]]:
     """(rule, command, outputs) of every job of a forced dry run."""
-    text = subprocess.run([_tool("snakemake"), "--dry-run", "--forceall", "--printshellcmds", "--cores", "1", *extra],
-                          cwd=repo, env=_env(), capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [_tool("snakemake"), "--dry-run", "--forceall", "--printshellcmds", "--cores", "1", *extra],
+        cwd=repo,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     out, rule, outputs = set(), None, frozenset()
     for line in text.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line)
@@ -101,8 +118,14 @@ def snakemake_declared(repo: Path, *extra: str) -> set[tuple[str, str, frozenset
 def snakemake_jobs(repo: Path, *extra: str) -> list[str]:
     """The jobs a (non-forced) dry run would run, as 'rule' or 'rule:NAME:SEED' (transfer:
     'rule:ROLE:SEED'): the wildcards' values in order."""
-    text = subprocess.run([_tool("snakemake"), "--dry-run", "--cores", "1", *extra], cwd=repo, env=_env(),
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [_tool("snakemake"), "--dry-run", "--cores", "1", *extra],
+        cwd=repo,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     jobs, rule = [], None
     for line in text.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line)
@@ -135,8 +158,9 @@ def test_invalid_params_stop_snakemake_at_parse_time(tmp_path):
     repo = scratch_copy(tmp_path / "repo")
     text = (repo / "params.yaml").read_text().replace("norm: l2", "norm: l3", 1)
     (repo / "params.yaml").write_text(text)
-    result = subprocess.run([_tool("snakemake"), "-n", "--cores", "1"], cwd=repo, env=_env(),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("snakemake"), "-n", "--cores", "1"], cwd=repo, env=_env(), capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert "norm = 'l3'" in result.stdout + result.stderr
 
@@ -150,8 +174,11 @@ def _run(cmd: list[str], cwd: Path) -> tuple[float, float]:
     result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1800)
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
-        logs = "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted((cwd / "results" / "logs").rglob("*.log"))) \
-            if (cwd / "results" / "logs").exists() else ""
+        logs = (
+            "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted((cwd / "results" / "logs").rglob("*.log")))
+            if (cwd / "results" / "logs").exists()
+            else ""
+        )
         pytest.fail(f"{' '.join(cmd)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}{logs}")
     return time.monotonic() - t0, (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
 
@@ -162,9 +189,14 @@ def smoke_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("smoke")
     dvc_repo = scratch_copy(base / "dvc")
     smk_repo = scratch_copy(base / "snakemake")
-    walls = {"dvc": _run([_tool("dvc"), "repro"], dvc_repo),
-             "snakemake": _run([_tool("snakemake"), "--cores", "2"], smk_repo)}
-    print("\nsmoke DAG: " + ", ".join(f"{tool}: {wall:.0f} s wall, {cpu:.0f} s CPU" for tool, (wall, cpu) in walls.items()))
+    walls = {
+        "dvc": _run([_tool("dvc"), "repro"], dvc_repo),
+        "snakemake": _run([_tool("snakemake"), "--cores", "2"], smk_repo),
+    }
+    print(
+        "\nsmoke DAG: "
+        + ", ".join(f"{tool}: {wall:.0f} s wall, {cpu:.0f} s CPU" for tool, (wall, cpu) in walls.items())
+    )
     return {"dvc": dvc_repo, "snakemake": smk_repo, "walls": walls}
 
 
@@ -195,8 +227,9 @@ def _close(a: float, b: float) -> bool:
 @pytest.mark.slow
 def test_dvc_and_snakemake_give_the_same_report(smoke_runs):
     a, b = (smoke_runs[t] / "results" / "report" for t in ("dvc", "snakemake"))
-    assert sorted(p.name for p in a.iterdir() if not p.name.startswith(".")) == \
-        sorted(p.name for p in b.iterdir() if not p.name.startswith("."))
+    assert sorted(p.name for p in a.iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in b.iterdir() if not p.name.startswith(".")
+    )
     timing = re.compile(r"(wall|seconds|time)", re.I)
     na = {k: v for k, v in _numbers(json.loads((a / "summary.json").read_text())) if not timing.search(k)}
     nb = {k: v for k, v in _numbers(json.loads((b / "summary.json").read_text())) if not timing.search(k)}
@@ -225,11 +258,15 @@ def test_one_finished_mlflow_run_per_stage_invocation(smoke_runs, tool):
     p = load_params(repo / "params.yaml")
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(p.experiment).experiment_id], max_results=1000)
-    got = sorted((r.data.tags["mma.stage"], r.data.tags.get("mma.model", ""), r.data.tags.get("mma.seed", ""))
-                 for r in runs)
-    expected = sorted([("data", "", ""), ("report", "", "")] + [("train", n, str(s)) for n, s in p.members()]
-                      + [("evaluate", n, str(s)) for n, s in p.members()]
-                      + [("transfer", src.model, str(s)) for src in p.table1.sources.values() for s in p.seeds])
+    got = sorted(
+        (r.data.tags["mma.stage"], r.data.tags.get("mma.model", ""), r.data.tags.get("mma.seed", "")) for r in runs
+    )
+    expected = sorted(
+        [("data", "", ""), ("report", "", "")]
+        + [("train", n, str(s)) for n, s in p.members()]
+        + [("evaluate", n, str(s)) for n, s in p.members()]
+        + [("transfer", src.model, str(s)) for src in p.table1.sources.values() for s in p.seeds]
+    )
     assert got == expected
     assert {r.info.status for r in runs} == {"FINISHED"}
     train = [r for r in runs if r.data.tags["mma.stage"] == "train"]
@@ -249,8 +286,11 @@ def test_one_finished_mlflow_run_per_stage_invocation(smoke_runs, tool):
         want = {k: _param_value(v) for k, v in flatten(contract.record(p, target, seed)).items()}
         assert want.items() <= r.data.params.items(), r.info.run_name
         if contract.stage in ("transfer", "evaluate"):
-            assert {f"attacks.{a}.steps" for a in p.attacks} | {"evaluate.test_limit", "seed", "compute.precision"} \
-                <= r.data.params.keys()
+            assert {f"attacks.{a}.steps" for a in p.attacks} | {
+                "evaluate.test_limit",
+                "seed",
+                "compute.precision",
+            } <= r.data.params.keys()
 
 
 def _ran_dvc_stages(output: str) -> set[str]:
@@ -273,15 +313,17 @@ def test_editing_one_model_reruns_only_that_model(smoke_runs, tmp_path):
         if tool == "dvc":
             (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
             try:
-                out = subprocess.run([_tool("dvc"), "repro"], cwd=repo, env=_env(), check=True,
-                                     capture_output=True, text=True).stdout
+                out = subprocess.run(
+                    [_tool("dvc"), "repro"], cwd=repo, env=_env(), check=True, capture_output=True, text=True
+                ).stdout
             finally:
                 (repo / "params.yaml").write_text(original)
                 subprocess.run([_tool("dvc"), "repro"], cwd=repo, env=_env(), check=True, capture_output=True)
             ran = _ran_dvc_stages(out)
             print(f"\ndvc repro after one lr edit ran: {sorted(ran)}")
-            cheap = {f"{stage}@{n}-0" for n in doc["models"] for stage in ("spec", "inputs")} | \
-                {f"source@{role}-0" for role in doc["table1"]["sources"]}
+            cheap = {f"{stage}@{n}-0" for n in doc["models"] for stage in ("spec", "inputs")} | {
+                f"source@{role}-0" for role in doc["table1"]["sources"]
+            }
             assert ran - cheap == {f"train@{name}-0", f"evaluate@{name}-0", "report"}, ran
         else:
             copy = tmp_path / "my-params.yaml"
@@ -307,8 +349,9 @@ def test_keys_that_cannot_change_a_model_rerun_nothing(smoke_runs, tmp_path):
         try:
             (repo / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
             if tool == "dvc":
-                out = subprocess.run([_tool("dvc"), "repro"], cwd=repo, env=_env(), check=True,
-                                     capture_output=True, text=True).stdout
+                out = subprocess.run(
+                    [_tool("dvc"), "repro"], cwd=repo, env=_env(), check=True, capture_output=True, text=True
+                ).stdout
                 ran = _ran_dvc_stages(out)
                 assert all(s.startswith(("spec@", "inputs@")) for s in ran), ran  # the cheap bookkeeping stages only
             else:
@@ -351,8 +394,11 @@ def _git_copy(src: Path, dest: Path) -> Path:
     """A copy of a finished no-scm run (its DVC cache included) as a git repository."""
     shutil.copytree(src, dest, symlinks=True)
     subprocess.run([_tool("dvc"), "config", "--local", "--unset", "core.no_scm"], cwd=dest, check=True)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke run"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke run"],
+    ):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     return dest
 
@@ -365,24 +411,32 @@ def test_dvc_metrics_and_plots_are_readable(smoke_runs, tmp_path):
     member, every declared param and every dependency is a column; README: `dvc exp diff`.)"""
     repo = _git_copy(smoke_runs["dvc"], tmp_path / "git")
     env = _env(COLUMNS="1000")
-    table = subprocess.run([_tool("dvc"), "metrics", "show"], cwd=repo, env=env, check=True,
-                           capture_output=True, text=True).stdout
+    table = subprocess.run(
+        [_tool("dvc"), "metrics", "show"], cwd=repo, env=env, check=True, capture_output=True, text=True
+    ).stdout
     print(table)
     assert max(len(line) for line in table.splitlines()) <= 200
-    metrics = json.loads(subprocess.run([_tool("dvc"), "metrics", "show", "--json"], cwd=repo, env=env, check=True,
-                                        capture_output=True, text=True).stdout)
+    metrics = json.loads(
+        subprocess.run(
+            [_tool("dvc"), "metrics", "show", "--json"], cwd=repo, env=env, check=True, capture_output=True, text=True
+        ).stdout
+    )
     files = next(iter(metrics.values()))["data"]
     p = yaml.safe_load((repo / "params.yaml").read_text())
-    assert set(files) == {f"results/metrics/{n}/seed0.json" for n in p["models"]} | \
-        {f"results/models/{n}/seed0/metrics.json" for n in p["models"]}
+    assert set(files) == {f"results/metrics/{n}/seed0.json" for n in p["models"]} | {
+        f"results/models/{n}/seed0/metrics.json" for n in p["models"]
+    }
     for name, entry in files.items():
         data = entry["data"]
         assert len(data) <= 9 and not {"git_commit", "params", "wall_seconds_this_attempt"} & set(data), name
         for key, value in data.items():
             if key in ("clean", "whitebox", "worst", "val_clean", "val_pgd") or "@" in key:
                 assert 0 <= value <= 100, (name, key, value)  # percent
-    plots = json.loads(subprocess.run([_tool("dvc"), "plots", "show", "--json"], cwd=repo, env=env, check=True,
-                                      capture_output=True, text=True).stdout)["data"]
+    plots = json.loads(
+        subprocess.run(
+            [_tool("dvc"), "plots", "show", "--json"], cwd=repo, env=env, check=True, capture_output=True, text=True
+        ).stdout
+    )["data"]
     for name in p["models"]:
         for kind in ("train", "val", "robust_vs_eps"):
             assert f"results/plots/{kind}/{name}/seed0.tsv" in plots, (kind, name)

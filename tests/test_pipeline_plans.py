@@ -26,8 +26,7 @@ def test_snakemake_reruns_nothing_for_a_copied_params_file_and_one_spec_for_one_
     repo = scratch_copy(tmp_path / "repo")
     names = list(yaml.safe_load((repo / "params.yaml").read_text())["models"])
     specs = [f"results/specs/{n}/seed0.json" for n in names]
-    subprocess.run([_tool("snakemake"), "--cores", "1", *specs], cwd=repo, env=_env(), check=True,
-                   capture_output=True)
+    subprocess.run([_tool("snakemake"), "--cores", "1", *specs], cwd=repo, env=_env(), check=True, capture_output=True)
     copy = tmp_path / "my-params.yaml"
     doc = yaml.safe_load((repo / "params.yaml").read_text())
     copy.write_text(yaml.safe_dump(doc, sort_keys=False))  # same values, another name and layout
@@ -47,10 +46,17 @@ def test_dvc_stages_by_model_name_and_one_edit_changes_one_spec_file(tmp_path):
     stages rerun (cheap) but only that model's file changes, so only its train stage is out of
     date; checkpoint_every changes no file."""
     repo = scratch_copy(tmp_path / "repo")
-    listed = subprocess.run([_tool("dvc"), "stage", "list", "--name-only"], cwd=repo, env=_env(), check=True,
-                            capture_output=True, text=True).stdout.split()
-    for stage in ("train@mnist-linf-pgd-0p3-0", "evaluate@cifar10-l2-mma-1p0-0", "spec@mnist-linf-std-0",
-                  "inputs@mnist-l2-mma-2p0-0", "transfer@PGD-0", "source@PGD-0"):
+    listed = subprocess.run(
+        [_tool("dvc"), "stage", "list", "--name-only"], cwd=repo, env=_env(), check=True, capture_output=True, text=True
+    ).stdout.split()
+    for stage in (
+        "train@mnist-linf-pgd-0p3-0",
+        "evaluate@cifar10-l2-mma-1p0-0",
+        "spec@mnist-linf-std-0",
+        "inputs@mnist-l2-mma-2p0-0",
+        "transfer@PGD-0",
+        "source@PGD-0",
+    ):
         assert stage in listed, listed
     subprocess.run([_tool("dvc"), "repro", "--glob", "spec@*"], cwd=repo, env=_env(), check=True, capture_output=True)
     before = {p.parent.name: _md5(p) for p in (repo / "results" / "specs").glob("*/seed0.json")}
@@ -77,18 +83,27 @@ def test_two_seeds_plan_one_job_per_model_and_seed_in_both_tools(tmp_path):
     members = {f"{n}-{s}" for n in doc["models"] for s in (0, 1)}
     roles = {f"{r}-{s}" for r in doc["table1"]["sources"] for s in (0, 1)}
     assert len(members) == 2 * 6 and len(roles) == 2 * 3
-    expected = ({"data", "report"}
-                | {f"{kind}@{m}" for kind in ("spec", "train", "inputs", "evaluate") for m in members}
-                | {f"{kind}@{r}" for kind in ("source", "transfer") for r in roles})
-    listed = subprocess.run([_tool("dvc"), "stage", "list", "--name-only"], cwd=repo, env=_env(), check=True,
-                            capture_output=True, text=True).stdout.split()
+    expected = (
+        {"data", "report"}
+        | {f"{kind}@{m}" for kind in ("spec", "train", "inputs", "evaluate") for m in members}
+        | {f"{kind}@{r}" for kind in ("source", "transfer") for r in roles}
+    )
+    listed = subprocess.run(
+        [_tool("dvc"), "stage", "list", "--name-only"], cwd=repo, env=_env(), check=True, capture_output=True, text=True
+    ).stdout.split()
     assert sorted(listed) == sorted(expected)
     jobs = snakemake_jobs(repo)  # nothing built yet: every job, once
     as_dvc = {j if ":" not in j else "{}@{}-{}".format(*j.split(":")) for j in jobs}
     assert len(jobs) == len(as_dvc) and as_dvc == expected
     model = "results/models/mnist-linf-std/seed1/model.pt"
-    cmds = subprocess.run([_tool("snakemake"), "-n", "-p", "--cores", "1", model], cwd=repo, env=_env(), check=True,
-                          capture_output=True, text=True).stdout
+    cmds = subprocess.run(
+        [_tool("snakemake"), "-n", "-p", "--cores", "1", model],
+        cwd=repo,
+        env=_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "mma train mnist-linf-std --seed 1 --params params.yaml" in cmds
 
 
@@ -106,17 +121,24 @@ def test_evaluate_inputs_record_holds_only_its_threat_models_sets(tmp_path, monk
     (tmp_path / "two-seeds.yaml").write_text(yaml.safe_dump({**doc, "seeds": [0, 1]}))
     p = load_params(tmp_path / "two-seeds.yaml")
     assert {r: s.model for r, s in p.table1.sources.items()} == {
-        "MMA": "mnist-linf-mma-0p45", "PGD": "mnist-linf-pgd-0p3", "STD": "mnist-linf-std"}  # MMA: its own, not read
+        "MMA": "mnist-linf-mma-0p45",
+        "PGD": "mnist-linf-pgd-0p3",
+        "STD": "mnist-linf-std",
+    }  # MMA: its own, not read
     for role in ("STD", "PGD"):
         for seed in (0, 1):
             folder = tmp_path / "results" / "transfer" / role / f"seed{seed}"
             folder.mkdir(parents=True)
             (folder / "manifest.json").write_text(f"{role} {seed}")
     linf = inputs_record(p, "mnist-linf-mma-0p45", 0)
-    assert set(linf["files"]) == {"results/transfer/STD/seed0/manifest.json",
-                                  "results/transfer/PGD/seed0/manifest.json"}
+    assert set(linf["files"]) == {
+        "results/transfer/STD/seed0/manifest.json",
+        "results/transfer/PGD/seed0/manifest.json",
+    }
     assert set(inputs_record(p, "mnist-linf-mma-0p45", 1)["files"]) == {
-        "results/transfer/STD/seed1/manifest.json", "results/transfer/PGD/seed1/manifest.json"}
+        "results/transfer/STD/seed1/manifest.json",
+        "results/transfer/PGD/seed1/manifest.json",
+    }
     assert inputs_record(p, "mnist-l2-mma-2p0", 0)["files"] == {}
     before = inputs_record(p, "mnist-l2-mma-2p0", 0)
     (tmp_path / "results" / "transfer" / "STD" / "seed1" / "manifest.json").write_text("changed")

@@ -101,8 +101,18 @@ class _Exploding(nn.Module):
 
 
 def _spec(**kw):
-    base = dict(name="toy", dataset="mnist", arch="lenet5_madry", norm="linf", method="std",
-                train_steps=20, batch_size=32, eval_every=5, checkpoint_every=3, optimizer={"lr": 1e-2})
+    base = dict(
+        name="toy",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method="std",
+        train_steps=20,
+        batch_size=32,
+        eval_every=5,
+        checkpoint_every=3,
+        optimizer={"lr": 1e-2},
+    )
     base.update(kw)
     return ModelSpec(**base)
 
@@ -111,8 +121,15 @@ def test_nan_loss_stops_with_the_step_named_and_keeps_the_checkpoint(tmp_path):
     b = _ToyBatcher()
     resume = tmp_path / "resume.pt"
     with pytest.raises(TrainingDiverged, match=r"step 5\b"):
-        train(_spec(), b, (b.x[:64], b.y[:64]), model_path=tmp_path / "m.pt", resume_path=resume,
-              model=_Exploding(after=5), show_progress=False)
+        train(
+            _spec(),
+            b,
+            (b.x[:64], b.y[:64]),
+            model_path=tmp_path / "m.pt",
+            resume_path=resume,
+            model=_Exploding(after=5),
+            show_progress=False,
+        )
     state = load_tensors(resume)
     assert state["result"]["step"] == 3  # the last good checkpoint, not overwritten by the bad step
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -136,8 +153,16 @@ def test_mma_epsilon_collapse_is_reported(tmp_path):
     logged = []
     spec = _spec(method="mma", mma={"eps_min": 0.05, "d_max": 0.3, "steps": 2}, train_steps=5, eval_every=5)
     with pytest.warns(RuntimeWarning, match="epsilon is 0"):
-        train(spec, b, (b.x[:32], b.y[:32]), model_path=tmp_path / "m.pt", resume_path=tmp_path / "r.pt",
-              model=AlwaysWrong(), show_progress=False, log=lambda m, s: logged.append(m))
+        train(
+            spec,
+            b,
+            (b.x[:32], b.y[:32]),
+            model_path=tmp_path / "m.pt",
+            resume_path=tmp_path / "r.pt",
+            model=AlwaysWrong(),
+            show_progress=False,
+            log=lambda m, s: logged.append(m),
+        )
     assert any(m.get("warn_eps_collapsed") == 1.0 for m in logged)
 
 
@@ -147,8 +172,12 @@ TOY = Path(__file__).parent / "helpers" / "train_toy.py"
 
 def _run_toy(out: Path, method: str, steps: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.Popen([sys.executable, str(TOY), str(out), method, str(steps)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, str(TOY), str(out), method, str(steps)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.slow

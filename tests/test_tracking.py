@@ -74,8 +74,17 @@ def test_eight_processes_on_a_fresh_sqlite_store_lose_no_run(tmp_path):
     """Unlocked, 7 of 8 processes die in MLflow's schema migration (measured); with the
     lock every run is complete."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i)], env=env, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(i)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(8)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, "\n".join(outputs)
     client, runs = _runs(tmp_path / "mlflow.db", "parallel")
@@ -96,8 +105,14 @@ def _closed_port() -> int:
 def test_unreachable_server_fails_fast_before_any_work(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}"}
     t0 = time.monotonic()
-    result = subprocess.run(MMA + ["train", "mnist-linf-std", "--params", str(ROOT / "presets" / "smoke.yaml")],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        MMA + ["train", "mnist-linf-std", "--params", str(ROOT / "presets" / "smoke.yaml")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - t0
     assert result.returncode == 2, result.stderr
     assert "unreachable" in result.stderr and result.stderr.strip().count("\n") == 0
@@ -127,12 +142,26 @@ def test_resumed_stage_continues_the_same_run_without_duplicate_steps(tmp_path, 
 
 def _tiny_params(tmp_path: Path) -> Path:
     doc = {
-        "experiment": "kill", "device": "cpu", "threads": 1,
+        "experiment": "kill",
+        "device": "cpu",
+        "threads": 1,
         "data": {"root": "data", "datasets": ["mnist"], "val_size": 500},
-        "models": {"tiny": {"dataset": "mnist", "arch": "lenet5_madry", "norm": "linf", "method": "std",
-                            "optimizer": {"name": "adam", "lr": 0.001}, "train_steps": 200, "batch_size": 20,
-                            "train_limit": 1000, "val_limit": 100, "eval_every": 50, "checkpoint_every": 10,
-                            "log_every": 1}},
+        "models": {
+            "tiny": {
+                "dataset": "mnist",
+                "arch": "lenet5_madry",
+                "norm": "linf",
+                "method": "std",
+                "optimizer": {"name": "adam", "lr": 0.001},
+                "train_steps": 200,
+                "batch_size": 20,
+                "train_limit": 1000,
+                "val_limit": 100,
+                "eval_every": 50,
+                "checkpoint_every": 10,
+                "log_every": 1,
+            }
+        },
         "table1": {"sources": {}, "columns": {}},
     }
     path = tmp_path / "params.yaml"
@@ -144,13 +173,21 @@ def _tiny_params(tmp_path: Path) -> Path:
 def test_kill_9_then_rerun_continues_the_same_mlflow_run(tmp_path):
     from conftest import mnist_source
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "MMA_DATA_SOURCE": str(mnist_source())}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "MMA_DATA_SOURCE": str(mnist_source()),
+    }
     params = _tiny_params(tmp_path)
     subprocess.run(MMA + ["data", "--params", str(params)], env=env, cwd=tmp_path, check=True, capture_output=True)
     resume = tmp_path / "results" / "checkpoints" / "tiny" / "seed0" / "resume.pt"
-    proc = subprocess.Popen(MMA + ["train", "tiny", "--params", str(params)], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        MMA + ["train", "tiny", "--params", str(params)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -160,8 +197,14 @@ def test_kill_9_then_rerun_continues_the_same_mlflow_run(tmp_path):
     proc.wait()
     run_id = json.loads((resume.parent / "run.json").read_text())["run_id"]
 
-    result = subprocess.run(MMA + ["train", "tiny", "--params", str(params)], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        MMA + ["train", "tiny", "--params", str(params)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "resuming from" in result.stderr
     client, runs = _runs(tmp_path / "mlflow.db", "kill")
@@ -186,13 +229,20 @@ def test_snakemake_four_parallel_training_jobs_record_four_complete_runs(tmp_pat
     doc["seeds"] = [0, 1]
     (repo / "params.yaml").write_text(yaml.safe_dump(doc))
     targets = [f"results/models/tiny-{i}/seed{s}/model.pt" for i in range(2) for s in (0, 1)]
-    result = subprocess.run([_tool("snakemake"), "--cores", "4", *targets], cwd=repo, env=_env(),
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [_tool("snakemake"), "--cores", "4", *targets],
+        cwd=repo,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client, runs = _runs(repo / "mlflow.db", "kill")
     train = [r for r in runs if r.data.tags.get("mma.stage") == "train"]
-    assert sorted((r.data.tags["mma.model"], r.data.tags["mma.seed"]) for r in train) == \
-        [(f"tiny-{i}", s) for i in range(2) for s in ("0", "1")]
+    assert sorted((r.data.tags["mma.model"], r.data.tags["mma.seed"]) for r in train) == [
+        (f"tiny-{i}", s) for i in range(2) for s in ("0", "1")
+    ]
     assert {r.info.status for r in train} == {"FINISHED"}
     for r in train:
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == list(range(1, 31))
@@ -294,15 +344,25 @@ def test_evaluation_run_tags_and_params_file_of_a_temporary_copy(tmp_path, monke
     monkeypatch.setattr(cli, "_device", lambda p, d: "cpu")
     with pytest.raises(SystemExit):
         cli._run_stage(cli.STAGES["evaluate"], SMOKE, "mnist-l2-mma-2p0")
-    assert {"mma.method": "mma", "mma.norm": "l2", "mma.dataset": "mnist", "mma.seed": 0,
-            "mma.group": "mnist-l2-mma-2p0", "mma.eval_seed": 0}.items() <= seen.items()
+    assert {
+        "mma.method": "mma",
+        "mma.norm": "l2",
+        "mma.dataset": "mnist",
+        "mma.seed": 0,
+        "mma.group": "mnist-l2-mma-2p0",
+        "mma.eval_seed": 0,
+    }.items() <= seen.items()
+
+
 # --------------------------------------------------------------------------- bounded waits, credentials
 def test_passwords_of_uris_are_redacted_in_any_text():
     from mma.tracking import redact
 
     assert redact("store http://alice:s3cret@h:5000/x failed") == "store http://alice:***@h:5000/x failed"
-    assert redact("postgresql+psycopg2://u:p@ss@h/db?password=x&sslmode=require") == \
-        "postgresql+psycopg2://u:***@h/db?password=***&sslmode=require"
+    assert (
+        redact("postgresql+psycopg2://u:p@ss@h/db?password=x&sslmode=require")
+        == "postgresql+psycopg2://u:***@h/db?password=***&sslmode=require"
+    )
     assert redact("sqlite:////work/mlflow.db and mail@host") == "sqlite:////work/mlflow.db and mail@host"
 
 
@@ -320,17 +380,22 @@ while time.monotonic() < end:
 
 def _holder(lock: Path, how: str, seconds: float) -> subprocess.Popen:
     """A process holding ``lock`` for ``seconds``, asleep or working (spinning on the CPU)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock), how, str(seconds)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(lock), how, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
 
-@pytest.mark.parametrize("how, seconds, waited, outcome", [
-    ("work", 3.0, (2.0, 30.0), "acquired"),  # a working holder is waited for past WAIT_S (1 s)
-    ("sleep", 30.0, (1.0, 10.0), "idle for 1 s"),  # an idle one for WAIT_S only
-    ("work", 30.0, (4.0, 20.0), "working for over 4 s"),  # a working one for MAX_WAIT_S at most
-], ids=["working holder", "idle holder", "working past the cap"])
+@pytest.mark.parametrize(
+    "how, seconds, waited, outcome",
+    [
+        ("work", 3.0, (2.0, 30.0), "acquired"),  # a working holder is waited for past WAIT_S (1 s)
+        ("sleep", 30.0, (1.0, 10.0), "idle for 1 s"),  # an idle one for WAIT_S only
+        ("work", 30.0, (4.0, 20.0), "working for over 4 s"),  # a working one for MAX_WAIT_S at most
+    ],
+    ids=["working holder", "idle holder", "working past the cap"],
+)
 def test_a_lock_is_waited_on_while_its_holder_works(tmp_path, monkeypatch, how, seconds, waited, outcome):
     from mma import locks
 
@@ -365,9 +430,13 @@ def test_a_held_store_lock_ends_the_wait_within_its_bound(tmp_path):
     holder = _holder(tmp_path / "mlflow.db.lock", "sleep", 150)
     try:
         t0 = time.monotonic()
-        result = subprocess.run(["timeout", "-k", "5", "140", *MMA, "report", "--params",
-                                 str(ROOT / "presets" / "smoke.yaml")], env=env, cwd=tmp_path, capture_output=True,
-                                text=True)
+        result = subprocess.run(
+            ["timeout", "-k", "5", "140", *MMA, "report", "--params", str(ROOT / "presets" / "smoke.yaml")],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
         elapsed = time.monotonic() - t0
     finally:
         holder.kill()
@@ -425,10 +494,27 @@ def test_credentials_reach_the_server_as_mlflow_sends_them_and_are_never_printed
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                               f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art"),
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     AuthProxy.upstream = port
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AuthProxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
@@ -445,12 +531,26 @@ def test_credentials_reach_the_server_as_mlflow_sends_them_and_are_never_printed
         params = _tiny_params(tmp_path)
         base = {**os.environ, "MMA_DATA_SOURCE": str(mnist_source())}
         proxied = f"127.0.0.1:{proxy.server_address[1]}"
-        runs = [("in the URI", {"MLFLOW_TRACKING_URI": f"http://alice:s3cret@{proxied}"}),
-                ("in MLflow's variables", {"MLFLOW_TRACKING_URI": f"http://{proxied}",
-                                           "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cret"})]
+        runs = [
+            ("in the URI", {"MLFLOW_TRACKING_URI": f"http://alice:s3cret@{proxied}"}),
+            (
+                "in MLflow's variables",
+                {
+                    "MLFLOW_TRACKING_URI": f"http://{proxied}",
+                    "MLFLOW_TRACKING_USERNAME": "alice",
+                    "MLFLOW_TRACKING_PASSWORD": "s3cret",
+                },
+            ),
+        ]
         for how, env in runs:
-            result = subprocess.run(MMA + ["data", "--params", str(params)], env={**base, **env}, cwd=tmp_path,
-                                    capture_output=True, text=True, timeout=300)
+            result = subprocess.run(
+                MMA + ["data", "--params", str(params)],
+                env={**base, **env},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert result.returncode == 0, (how, result.stderr)
             assert "s3cret" not in result.stdout + result.stderr
         assert AuthProxy.seen["refused"] == 0 and AuthProxy.seen["forwarded"] > 0
@@ -460,8 +560,14 @@ def test_credentials_reach_the_server_as_mlflow_sends_them_and_are_never_printed
         assert [a.path for a in client.list_artifacts(data_runs[0].info.run_id, "params")] == ["params/params.yaml"]
 
         wrong = {**base, "MLFLOW_TRACKING_URI": f"http://alice:n0t-it@{proxied}"}
-        result = subprocess.run(MMA + ["data", "--params", str(params)], env=wrong, cwd=tmp_path,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            MMA + ["data", "--params", str(params)],
+            env=wrong,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert "refused the credentials (HTTP 401)" in result.stderr and "http://alice:***@" in result.stderr
         assert "n0t-it" not in result.stdout + result.stderr

@@ -7,8 +7,6 @@ channel count, which an MLP ignores).
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -34,7 +32,7 @@ class Batcher:
             raise KeyboardInterrupt(f"simulated crash at step {step}")
         epoch, i = divmod(step, len(self.x) // self.batch_size)
         perm = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(1000 * self.seed + epoch))
-        idx = perm[i * self.batch_size: (i + 1) * self.batch_size]
+        idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
         return self.x[idx], self.y[idx], idx
 
 
@@ -49,9 +47,21 @@ def toy_spec(method: str, *, steps: int, seed: int = 0, **over) -> ModelSpec:
         "pgd": {"pgd": PGDTrainSpec(eps=0.1, steps=5)},
         "mma": {"mma": MMATrainSpec(eps_min=0.02, d_max=0.35, steps=10)},
     }[method]
-    fields = dict(name=f"toy-{method}", dataset="mnist", arch="lenet5_madry", norm="l2", method=method,
-                  optimizer=OptimizerSpec(name="adam", lr=1e-2), train_steps=steps, batch_size=64, seed=seed,
-                  eval_every=steps, checkpoint_every=steps, log_every=1, **blocks)
+    fields = dict(
+        name=f"toy-{method}",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="l2",
+        method=method,
+        optimizer=OptimizerSpec(name="adam", lr=1e-2),
+        train_steps=steps,
+        batch_size=64,
+        seed=seed,
+        eval_every=steps,
+        checkpoint_every=steps,
+        log_every=1,
+        **blocks,
+    )
     fields.update(over)
     return ModelSpec(**fields)
 
@@ -104,8 +114,15 @@ def an_pgd_margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
 def train_toy(method: str, x, y, tmp_path, *, steps: int = 400, seed: int = 0) -> nn.Module:
     model = mlp(seed)
     spec = toy_spec(method, steps=steps, seed=seed)
-    train(spec, Batcher(x, y, spec.batch_size, seed), (x, y), model_path=tmp_path / f"{method}.pt",
-          resume_path=tmp_path / f"{method}-resume.pt", show_progress=False, model=model)
+    train(
+        spec,
+        Batcher(x, y, spec.batch_size, seed),
+        (x, y),
+        model_path=tmp_path / f"{method}.pt",
+        resume_path=tmp_path / f"{method}-resume.pt",
+        show_progress=False,
+        model=model,
+    )
     return model.eval()
 
 
@@ -124,8 +141,13 @@ def test_mma_enlarges_the_mean_margin_on_a_2d_toy(tmp_path):
         # below the true minimal one, and close to it on average
         assert (m_an >= m_grid - cell).all(), method
         assert abs(m_an.mean() - m_grid.mean()) <= 0.03 * m_grid.mean(), method
-        stats[method] = (acc, m_an.mean().item(), m_grid.mean().item(),
-                         m_grid[y_test == 0].mean().item(), m_grid[y_test == 1].mean().item())
+        stats[method] = (
+            acc,
+            m_an.mean().item(),
+            m_grid.mean().item(),
+            m_grid[y_test == 0].mean().item(),
+            m_grid[y_test == 1].mean().item(),
+        )
     print("\n[2-D toy, L2] method: test accuracy, mean margin (an_pgd / grid), grid margin class 0 / class 1")
     for method, (acc, a, gm, g0, g1) in stats.items():
         print(f"  {method}: acc {acc:.4f}  margin {a:.4f} / {gm:.4f}   class 0 {g0:.4f}  class 1 {g1:.4f}")
@@ -146,14 +168,23 @@ def two_strips(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x1, 0.1 + torch.rand(n, generator=g) * 0.8], 1), y
 
 
-def run_logged(spec, x, y, folder, *, model: nn.Module, crash_at: int | None = None,
-               compute: Compute = FP32) -> dict[int, dict]:
+def run_logged(
+    spec, x, y, folder, *, model: nn.Module, crash_at: int | None = None, compute: Compute = FP32
+) -> dict[int, dict]:
     """Train (or resume) in ``folder``; returns {step: metrics} as logged."""
     logged: dict[int, dict] = {}
     batcher = Batcher(x, y, spec.batch_size, spec.seed, crash_at=crash_at)
-    train(spec, batcher, (x[:128], y[:128]), model_path=folder / "model.pt", resume_path=folder / "resume.pt",
-          show_progress=False, model=model, log=lambda metrics, step: logged.setdefault(step, {}).update(metrics),
-          compute=compute)
+    train(
+        spec,
+        batcher,
+        (x[:128], y[:128]),
+        model_path=folder / "model.pt",
+        resume_path=folder / "resume.pt",
+        show_progress=False,
+        model=model,
+        log=lambda metrics, step: logged.setdefault(step, {}).update(metrics),
+        compute=compute,
+    )
     return logged
 
 
@@ -235,8 +266,9 @@ def test_mma_step_is_algorithm_2(d_max, clean_loss_coeff):
 
     x, y = two_strips(64, seed=3)
     model = mlp(5).train()
-    spec = MMATrainSpec(eps_min=0.02, d_max=d_max, eps_max=0.3 if d_max is None else None, steps=5,
-                        clean_loss_coeff=clean_loss_coeff)
+    spec = MMATrainSpec(
+        eps_min=0.02, d_max=d_max, eps_max=0.3 if d_max is None else None, steps=5, clean_loss_coeff=clean_loss_coeff
+    )
     idx = torch.arange(64) * 3  # positions in a 200-example training split
     step = MMAStep(spec, "l2", 200)
     step.eps[idx] = torch.linspace(0.0, 0.2, 64)  # remembered lengths from earlier epochs
@@ -253,8 +285,17 @@ def test_mma_step_is_algorithm_2(d_max, clean_loss_coeff):
     ce_clean = nn.functional.cross_entropy(logits, y, reduction="none")
     eps_init = torch.linspace(0.0, 0.2, 64)[correct].clamp(min=0.02)
     # the step hands its clean logits to the search (saves forwards; same guarantees)
-    x_adv, eps = an_pgd(model, x[correct], y[correct], eps_init, norm="l2", eps_max=spec.resolved_eps_max, steps=5,
-                        search_loss=spec.search_loss, clean_logits=logits[correct])
+    x_adv, eps = an_pgd(
+        model,
+        x[correct],
+        y[correct],
+        eps_init,
+        norm="l2",
+        eps_max=spec.resolved_eps_max,
+        steps=5,
+        search_loss=spec.search_loss,
+        clean_logits=logits[correct],
+    )
     with torch.no_grad():
         ce_adv = nn.functional.cross_entropy(model(x_adv), y[correct], reduction="none")
     hinge = float("inf") if d_max is None else d_max
@@ -329,8 +370,10 @@ class _SyncCounter:
             monkeypatch.setattr(torch.Tensor, name, counted)
 
 
-@pytest.mark.parametrize("method, path", [("std", "eager"), ("pgd", "eager"), ("std", "graph"), ("pgd", "graph"),
-                                          ("mma", "fixed"), ("mma", "graph")])
+@pytest.mark.parametrize(
+    "method, path",
+    [("std", "eager"), ("pgd", "eager"), ("std", "graph"), ("pgd", "graph"), ("mma", "fixed"), ("mma", "graph")],
+)
 def test_training_steps_read_nothing_back_between_log_reads(method, path, tmp_path, monkeypatch):
     """Training steps make no host sync between reads (on a GPU each would stall the
     launch queue; a CUDA graph cannot contain one): only the reads every log_every steps
@@ -348,8 +391,17 @@ def test_training_steps_read_nothing_back_between_log_reads(method, path, tmp_pa
             syncs_per_read.append(len(counter.calls))
             reads.append(step)
 
-    train(spec, Batcher(x, y, spec.batch_size), (x[:64], y[:64]), model_path=tmp_path / "m.pt",
-          resume_path=tmp_path / "r.pt", show_progress=False, model=mlp(0), log=log, compute=PATHS[path])
+    train(
+        spec,
+        Batcher(x, y, spec.batch_size),
+        (x[:64], y[:64]),
+        model_path=tmp_path / "m.pt",
+        resume_path=tmp_path / "r.pt",
+        show_progress=False,
+        model=mlp(0),
+        log=log,
+        compute=PATHS[path],
+    )
     assert reads == [6, 12]
     # the first read: its finite check and the window (one tolist each), nothing per step
     assert syncs_per_read[0] == 2, counter.calls
@@ -369,8 +421,15 @@ def test_non_finite_before_the_first_checkpoint_says_there_is_none(tmp_path):
     x, y = two_strips(256, seed=0)
     spec = toy_spec("std", steps=20, eval_every=20, checkpoint_every=10, log_every=5)
     with pytest.raises(TrainingDiverged, match=r"non-finite loss and gradient at step 0; no checkpoint was written"):
-        train(spec, Batcher(x, y, spec.batch_size), (x[:64], y[:64]), model_path=tmp_path / "m.pt",
-              resume_path=tmp_path / "r.pt", show_progress=False, model=Nan())
+        train(
+            spec,
+            Batcher(x, y, spec.batch_size),
+            (x[:64], y[:64]),
+            model_path=tmp_path / "m.pt",
+            resume_path=tmp_path / "r.pt",
+            show_progress=False,
+            model=Nan(),
+        )
     assert not (tmp_path / "r.pt").exists() and not (tmp_path / "m.pt").exists()
 
 

@@ -10,8 +10,12 @@ def test_training_curves_in_percent_appended_once_per_flush(tmp_path):
     last flush (a crash) are not in the file; a resumed run appends after the flushed ones."""
     from mma.stages.train import Curves, percent
 
-    assert percent({"val_clean_acc": 0.76, "train_acc": 0.5, "loss": 0.3, "eps": 0.2}) == \
-        {"val_clean_acc": 76.0, "train_acc": 50.0, "loss": 0.3, "eps": 0.2}
+    assert percent({"val_clean_acc": 0.76, "train_acc": 0.5, "loss": 0.3, "eps": 0.2}) == {
+        "val_clean_acc": 76.0,
+        "train_acc": 50.0,
+        "loss": 0.3,
+        "eps": 0.2,
+    }
     sent = []
     c = Curves(tmp_path, log=lambda v, s: sent.append((s, v)), flush=lambda: sent.append("flush"))
     c.log({"loss": 1.0, "train_acc": 0.25}, 10)

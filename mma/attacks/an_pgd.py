@@ -33,8 +33,19 @@ import torch
 from torch import Tensor, nn
 
 from ..graphs import graphed
-from .core import (SEARCHES, attack_mode, check_norm, expand_like, fixed_shape, fp32, full_precision, get_loss,
-                   lp_norm, per_example, search_method)
+from .core import (
+    SEARCHES,
+    attack_mode,
+    check_norm,
+    expand_like,
+    fixed_shape,
+    fp32,
+    full_precision,
+    get_loss,
+    lp_norm,
+    per_example,
+    search_method,
+)
 from .pgd import pgd
 
 # The search's two tuning constants, set by counting forward rows on LeNet5-Madry / MNIST
@@ -109,37 +120,91 @@ def an_pgd(
     """
     check_norm(norm)
     if attack_loss == "cw":
-        raise ValueError("an_pgd: attack_loss 'cw' is not supported: the Carlini-Wagner loss is clamped at 0, so "
-                         "its gradient vanishes once an example is fooled and PGD gives no direction to the "
-                         "boundary; use 'soft_margin' (the authors'), 'margin' or 'ce'")
+        raise ValueError(
+            "an_pgd: attack_loss 'cw' is not supported: the Carlini-Wagner loss is clamped at 0, so "
+            "its gradient vanishes once an example is fooled and PGD gives no direction to the "
+            "boundary; use 'soft_margin' (the authors'), 'margin' or 'ce'"
+        )
     x = x.detach()
     eps0 = per_example(eps_init, x).clamp(max=eps_max)
     upper = eps_max if eps_inc is None else torch.clamp(eps0 + eps_inc, max=eps_max)
     upper = per_example(upper, x)
     g_zero = None if clean_logits is None else get_loss(search_loss)(full_precision(clean_logits.detach()), y)
-    return _an_pgd(model, x, y, eps0, upper, g_zero, norm=norm, steps=steps, step_size=step_size,
-                   random_init=random_init, bisection_steps=bisection_steps, attack_loss=attack_loss,
-                   search_loss=search_loss, repgd=repgd, clip_final=clip_final, l2_pgd=l2_pgd)
+    return _an_pgd(
+        model,
+        x,
+        y,
+        eps0,
+        upper,
+        g_zero,
+        norm=norm,
+        steps=steps,
+        step_size=step_size,
+        random_init=random_init,
+        bisection_steps=bisection_steps,
+        attack_loss=attack_loss,
+        search_loss=search_loss,
+        repgd=repgd,
+        clip_final=clip_final,
+        l2_pgd=l2_pgd,
+    )
 
 
 @graphed
-def _an_pgd(model, x, y, eps0, upper, g_zero, *, norm, steps, step_size, random_init, bisection_steps, attack_loss,
-            search_loss, repgd, clip_final, l2_pgd) -> tuple[Tensor, Tensor]:
+def _an_pgd(
+    model,
+    x,
+    y,
+    eps0,
+    upper,
+    g_zero,
+    *,
+    norm,
+    steps,
+    step_size,
+    random_init,
+    bisection_steps,
+    attack_loss,
+    search_loss,
+    repgd,
+    clip_final,
+    l2_pgd,
+) -> tuple[Tensor, Tensor]:
     """AN-PGD with its radii as (B,) tensors (``an_pgd``): one captured graph per input
     shape and settings under ``mma.graphs.capture_attacks``."""
-    delta = pgd(
-        model, x, y, eps0, norm=norm, steps=steps, step_size=step_size, random_init=random_init,
-        loss=attack_loss, select="loss", l2_pgd=l2_pgd,
-    ) - x
+    delta = (
+        pgd(
+            model,
+            x,
+            y,
+            eps0,
+            norm=norm,
+            steps=steps,
+            step_size=step_size,
+            random_init=random_init,
+            loss=attack_loss,
+            select="loss",
+            l2_pgd=l2_pgd,
+        )
+        - x
+    )
     # the direction comes from PGD's last iterate, fooled or not (never a zero vector
     # unless the gradient itself vanished)
     u = delta / expand_like(lp_norm(delta, norm).clamp_min(1e-12), delta)
-    eps = boundary_search(model, x, y, u, eps0, upper, bisection_steps=bisection_steps, loss=search_loss,
-                          g_zero=g_zero)
+    eps = boundary_search(model, x, y, u, eps0, upper, bisection_steps=bisection_steps, loss=search_loss, g_zero=g_zero)
     if repgd:
         x_adv = pgd(
-            model, x, y, eps, norm=norm, steps=steps, step_size=None, random_init=random_init,
-            loss=attack_loss, select="loss", l2_pgd=l2_pgd,
+            model,
+            x,
+            y,
+            eps,
+            norm=norm,
+            steps=steps,
+            step_size=None,
+            random_init=random_init,
+            loss=attack_loss,
+            select="loss",
+            l2_pgd=l2_pgd,
         )
     else:
         x_adv = final_point(x, u, eps, clip=clip_final)
@@ -201,8 +266,10 @@ def boundary_search(
     if search not in SEARCHES:
         raise ValueError(f"unknown search {search!r}: expected one of {', '.join(SEARCHES)}")
     if search == "secant" and fixed_shape():
-        raise ValueError("the secant boundary search reads the device to end its loop; the fixed-shape path "
-                         "(CUDA graphs) runs search='bisection'")
+        raise ValueError(
+            "the secant boundary search reads the device to end its loop; the fixed-shape path "
+            "(CUDA graphs) runs search='bisection'"
+        )
 
     def g(rows: Tensor | None, eta: Tensor) -> Tensor:
         """g(eta) of ``rows`` (None: all rows, nothing indexed)."""
@@ -336,7 +403,12 @@ def _first_bracket(g, eps_mid: Tensor, eps_hi: Tensor, steps: int, g_zero: Tenso
     # the first secant step goes through the bracket ends; the later ones through the
     # newest probe and the one before, so the end nearer the crossing counts as newer
     swap = fa.abs() < fb.abs()
-    a, fa, b, fb = torch.where(swap, b, a), torch.where(swap, fb, fa), torch.where(swap, a, b), torch.where(swap, fa, fb)
+    a, fa, b, fb = (
+        torch.where(swap, b, a),
+        torch.where(swap, fb, fa),
+        torch.where(swap, a, b),
+        torch.where(swap, fa, fb),
+    )
     return _Bracket(lo, hi, g_lo, g_hi, tol, a, fa, b, fb), g_mid, none
 
 
@@ -384,7 +456,7 @@ def _secant_pass(g, live: Tensor, s: _Bracket, stalls: Tensor) -> tuple[_Bracket
     v1 = vals[: live.numel()]
     p2 = torch.where(two, c + w, h)  # second probe (the upper end where there is none)
     v2 = gh.clone()
-    v2[two] = vals[live.numel():]
+    v2[two] = vals[live.numel() :]
     # new bracket: [l, p1] if p1 crosses, [p1, p2] if p2 does, else [p2, h]
     cross1, cross2 = v1 >= 0, v2 >= 0
     new_h = torch.where(cross1, p1, torch.where(cross2, p2, h))
@@ -392,8 +464,17 @@ def _secant_pass(g, live: Tensor, s: _Bracket, stalls: Tensor) -> tuple[_Bracket
     new_l = torch.where(cross1, l, torch.where(cross2 | ~two, p1, p2))
     new_gl = torch.where(cross1, gl, torch.where(cross2 | ~two, v1, v2))
     halved = (new_h - new_l) <= (h - l) / 2
-    new = _Bracket(new_l, new_h, new_gl, new_gh, t, torch.where(two, p1, pb), torch.where(two, v1, pfb),
-                   torch.where(two, p2, p1), torch.where(two, v2, v1))
+    new = _Bracket(
+        new_l,
+        new_h,
+        new_gl,
+        new_gh,
+        t,
+        torch.where(two, p1, pb),
+        torch.where(two, v1, pfb),
+        torch.where(two, p2, p1),
+        torch.where(two, v2, v1),
+    )
     return new, halved
 
 

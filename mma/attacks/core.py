@@ -87,8 +87,9 @@ def check_l2_form(l2_pgd: str) -> str:
     return l2_pgd
 
 
-def random_delta(shape: torch.Size, eps: Tensor, norm: str, *, device, dtype, x: Tensor | None = None,
-                 l2_pgd: str = "advertorch") -> Tensor:
+def random_delta(
+    shape: torch.Size, eps: Tensor, norm: str, *, device, dtype, x: Tensor | None = None, l2_pgd: str = "advertorch"
+) -> Tensor:
     """A random start inside the ε-ball, drawn for the whole batch from torch's RNG.
 
     Linf: uniform in [-ε, ε]^d.  L2, ``l2_pgd`` "advertorch" (advertorch's
@@ -271,8 +272,15 @@ def step_dtype(device: torch.device) -> Optional[torch.dtype]:
 
 # The modules whose weights autocast casts to the lower precision at every call (its
 # conv / linear ops); batch norm and the rest keep theirs.
-AUTOCAST_CAST_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                         nn.ConvTranspose3d)
+AUTOCAST_CAST_MODULES = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
 
 
 class StepForward:
@@ -293,11 +301,16 @@ class StepForward:
         self.model, self.device = model, device
         dtype = step_dtype(device)
         compiled = hasattr(model, "_orig_mod")  # torch.compile's wrapper: functional_call would recompile
-        self.weights = None if dtype is None or compiled else {
-            f"{prefix}.{name}" if prefix else name: p.detach().to(dtype)
-            for prefix, module in model.named_modules() if isinstance(module, AUTOCAST_CAST_MODULES)
-            for name, p in module.named_parameters(recurse=False)
-        }
+        self.weights = (
+            None
+            if dtype is None or compiled
+            else {
+                f"{prefix}.{name}" if prefix else name: p.detach().to(dtype)
+                for prefix, module in model.named_modules()
+                if isinstance(module, AUTOCAST_CAST_MODULES)
+                for name, p in module.named_parameters(recurse=False)
+            }
+        )
 
     def __call__(self, x: Tensor) -> Tensor:
         """fp32 logits of x, computed in the step's precision."""
@@ -337,8 +350,9 @@ def attack_path(*, fixed_shape: Optional[bool] = None, search: Optional[str] = N
     enclosing setting; outside any, the compacting path and the secant search."""
     if search is not None and search not in SEARCHES:
         raise ValueError(f"unknown search {search!r}: expected one of {', '.join(SEARCHES)}")
-    tokens = [(var, var.set(value)) for var, value in ((_FIXED_SHAPE, fixed_shape), (_SEARCH, search))
-              if value is not None]
+    tokens = [
+        (var, var.set(value)) for var, value in ((_FIXED_SHAPE, fixed_shape), (_SEARCH, search)) if value is not None
+    ]
     try:
         yield
     finally:

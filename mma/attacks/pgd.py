@@ -91,30 +91,61 @@ def pgd(
     if exit_every is None:
         exit_every = 1 if x.device.type == "cpu" else EXIT_EVERY_CUDA
     if steps < 1 or restarts < 1 or exit_every < 1:
-        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}, "
-                         f"exit_every={exit_every}")
+        raise ValueError(
+            f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}, exit_every={exit_every}"
+        )
     get_loss(loss)  # an unknown loss is refused here, before any capture
     x = x.detach()
     eps_t = per_example(eps, x)
     alpha = per_example(default_step_size(eps_t, steps) if step_size is None else step_size, x)
     early_exit = early_exit and not fixed_shape()  # the fixed-shape path: every row, every step
-    return _pgd(model, x, y, eps_t, alpha, norm=norm, steps=steps, restarts=restarts, random_init=random_init,
-                loss=loss, select=select, early_exit=early_exit, exit_every=exit_every, l2_pgd=l2_pgd)
+    return _pgd(
+        model,
+        x,
+        y,
+        eps_t,
+        alpha,
+        norm=norm,
+        steps=steps,
+        restarts=restarts,
+        random_init=random_init,
+        loss=loss,
+        select=select,
+        early_exit=early_exit,
+        exit_every=exit_every,
+        l2_pgd=l2_pgd,
+    )
 
 
 @graphed
-def _pgd(model, x, y, eps, alpha, *, norm, steps, restarts, random_init, loss, select, early_exit,
-         exit_every, l2_pgd) -> Tensor:
+def _pgd(
+    model, x, y, eps, alpha, *, norm, steps, restarts, random_init, loss, select, early_exit, exit_every, l2_pgd
+) -> Tensor:
     """PGD with ε and the step size as (B,) tensors (``pgd``): one captured graph per
     input shape and settings under ``mma.graphs.capture_attacks``."""
     loss_fn = get_loss(loss)
     with attack_mode(model):
         forward = StepForward(model, x.device)  # the gradient steps' forward, weights cast once
         if select == "loss":
-            return _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn,
-                                   l2_pgd)
-        return _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn,
-                              early_exit, exit_every, l2_pgd)
+            return _select_by_loss(
+                model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, l2_pgd
+            )
+        return _select_target(
+            model,
+            forward,
+            x,
+            y,
+            eps,
+            alpha,
+            norm,
+            steps,
+            restarts,
+            random_init,
+            loss_fn,
+            early_exit,
+            exit_every,
+            l2_pgd,
+        )
 
 
 def _start(x: Tensor, eps: Tensor, norm: str, random_init: bool, l2_pgd: str) -> Tensor:
@@ -128,8 +159,7 @@ def _step(x_adv: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, no
     return project(x_adv + expand_like(alpha, x) * ascent_direction(grad, norm, l2_pgd), x, eps, norm, l2_pgd)
 
 
-def _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn,
-                    l2_pgd) -> Tensor:
+def _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, l2_pgd) -> Tensor:
     best, best_loss = None, None
     for _ in range(restarts):
         x_adv = _start(x, eps, norm, random_init, l2_pgd)
@@ -144,8 +174,9 @@ def _select_by_loss(model, forward, x, y, eps, alpha, norm, steps, restarts, ran
     return best
 
 
-def _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, early_exit,
-                   exit_every, l2_pgd) -> Tensor:
+def _select_target(
+    model, forward, x, y, eps, alpha, norm, steps, restarts, random_init, loss_fn, early_exit, exit_every, l2_pgd
+) -> Tensor:
     result = torch.empty_like(x)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for r in range(restarts):
@@ -155,8 +186,20 @@ def _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, rand
         if early_exit and rows.numel() == 0:
             break
         x_adv, hit = _run_until_fooled(
-            model, forward, x[rows], y[rows], eps[rows], alpha[rows], start[rows], norm, steps, loss_fn,
-            early_exit, exit_every, l2_pgd, last=r == restarts - 1,
+            model,
+            forward,
+            x[rows],
+            y[rows],
+            eps[rows],
+            alpha[rows],
+            start[rows],
+            norm,
+            steps,
+            loss_fn,
+            early_exit,
+            exit_every,
+            l2_pgd,
+            last=r == restarts - 1,
         )
         # a first success is kept; the last iterate of the last restart fills the rest
         new = hit & ~fooled[rows]
@@ -166,8 +209,9 @@ def _select_target(model, forward, x, y, eps, alpha, norm, steps, restarts, rand
     return result
 
 
-def _run_until_fooled(model, forward, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit, exit_every,
-                      l2_pgd, last):
+def _run_until_fooled(
+    model, forward, x, y, eps, alpha, x_adv, norm, steps, loss_fn, early_exit, exit_every, l2_pgd, last
+):
     """One restart.  Returns (per example: the first fooling iterate, else the last
     iterate; fooled mask).  With early_exit, fooled examples leave the batch at the
     next check, every ``exit_every`` iterations.

@@ -45,13 +45,26 @@ class AttackKind:
 
 
 def _run_fgsm(model: nn.Module, x: Tensor, y: Tensor, eps, setting, *, norm: str, loss: str, select: str) -> Tensor:
-    return fgsm(model, x, y, eps, norm=norm, loss=loss, l2_pgd=setting.l2_pgd)  # one step: the restarts cannot differ, select is moot
+    return fgsm(
+        model, x, y, eps, norm=norm, loss=loss, l2_pgd=setting.l2_pgd
+    )  # one step: the restarts cannot differ, select is moot
 
 
 def _run_pgd(model: nn.Module, x: Tensor, y: Tensor, eps, setting, *, norm: str, loss: str, select: str) -> Tensor:
-    return pgd(model, x, y, eps, norm=norm, steps=setting.steps,
-               step_size=step_size(eps, setting.steps, setting.step_size_factor), restarts=1,
-               random_init=setting.random_init, loss=loss, select=select, l2_pgd=setting.l2_pgd)
+    return pgd(
+        model,
+        x,
+        y,
+        eps,
+        norm=norm,
+        steps=setting.steps,
+        step_size=step_size(eps, setting.steps, setting.step_size_factor),
+        restarts=1,
+        random_init=setting.random_init,
+        loss=loss,
+        select=select,
+        l2_pgd=setting.l2_pgd,
+    )
 
 
 ATTACKS: dict[str, AttackKind] = {

@@ -52,8 +52,19 @@ def anpgd_for_test(
     """
     check_norm(norm)
     x = x.detach()
-    x_adv = pgd(model, x, y, test_eps, norm=norm, steps=steps, step_size=test_eps_iter, random_init=True,
-                loss="soft_margin", select="loss", l2_pgd=l2_pgd)
+    x_adv = pgd(
+        model,
+        x,
+        y,
+        test_eps,
+        norm=norm,
+        steps=steps,
+        step_size=test_eps_iter,
+        random_init=True,
+        loss="soft_margin",
+        select="loss",
+        l2_pgd=l2_pgd,
+    )
     u = (x_adv - x) / (test_eps + 1e-12)  # anpgd.py: batch_multiply(1. / (prev_eps + 1e-12), xadv - x)
     with attack_mode(model), torch.no_grad(), fp32(x.device):
         logits = full_precision(model(x_adv))

@@ -19,17 +19,52 @@ from typing import Optional
 
 import torch
 
-from .cases import (FULL, QUICK, Settings, accuracy, bench_pgd_vs_torchattacks, bench_restarts, bench_robust_job,
-                    bench_switches, bench_train_steps, mnist, pretrain)
+from .cases import (
+    FULL,
+    QUICK,
+    Settings,
+    accuracy,
+    bench_pgd_vs_torchattacks,
+    bench_restarts,
+    bench_robust_job,
+    bench_switches,
+    bench_train_steps,
+    mnist,
+    pretrain,
+)
 from .harness import TARGETS, format_table, interleaved, machine, met, paired_ratios, ratios, summary
 
-__all__ = ["FULL", "QUICK", "TARGETS", "Settings", "accuracy", "format_table", "interleaved", "machine", "main", "met",
-           "mnist", "paired_ratios", "pretrain", "ratios", "run", "summary"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "TARGETS",
+    "Settings",
+    "accuracy",
+    "format_table",
+    "interleaved",
+    "machine",
+    "main",
+    "met",
+    "mnist",
+    "paired_ratios",
+    "pretrain",
+    "ratios",
+    "run",
+    "summary",
+]
 
 
 # --------------------------------------------------------------------------- entry point
-def run(*, quick: bool, device: str, json_path: Path | None, data_root: str | os.PathLike = "data",
-        settings: Optional[Settings] = None, threads: Optional[int] = None, show: bool = True) -> dict:
+def run(
+    *,
+    quick: bool,
+    device: str,
+    json_path: Path | None,
+    data_root: str | os.PathLike = "data",
+    settings: Optional[Settings] = None,
+    threads: Optional[int] = None,
+    show: bool = True,
+) -> dict:
     """Run the benchmark; print the table (``show``) and write ``json_path`` if given.
 
     Returns the results: per-case times (median, min, max, raw), ``ratios`` (the keys
@@ -55,8 +90,11 @@ def _run(quick: bool, dev: torch.device, json_path: Path | None, data_root, s: S
 
     t0 = time.perf_counter()
     res: dict = {"quick": quick, "settings": asdict(s), "machine": machine(dev)}
-    say = (lambda msg: print(f"[bench {time.perf_counter() - t0:5.0f}s] {msg}", file=sys.stderr, flush=True)) \
-        if show else (lambda msg: None)
+    say = (
+        (lambda msg: print(f"[bench {time.perf_counter() - t0:5.0f}s] {msg}", file=sys.stderr, flush=True))
+        if show
+        else (lambda msg: None)
+    )
     with mnist(data_root) as data:
         say("pre-training LeNet5-Madry")
         model, res["pretrain"] = pretrain(data, s, dev)

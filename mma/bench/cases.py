@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .harness import interleaved, summary
 
+
 @dataclass(frozen=True)
 class Settings:
     """How much to measure.  ``QUICK`` keeps the whole run under ~5 minutes on 2 CPU cores."""
@@ -54,8 +55,16 @@ class Settings:
 
 FULL = Settings()
 # quick: batch 50 only, 25 attack steps, a smaller restart problem (still 50 restarts)
-QUICK = Settings(rounds=5, pretrain_max_steps=1000, train_batches=(50,), attack_steps=25, restart_examples=24,
-                 restart_steps=5, warm_store=False, switch_images=200)
+QUICK = Settings(
+    rounds=5,
+    pretrain_max_steps=1000,
+    train_batches=(50,),
+    attack_steps=25,
+    restart_examples=24,
+    restart_steps=5,
+    warm_store=False,
+    switch_images=200,
+)
 
 
 # --------------------------------------------------------------------------- data and model
@@ -127,18 +136,21 @@ def bench_train_steps(model: nn.Module, data: dict[str, Tensor], s: Settings, de
     an untimed pass with the same weights just before: a best case, since in
     training the weights have moved in between).
     """
-    from ..data import TensorBatcher
     from ..config.model import MMATrainSpec, PGDTrainSpec
+    from ..data import TensorBatcher
     from ..train.mma import MMAStep
     from ..train.steps import PGDStep, StdStep
 
     start = {k: v.clone() for k, v in model.state_dict().items()}
     n_train = len(data["x_train"])
-    batchers = {b: TensorBatcher(data["x_train"], data["y_train"], b, seed=1, device=device) for b in set(s.train_batches) | {50}}
+    batchers = {
+        b: TensorBatcher(data["x_train"], data["y_train"], b, seed=1, device=device)
+        for b in set(s.train_batches) | {50}
+    }
     specs: dict[str, tuple[object, int]] = {"std-b50": (StdStep(), 50)}
     main, short = s.train_steps
     for steps in (main, short):
-        for b in (s.train_batches if steps == main else (50,)):
+        for b in s.train_batches if steps == main else (50,):
             specs[f"pgd{steps}-b{b}"] = (PGDStep(PGDTrainSpec(eps=0.3, steps=steps), "linf", 10**9), b)
             specs[f"mma{steps}-b{b}"] = (MMAStep(MMATrainSpec(steps=steps), "linf", n_train, device=device), b)
     if s.warm_store:  # the ε store of a later epoch: filled by an untimed pass over the same batch first
@@ -158,6 +170,7 @@ def bench_train_steps(model: nn.Module, data: dict[str, Tensor], s: Settings, de
             opts[name].step()
             if name == f"mma{main}-b50":
                 frac_attacked.append(float(metrics["frac_correct"]))  # a sync; the timed call ends with one anyway
+
         return call
 
     def before(name: str, r: int) -> None:
@@ -173,8 +186,11 @@ def bench_train_steps(model: nn.Module, data: dict[str, Tensor], s: Settings, de
     times = interleaved({k: case(k) for k in names}, rounds=s.rounds, warmup=s.warmup, device=device, before=before)
     model.load_state_dict(start)
     model.eval()
-    return {"times": {k: summary(v) for k, v in times.items()}, "raw": times,
-            "frac_attacked": statistics.mean(frac_attacked) if frac_attacked else float("nan")}
+    return {
+        "times": {k: summary(v) for k, v in times.items()},
+        "raw": times,
+        "frac_attacked": statistics.mean(frac_attacked) if frac_attacked else float("nan"),
+    }
 
 
 def bench_pgd_vs_torchattacks(model: nn.Module, data: dict[str, Tensor], s: Settings, device: torch.device) -> dict:
@@ -195,10 +211,15 @@ def bench_pgd_vs_torchattacks(model: nn.Module, data: dict[str, Tensor], s: Sett
     for k, f in cases.items():
         torch.manual_seed(0)
         acc[k] = accuracy(model, f(), y)
-    return {"times": {k: summary(v) for k, v in times.items()}, "raw": times,
-            "examples_per_s": {k: s.attack_batch / statistics.median(v) for k, v in times.items()},
-            "robust_acc": acc, "batch": s.attack_batch, "steps": s.attack_steps,
-            **({} if theirs is not None else {"skipped": "torchattacks is not installed"})}
+    return {
+        "times": {k: summary(v) for k, v in times.items()},
+        "raw": times,
+        "examples_per_s": {k: s.attack_batch / statistics.median(v) for k, v in times.items()},
+        "robust_acc": acc,
+        "batch": s.attack_batch,
+        "steps": s.attack_steps,
+        **({} if theirs is not None else {"skipped": "torchattacks is not installed"}),
+    }
 
 
 def _torchattacks_pgd(model: nn.Module, **kw):
@@ -223,6 +244,7 @@ def bench_restarts(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
     model.eval()
     out = {}
     for label, eps in (("large", s.eps_large), ("small", s.eps_small)):
+
         def attack(early: bool, restarts: int = s.restarts):
             torch.manual_seed(1)
             return pgd(model, x, y, eps, steps=s.restart_steps, restarts=restarts, loss="ce", early_exit=early)
@@ -233,14 +255,23 @@ def bench_restarts(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
         def case(name: str, early: bool):
             return lambda: last.__setitem__(name, attack(early))
 
-        times = interleaved({"naive": case("naive", False), "early_exit": case("early_exit", True)},
-                            rounds=s.rounds, warmup=s.warmup, device=device)
+        times = interleaved(
+            {"naive": case("naive", False), "early_exit": case("early_exit", True)},
+            rounds=s.rounds,
+            warmup=s.warmup,
+            device=device,
+        )
         acc = {k: accuracy(model, v, y) for k, v in last.items()}
         if acc["naive"] != acc["early_exit"]:
             raise AssertionError(f"early exit changed the robust accuracy at eps={eps}: {acc}")
-        out[label] = {"eps": eps, "survive_first_restart": survive_one, "robust_acc": acc["naive"],
-                      "times": {k: summary(v) for k, v in times.items()}, "raw": times,
-                      "speedup": statistics.median(times["naive"]) / statistics.median(times["early_exit"])}
+        out[label] = {
+            "eps": eps,
+            "survive_first_restart": survive_one,
+            "robust_acc": acc["naive"],
+            "times": {k: summary(v) for k, v in times.items()},
+            "raw": times,
+            "speedup": statistics.median(times["naive"]) / statistics.median(times["early_exit"]),
+        }
     return out
 
 
@@ -271,9 +302,16 @@ def bench_robust_job(model: nn.Module, data: dict[str, Tensor], s: Settings, dev
     for k, f in cases.items():
         torch.manual_seed(0)
         acc[k] = float(f()) / len(y)
-    return {"times": {k: summary(v) for k, v in times.items()}, "raw": times, "robust_acc": acc,
-            "clean_acc": accuracy(model, x, y), "batch": s.attack_batch, "steps": steps, "eps": eps,
-            **({} if theirs is not None else {"skipped": "torchattacks is not installed"})}
+    return {
+        "times": {k: summary(v) for k, v in times.items()},
+        "raw": times,
+        "robust_acc": acc,
+        "clean_acc": accuracy(model, x, y),
+        "batch": s.attack_batch,
+        "steps": steps,
+        "eps": eps,
+        **({} if theirs is not None else {"skipped": "torchattacks is not installed"}),
+    }
 
 
 def binomial_noise(p: float, n: int) -> float:
@@ -332,9 +370,14 @@ def bench_switches(model: nn.Module, data: dict[str, Tensor], s: Settings, devic
     for net in nets.values():
         net.load_state_dict(start)
     speedup, paired = _speedups_vs_default(times)
-    return {"times": {k: summary(v) for k, v in times.items()}, "raw": times, "threads": threads,
-            "speedup_vs_default": speedup, "paired_speedup_vs_default": paired,
-            **_bf16_effect(model, nets, variants, data, s, device, run_pgd)}
+    return {
+        "times": {k: summary(v) for k, v in times.items()},
+        "raw": times,
+        "threads": threads,
+        "speedup_vs_default": speedup,
+        "paired_speedup_vs_default": paired,
+        **_bf16_effect(model, nets, variants, data, s, device, run_pgd),
+    }
 
 
 def _other_threads_case(threads: int, device: torch.device, attack) -> dict:
@@ -350,11 +393,13 @@ def _other_threads_case(threads: int, device: torch.device, attack) -> dict:
             attack()
         finally:
             torch.set_num_threads(threads)
+
     return {f"PGD-{SWITCH_ATTACK_STEPS} attack threads={other}": other_threads}
 
 
-def _switch_train_cases(nets: dict, variants: dict, data: dict[str, Tensor], s: Settings, device: torch.device,
-                        state: dict) -> dict:
+def _switch_train_cases(
+    nets: dict, variants: dict, data: dict[str, Tensor], s: Settings, device: torch.device, state: dict
+) -> dict:
     """A PGD and an MMA training step (batch 50) per variant, each training its own copy of
     the model with its own Adam (the weights are restored before every call); the batch of
     round ``state["round"]``, the same for every case."""
@@ -368,8 +413,11 @@ def _switch_train_cases(nets: dict, variants: dict, data: dict[str, Tensor], s: 
     k_steps, n_train = s.switch_train_steps, len(data["x_train"])
 
     def train_case(method: str, k: str):
-        step_fn = (PGDStep(PGDTrainSpec(eps=0.3, steps=k_steps), "linf", 10**9) if method == "pgd"
-                   else MMAStep(MMATrainSpec(steps=k_steps), "linf", n_train, device=device))
+        step_fn = (
+            PGDStep(PGDTrainSpec(eps=0.3, steps=k_steps), "linf", 10**9)
+            if method == "pgd"
+            else MMAStep(MMATrainSpec(steps=k_steps), "linf", n_train, device=device)
+        )
         net = nets[k]
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
 
@@ -382,10 +430,12 @@ def _switch_train_cases(nets: dict, variants: dict, data: dict[str, Tensor], s: 
             loss.backward()
             opt.step()
             net.eval()
+
         return call
 
-    return {f"{method}{k_steps}-b50 step {k}": train_case(method, k) for method in SWITCH_TRAIN_METHODS
-            for k in variants}
+    return {
+        f"{method}{k_steps}-b50 step {k}": train_case(method, k) for method in SWITCH_TRAIN_METHODS for k in variants
+    }
 
 
 def _speedups_vs_default(times: dict[str, list[float]]) -> tuple[dict, dict]:
@@ -400,8 +450,9 @@ def _speedups_vs_default(times: dict[str, list[float]]) -> tuple[dict, dict]:
     return speedup, paired
 
 
-def _bf16_effect(model: nn.Module, nets: dict, variants: dict, data: dict[str, Tensor], s: Settings,
-                 device: torch.device, run_pgd) -> dict:
+def _bf16_effect(
+    model: nn.Module, nets: dict, variants: dict, data: dict[str, Tensor], s: Settings, device: torch.device, run_pgd
+) -> dict:
     """bf16's effect on results, judged in fp32 on the first ``s.switch_images`` test images
     from the same seeds: PGD-20 robust accuracy (against two binomial standard deviations)
     and AN-PGD's mean found ε on the correctly classified ones (against the search resolution)."""
@@ -425,10 +476,22 @@ def _bf16_effect(model: nn.Module, nets: dict, variants: dict, data: dict[str, T
             _, length = an_pgd(nets[k], x_big[ok], y_big[ok], 0.1, eps_max=0.5, steps=s.switch_train_steps)
         found[k] = length
     n, noise = len(y_big), binomial_noise(acc["default"], len(y_big))
-    return {"bf16_robust_acc": {"fp32": acc["default"], "bf16_autocast": acc["bf16"], "eps": 0.1,
-                                "steps": SWITCH_ATTACK_STEPS, "images": n, "binomial_noise_2sd": noise,
-                                "within_noise": abs(acc["bf16"] - acc["default"]) <= noise},
-            "bf16_an_pgd_eps": {"fp32_mean": float(found["default"].mean()), "bf16_mean": float(found["bf16"].mean()),
-                                "mean_abs_diff": float((found["bf16"] - found["default"]).abs().mean()),
-                                "resolution": default_tolerance(0.5), "examples": int(ok.sum()),
-                                "steps": s.switch_train_steps}}
+    return {
+        "bf16_robust_acc": {
+            "fp32": acc["default"],
+            "bf16_autocast": acc["bf16"],
+            "eps": 0.1,
+            "steps": SWITCH_ATTACK_STEPS,
+            "images": n,
+            "binomial_noise_2sd": noise,
+            "within_noise": abs(acc["bf16"] - acc["default"]) <= noise,
+        },
+        "bf16_an_pgd_eps": {
+            "fp32_mean": float(found["default"].mean()),
+            "bf16_mean": float(found["bf16"].mean()),
+            "mean_abs_diff": float((found["bf16"] - found["default"]).abs().mean()),
+            "resolution": default_tolerance(0.5),
+            "examples": int(ok.sum()),
+            "steps": s.switch_train_steps,
+        },
+    }

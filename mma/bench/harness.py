@@ -37,9 +37,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(cases: dict[str, Callable[[], object]], *, rounds: int, warmup: int,
-                device: torch.device | str = "cpu",
-                before: Optional[Callable[[str, int], None]] = None) -> dict[str, list[float]]:
+def interleaved(
+    cases: dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int,
+    device: torch.device | str = "cpu",
+    before: Optional[Callable[[str, int], None]] = None,
+) -> dict[str, list[float]]:
     """Seconds per call of each case, ``rounds`` times, the cases interleaved.
 
     Round r runs the cases in an order rotated by r (no case always runs first or
@@ -95,13 +100,23 @@ def paired_ratios(res: dict) -> dict[str, float]:
     cases of a round ran seconds apart, so machine load cancels better)."""
     main, short = res["settings"]["train_steps"]
     raw = res["train"].get("raw", {})
-    pairs = {"mma_over_pgd_step": (f"mma{main}-b50", f"pgd{main}-b50"),
-             "mma10_over_pgd10_step": (f"mma{short}-b50", f"pgd{short}-b50"),
-             "mma_over_pgd_step_warm": (f"mma{main}-b50-warm", f"pgd{main}-b50")}
-    pairs.update({f"mma_over_pgd_step_b{b}": (f"mma{main}-b{b}", f"pgd{main}-b{b}")
-                  for b in res["settings"]["train_batches"] if b != 50})
-    out = {k: statistics.median(x / y for x, y in zip(raw[a], raw[b]))
-           for k, (a, b) in pairs.items() if a in raw and b in raw}
+    pairs = {
+        "mma_over_pgd_step": (f"mma{main}-b50", f"pgd{main}-b50"),
+        "mma10_over_pgd10_step": (f"mma{short}-b50", f"pgd{short}-b50"),
+        "mma_over_pgd_step_warm": (f"mma{main}-b50-warm", f"pgd{main}-b50"),
+    }
+    pairs.update(
+        {
+            f"mma_over_pgd_step_b{b}": (f"mma{main}-b{b}", f"pgd{main}-b{b}")
+            for b in res["settings"]["train_batches"]
+            if b != 50
+        }
+    )
+    out = {
+        k: statistics.median(x / y for x, y in zip(raw[a], raw[b]))
+        for k, (a, b) in pairs.items()
+        if a in raw and b in raw
+    }
     for key, part in (("pgd_over_torchattacks", "attack"), ("pgd_job_over_torchattacks", "job")):
         pr = res.get(part, {}).get("raw", {})
         if "torchattacks" in pr:
@@ -119,11 +134,14 @@ def met(value: float, target: float, direction: str) -> bool:
 
 def format_table(res: dict) -> str:
     """The medians (min–max) of every timed case, then each ratio beside its target."""
-    lines = [f"mma bench ({'quick' if res['quick'] else 'full'}) on {res['machine']['device']}: "
-             f"{res['machine']['cpu']}, {res['machine']['threads']} threads, torch {res['machine']['torch']}",
-             f"pre-trained LeNet5-Madry: {res['pretrain']['test_acc']:.1%} test accuracy after "
-             f"{res['pretrain']['steps']} steps; MMA attacks {res['train']['frac_attacked']:.1%} of a batch",
-             "", f"{'case':52s} {'median':>10s}  {'min – max':>21s}"]
+    lines = [
+        f"mma bench ({'quick' if res['quick'] else 'full'}) on {res['machine']['device']}: "
+        f"{res['machine']['cpu']}, {res['machine']['threads']} threads, torch {res['machine']['torch']}",
+        f"pre-trained LeNet5-Madry: {res['pretrain']['test_acc']:.1%} test accuracy after "
+        f"{res['pretrain']['steps']} steps; MMA attacks {res['train']['frac_attacked']:.1%} of a batch",
+        "",
+        f"{'case':52s} {'median':>10s}  {'min – max':>21s}",
+    ]
 
     def rows(prefix: str, times: dict) -> None:
         for k, v in times.items():
@@ -136,13 +154,18 @@ def format_table(res: dict) -> str:
         j = res["job"]
         rows(f"robust-acc job PGD-{j['steps']} ε={j['eps']} b{j['batch']} ", j["times"])
     for label, r in res["restarts"].items():
-        rows(f"{res['settings']['restarts']}-restart PGD ε={r['eps']} ({r['survive_first_restart']:.0%} survive 1) ",
-             r["times"])
+        rows(
+            f"{res['settings']['restarts']}-restart PGD ε={r['eps']} ({r['survive_first_restart']:.0%} survive 1) ",
+            r["times"],
+        )
     if res.get("switches"):
         rows("switch ", res["switches"]["times"])
     paired = res.get("paired_ratios", {})
-    lines += ["", "ratio = ratio of the medians; paired = median over rounds of each round's ratio",
-              f"{'ratio':32s} {'measured':>9s} {'paired':>8s} {'target':>9s}  met"]
+    lines += [
+        "",
+        "ratio = ratio of the medians; paired = median over rounds of each round's ratio",
+        f"{'ratio':32s} {'measured':>9s} {'paired':>8s} {'target':>9s}  met",
+    ]
 
     def pair(key: str) -> str:
         return f"{paired[key]:8.3f}" if key in paired else f"{'':8s}"
@@ -150,8 +173,10 @@ def format_table(res: dict) -> str:
     for key, target, direction in TARGETS:
         if key in res["ratios"]:
             v = res["ratios"][key]
-            lines.append(f"{key:32s} {v:9.3f} {pair(key)} {direction + format(target, 'g'):>9s}  "
-                         f"{'yes' if met(v, target, direction) else 'NO'}")
+            lines.append(
+                f"{key:32s} {v:9.3f} {pair(key)} {direction + format(target, 'g'):>9s}  "
+                f"{'yes' if met(v, target, direction) else 'NO'}"
+            )
     for key in ("mma_over_pgd_step_warm", "pgd_over_std_step"):
         if key in res["ratios"]:
             lines.append(f"{key:32s} {res['ratios'][key]:9.3f} {pair(key)} {'(info)':>9s}")
@@ -160,17 +185,23 @@ def format_table(res: dict) -> str:
         lines.append("")
         paired_sw = sw.get("paired_speedup_vs_default", {})
         lines.append("switch speed-ups vs fp32 eager on the same work (medians; paired):")
-        lines += [f"  {k:44s} {v:5.2f}x" + (f"  {paired_sw[k]:5.2f}x" if k in paired_sw else "")
-                  for k, v in sw["speedup_vs_default"].items()]
+        lines += [
+            f"  {k:44s} {v:5.2f}x" + (f"  {paired_sw[k]:5.2f}x" if k in paired_sw else "")
+            for k, v in sw["speedup_vs_default"].items()
+        ]
         b = sw["bf16_robust_acc"]
-        lines.append(f"bf16 robust accuracy (PGD-{b['steps']}, ε={b['eps']}, {b['images']} images, judged in fp32): "
-                     f"{b['bf16_autocast']:.1%} vs fp32 {b['fp32']:.1%} (binomial noise ±{b['binomial_noise_2sd']:.1%}: "
-                     f"{'within' if b['within_noise'] else 'OUTSIDE'})")
+        lines.append(
+            f"bf16 robust accuracy (PGD-{b['steps']}, ε={b['eps']}, {b['images']} images, judged in fp32): "
+            f"{b['bf16_autocast']:.1%} vs fp32 {b['fp32']:.1%} (binomial noise ±{b['binomial_noise_2sd']:.1%}: "
+            f"{'within' if b['within_noise'] else 'OUTSIDE'})"
+        )
         e = sw.get("bf16_an_pgd_eps")
         if e:
-            lines.append(f"bf16 AN-PGD-{e['steps']} mean found ε ({e['examples']} images): {e['bf16_mean']:.4f} vs fp32 "
-                         f"{e['fp32_mean']:.4f}; mean |difference| {e['mean_abs_diff']:.4f} (search resolution "
-                         f"{e['resolution']:.4f})")
+            lines.append(
+                f"bf16 AN-PGD-{e['steps']} mean found ε ({e['examples']} images): {e['bf16_mean']:.4f} vs fp32 "
+                f"{e['fp32_mean']:.4f}; mean |difference| {e['mean_abs_diff']:.4f} (search resolution "
+                f"{e['resolution']:.4f})"
+            )
     return "\n".join(lines)
 
 
@@ -181,8 +212,11 @@ def machine(device: torch.device) -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "cpu": cpu,
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

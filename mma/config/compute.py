@@ -24,10 +24,11 @@ class ComputeParams(Strict):
     @model_validator(mode="after")
     def _graph_path(self):
         if self.cuda_graphs is True and self.search == "secant":
-            raise ValueError("search = 'secant' cannot run in a CUDA graph (its loop ends when every "
-                             "bracket has closed, a host read): with cuda_graphs: true set search to bisection "
-                             "or auto")
+            raise ValueError(
+                "search = 'secant' cannot run in a CUDA graph (its loop ends when every "
+                "bracket has closed, a host read): with cuda_graphs: true set search to bisection "
+                "or auto"
+            )
         if self.cuda_graphs is True and self.compile:
-            raise ValueError("compile and cuda_graphs: choose one (the graph path captures the "
-                             "eager model's kernels)")
+            raise ValueError("compile and cuda_graphs: choose one (the graph path captures the eager model's kernels)")
         return self

@@ -22,7 +22,9 @@ class DataParams(Strict):
     mnist_source: Optional[str] = None  # folder with the 4 MNIST files (.gz or raw); null: download
     cifar10_source: Optional[str] = None  # null: download; "synthetic": generated CIFAR-shaped data; or a folder
     val_size: PositiveInt = 5000  # first N training images are the validation split (authors' code)
-    synthetic_train: PositiveInt = Field(2000, ge=10, le=1_000_000)  # synthetic CIFAR10 sizes (smoke runs without the real set)
+    synthetic_train: PositiveInt = Field(
+        2000, ge=10, le=1_000_000
+    )  # synthetic CIFAR10 sizes (smoke runs without the real set)
     synthetic_test: PositiveInt = Field(500, ge=10, le=1_000_000)
 
 

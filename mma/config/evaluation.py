@@ -94,7 +94,10 @@ class Table1Params(Strict):
     sources: dict[str, Table1Source] = Field(default_factory=_paper_sources)  # role → source
     # target model → role (its white-box rows are those of that role)
     columns: dict[str, str] = {
-        "mnist-linf-mma-v1": "MMA", "mnist-linf-pgd-0p3": "PGD", "mnist-linf-mma-0p45": "MMA", "mnist-linf-std": "STD",
+        "mnist-linf-mma-v1": "MMA",
+        "mnist-linf-pgd-0p3": "PGD",
+        "mnist-linf-mma-0p45": "MMA",
+        "mnist-linf-std": "STD",
     }
 
     @model_validator(mode="after")
@@ -105,14 +108,19 @@ class Table1Params(Strict):
             raise ValueError(f"table1.sources: each model is the source of one role, got {models}")
         for model, role in self.columns.items():
             if role not in self.sources:
-                raise ValueError(f"table1.columns.{model} = {role!r}: not a role of table1.sources "
-                                 f"({', '.join(self.sources)})")
+                raise ValueError(
+                    f"table1.columns.{model} = {role!r}: not a role of table1.sources ({', '.join(self.sources)})"
+                )
         return self
 
     def rows(self) -> list[Table1Row]:
         """Every attack row, by ε then role then attack: the one place the Table-1 grid is read."""
-        return [Table1Row(eps=e, role=role, source=src.model, attack=a)
-                for e in self.eps for role, src in self.sources.items() for a in src.attacks]
+        return [
+            Table1Row(eps=e, role=role, source=src.model, attack=a)
+            for e in self.eps
+            for role, src in self.sources.items()
+            for a in src.attacks
+        ]
 
     def rows_made_on(self, source: str) -> list[Table1Row]:
         """The rows whose transfer sets ``source`` makes."""
@@ -128,8 +136,13 @@ class Table1Params(Strict):
         dataset × norm that are in the grid, except ``target`` itself."""
         by_name = {m.name: m for m in models}
         t = by_name[target]
-        return [s.model for s in self.sources.values() if s.model != target and s.model in by_name
-                and (by_name[s.model].dataset, by_name[s.model].norm) == (t.dataset, t.norm)]
+        return [
+            s.model
+            for s in self.sources.values()
+            if s.model != target
+            and s.model in by_name
+            and (by_name[s.model].dataset, by_name[s.model].norm) == (t.dataset, t.norm)
+        ]
 
 
 class ThreatModel(Strict):
@@ -160,14 +173,39 @@ def _grid(start: float, stop: float, step: float, scale: float = 1.0) -> list[fl
 
 def _paper_threat_models() -> list[ThreatModel]:
     return [
-        ThreatModel(dataset="mnist", norm="linf", curve_eps=_grid(0.05, 0.5, 0.05), headline_eps=0.3,
-                    margin_eps_max=1.0, unbounded_eps=1.0),
-        ThreatModel(dataset="mnist", norm="l2", curve_eps=_grid(0.5, 5.0, 0.5), headline_eps=2.0,
-                    margin_eps_max=10.0, boundary=True, unbounded_eps=28.0),
-        ThreatModel(dataset="cifar10", norm="linf", curve_eps=_grid(2, 32, 2, 1 / 255), headline_eps=8 / 255,
-                    margin_eps_max=64 / 255, unbounded_eps=1.0),
-        ThreatModel(dataset="cifar10", norm="l2", curve_eps=_grid(0.25, 2.5, 0.25), headline_eps=0.5,
-                    margin_eps_max=5.0, unbounded_eps=56.0),
+        ThreatModel(
+            dataset="mnist",
+            norm="linf",
+            curve_eps=_grid(0.05, 0.5, 0.05),
+            headline_eps=0.3,
+            margin_eps_max=1.0,
+            unbounded_eps=1.0,
+        ),
+        ThreatModel(
+            dataset="mnist",
+            norm="l2",
+            curve_eps=_grid(0.5, 5.0, 0.5),
+            headline_eps=2.0,
+            margin_eps_max=10.0,
+            boundary=True,
+            unbounded_eps=28.0,
+        ),
+        ThreatModel(
+            dataset="cifar10",
+            norm="linf",
+            curve_eps=_grid(2, 32, 2, 1 / 255),
+            headline_eps=8 / 255,
+            margin_eps_max=64 / 255,
+            unbounded_eps=1.0,
+        ),
+        ThreatModel(
+            dataset="cifar10",
+            norm="l2",
+            curve_eps=_grid(0.25, 2.5, 0.25),
+            headline_eps=0.5,
+            margin_eps_max=5.0,
+            unbounded_eps=56.0,
+        ),
     ]
 
 
@@ -220,7 +258,9 @@ class MarginParams(Strict):
     cross_check: Literal["fab", "none"] = "fab"  # minimal-norm attack: FAB (exact on linear models)
     fab_steps: PositiveInt = 100
     fab_restarts: PositiveInt = 1
-    disagree_rtol: NonNegativeFinite = 0.1  # estimates disagree when they differ by > rtol · the smaller + one grid step
+    disagree_rtol: NonNegativeFinite = (
+        0.1  # estimates disagree when they differ by > rtol · the smaller + one grid step
+    )
 
 
 class ChecksParams(Strict):

@@ -13,21 +13,36 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
-from . import (L2_PGD_DEFAULT, L2PGD, Bool, Fraction, NonNegativeFinite, NonNegativeInt, PositiveFinite, PositiveInt,
-               Strict, increasing)
+from . import (
+    L2_PGD_DEFAULT,
+    L2PGD,
+    Bool,
+    Fraction,
+    NonNegativeFinite,
+    NonNegativeInt,
+    PositiveFinite,
+    PositiveInt,
+    Strict,
+    increasing,
+)
 
 EPS_MAX_OVER_D_MAX = 1.05  # the search's upper end above the hinge (train.py: attack_maxeps = hinge_maxeps * 1.05)
 
 # The authors' validation attack per dataset × norm (config.py): (test_eps, test_eps_iter)
 AUTHORS_TEST_EPS = {
-    ("mnist", "linf"): (0.3, 0.01), ("mnist", "l2"): (2.0, 0.125),
-    ("cifar10", "linf"): (8 / 255, 2 / 255), ("cifar10", "l2"): (1.0, 0.25),
+    ("mnist", "linf"): (0.3, 0.01),
+    ("mnist", "l2"): (2.0, 0.125),
+    ("cifar10", "linf"): (8 / 255, 2 / 255),
+    ("cifar10", "l2"): (1.0, 0.25),
 }
 AUTHORS_NB_ITER = {"mnist": 40, "cifar10": 10}  # config.py: MNIST.nb_iter, CIFAR10.nb_iter (validation PGD's too)
 # the largest hinge d_max of their run scripts (run_*_training.sh): the search range of a model
 # with no hinge of its own (STD, PGD) is EPS_MAX_OVER_D_MAX times it
 AUTHORS_LARGEST_HINGE = {
-    ("mnist", "linf"): 0.45, ("mnist", "l2"): 6.0, ("cifar10", "linf"): 32 / 255, ("cifar10", "l2"): 3.0,
+    ("mnist", "linf"): 0.45,
+    ("mnist", "l2"): 6.0,
+    ("cifar10", "linf"): 32 / 255,
+    ("cifar10", "l2"): 3.0,
 }
 
 
@@ -192,8 +207,10 @@ class ModelSpec(Strict):
         if self.method == "std" and (self.pgd or self.mma):
             raise ValueError(f"model {self.name}: method 'std' takes no 'pgd:' or 'mma:' block")
         if self.selection.metric == "pgd_acc" and self.method != "pgd":
-            raise ValueError(f"model {self.name}: selection.metric 'pgd_acc' needs method 'pgd' (its training "
-                             "attack is the validation attack); use mean_margin or clean_acc")
+            raise ValueError(
+                f"model {self.name}: selection.metric 'pgd_acc' needs method 'pgd' (its training "
+                "attack is the validation attack); use mean_margin or clean_acc"
+            )
         return self
 
     @property
@@ -202,12 +219,14 @@ class ModelSpec(Strict):
         s, key = self.selection, (self.dataset, self.norm)
         test_eps, test_eps_iter = AUTHORS_TEST_EPS[key]
         own = self.mma.resolved_eps_max if self.mma is not None else EPS_MAX_OVER_D_MAX * AUTHORS_LARGEST_HINGE[key]
-        return s.model_copy(update={
-            "test_eps": test_eps if s.test_eps is None else s.test_eps,
-            "test_eps_iter": test_eps_iter if s.test_eps_iter is None else s.test_eps_iter,
-            "steps": AUTHORS_NB_ITER[self.dataset] if s.steps is None else s.steps,
-            "eps_max": own if s.eps_max is None else s.eps_max,
-        })
+        return s.model_copy(
+            update={
+                "test_eps": test_eps if s.test_eps is None else s.test_eps,
+                "test_eps_iter": test_eps_iter if s.test_eps_iter is None else s.test_eps_iter,
+                "steps": AUTHORS_NB_ITER[self.dataset] if s.steps is None else s.steps,
+                "eps_max": own if s.eps_max is None else s.eps_max,
+            }
+        )
 
     def eval_interval(self, steps_per_epoch: int) -> int:
         """Steps between validations, with an epoch of ``steps_per_epoch`` steps."""

@@ -69,13 +69,16 @@ class Params(Strict):
         if isinstance(models, list) and all(isinstance(m, ModelSpec) for m in models):
             return {m.name: m for m in models}  # built in Python (tests): keyed by their names
         if isinstance(models, list):
-            raise ValueError("must be a mapping NAME → settings (models: {mnist-linf-std: {dataset: mnist, ...}}), "
-                             "not a list")
+            raise ValueError(
+                "must be a mapping NAME → settings (models: {mnist-linf-std: {dataset: mnist, ...}}), not a list"
+            )
         if isinstance(models, dict):
             for k, v in models.items():
                 if isinstance(v, dict) and "seed" in v:  # the seed of a member comes from `seeds`
-                    raise ValueError(f"{k}.seed = {short(v['seed'])}: a model entry sets no seed; list the "
-                                     "training seeds in the top-level `seeds:` (every model is trained once per seed)")
+                    raise ValueError(
+                        f"{k}.seed = {short(v['seed'])}: a model entry sets no seed; list the "
+                        "training seeds in the top-level `seeds:` (every model is trained once per seed)"
+                    )
             return {k: {"name": k, **v} if isinstance(v, dict) else v for k, v in models.items()}
         return models
 
@@ -93,8 +96,9 @@ class Params(Strict):
         """Model ``name`` as trained with seed ``seed`` (one of ``seeds``): its spec with that seed."""
         spec = self.model(name)
         if seed not in self.seeds:
-            raise ParamsError(f"seed {seed} is not in the grid's seeds {self.seeds}; pick one of those "
-                              "(or add it to `seeds:`)")
+            raise ParamsError(
+                f"seed {seed} is not in the grid's seeds {self.seeds}; pick one of those (or add it to `seeds:`)"
+            )
         return spec.model_copy(update={"seed": seed})
 
     def members(self) -> list[tuple[str, int]]:
@@ -106,8 +110,9 @@ class Params(Strict):
         if seed is None:
             if len(self.seeds) == 1:
                 return self.seeds[0]
-            raise ParamsError(f"the grid has {len(self.seeds)} seeds ({', '.join(map(str, self.seeds))}); "
-                              "pass --seed S to pick one")
+            raise ParamsError(
+                f"the grid has {len(self.seeds)} seeds ({', '.join(map(str, self.seeds))}); pass --seed S to pick one"
+            )
         if seed not in self.seeds:
             raise ParamsError(f"--seed {seed}: not one of the grid's seeds ({', '.join(map(str, self.seeds))})")
         return seed
@@ -124,8 +129,10 @@ class Params(Strict):
         for role, s in self.table1.sources.items():
             if s.model == source:
                 return role
-        raise ParamsError(f"{source!r} is not a source in table1.sources (sources: "
-                          f"{', '.join(s.model for s in self.table1.sources.values()) or 'none'})")
+        raise ParamsError(
+            f"{source!r} is not a source in table1.sources (sources: "
+            f"{', '.join(s.model for s in self.table1.sources.values()) or 'none'})"
+        )
 
     def curve_attack(self) -> AttackSetting:
         """Figure 3's white-box attack (``evaluate.curve_attack``)."""
@@ -138,8 +145,9 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of keys (experiment, data, models, ...), "
-                          f"got {type(raw).__name__}")
+        raise ParamsError(
+            f"{path}: expected a mapping of keys (experiment, data, models, ...), got {type(raw).__name__}"
+        )
     try:
         params = Params.model_validate(raw)
     except ValidationError as e:
@@ -161,18 +169,25 @@ def check_name(where: str, name: Any) -> Optional[str]:
         return None
     if isinstance(name, str) and NAME_PATTERN.fullmatch(name.replace(".", "p")):
         # DVC's -S (Hydra's override grammar) splits keys at every dot, with no quoting
-        return (f"{where}: a name cannot hold a '.' (`dvc exp run -S KEY.NAME.FIELD=VALUE` splits at dots, so it "
-                f"could not be set by name); write the number with a 'p': {name.replace('.', 'p')!r}")
-    return (f"{where}: {short(name)} is not a name: a name is a folder name, a file name, a DVC stage key and an "
-            "MLflow key, so it holds letters, digits, '_' and '-' only (starting with a letter or digit, at most "
-            "100 characters)")
+        return (
+            f"{where}: a name cannot hold a '.' (`dvc exp run -S KEY.NAME.FIELD=VALUE` splits at dots, so it "
+            f"could not be set by name); write the number with a 'p': {name.replace('.', 'p')!r}"
+        )
+    return (
+        f"{where}: {short(name)} is not a name: a name is a folder name, a file name, a DVC stage key and an "
+        "MLflow key, so it holds letters, digits, '_' and '-' only (starting with a letter or digit, at most "
+        "100 characters)"
+    )
 
 
 def _cross_check(p: Params) -> Optional[str]:
     """Checks that span keys (pydantic checks each block alone)."""
     seen = list(p.models)  # names, in the file's order
-    names = [(f"models.{k}", k) for k in p.models] + [(f"table1.sources.{k}", k) for k in p.table1.sources] \
+    names = (
+        [(f"models.{k}", k) for k in p.models]
+        + [(f"table1.sources.{k}", k) for k in p.table1.sources]
         + [(f"attacks.{k}", k) for k in p.attacks]
+    )
     for where, name in names:
         problem = check_name(where, name)
         if problem:
@@ -182,17 +197,26 @@ def _cross_check(p: Params) -> Optional[str]:
         if m.name != key:
             return f"{where}.name = {m.name!r}: differs from its key (leave `name` out: the key is the name)"
         if m.dataset not in p.data.datasets:
-            return (f"{where}.dataset = {m.dataset!r}: not in data.datasets {p.data.datasets}; "
-                    f"add it there so the data stage prepares it")
+            return (
+                f"{where}.dataset = {m.dataset!r}: not in data.datasets {p.data.datasets}; "
+                f"add it there so the data stage prepares it"
+            )
         if p.evaluate.threat_model(m.dataset, m.norm) is None:
-            return (f"{where}.norm = {m.norm!r}: evaluate.threat_models has no {m.dataset} × {m.norm} entry "
-                    f"to evaluate it with")
+            return (
+                f"{where}.norm = {m.norm!r}: evaluate.threat_models has no {m.dataset} × {m.norm} entry "
+                f"to evaluate it with"
+            )
         if m.dataset == "mnist" and m.arch != "lenet5_madry" or m.dataset == "cifar10" and m.arch == "lenet5_madry":
             return f"{where}.arch = {m.arch!r}: not an architecture for {m.dataset}"
-    if "cifar10" in p.data.datasets and p.data.cifar10_source == "synthetic" \
-            and p.data.val_size >= p.data.synthetic_train:
-        return (f"data.val_size = {p.data.val_size}: must be below data.synthetic_train "
-                f"({p.data.synthetic_train}) or no training images are left")
+    if (
+        "cifar10" in p.data.datasets
+        and p.data.cifar10_source == "synthetic"
+        and p.data.val_size >= p.data.synthetic_train
+    ):
+        return (
+            f"data.val_size = {p.data.val_size}: must be below data.synthetic_train "
+            f"({p.data.synthetic_train}) or no training images are left"
+        )
     for key, name in _referenced_models(p):
         if name not in seen:
             return f"{key} = {name!r}: no model of that name in the grid (models: {', '.join(seen)})"
@@ -201,8 +225,10 @@ def _cross_check(p: Params) -> Optional[str]:
             return f"{key} = {attack!r}: not a name in `attacks` (defined: {', '.join(p.attacks)})"
     threat_models = {(p.model(n).dataset, p.model(n).norm) for _, n in _referenced_models(p)}
     if len(threat_models) > 1:
-        return (f"table1: its models must share one dataset × norm (Table 1 is one threat model), "
-                f"got {sorted('-'.join(t) for t in threat_models)}")
+        return (
+            f"table1: its models must share one dataset × norm (Table 1 is one threat model), "
+            f"got {sorted('-'.join(t) for t in threat_models)}"
+        )
     return None
 
 

@@ -34,8 +34,9 @@ def read_yaml(path: Path) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ParamsError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
-                          "save it as UTF-8") from None
+        raise ParamsError(
+            f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); save it as UTF-8"
+        ) from None
     loader = _loader_class()(text)
     try:
         node = loader.get_single_node()
@@ -43,8 +44,9 @@ def read_yaml(path: Path) -> Any:
             return None
         size = _expanded_size(node, {}, set())
         if size > MAX_VALUES:
-            raise ParamsError(f"{path}: expands to more than {MAX_VALUES} values (YAML aliases: *name); "
-                              "write the values out")
+            raise ParamsError(
+                f"{path}: expands to more than {MAX_VALUES} values (YAML aliases: *name); write the values out"
+            )
         return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -73,8 +75,11 @@ def _loader_class():
                     key, line = self.construct_object(key_node), key_node.start_mark.line + 1
                     if key in seen:
                         raise yaml.constructor.ConstructorError(
-                            None, None, f"duplicate key {short(key)} (first at line {seen[key]}); give each key once",
-                            key_node.start_mark)
+                            None,
+                            None,
+                            f"duplicate key {short(key)} (first at line {seen[key]}); give each key once",
+                            key_node.start_mark,
+                        )
                     seen[key] = line
             return super().construct_mapping(node, deep=deep)
 
@@ -89,8 +94,7 @@ def _expanded_size(node, memo: dict, active: set) -> int:
     if key in memo:
         return memo[key]
     if key in active:
-        raise yaml.composer.ComposerError(None, None, "an alias refers to the node that contains it",
-                                          node.start_mark)
+        raise yaml.composer.ComposerError(None, None, "an alias refers to the node that contains it", node.start_mark)
     active.add(key)
     if isinstance(node, yaml.SequenceNode):
         n = 1 + sum(_expanded_size(c, memo, active) for c in node.value)

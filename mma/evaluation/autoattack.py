@@ -41,8 +41,18 @@ class GradientStepsInStepPrecision(nn.Module):
         return self.step(x)
 
 
-def autoattack_robust(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, params: AutoAttackParams, *,
-                      eps: float, norm: str, seed: int, device) -> tuple[Tensor, list[str]]:
+def autoattack_robust(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    active: Tensor,
+    params: AutoAttackParams,
+    *,
+    eps: float,
+    norm: str,
+    seed: int,
+    device,
+) -> tuple[Tensor, list[str]]:
     """((N,) int16 survived: 1 robust, 0 broken, -1 outside the first ``limit``; attacks run)."""
     from pyautoattack import AutoAttack
 
@@ -52,8 +62,15 @@ def autoattack_robust(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, pa
     out[:m] = 0
     rows = active[:m].cpu().nonzero().squeeze(1)  # indexes CPU outputs and device inputs alike
     kwargs = {"attacks": list(params.attacks)} if params.version == "custom" else {}
-    aa = AutoAttack(GradientStepsInStepPrecision(model).eval(), norm=NORM_LABELS[norm], eps=float(eps),
-                    version=params.version, seed=seed % (2**31), device=device, **kwargs)
+    aa = AutoAttack(
+        GradientStepsInStepPrecision(model).eval(),
+        norm=NORM_LABELS[norm],
+        eps=float(eps),
+        version=params.version,
+        seed=seed % (2**31),
+        device=device,
+        **kwargs,
+    )
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     if params.n_iter is not None:
         aa.fab.n_iter = params.n_iter
@@ -68,7 +85,12 @@ def autoattack_robust(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, pa
         xr, yr = x[rows].to(device), y[rows].to(device)
         x_adv, _ = aa.run_standard_evaluation(xr, yr, batch_size=params.batch_size)
         with torch.no_grad():
-            ok = torch.cat([model(x_adv[i: i + params.batch_size]).argmax(1) for i in range(0, len(rows), params.batch_size)]) == yr
+            ok = (
+                torch.cat(
+                    [model(x_adv[i : i + params.batch_size]).argmax(1) for i in range(0, len(rows), params.batch_size)]
+                )
+                == yr
+            )
             # the reference's own self-check: every adversarial inside the ε-ball
             d = (x_adv - xr).flatten(1)
             size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)

@@ -20,8 +20,9 @@ from mma.progress import progress
 from ..config.evaluation import BoundaryParams
 
 
-def boundary_distances(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, params: BoundaryParams, *,
-                       seed: int, device) -> Tensor:
+def boundary_distances(
+    model: nn.Module, x: Tensor, y: Tensor, active: Tensor, params: BoundaryParams, *, seed: int, device
+) -> Tensor:
     """(N,) float64 L2 distance of the adversarial found; 0 where misclassified without
     attack, inf where the attack failed, nan outside the first ``params.limit`` examples."""
     import foolbox as fb
@@ -32,17 +33,20 @@ def boundary_distances(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, p
     out[:m] = 0.0
     rows = active[:m].cpu().nonzero().squeeze(1)  # indexes CPU outputs and device inputs alike
     fmodel = fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=device)
-    init_attack = fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=params.init_attempts,
-                                                                  steps=params.init_steps)
+    init_attack = fb.attacks.LinearSearchBlendedUniformNoiseAttack(
+        directions=params.init_attempts, steps=params.init_steps
+    )
     attack = fb.attacks.BoundaryAttack(
-        steps=params.steps, spherical_step=params.spherical_step, source_step=params.source_step,
+        steps=params.steps,
+        spherical_step=params.spherical_step,
+        source_step=params.source_step,
         step_adaptation=params.step_adaptation,
     )
     torch.manual_seed(seed)
     bs = params.batch_size
     with progress((len(rows) + bs - 1) // bs, f"Boundary attack ({params.steps} steps)") as advance:
         for i in range(0, len(rows), bs):
-            idx = rows[i: i + bs]
+            idx = rows[i : i + bs]
             xb, yb = x[idx].to(device), y[idx].to(device)
             d = torch.full((len(idx),), math.inf, dtype=torch.float64)
             with warnings.catch_warnings():

@@ -52,7 +52,8 @@ class FiniteLogits(nn.Module):
         if pending is not None and bool(pending):
             raise NonFiniteLogits(
                 f"model {self.name}: its logits are not finite (NaN or inf), so none of its predictions can be counted "
-                f"(a NaN argmax is an arbitrary class); nothing was written: {self.remedy}")
+                f"(a NaN argmax is an arbitrary class); nothing was written: {self.remedy}"
+            )
 
 
 def retrain_remedy(name: str, seed: Optional[int] = None) -> str:
@@ -60,8 +61,11 @@ def retrain_remedy(name: str, seed: Optional[int] = None) -> str:
     if seed is None:
         return f"retrain it (`mma train {name} --restart`, e.g. with a lower optimizer.lr)"
     from ..paths import model_file
-    return (f"check {model_file(name, seed)} and retrain it (`mma train {name} --seed {seed} --restart`, "
-            "e.g. with a lower optimizer.lr)")
+
+    return (
+        f"check {model_file(name, seed)} and retrain it (`mma train {name} --seed {seed} --restart`, "
+        "e.g. with a lower optimizer.lr)"
+    )
 
 
 def finite_logits(model: nn.Module, name: str, remedy: Optional[str] = None) -> FiniteLogits:

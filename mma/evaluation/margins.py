@@ -46,38 +46,76 @@ def sweep_bounds(survived_by_eps: dict[float, Tensor]) -> tuple[Tensor, Tensor]:
     return upper, lower
 
 
-def anpgd_margins(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, eps_init: Tensor, *, norm: str,
-                  eps_max: float, params: MarginParams, batch_size: int, seed: int) -> Tensor:
+def anpgd_margins(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    active: Tensor,
+    eps_init: Tensor,
+    *,
+    norm: str,
+    eps_max: float,
+    params: MarginParams,
+    batch_size: int,
+    seed: int,
+) -> Tensor:
     """(N,) float64: AN-PGD length, 0 where misclassified without attack (capped at eps_max)."""
     out = torch.zeros(x.shape[0], dtype=torch.float64)
     rows = active.cpu().nonzero().squeeze(1)  # indexes CPU outputs and device inputs alike
     torch.manual_seed(seed)
     with progress((len(rows) + batch_size - 1) // batch_size, "margins: AN-PGD") as advance:
         for i in range(0, len(rows), batch_size):
-            idx = rows[i: i + batch_size]
+            idx = rows[i : i + batch_size]
             e0 = eps_init[idx].clamp(max=eps_max).to(x.device, x.dtype)
-            _, eps = an_pgd(model, x[idx], y[idx], e0, norm=norm, eps_max=eps_max, steps=params.an_pgd_steps,
-                            bisection_steps=params.bisection_steps, attack_loss=params.an_pgd_loss,
-                            l2_pgd=params.an_pgd_l2_pgd)
+            _, eps = an_pgd(
+                model,
+                x[idx],
+                y[idx],
+                e0,
+                norm=norm,
+                eps_max=eps_max,
+                steps=params.an_pgd_steps,
+                bisection_steps=params.bisection_steps,
+                attack_loss=params.an_pgd_loss,
+                l2_pgd=params.an_pgd_l2_pgd,
+            )
             out[idx] = eps.double().cpu()
             advance(1)
     return out
 
 
-def fab_margins(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, *, norm: str, eps_max: float,
-                params: MarginParams, batch_size: int, seed: int, device) -> Tensor:
+def fab_margins(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    active: Tensor,
+    *,
+    norm: str,
+    eps_max: float,
+    params: MarginParams,
+    batch_size: int,
+    seed: int,
+    device,
+) -> Tensor:
     """(N,) float64: FAB's minimal adversarial length (best over restarts); 0 where
     misclassified without attack, inf where FAB found nothing."""
     from pyautoattack.fab_pt import FABAttack_PT
 
     out = torch.zeros(x.shape[0], dtype=torch.float64)
     rows = active.cpu().nonzero().squeeze(1)  # indexes CPU outputs and device inputs alike
-    fab = FABAttack_PT(model.eval(), norm=NORM_LABELS[norm], n_restarts=params.fab_restarts,
-                       n_iter=params.fab_steps, eps=eps_max, seed=seed % (2**31), device=device)
+    fab = FABAttack_PT(
+        model.eval(),
+        norm=NORM_LABELS[norm],
+        n_restarts=params.fab_restarts,
+        n_iter=params.fab_steps,
+        eps=eps_max,
+        seed=seed % (2**31),
+        device=device,
+    )
     torch.manual_seed(seed)
     with progress((len(rows) + batch_size - 1) // batch_size, "margins: FAB") as advance:
         for i in range(0, len(rows), batch_size):
-            idx = rows[i: i + batch_size]
+            idx = rows[i : i + batch_size]
             xb, yb = x[idx], y[idx]
             best = torch.full((len(idx),), math.inf, dtype=torch.float64)
             for r in range(params.fab_restarts):
@@ -91,8 +129,15 @@ def fab_margins(model: nn.Module, x: Tensor, y: Tensor, active: Tensor, *, norm:
     return out
 
 
-def combine(active: Tensor, estimates: dict[str, Tensor], sweep_upper: Tensor, sweep_lower: Tensor, *,
-            eps_max: float, rtol: float) -> tuple[Tensor, dict]:
+def combine(
+    active: Tensor,
+    estimates: dict[str, Tensor],
+    sweep_upper: Tensor,
+    sweep_lower: Tensor,
+    *,
+    eps_max: float,
+    rtol: float,
+) -> tuple[Tensor, dict]:
     """(margin per example, summary).  margin = min over the estimates and the sweep's
     upper bound (capped at eps_max); summary over correctly classified examples: mean,
     median of each estimate and of the margin, and disagreement rates (%):

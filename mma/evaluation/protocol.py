@@ -51,9 +51,11 @@ def whitebox_attacks(name: str, tm: ThreatModel, params) -> list[WhiteboxAttack]
     out += [WhiteboxAttack(e, curve) for e in tm.curve_eps]
     if ev.checks.enabled:
         checks = ev.check_attacks(curve)
-        out += [WhiteboxAttack(tm.headline_eps, checks["more_steps"], ev.checks.limit, independent=True),
-                WhiteboxAttack(tm.headline_eps, checks["more_restarts"], ev.checks.limit, independent=True),
-                WhiteboxAttack(tm.unbounded_eps, checks["unbounded"], ev.checks.limit, independent=True)]
+        out += [
+            WhiteboxAttack(tm.headline_eps, checks["more_steps"], ev.checks.limit, independent=True),
+            WhiteboxAttack(tm.headline_eps, checks["more_restarts"], ev.checks.limit, independent=True),
+            WhiteboxAttack(tm.unbounded_eps, checks["unbounded"], ev.checks.limit, independent=True),
+        ]
     return out
 
 
@@ -130,8 +132,10 @@ def evaluate_model(
     for entry, x_u8 in transfer_sets:
         record = transfer_record(entry, n)
         if x_u8.shape[0] < n:
-            raise ValueError(f"transfer set {record.source}/{entry['file']} has {x_u8.shape[0]} images, the evaluation "
-                             f"{n}: rerun `mma transfer {record.source}` with the same evaluate.test_limit")
+            raise ValueError(
+                f"transfer set {record.source}/{entry['file']} has {x_u8.shape[0]} images, the evaluation "
+                f"{n}: rerun `mma transfer {record.source}` with the same evaluate.test_limit"
+            )
         with torch.no_grad():
             pred = predict(model, x_u8[:n].to(device).float().div_(255), bs)
         # restarts were chosen on the source: robust to the set (survived = R) = still correct
@@ -142,10 +146,21 @@ def evaluate_model(
     for g in whitebox_plan(whitebox, ev.loss):
         m = n if g.limit is None else min(n, g.limit)
         active = (res.clean_correct if g.independent else active_at(g.eps)) & (torch.arange(n) < m)
-        s = survival(model, x, y, g.eps, g.setting, norm=tm.norm, loss=ev.loss,
-                     seed=whitebox_seed(seed, name, g.setting, ev.loss, g.eps),
-                     active=active.to(device), clean_pred=clean_pred, batch_size=bs,
-                     description=f"{name}: {g.setting.label()} ε={g.eps:.4g}", show_progress=show_progress)
+        s = survival(
+            model,
+            x,
+            y,
+            g.eps,
+            g.setting,
+            norm=tm.norm,
+            loss=ev.loss,
+            seed=whitebox_seed(seed, name, g.setting, ev.loss, g.eps),
+            active=active.to(device),
+            clean_pred=clean_pred,
+            batch_size=bs,
+            description=f"{name}: {g.setting.label()} ε={g.eps:.4g}",
+            show_progress=show_progress,
+        )
         if m < n:  # inside the subset, not attacked = not robust (misclassified, or broken earlier)
             head = s[:m]
             head[head == NOT_RUN] = 0
@@ -156,29 +171,56 @@ def evaluate_model(
         from .autoattack import autoattack_robust
 
         t0 = time.monotonic()
-        s, attacks = autoattack_robust(model, x, y, res.clean_correct.to(device), ev.autoattack, eps=tm.headline_eps,
-                                       norm=tm.norm, seed=seed_for(seed, name, "aa"), device=device)
-        res.add(Record(kind="autoattack", attack="_".join(attacks), eps=float(tm.headline_eps),
-                       steps=ev.autoattack.n_iter or 1, n=_covered(ev.autoattack.limit, n), seed=seed), s)
+        s, attacks = autoattack_robust(
+            model,
+            x,
+            y,
+            res.clean_correct.to(device),
+            ev.autoattack,
+            eps=tm.headline_eps,
+            norm=tm.norm,
+            seed=seed_for(seed, name, "aa"),
+            device=device,
+        )
+        res.add(
+            Record(
+                kind="autoattack",
+                attack="_".join(attacks),
+                eps=float(tm.headline_eps),
+                steps=ev.autoattack.n_iter or 1,
+                n=_covered(ev.autoattack.limit, n),
+                seed=seed,
+            ),
+            s,
+        )
         timings["autoattack"] = time.monotonic() - t0
 
     if tm.boundary:
         from .boundary import boundary_distances
 
         t0 = time.monotonic()
-        d = boundary_distances(model, x, y, res.clean_correct.to(device), ev.boundary, seed=seed_for(seed, name, "ba"),
-                               device=device)
+        d = boundary_distances(
+            model, x, y, res.clean_correct.to(device), ev.boundary, seed=seed_for(seed, name, "ba"), device=device
+        )
         res.values["boundary_l2"] = d
         for e in tm.curve_eps:
             s = torch.where(torch.isnan(d), torch.full_like(d, NOT_RUN), (d > e).double()).to(torch.int16)
-            res.add(Record(kind="boundary", attack="boundary", eps=float(e), steps=ev.boundary.steps,
-                           n=_covered(ev.boundary.limit, n), seed=seed), s)
+            res.add(
+                Record(
+                    kind="boundary",
+                    attack="boundary",
+                    eps=float(e),
+                    steps=ev.boundary.steps,
+                    n=_covered(ev.boundary.limit, n),
+                    seed=seed,
+                ),
+                s,
+            )
         timings["boundary"] = time.monotonic() - t0
 
     if ev.margins.enabled:
         t0 = time.monotonic()
-        margin_summary = _margins(model, x, y, res, name=name, tm=tm, ev=ev, curve=curve,
-                                  seed=seed, device=device)
+        margin_summary = _margins(model, x, y, res, name=name, tm=tm, ev=ev, curve=curve, seed=seed, device=device)
         res.summary["margins"] = margin_summary
         timings["margins"] = time.monotonic() - t0
     model.check()  # a GPU gradient step's flag not read yet
@@ -190,8 +232,9 @@ def _covered(limit: Optional[int], n: int) -> int:
     return n if limit is None else min(n, limit)
 
 
-def _margins(model, x, y, res: Results, *, name, tm: ThreatModel, ev: EvaluateParams, curve: AttackSetting,
-             seed, device) -> dict:
+def _margins(
+    model, x, y, res: Results, *, name, tm: ThreatModel, ev: EvaluateParams, curve: AttackSetting, seed, device
+) -> dict:
     """Margins of the first ``margins.limit`` examples (values nan beyond); summary dict."""
     from .margins import anpgd_margins, combine, fab_margins, sweep_bounds
 
@@ -203,18 +246,41 @@ def _margins(model, x, y, res: Results, *, name, tm: ThreatModel, ev: EvaluatePa
     active = res.clean_correct.clone()
     active[m:] = False
     eps_init = torch.where(torch.isfinite(upper), upper, torch.full_like(upper, max(tm.curve_eps)))
-    estimates = {"anpgd": anpgd_margins(model, x, y, active.to(device), eps_init, norm=tm.norm,
-                                        eps_max=tm.margin_eps_max, params=ev.margins, batch_size=ev.batch_size,
-                                        seed=seed_for(seed, name, "anpgd"))}
+    estimates = {
+        "anpgd": anpgd_margins(
+            model,
+            x,
+            y,
+            active.to(device),
+            eps_init,
+            norm=tm.norm,
+            eps_max=tm.margin_eps_max,
+            params=ev.margins,
+            batch_size=ev.batch_size,
+            seed=seed_for(seed, name, "anpgd"),
+        )
+    }
     if ev.margins.cross_check == "fab":
-        estimates["fab"] = fab_margins(model, x, y, active.to(device), norm=tm.norm, eps_max=tm.margin_eps_max,
-                                       params=ev.margins, batch_size=ev.batch_size, seed=seed_for(seed, name, "fab"),
-                                       device=device)
+        estimates["fab"] = fab_margins(
+            model,
+            x,
+            y,
+            active.to(device),
+            norm=tm.norm,
+            eps_max=tm.margin_eps_max,
+            params=ev.margins,
+            batch_size=ev.batch_size,
+            seed=seed_for(seed, name, "fab"),
+            device=device,
+        )
     margin, summary = combine(active, estimates, upper, lower, eps_max=tm.margin_eps_max, rtol=ev.margins.disagree_rtol)
     nan = torch.full((n,), math.nan, dtype=torch.float64)
     keep = torch.arange(n) < m
-    for k, v in {**{f"margin_{k}": v for k, v in estimates.items()}, "margin": margin,
-                 "margin_sweep_upper": upper}.items():
+    for k, v in {
+        **{f"margin_{k}": v for k, v in estimates.items()},
+        "margin": margin,
+        "margin_sweep_upper": upper,
+    }.items():
         res.values[k] = torch.where(keep, v, nan)
     summary["limit"] = float(m)
     return summary

@@ -52,9 +52,18 @@ class Record:
 
 
 _DEFAULTS = {f.name: f.default for f in fields(Record)}
-_TYPES = {"eps": float, "steps": int, "restarts": int, "loss": str, "step_factor": float,
-          "clean_start": lambda v: {"true": True, "false": False}[v], "l2_pgd": str, "source": str, "n": int,
-          "seed": int}
+_TYPES = {
+    "eps": float,
+    "steps": int,
+    "restarts": int,
+    "loss": str,
+    "step_factor": float,
+    "clean_start": lambda v: {"true": True, "false": False}[v],
+    "l2_pgd": str,
+    "source": str,
+    "n": int,
+    "seed": int,
+}
 _OPTIONAL = [f.name for f in fields(Record) if f.name not in ("kind", "attack", "eps")]
 
 
@@ -87,15 +96,29 @@ def attack_fields(setting, loss: str) -> dict:
     """The identifying fields of an attack setting (``config.evaluation.AttackSetting``);
     ``loss`` is used where the setting names none."""
     if setting.attack == "fgsm":
-        return {"attack": "fgsm", "steps": 1, "restarts": 1, "loss": setting.loss or loss,
-                "step_factor": _DEFAULTS["step_factor"], "clean_start": False, "l2_pgd": setting.l2_pgd}
-    return {"attack": "pgd", "steps": setting.steps, "restarts": setting.restarts, "loss": setting.loss or loss,
-            "step_factor": setting.step_size_factor, "clean_start": not setting.random_init,
-            "l2_pgd": setting.l2_pgd}
+        return {
+            "attack": "fgsm",
+            "steps": 1,
+            "restarts": 1,
+            "loss": setting.loss or loss,
+            "step_factor": _DEFAULTS["step_factor"],
+            "clean_start": False,
+            "l2_pgd": setting.l2_pgd,
+        }
+    return {
+        "attack": "pgd",
+        "steps": setting.steps,
+        "restarts": setting.restarts,
+        "loss": setting.loss or loss,
+        "step_factor": setting.step_size_factor,
+        "clean_start": not setting.random_init,
+        "l2_pgd": setting.l2_pgd,
+    }
 
 
-def attack_record(kind: str, setting, eps: float, *, loss: str, n: int, seed: int, source: str = "",
-                  restarts: int | None = None) -> Record:
+def attack_record(
+    kind: str, setting, eps: float, *, loss: str, n: int, seed: int, source: str = "", restarts: int | None = None
+) -> Record:
     """The record of ``setting`` (white-box or a transfer set) at ``eps``; ``restarts``
     overrides the setting's (the first r restarts of a longer run)."""
     f = attack_fields(setting, loss)

@@ -61,8 +61,18 @@ def family(setting: AttackSetting) -> tuple:
     return (setting.attack, setting.steps, setting.loss, setting.step_size_factor, setting.random_init, setting.l2_pgd)
 
 
-def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting: AttackSetting, *,
-                     norm: str, loss: str, seed: int, keep: tuple[int, ...]) -> list[Tensor]:
+def make_adversarial(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    setting: AttackSetting,
+    *,
+    norm: str,
+    loss: str,
+    seed: int,
+    keep: tuple[int, ...],
+) -> list[Tensor]:
     """x_adv (float, in [0,1]) of one batch, restarts chosen on ``model`` by loss: one tensor
     per restart count in ``keep``, the best of the first that many
     restarts of one run — restart r draws its start from ``seed_for(seed, r)`` whatever the
@@ -85,28 +95,42 @@ def make_adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: float, setting
     return [kept[k] for k in keep]
 
 
-def build_sets(model: nn.Module, x_u8: Tensor, y: Tensor, eps: float, settings: list[AttackSetting], *,
-               norm: str, loss: str, seed: int, batch_size: int, device, description: str = "",
-               source: str = "") -> list[Tensor]:
+def build_sets(
+    model: nn.Module,
+    x_u8: Tensor,
+    y: Tensor,
+    eps: float,
+    settings: list[AttackSetting],
+    *,
+    norm: str,
+    loss: str,
+    seed: int,
+    batch_size: int,
+    device,
+    description: str = "",
+    source: str = "",
+) -> list[Tensor]:
     """One set per setting, the settings of one ``family`` made in one run (the most restarts
     any of them has): each set as uint8 images (N, C, H, W), on the CPU.  ``source``: the
     model's name (for the error if its logits are not finite)."""
     if len({family(s) for s in settings}) != 1:
         raise ValueError(f"build_sets: settings of different families: {[s.label() for s in settings]}")
-    model = finite_logits(model, source or "(transfer source)",
-                          None if source else "check the source model's file and retrain it")
+    model = finite_logits(
+        model, source or "(transfer source)", None if source else "check the source model's file and retrain it"
+    )
     keep = tuple(s.restarts for s in settings)
     outs = [torch.empty_like(x_u8) for _ in settings]
     n = x_u8.shape[0]
     with progress((n + batch_size - 1) // batch_size, description or f"{settings[-1].label()} ε={eps:.4g}") as advance:
         for b, i in enumerate(range(0, n, batch_size)):
-            clean = x_u8[i: i + batch_size]
+            clean = x_u8[i : i + batch_size]
             xb = clean.to(device).float().div_(255)
-            yb = y[i: i + batch_size].to(device)
-            advs = make_adversarial(model, xb, yb, eps, settings[0], norm=norm, loss=loss, seed=seed_for(seed, b),
-                                    keep=keep)
+            yb = y[i : i + batch_size].to(device)
+            advs = make_adversarial(
+                model, xb, yb, eps, settings[0], norm=norm, loss=loss, seed=seed_for(seed, b), keep=keep
+            )
             for out, x_adv in zip(outs, advs):
-                out[i: i + batch_size] = quantize_toward(x_adv.cpu(), clean, eps, norm)
+                out[i : i + batch_size] = quantize_toward(x_adv.cpu(), clean, eps, norm)
             advance(1)
     model.check()
     return outs
@@ -146,8 +170,9 @@ def load_set(path: str | Path, *, remedy: str = "rerun `mma transfer SOURCE`") -
         shape = [int(v) for v in obj["shape"]]
         raw = zlib.decompress(obj["data"].numpy().tobytes())
         if len(shape) != 4 or len(raw) != math.prod(shape):
-            raise BadFileError(f"{path}: holds {len(raw)} bytes of images, its shape {shape} needs "
-                               f"{math.prod(shape)}; {remedy}")
+            raise BadFileError(
+                f"{path}: holds {len(raw)} bytes of images, its shape {shape} needs {math.prod(shape)}; {remedy}"
+            )
         x = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(shape)
     except BadFileError:
         raise
@@ -157,8 +182,9 @@ def load_set(path: str | Path, *, remedy: str = "rerun `mma transfer SOURCE`") -
     return x, meta
 
 
-def check_set(path, x: Tensor, meta: dict, clean_u8: Tensor, y: Tensor, *, record: str, norm: str,
-              test_sha256: str, remedy: str) -> None:
+def check_set(
+    path, x: Tensor, meta: dict, clean_u8: Tensor, y: Tensor, *, record: str, norm: str, test_sha256: str, remedy: str
+) -> None:
     """BadFileError unless set ``x`` is what its manifest entry says: the record, the test
     images it was made on (hash, labels, shape, dtype) and every image inside the ε-ball of
     its clean image (ε from the record, ``norm`` from the source model)."""
@@ -167,8 +193,10 @@ def check_set(path, x: Tensor, meta: dict, clean_u8: Tensor, y: Tensor, *, recor
     if meta.get("test_sha256") != test_sha256:
         raise BadFileError(f"{path}: made on other test images than its manifest says; {remedy}")
     if x.dtype != torch.uint8 or tuple(x.shape) != tuple(clean_u8.shape):
-        raise BadFileError(f"{path}: images {x.dtype} {tuple(x.shape)}, the test images are {clean_u8.dtype} "
-                           f"{tuple(clean_u8.shape)}; {remedy}")
+        raise BadFileError(
+            f"{path}: images {x.dtype} {tuple(x.shape)}, the test images are {clean_u8.dtype} "
+            f"{tuple(clean_u8.shape)}; {remedy}"
+        )
     labels = meta.get("y")
     if not isinstance(labels, Tensor) or not torch.equal(labels.to(torch.int64).cpu(), y.to(torch.int64).cpu()):
         raise BadFileError(f"{path}: its labels are not the test labels; {remedy}")
@@ -180,5 +208,7 @@ def check_set(path, x: Tensor, meta: dict, clean_u8: Tensor, y: Tensor, *, recor
         size, bound = d.flatten(1).norm(dim=1), 255.0 * eps * (1 + 1e-9) + 1e-6
     if (size > bound).any():
         i = int((size > bound).nonzero()[0])
-        raise BadFileError(f"{path}: image {i} lies outside its ε-ball ({norm} distance {float(size[i]) / 255:.4g} "
-                           f"> ε = {eps:g}; {int((size > bound).sum())} of {len(x)} images); {remedy}")
+        raise BadFileError(
+            f"{path}: image {i} lies outside its ε-ball ({norm} distance {float(size[i]) / 255:.4g} "
+            f"> ε = {eps:g}; {int((size > bound).sum())} of {len(x)} images); {remedy}"
+        )

@@ -44,8 +44,14 @@ def whitebox_seed(seed: int, model: str, setting: AttackSetting, loss: str, eps:
     restarts are part of it: ×1 and ×R draw independent random starts, so ×R can come out
     weaker than ×1 (were ×1 the first restart of ×R, the check "more restarts never help
     the model" could not fail)."""
-    signature = (setting.attack, setting.steps, setting.restarts, setting.loss or loss, setting.step_size_factor,
-                 setting.random_init)
+    signature = (
+        setting.attack,
+        setting.steps,
+        setting.restarts,
+        setting.loss or loss,
+        setting.step_size_factor,
+        setting.random_init,
+    )
     return seed_for(seed, model, "wb", signature, eps_key(eps))
 
 
@@ -59,7 +65,7 @@ def restart_loss(loss: str, restart: int) -> str:
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     """Predicted labels (N,), in batches."""
-    return torch.cat([model(x[i: i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
 def survival(
@@ -99,7 +105,9 @@ def survival(
     out[active] = 0
     restarts = attack_kind(setting.attack).restarts(setting)
     n_batches = (n + batch_size - 1) // batch_size
-    with progress(n_batches * restarts, description or f"{setting.label()} ε={eps:.4g}", enabled=show_progress) as advance:
+    with progress(
+        n_batches * restarts, description or f"{setting.label()} ε={eps:.4g}", enabled=show_progress
+    ) as advance:
         for b in range(n_batches):
             sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
             xb, yb, ab, pb = x[sl], y[sl], active[sl], clean_pred[sl].to(x.device)
@@ -109,8 +117,9 @@ def survival(
                 if not rows.any():
                     advance(restarts - r)
                     break
-                fooled = _one_restart(model, xb, yb, rows, pb, eps, setting, norm, restart_loss(loss, r),
-                                      seed_for(seed, b, r))
+                fooled = _one_restart(
+                    model, xb, yb, rows, pb, eps, setting, norm, restart_loss(loss, r), seed_for(seed, b, r)
+                )
                 newly = fooled & alive
                 alive &= ~newly
                 # survived r restarts and broken by restart r: survived = r

@@ -9,8 +9,8 @@ tf.image.per_image_standardization) so the data stays in [0, 1] pixel space and
 import math
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 class PerImageStandardize(nn.Module):

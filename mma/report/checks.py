@@ -44,7 +44,7 @@ def one_sided_mcnemar(against: int, towards: int) -> float:
     of the images two equally strong runs disagree on, at least ``against`` go the unexpected
     way.  1.0 when they agree on every image."""
     n = against + towards
-    return sum(comb(n, k) for k in range(against, n + 1)) / 2 ** n
+    return sum(comb(n, k) for k in range(against, n + 1)) / 2**n
 
 
 def _discordant(res: Results, expected_weaker, expected_stronger, rows: Tensor) -> tuple[int, int]:
@@ -67,8 +67,9 @@ def masking_checks(name: str, res: Results, tm, params) -> list[dict]:
     # monotone in ε: the white-box curve (the Boundary curve is monotone by construction);
     # each neighbouring pair of points compared on the images both ran on
     family = "white-box curve"
-    recs = sorted((r for e in tm.curve_eps if (r := res.find(kind="whitebox", eps=e, **curve)) is not None),
-                  key=lambda r: r.eps)
+    recs = sorted(
+        (r for e in tm.curve_eps if (r := res.find(kind="whitebox", eps=e, **curve)) is not None), key=lambda r: r.eps
+    )
     if len(recs) >= 2:
         pts = [(r.eps, res.accuracy(r)) for r in recs]
         rises = []
@@ -78,8 +79,11 @@ def masking_checks(name: str, res: Results, tm, params) -> list[dict]:
             p, counts = _noise(*_discordant(res, lo, hi, rows))  # the larger ε is expected to break more
             if y > x + tol.monotone_tol and p < tol.significance:
                 rises.append(f"ε {lo.eps:g}→{hi.eps:g}: {x:.2f}→{y:.2f} % on {int(rows.sum())} images ({counts})")
-        detail = (f"{family}: accuracy rises with ε at " + ", ".join(rises) if rises else
-                  f"{family}: no significant rise over {len(pts)} ε ({pts[0][1]:.2f} % → {pts[-1][1]:.2f} %)")
+        detail = (
+            f"{family}: accuracy rises with ε at " + ", ".join(rises)
+            if rises
+            else f"{family}: no significant rise over {len(pts)} ε ({pts[0][1]:.2f} % → {pts[-1][1]:.2f} %)"
+        )
         out.append(_entry(name, f"monotone/{family}", not rises, detail, curve=[list(p) for p in pts]))
     if ev.checks.enabled:
         checks = {k: attack_fields(s, ev.loss) for k, s in ev.check_attacks(params.curve_attack()).items()}
@@ -87,18 +91,30 @@ def masking_checks(name: str, res: Results, tm, params) -> list[dict]:
         r = res.find(kind="whitebox", eps=tm.unbounded_eps, **checks["unbounded"])
         if r is not None:
             acc = res.accuracy(r)
-            out.append(_entry(name, "unbounded", acc <= tol.unbounded_max,
-                              f"{label(r)} at ε {r.eps:g} (covers the image box), {r.n} images: {acc:.2f} % robust "
-                              f"(must be ≤ {tol.unbounded_max:g} %)", accuracy=acc, eps=r.eps))
+            out.append(
+                _entry(
+                    name,
+                    "unbounded",
+                    acc <= tol.unbounded_max,
+                    f"{label(r)} at ε {r.eps:g} (covers the image box), {r.n} images: {acc:.2f} % robust "
+                    f"(must be ≤ {tol.unbounded_max:g} %)",
+                    accuracy=acc,
+                    eps=r.eps,
+                )
+            )
         # more steps / restarts never help the model
         base = res.find(kind="whitebox", eps=tm.headline_eps, **curve)
         for check in ("more_steps", "more_restarts"):
             strong = res.find(kind="whitebox", eps=tm.headline_eps, **checks[check])
             if base is None or strong is None or strong == base:
                 continue
-            out.append(_compare(name, f"more_attack/{check}", res, base, strong, tol, gain_tol=tol.more_attack_gain_tol))
+            out.append(
+                _compare(name, f"more_attack/{check}", res, base, strong, tol, gain_tol=tol.more_attack_gain_tol)
+            )
     # Table 1's white-box PGD pairs: more steps (same restarts), more restarts (same steps)
-    table1 = [attack_fields(params.attacks[r.attack], ev.loss) | {"eps": r.eps} for r in params.table1.whitebox_rows(name)]
+    table1 = [
+        attack_fields(params.attacks[r.attack], ev.loss) | {"eps": r.eps} for r in params.table1.whitebox_rows(name)
+    ]
     pgd = [r for f in table1 if f["attack"] == "pgd" for r in res.select(kind="whitebox", **f)]
     for a in pgd:
         for b in pgd:
@@ -115,17 +131,28 @@ def masking_checks(name: str, res: Results, tm, params) -> list[dict]:
             continue
         ta, ti = min(tr, key=lambda t: t[0])
         rows = res.ran(ti)
-        wbs = [(res.accuracy_on(r, rows), r) for r in res.select(kind="whitebox", eps=eps) if bool(res.ran(r)[rows].all())]
+        wbs = [
+            (res.accuracy_on(r, rows), r) for r in res.select(kind="whitebox", eps=eps) if bool(res.ran(r)[rows].all())
+        ]
         if not wbs:
             continue
         wa, wi = min(wbs, key=lambda t: t[0])
         p, counts = _noise(*_discordant(res, ti, wi, rows))  # white-box is expected to break more
         stronger = ta < wa - tol.transfer_tol and p < tol.significance
-        out.append(_entry(name, "transfer_vs_whitebox", not stronger,
-                          f"ε {eps:g}, {int(rows.sum())} images: strongest transfer {label(ti)} {ta:.2f} % vs strongest "
-                          f"white-box {label(wi)} {wa:.2f} % ({counts})"
-                          + (" — transfer is stronger: possible gradient masking" if stronger else ""),
-                          transfer_accuracy=ta, whitebox_accuracy=wa, eps=eps, p_value=p))
+        out.append(
+            _entry(
+                name,
+                "transfer_vs_whitebox",
+                not stronger,
+                f"ε {eps:g}, {int(rows.sum())} images: strongest transfer {label(ti)} {ta:.2f} % vs strongest "
+                f"white-box {label(wi)} {wa:.2f} % ({counts})"
+                + (" — transfer is stronger: possible gradient masking" if stronger else ""),
+                transfer_accuracy=ta,
+                whitebox_accuracy=wa,
+                eps=eps,
+                p_value=p,
+            )
+        )
     return out
 
 
@@ -142,16 +169,29 @@ def _compare(name, check, res: Results, base, strong, tol, *, gain_tol=None) -> 
     p_weaker, p_gains = one_sided_mcnemar(against, towards), one_sided_mcnemar(towards, against)
     weaker = b > a + tol.more_attack_tol and p_weaker < tol.significance
     gains = gain_tol is not None and b < a - gain_tol and p_gains < tol.significance
-    detail = (f"ε {base.eps:g}, {int(rows.sum())} images: {label(base)} {a:.2f} % vs {label(strong)} {b:.2f} % "
-              f"(robust only under the stronger: {against}, only under the base: {towards}; "
-              f"one-sided McNemar p = {p_weaker:.2g} for 'weaker', {p_gains:.2g} for 'gains')")
+    detail = (
+        f"ε {base.eps:g}, {int(rows.sum())} images: {label(base)} {a:.2f} % vs {label(strong)} {b:.2f} % "
+        f"(robust only under the stronger: {against}, only under the base: {towards}; "
+        f"one-sided McNemar p = {p_weaker:.2g} for 'weaker', {p_gains:.2g} for 'gains')"
+    )
     if weaker:
         detail += " — the stronger attack left the model more robust (an unreliable attack)"
     if gains:
-        detail += (f" — the stronger attack breaks {a - b:.2f} % points more than the base (> {gain_tol:g}): the base "
-                   "has not converged (masked gradients, too few steps or restarts) and overstates robustness")
-    return _entry(name, check, not (weaker or gains), detail, base_accuracy=a, stronger_accuracy=b, eps=base.eps,
-                  robust_only_under_stronger=against, robust_only_under_base=towards)
+        detail += (
+            f" — the stronger attack breaks {a - b:.2f} % points more than the base (> {gain_tol:g}): the base "
+            "has not converged (masked gradients, too few steps or restarts) and overstates robustness"
+        )
+    return _entry(
+        name,
+        check,
+        not (weaker or gains),
+        detail,
+        base_accuracy=a,
+        stronger_accuracy=b,
+        eps=base.eps,
+        robust_only_under_stronger=against,
+        robust_only_under_base=towards,
+    )
 
 
 def paper_table1_transfer_check(tol) -> list[dict]:
@@ -168,9 +208,17 @@ def paper_table1_transfer_check(tol) -> list[dict]:
                 continue
             w, t = min(wb, key=lambda r: r[role]), min(tr, key=lambda r: r[role])
             ok = t[role] >= w[role] - tol.transfer_tol
-            out.append(_entry(f"paper {role} model", "transfer_vs_whitebox", ok,
-                              f"paper Table 1, ε {eps:g}: transfer {t['attack']}-{t['steps'] or ''}×{t['restarts'] or ''} "
-                              f"from {t['source']} {t[role]:.2f} % vs white-box {w['attack']}-{w['steps'] or ''}×"
-                              f"{w['restarts'] or ''} {w[role]:.2f} %", transfer_accuracy=t[role],
-                              whitebox_accuracy=w[role], eps=eps))
+            out.append(
+                _entry(
+                    f"paper {role} model",
+                    "transfer_vs_whitebox",
+                    ok,
+                    f"paper Table 1, ε {eps:g}: transfer {t['attack']}-{t['steps'] or ''}×{t['restarts'] or ''} "
+                    f"from {t['source']} {t[role]:.2f} % vs white-box {w['attack']}-{w['steps'] or ''}×"
+                    f"{w['restarts'] or ''} {w[role]:.2f} %",
+                    transfer_accuracy=t[role],
+                    whitebox_accuracy=w[role],
+                    eps=eps,
+                )
+            )
     return out

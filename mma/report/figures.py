@@ -32,12 +32,16 @@ def margin_label(model: str, estimate: str, v, scale: float) -> str:
     return f"{model}: {estimate}, mean {float(v.mean()):.3g}{unit}, median {float(v.median()):.3g}{unit}"
 
 
-def seed_curves(by_seed: dict[int, Results], curve_eps: list[float], **fields) -> list[tuple[float, float, float, float]]:
+def seed_curves(
+    by_seed: dict[int, Results], curve_eps: list[float], **fields
+) -> list[tuple[float, float, float, float]]:
     """(ε, mean, min, max over seeds) at each curve ε that every seed's results hold."""
     per_seed = [dict(curve_points(res, curve_eps, **fields)) for res in by_seed.values()]
     common = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
-    return [(e, sum(p[e] for p in per_seed) / len(per_seed), min(p[e] for p in per_seed), max(p[e] for p in per_seed))
-            for e in common]
+    return [
+        (e, sum(p[e] for p in per_seed) / len(per_seed), min(p[e] for p in per_seed), max(p[e] for p in per_seed))
+        for e in common
+    ]
 
 
 def _draw(ax, pts, scale: float, label: str, n_seeds: int, **style) -> None:
@@ -49,8 +53,9 @@ def _draw(ax, pts, scale: float, label: str, n_seeds: int, **style) -> None:
         label += f"; mean of {n_seeds} seeds, band: min–max"
     (line,) = ax.plot(xs, [m for _, m, _, _ in pts], label=label, **style)
     if n_seeds > 1:
-        ax.fill_between(xs, [lo for _, _, lo, _ in pts], [hi for *_, hi in pts], color=line.get_color(), alpha=0.2,
-                        linewidth=0)
+        ax.fill_between(
+            xs, [lo for _, _, lo, _ in pts], [hi for *_, hi in pts], color=line.get_color(), alpha=0.2, linewidth=0
+        )
 
 
 def curve_points(res: Results, curve_eps: list[float], **fields) -> list[tuple[float, float]]:
@@ -94,25 +99,60 @@ def figure3(results: dict[str, dict[int, Results]], specs: dict, params, path: P
         for n in names:
             by_seed = results[n]
             k = len(by_seed)
-            _draw(ax, seed_curves(by_seed, tm.curve_eps, kind="whitebox", **fields), scale,
-                  f"{n}: white-box {params.curve_attack().label()} ({params.evaluate.loss})", k, marker="o", ms=3)
+            _draw(
+                ax,
+                seed_curves(by_seed, tm.curve_eps, kind="whitebox", **fields),
+                scale,
+                f"{n}: white-box {params.curve_attack().label()} ({params.evaluate.loss})",
+                k,
+                marker="o",
+                ms=3,
+            )
             first = next(iter(by_seed.values()))
             boundary = first.select(kind="boundary")
             if boundary:
                 r = boundary[0]
                 lim = "all" if not first.is_subset(r) else f"first {r.n}"
-                _draw(ax, seed_curves(by_seed, tm.curve_eps, kind="boundary"), scale,
-                      f"{n}: Boundary attack ({r.steps} steps, {lim} test images)", k, ls="--", marker="s", ms=3)
+                _draw(
+                    ax,
+                    seed_curves(by_seed, tm.curve_eps, kind="boundary"),
+                    scale,
+                    f"{n}: Boundary attack ({r.steps} steps, {lim} test images)",
+                    k,
+                    ls="--",
+                    marker="s",
+                    ms=3,
+                )
         if (dataset, norm) == ("mnist", "linf"):
-            fin = [a for a in anchors() if a["dataset"] == "MNIST" and a["norm"] == "Linf" and a["model"] == "MMA-0.45"
-                   and a["metric"] == "robust_all_attacks"]
+            fin = [
+                a
+                for a in anchors()
+                if a["dataset"] == "MNIST"
+                and a["norm"] == "Linf"
+                and a["model"] == "MMA-0.45"
+                and a["metric"] == "robust_all_attacks"
+            ]
             if fin:
-                ax.plot([a["eps"] for a in fin], [a["value_percent"] for a in fin], "k*", ms=9, ls="none",
-                        label="final paper MMA-0.45 (all attacks, authors' rebuttal)")
+                ax.plot(
+                    [a["eps"] for a in fin],
+                    [a["value_percent"] for a in fin],
+                    "k*",
+                    ms=9,
+                    ls="none",
+                    label="final paper MMA-0.45 (all attacks, authors' rebuttal)",
+                )
             for role, marker in (("MMA", "D"), ("PGD", "^")):
                 v1 = [r for r in table1_rows() if r["source"] == role and r["steps"] == 100 and r["restarts"] == 1]
-                ax.plot([r["eps"] for r in v1], [r[role] for r in v1], marker=marker, mfc="none", mec="k", ls="none",
-                        ms=7, label=f"arXiv v1 Table 1: {role} model, white-box PGD-100×1")
+                ax.plot(
+                    [r["eps"] for r in v1],
+                    [r[role] for r in v1],
+                    marker=marker,
+                    mfc="none",
+                    mec="k",
+                    ls="none",
+                    ms=7,
+                    label=f"arXiv v1 Table 1: {role} model, white-box PGD-100×1",
+                )
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -125,8 +165,9 @@ def figure3(results: dict[str, dict[int, Results]], specs: dict, params, path: P
     return plotted
 
 
-def margins_figure(results: dict[str, dict[int, Results]], specs: dict, path: Path, *, dpi: int = 150,
-                   params=None) -> list[str]:
+def margins_figure(
+    results: dict[str, dict[int, Results]], specs: dict, path: Path, *, dpi: int = 150, params=None
+) -> list[str]:
     """Per threat model with margins: the CDF of each model's margin (the smallest of the
     estimates) and, dotted, AN-PGD's alone, over correctly classified examples (of every seed,
     pooled: ``results`` is model → seed → results)."""
@@ -135,12 +176,18 @@ def margins_figure(results: dict[str, dict[int, Results]], specs: dict, path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = [p for p in PANELS if any((specs[n].dataset, specs[n].norm) == p[:2]
-                                        and all("margin" in r.values for r in results[n].values()) for n in results)]
+    present = [
+        p
+        for p in PANELS
+        if any(
+            (specs[n].dataset, specs[n].norm) == p[:2] and all("margin" in r.values for r in results[n].values())
+            for n in results
+        )
+    ]
     cols = min(2, max(1, len(present)))
     rows = (max(1, len(present)) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.8 * rows), squeeze=False)
-    for ax in axes.flat[len(present):]:
+    for ax in axes.flat[len(present) :]:
         ax.axis("off")
     if not present:
         axes[0, 0].axis("on")
@@ -163,8 +210,9 @@ def margins_figure(results: dict[str, dict[int, Results]], specs: dict, path: Pa
                 name = "margin (min of estimates)" if key == "margin" else "AN-PGD alone"
                 if len(members) > 1:
                     name += f", {len(members)} seeds pooled"
-                (line,) = ax.step(v.numpy(), frac.numpy(), ls=style, where="post", color=color,
-                                  label=margin_label(n, name, v, scale))
+                (line,) = ax.step(
+                    v.numpy(), frac.numpy(), ls=style, where="post", color=color, label=margin_label(n, name, v, scale)
+                )
                 color = line.get_color()
         ax.set_title(f"{panel_title(title, params) if params is not None else title}: margin distribution")
         ax.set_xlabel(_scale(dataset, norm)[1].replace("ε", "margin (shortest adversarial perturbation)"))

@@ -6,8 +6,12 @@ import math
 from typing import Optional
 
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar10-synthetic": "CIFAR10 (synthetic stand-in)"}
-PANELS = [("mnist", "linf", "(a) MNIST, Linf"), ("mnist", "l2", "(b) MNIST, L2"),
-          ("cifar10", "linf", "(c) CIFAR10, Linf"), ("cifar10", "l2", "(d) CIFAR10, L2")]
+PANELS = [
+    ("mnist", "linf", "(a) MNIST, Linf"),
+    ("mnist", "l2", "(b) MNIST, L2"),
+    ("cifar10", "linf", "(c) CIFAR10, Linf"),
+    ("cifar10", "l2", "(d) CIFAR10, L2"),
+]
 
 
 def panel_title(title: str, params) -> str:
@@ -34,5 +38,7 @@ def seeds_note(seeds: list[int]) -> str:
     """What the report's numbers are, over the grid's training seeds."""
     if len(seeds) == 1:
         return f"One training seed ({seeds[0]}): each number is that model's; its seed spread is unknown."
-    return (f"Mean ± sample standard deviation (ddof = 1) over {len(seeds)} training seeds "
-            f"({', '.join(map(str, seeds))}); per-seed values in table1.csv and summary.json.")
+    return (
+        f"Mean ± sample standard deviation (ddof = 1) over {len(seeds)} training seeds "
+        f"({', '.join(map(str, seeds))}); per-seed values in table1.csv and summary.json."
+    )

@@ -26,16 +26,23 @@ def table1_rows() -> tuple[dict, ...]:
     source ('' for natural), acc_mma_model, acc_pgd_model (float %)."""
     out = []
     for r in _read(TABLE1_CSV):
-        out.append({
-            "attack": r["attack"], "eps": float(r["eps"]) if r["eps"] else None,
-            "steps": int(r["steps"]) if r["steps"] else None, "restarts": int(r["restarts"]) if r["restarts"] else None,
-            "source": r["source"], "MMA": float(r["acc_mma_model"]), "PGD": float(r["acc_pgd_model"]),
-        })
+        out.append(
+            {
+                "attack": r["attack"],
+                "eps": float(r["eps"]) if r["eps"] else None,
+                "steps": int(r["steps"]) if r["steps"] else None,
+                "restarts": int(r["restarts"]) if r["restarts"] else None,
+                "source": r["source"],
+                "MMA": float(r["acc_mma_model"]),
+                "PGD": float(r["acc_pgd_model"]),
+            }
+        )
     return tuple(out)
 
 
-def paper_table1(attack: str, eps: Optional[float], steps: Optional[int], restarts: Optional[int], source: str,
-                 column_role: str) -> Optional[float]:
+def paper_table1(
+    attack: str, eps: Optional[float], steps: Optional[int], restarts: Optional[int], source: str, column_role: str
+) -> Optional[float]:
     """The paper's number for a row and a target column role ("MMA" or "PGD"); None if absent."""
     for r in table1_rows():
         if r["attack"].lower() != attack.lower() or r["source"] != source:

@@ -62,8 +62,12 @@ class Spread:
         return max(self.measured) if self.measured else float("nan")
 
     def to_json(self) -> dict:
-        return {"mean": self.mean, "sd": self.sd, "n_seeds": self.n,
-                "per_seed": {str(s): v for s, v in self.values.items()}}
+        return {
+            "mean": self.mean,
+            "sd": self.sd,
+            "n_seeds": self.n,
+            "per_seed": {str(s): v for s, v in self.values.items()},
+        }
 
 
 def over_seeds(by_seed: dict, value) -> Spread:

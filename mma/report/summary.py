@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from ..attacks.core import NORM_LABELS
+from ..config.data import data_name
 from ..evaluation.records import attack_fields, record_key
 from ..evaluation.results import Results, eps_key
-from ..config.data import data_name
 from .checks import masking_checks, paper_table1_transfer_check
 from .format import DATASET_LABELS, fmt, fmt_spread, seeds_note
 from .reference import anchors
@@ -47,27 +47,40 @@ def same_rows(by_seed: dict[int, Results], record_of, *, curve_fields: dict, eps
         clean[seed] = clean_accuracy_on(res, rows)
         base = res.find(kind="whitebox", eps=eps, **curve_fields)  # a full-set record: it covers these rows
         pgd[seed] = float("nan") if base is None else res.accuracy_on(base, rows & res.ran(base))
-    return {"n": sorted(ns), "value": Spread(value).to_json(), "clean": Spread(clean).to_json(),
-            "pgd": Spread(pgd).to_json()}
+    return {
+        "n": sorted(ns),
+        "value": Spread(value).to_json(),
+        "clean": Spread(clean).to_json(),
+        "pgd": Spread(pgd).to_json(),
+    }
 
 
 def build_summary(results, specs, params, *, table: dict, figure3_panels: dict, margin_panels: list) -> dict:
     """Everything summary.json holds (``results``: model → seed → results); every number traces
     to the members' evaluation results."""
     ev = params.evaluate
-    checks = [{**c, "seed": seed} for name, by_seed in results.items() for seed, res in by_seed.items()
-              for c in masking_checks(name, res, ev.threat_model(specs[name].dataset, specs[name].norm), params)]
+    checks = [
+        {**c, "seed": seed}
+        for name, by_seed in results.items()
+        for seed, res in by_seed.items()
+        for c in masking_checks(name, res, ev.threat_model(specs[name].dataset, specs[name].norm), params)
+    ]
     return {
-        "loss": ev.loss, "cascade": ev.cascade, "seeds": list(params.seeds),
+        "loss": ev.loss,
+        "cascade": ev.cascade,
+        "seeds": list(params.seeds),
         "data": {n: DATASET_LABELS[data_name(params.data, specs[n].dataset)] for n in results},
         "models": {n: model_summary(by_seed) for n, by_seed in results.items()},
         "autoattack": autoattack_rows(results, specs, params),
         "margins": margins_summary(results),
         "boundary": boundary_summary(results),
-        "comparisons": comparisons(results, specs), "comparison_rule": RULE,
-        "checks": checks, "paper_checks": paper_table1_transfer_check(params.report),
+        "comparisons": comparisons(results, specs),
+        "comparison_rule": RULE,
+        "checks": checks,
+        "paper_checks": paper_table1_transfer_check(params.report),
         "checks_flagged": sum(c["status"] == "flag" for c in checks),
-        "figure3_panels": figure3_panels, "margin_panels": margin_panels,
+        "figure3_panels": figure3_panels,
+        "margin_panels": margin_panels,
         "table1": table,
     }
 
@@ -77,13 +90,22 @@ def model_summary(by_seed: dict[int, Results]) -> dict:
     first = next(iter(by_seed.values()))
     clean = over_seeds(by_seed, Results.clean_accuracy)
     worst = {e: over_seeds(by_seed, lambda r, e=e: r.worst_case_accuracy(e)) for e in first.eps_values()}
-    return {"n": first.n, "clean": clean.mean, "clean_sd": clean.sd, "n_seeds": clean.n,
-            "worst_case": {eps_key(e): s.mean for e, s in worst.items()},
-            "worst_case_sd": {eps_key(e): s.sd for e, s in worst.items()},
-            "worst_case_n": {eps_key(e): int(first.covered(e).sum()) for e in worst},
-            "per_seed": {str(seed): {"clean": r.clean_accuracy(),
-                                     "worst_case": {eps_key(e): r.worst_case_accuracy(e) for e in worst}}
-                         for seed, r in by_seed.items()}}
+    return {
+        "n": first.n,
+        "clean": clean.mean,
+        "clean_sd": clean.sd,
+        "n_seeds": clean.n,
+        "worst_case": {eps_key(e): s.mean for e, s in worst.items()},
+        "worst_case_sd": {eps_key(e): s.sd for e, s in worst.items()},
+        "worst_case_n": {eps_key(e): int(first.covered(e).sum()) for e in worst},
+        "per_seed": {
+            str(seed): {
+                "clean": r.clean_accuracy(),
+                "worst_case": {eps_key(e): r.worst_case_accuracy(e) for e in worst},
+            }
+            for seed, r in by_seed.items()
+        },
+    }
 
 
 def comparisons(results, specs) -> list[dict]:
@@ -93,7 +115,7 @@ def comparisons(results, specs) -> list[dict]:
     out = []
     names = list(results)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             if (specs[a].dataset, specs[a].norm) != (specs[b].dataset, specs[b].norm):
                 continue
             ra, rb = results[a], results[b]
@@ -103,8 +125,15 @@ def comparisons(results, specs) -> list[dict]:
                 rows = {int(r.covered(e).sum()) for r in [*ra.values(), *rb.values()]}
                 sa = over_seeds(ra, lambda r, e=e: r.worst_case_accuracy(e))
                 sb = over_seeds(rb, lambda r, e=e: r.worst_case_accuracy(e))
-                entry = {"eps": e, "a": a, "b": b, "metric": "worst_case", "a_value": sa.to_json(),
-                         "b_value": sb.to_json(), "n": sorted(rows)}
+                entry = {
+                    "eps": e,
+                    "a": a,
+                    "b": b,
+                    "metric": "worst_case",
+                    "a_value": sa.to_json(),
+                    "b_value": sb.to_json(),
+                    "n": sorted(rows),
+                }
                 entry["verdict"] = verdict(sa, sb) if len(rows) == 1 else f"not compared: other rows (n {sorted(rows)})"
                 out.append(entry)
     return out
@@ -153,21 +182,41 @@ def autoattack_rows(results, specs, params) -> list[dict]:
         # a synthetic stand-in's label matches no published anchor: it is never compared with the paper
         ds, nm = DATASET_LABELS[data_name(params.data, spec.dataset)], NORM_LABELS[spec.norm]
         prefix = ANCHOR_MODEL.get(spec.method)
-        anc = [a for a in anchors() if prefix and a["dataset"] == ds and a["norm"] == nm and a["model"].startswith(prefix)
-               and a["metric"] in ("autoattack", "clean") and (a["metric"] == "clean" or abs(a["eps"] - eps) < 2e-4)]
-        out.append({
-            "model": name, "eps": eps, "n_seeds": clean.n,
-            "clean": clean.to_json(), "clean_n": first.n,
-            "autoattack": rows["value"], "autoattack_n": rows["n"][0] if len(rows["n"]) == 1 else rows["n"],
-            "same_rows_clean": rows["clean"], "same_rows_pgd": rows["pgd"],
-            "autoattack_key": record_key(aa[0]),
-            "autoattack_version": f"AutoAttack ({ev.autoattack.version}: {aa[0].attack.replace('_', ', ')})",
-            "reduced": bool(ev.autoattack.reduced),
-            "pgd": pgd_full.to_json(), "pgd_n": None if pgd_rec is None else pgd_rec.n, "pgd_label": curve.label(),
-            "worst_case": worst.to_json(), "worst_case_n": int(first.covered(eps).sum()),
-            "anchors": [{"model": a["model"], "metric": a["metric"], "value": a["value_percent"], "source": a["source"]}
-                        for a in anc],
-        })
+        anc = [
+            a
+            for a in anchors()
+            if prefix
+            and a["dataset"] == ds
+            and a["norm"] == nm
+            and a["model"].startswith(prefix)
+            and a["metric"] in ("autoattack", "clean")
+            and (a["metric"] == "clean" or abs(a["eps"] - eps) < 2e-4)
+        ]
+        out.append(
+            {
+                "model": name,
+                "eps": eps,
+                "n_seeds": clean.n,
+                "clean": clean.to_json(),
+                "clean_n": first.n,
+                "autoattack": rows["value"],
+                "autoattack_n": rows["n"][0] if len(rows["n"]) == 1 else rows["n"],
+                "same_rows_clean": rows["clean"],
+                "same_rows_pgd": rows["pgd"],
+                "autoattack_key": record_key(aa[0]),
+                "autoattack_version": f"AutoAttack ({ev.autoattack.version}: {aa[0].attack.replace('_', ', ')})",
+                "reduced": bool(ev.autoattack.reduced),
+                "pgd": pgd_full.to_json(),
+                "pgd_n": None if pgd_rec is None else pgd_rec.n,
+                "pgd_label": curve.label(),
+                "worst_case": worst.to_json(),
+                "worst_case_n": int(first.covered(eps).sum()),
+                "anchors": [
+                    {"model": a["model"], "metric": a["metric"], "value": a["value_percent"], "source": a["source"]}
+                    for a in anc
+                ],
+            }
+        )
     return out
 
 
@@ -179,8 +228,9 @@ def margins_summary(results) -> dict:
         if not all(members):
             continue
         keys = [k for k in members[0] if all(k in m for m in members)]
-        out[name] = {k: Spread({seed: float(r.summary["margins"][k]) for seed, r in by_seed.items()}).to_json()
-                     for k in keys}
+        out[name] = {
+            k: Spread({seed: float(r.summary["margins"][k]) for seed, r in by_seed.items()}).to_json() for k in keys
+        }
     return out
 
 
@@ -211,44 +261,86 @@ def _spread(s: dict) -> str:
 
 
 def summary_markdown(summary: dict) -> str:
-    lines = ["# Robustness summary", "", seeds_note(summary["seeds"]), "",
-             f"Attack loss (white-box and transfer sets): {summary['loss']}; cascade: {summary['cascade']}.", "",
-             "Data: " + "; ".join(f"{n}: {d}" for n, d in summary.get("data", {}).items()) + ".", "",
-             "Every robust accuracy (%) carries n, the test images it counts (the first n). AutoAttack runs on a "
-             "subset: beside it, the clean and PGD accuracy of the same rows.", "",
-             "## AutoAttack at the headline ε", "",
-             "| model | ε | clean | PGD | AutoAttack (same rows: clean, PGD) | worst case | anchors (published) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Robustness summary",
+        "",
+        seeds_note(summary["seeds"]),
+        "",
+        f"Attack loss (white-box and transfer sets): {summary['loss']}; cascade: {summary['cascade']}.",
+        "",
+        "Data: " + "; ".join(f"{n}: {d}" for n, d in summary.get("data", {}).items()) + ".",
+        "",
+        "Every robust accuracy (%) carries n, the test images it counts (the first n). AutoAttack runs on a "
+        "subset: beside it, the clean and PGD accuracy of the same rows.",
+        "",
+        "## AutoAttack at the headline ε",
+        "",
+        "| model | ε | clean | PGD | AutoAttack (same rows: clean, PGD) | worst case | anchors (published) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary["autoattack"]:
         anc = "; ".join(f"{a['model']} {a['metric']} {a['value']:.2f}" for a in r["anchors"]) or "—"
         red = " (reduced: not the standard version)" if r["reduced"] else ""
-        aa = (f"{_spread(r['autoattack'])} (n={r['autoattack_n']}; same rows: clean {_spread(r['same_rows_clean'])}, "
-              f"PGD {_spread(r['same_rows_pgd'])}){red}")
-        lines.append(f"| {r['model']} | {r['eps']:.4g} | {_spread(r['clean'])} (n={r['clean_n']}) | "
-                     f"{_spread(r['pgd'])} (n={r['pgd_n']}; {r['pgd_label']}) | {aa} | "
-                     f"{_spread(r['worst_case'])} (n={r['worst_case_n']}) | {anc} |")
-    lines += ["", "## Differences between models within the seed spread", "",
-              f"Worst-case robust accuracy (%) of two models of one threat model at the same ε, on the same rows. "
-              f"Rule: {summary['comparison_rule']}; with one seed: \"1 seed: spread unknown\".", "",
-              "| ε | model a | model b | a | b | n | verdict |", "|---|---|---|---|---|---|---|"]
+        aa = (
+            f"{_spread(r['autoattack'])} (n={r['autoattack_n']}; same rows: clean {_spread(r['same_rows_clean'])}, "
+            f"PGD {_spread(r['same_rows_pgd'])}){red}"
+        )
+        lines.append(
+            f"| {r['model']} | {r['eps']:.4g} | {_spread(r['clean'])} (n={r['clean_n']}) | "
+            f"{_spread(r['pgd'])} (n={r['pgd_n']}; {r['pgd_label']}) | {aa} | "
+            f"{_spread(r['worst_case'])} (n={r['worst_case_n']}) | {anc} |"
+        )
+    lines += [
+        "",
+        "## Differences between models within the seed spread",
+        "",
+        f"Worst-case robust accuracy (%) of two models of one threat model at the same ε, on the same rows. "
+        f'Rule: {summary["comparison_rule"]}; with one seed: "1 seed: spread unknown".',
+        "",
+        "| ε | model a | model b | a | b | n | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in summary["comparisons"]:
         n = c["n"][0] if len(c["n"]) == 1 else c["n"]
-        lines.append(f"| {c['eps']:g} | {c['a']} | {c['b']} | {_spread(c['a_value'])} | {_spread(c['b_value'])} | "
-                     f"{n} | {c['verdict']} |")
-    lines += ["", "## Margins (correctly classified test images)", "",
-              "| model | mean | median | AN-PGD mean | FAB mean | AN-PGD above a PGD-breaking ε (%) | AN-PGD vs FAB disagree (%) |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {c['eps']:g} | {c['a']} | {c['b']} | {_spread(c['a_value'])} | {_spread(c['b_value'])} | "
+            f"{n} | {c['verdict']} |"
+        )
+    lines += [
+        "",
+        "## Margins (correctly classified test images)",
+        "",
+        "| model | mean | median | AN-PGD mean | FAB mean | AN-PGD above a PGD-breaking ε (%) "
+        "| AN-PGD vs FAB disagree (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, m in summary["margins"].items():
-        cells = [_spread(m[k]) if k in m else fmt(None) for k in ("margin/mean", "margin/median", "anpgd/mean",
-                                                                  "fab/mean", "over_sweep/anpgd", "disagree/anpgd_vs_fab")]
+        cells = [
+            _spread(m[k]) if k in m else fmt(None)
+            for k in (
+                "margin/mean",
+                "margin/median",
+                "anpgd/mean",
+                "fab/mean",
+                "over_sweep/anpgd",
+                "disagree/anpgd_vs_fab",
+            )
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary.get("boundary"):
-        lines += ["", "## Boundary attack (foolbox; Figure 3b)", "",
-                  "| model | seed | images (n) | found | median L2 | median ratio to margin |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Boundary attack (foolbox; Figure 3b)",
+            "",
+            "| model | seed | images (n) | found | median L2 | median ratio to margin |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, by_seed in summary["boundary"].items():
             for seed, b in by_seed.items():
-                lines.append(f"| {name} | {seed} | {b['n']} | {b['found']} | {fmt(b.get('median_l2'))} | "
-                             f"{fmt(b.get('median_ratio_to_margin'))} |")
+                lines.append(
+                    f"| {name} | {seed} | {b['n']} | {b['found']} | {fmt(b.get('median_l2'))} | "
+                    f"{fmt(b.get('median_ratio_to_margin'))} |"
+                )
     lines += ["", "## Gradient-masking checks", ""]
     for c in summary["checks"]:
         lines.append(f"- **{c['status'].upper()}** {c['model']} (seed {c['seed']}) · {c['check']}: {c['detail']}")

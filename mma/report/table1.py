@@ -27,8 +27,13 @@ PAPER_ROLES = ("MMA", "PGD")  # the paper's two target columns
 
 def _cell(spread: Spread, **rest) -> dict:
     """A cell: our number over seeds (``ours`` = the mean, ``sd``: None with one seed) and the rest."""
-    return {"ours": spread.mean if spread.n else None, "sd": spread.sd, "n_seeds": spread.n,
-            "per_seed": {str(s): (None if v != v else v) for s, v in spread.values.items()}, **rest}
+    return {
+        "ours": spread.mean if spread.n else None,
+        "sd": spread.sd,
+        "n_seeds": spread.n,
+        "per_seed": {str(s): (None if v != v else v) for s, v in spread.values.items()},
+        **rest,
+    }
 
 
 def build_table1(results: dict[str, dict[int, Results]], params) -> dict:
@@ -44,10 +49,27 @@ def build_table1(results: dict[str, dict[int, Results]], params) -> dict:
     def paper(attack, eps, steps, restarts, source, role):
         return paper_table1(attack, eps, steps, restarts, source, role) if role in PAPER_ROLES else None
 
-    cells = {c["model"]: _cell(over_seeds(results[c["model"]], Results.clean_accuracy), kind="natural", key="clean",
-                               paper=paper("Natural", None, None, None, "", c["role"])) for c in columns}
-    rows.append({"attack": "Natural", "eps": None, "steps": None, "restarts": None, "source": "", "setting": "",
-                 "label": "Natural", "cells": cells})
+    cells = {
+        c["model"]: _cell(
+            over_seeds(results[c["model"]], Results.clean_accuracy),
+            kind="natural",
+            key="clean",
+            paper=paper("Natural", None, None, None, "", c["role"]),
+        )
+        for c in columns
+    }
+    rows.append(
+        {
+            "attack": "Natural",
+            "eps": None,
+            "steps": None,
+            "restarts": None,
+            "source": "",
+            "setting": "",
+            "label": "Natural",
+            "cells": cells,
+        }
+    )
     by_eps: dict[float, list] = {}
     for row in t1.rows():
         by_eps.setdefault(row.eps, []).append(row)
@@ -69,17 +91,52 @@ def build_table1(results: dict[str, dict[int, Results]], params) -> dict:
                     wanted, kind = {"kind": "transfer", "source": row.source}, "transfer"
                 by_seed = results[c["model"]]
                 found = {seed: res.find(eps=eps, **fields, **wanted) for seed, res in by_seed.items()}
-                spread = Spread({seed: float("nan") if found[seed] is None else res.accuracy(found[seed])
-                                 for seed, res in by_seed.items()})
+                spread = Spread(
+                    {
+                        seed: float("nan") if found[seed] is None else res.accuracy(found[seed])
+                        for seed, res in by_seed.items()
+                    }
+                )
                 record = next((r for r in found.values() if r is not None), None)
-                cells[c["model"]] = _cell(spread, kind=kind, key=None if record is None else record_key(record),
-                                          paper=paper(attack, eps, steps, restarts, row.role, c["role"]) if ps else None)
-            rows.append({"attack": attack, "eps": eps, "steps": steps, "restarts": restarts, "source": row.role,
-                         "setting": row.attack, "label": ours_setting.label(), "cells": cells})
-        cells = {c["model"]: _cell(over_seeds(results[c["model"]], lambda res: res.worst_case_accuracy(eps)),
-                                   paper=None, kind="worst-case", key=None) for c in columns}
-        rows.append({"attack": "Worst case (all attacks)", "eps": eps, "steps": None, "restarts": None, "source": "all",
-                     "setting": "", "label": "every attack of this ε", "cells": cells})
+                cells[c["model"]] = _cell(
+                    spread,
+                    kind=kind,
+                    key=None if record is None else record_key(record),
+                    paper=paper(attack, eps, steps, restarts, row.role, c["role"]) if ps else None,
+                )
+            rows.append(
+                {
+                    "attack": attack,
+                    "eps": eps,
+                    "steps": steps,
+                    "restarts": restarts,
+                    "source": row.role,
+                    "setting": row.attack,
+                    "label": ours_setting.label(),
+                    "cells": cells,
+                }
+            )
+        cells = {
+            c["model"]: _cell(
+                over_seeds(results[c["model"]], lambda res: res.worst_case_accuracy(eps)),
+                paper=None,
+                kind="worst-case",
+                key=None,
+            )
+            for c in columns
+        }
+        rows.append(
+            {
+                "attack": "Worst case (all attacks)",
+                "eps": eps,
+                "steps": None,
+                "restarts": None,
+                "source": "all",
+                "setting": "",
+                "label": "every attack of this ε",
+                "cells": cells,
+            }
+        )
     return {"seeds": list(params.seeds), "columns": columns, "rows": rows}
 
 
@@ -99,23 +156,38 @@ def table1_csv(table: dict) -> str:
         head += [m, f"{m}_sd", f"{m}_n_seeds", *(f"{m}_seed{s}" for s in seeds), f"{m}_kind", f"paper_{m}"]
     w.writerow(head)
     for r in table["rows"]:
-        line = [r["attack"], "" if r["eps"] is None else r["eps"], r["steps"] or "", r["restarts"] or "", r["source"],
-                r["label"]]
+        line = [
+            r["attack"],
+            "" if r["eps"] is None else r["eps"],
+            r["steps"] or "",
+            r["restarts"] or "",
+            r["source"],
+            r["label"],
+        ]
         for c in table["columns"]:
             cell = r["cells"].get(c["model"])
             if cell is None:
                 line += [""] * (5 + len(seeds))
             else:
-                line += [_num(cell["ours"]), _num(cell["sd"]), cell["n_seeds"],
-                         *(_num(cell["per_seed"].get(str(s))) for s in seeds), cell["kind"],
-                         "" if cell["paper"] is None else cell["paper"]]
+                line += [
+                    _num(cell["ours"]),
+                    _num(cell["sd"]),
+                    cell["n_seeds"],
+                    *(_num(cell["per_seed"].get(str(s))) for s in seeds),
+                    cell["kind"],
+                    "" if cell["paper"] is None else cell["paper"],
+                ]
         w.writerow(line)
     return buf.getvalue()
 
 
 def table1_markdown(table: dict, *, notes: list[str]) -> str:
     cols = table["columns"]
-    head = "| Attack | ε | Source | Ours ran | " + " | ".join(f"{c['model']} ({c['role']}) ours | paper" for c in cols) + " |"
+    head = (
+        "| Attack | ε | Source | Ours ran | "
+        + " | ".join(f"{c['model']} ({c['role']}) ours | paper" for c in cols)
+        + " |"
+    )
     sep = "|" + "---|" * (4 + 2 * len(cols))
     lines = ["# Table 1: MNIST, Linf — robust accuracy (%)", "", seeds_note(table["seeds"]), "", head, sep]
     for r in table["rows"]:
@@ -136,10 +208,13 @@ def table1_markdown(table: dict, *, notes: list[str]) -> str:
                 ours = f"**{ours}**"
             cells += [ours + mark, fmt(cell["paper"])]
         lines.append(f"| {name} | {eps} | {r['source']} | {r['label']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Paper numbers: {TABLE1_SOURCE}. (wb) = white-box on the column's model (an example counts as "
-              "robust only if it survives every restart); other cells are transfer sets made on the source model "
-              "(restarts chosen on the source). The worst-case row counts an example only if it survives every "
-              "attack of that ε that ran on it (the number a robustness claim should quote)."]
+    lines += [
+        "",
+        f"Paper numbers: {TABLE1_SOURCE}. (wb) = white-box on the column's model (an example counts as "
+        "robust only if it survives every restart); other cells are transfer sets made on the source model "
+        "(restarts chosen on the source). The worst-case row counts an example only if it survives every "
+        "attack of that ε that ran on it (the number a robustness claim should quote).",
+    ]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -148,15 +223,28 @@ def table1_notes(results: dict[str, dict[int, Results]], params) -> list[str]:
     """What every reader of Table 1 must know: the loss, the images, what ran instead of the paper."""
     ev = params.evaluate
     n_eval = sorted({r.n for by_seed in results.values() for r in by_seed.values()})
-    aa_note = "standard" if not ev.autoattack.reduced else (
-        f"REDUCED ({ev.autoattack.version}, n_iter={ev.autoattack.n_iter}, n_queries={ev.autoattack.n_queries})")
-    spread = ("Whether two columns differ by more than their seed spread: summary.md, \"Differences between "
-              "models within the seed spread\"." if len(params.seeds) > 1 else
-              "One training seed: the seed spread is unknown, so no difference is claimed to exceed it.")
-    return [spread, f"Attack loss (white-box and transfer sets): **{ev.loss}**"
-            + (" (restarts alternate cross-entropy and CW)" if ev.loss == "mixed" else "") + f"; cascade: {ev.cascade}.",
-            f"Test images evaluated: {', '.join(map(str, n_eval))} (evaluate.test_limit = {ev.test_limit}).",
-            "Our attack settings are in the 'Ours ran' column; the paper's steps × restarts in the first column.",
-            f"AutoAttack: {aa_note}; Boundary attack: "
-            + (f"first {ev.boundary.limit} images, {ev.boundary.steps} steps."
-               if any(t.boundary for t in ev.threat_models) else "not run (no threat model asks for it).")]
+    aa_note = (
+        "standard"
+        if not ev.autoattack.reduced
+        else (f"REDUCED ({ev.autoattack.version}, n_iter={ev.autoattack.n_iter}, n_queries={ev.autoattack.n_queries})")
+    )
+    spread = (
+        'Whether two columns differ by more than their seed spread: summary.md, "Differences between '
+        'models within the seed spread".'
+        if len(params.seeds) > 1
+        else "One training seed: the seed spread is unknown, so no difference is claimed to exceed it."
+    )
+    return [
+        spread,
+        f"Attack loss (white-box and transfer sets): **{ev.loss}**"
+        + (" (restarts alternate cross-entropy and CW)" if ev.loss == "mixed" else "")
+        + f"; cascade: {ev.cascade}.",
+        f"Test images evaluated: {', '.join(map(str, n_eval))} (evaluate.test_limit = {ev.test_limit}).",
+        "Our attack settings are in the 'Ours ran' column; the paper's steps × restarts in the first column.",
+        f"AutoAttack: {aa_note}; Boundary attack: "
+        + (
+            f"first {ev.boundary.limit} images, {ev.boundary.steps} steps."
+            if any(t.boundary for t in ev.threat_models)
+            else "not run (no threat model asks for it)."
+        ),
+    ]

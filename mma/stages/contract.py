@@ -111,8 +111,13 @@ class Contract:
         for path in self.bookkeeping.chosen(params, target, seed):
             for f in _files_in(Path(path)):
                 files[str(f)] = hashlib.md5(f.read_bytes()).hexdigest() if f.is_file() else None
-        return {"stage": self.stage, "target": target, "seed": seed, "reads": self.record(params, target, seed),
-                "files": files}
+        return {
+            "stage": self.stage,
+            "target": target,
+            "seed": seed,
+            "reads": self.record(params, target, seed),
+            "files": files,
+        }
 
     # ----------------------------------------------------------------- as dvc.yaml declares it
     def dvc_params(self) -> list[str]:
@@ -123,15 +128,20 @@ class Contract:
     def dvc_stage(self, params, target: Target = None, seed: Optional[int] = None) -> dict:
         """The ``params:``, ``deps:`` and ``outs:`` (metrics included) of this stage in dvc.yaml."""
         carried = [str(self.bookkeeping.file(target, seed))] if self.bookkeeping else []
-        return {"params": [] if self.bookkeeping else self.dvc_params(),
-                "deps": sorted([*carried, *map(str, self.inputs(params, target, seed)), *self.code]),
-                "outs": sorted(map(str, self.outputs(params, target, seed)))}
+        return {
+            "params": [] if self.bookkeeping else self.dvc_params(),
+            "deps": sorted([*carried, *map(str, self.inputs(params, target, seed)), *self.code]),
+            "outs": sorted(map(str, self.outputs(params, target, seed))),
+        }
 
     def dvc_bookkeeping_stage(self, target: str, seed: int) -> dict:
         """The same for its bookkeeping stage."""
         b = self.bookkeeping
-        return {"params": self.dvc_params(), "deps": sorted([*map(str, b.folders), *b.code(self)]),
-                "outs": [str(b.file(target, seed))]}
+        return {
+            "params": self.dvc_params(),
+            "deps": sorted([*map(str, b.folders), *b.code(self)]),
+            "outs": [str(b.file(target, seed))],
+        }
 
 
 def identity(params, name: str, seed: int, stage: str) -> dict:
@@ -140,8 +150,13 @@ def identity(params, name: str, seed: int, stage: str) -> dict:
     and the stage that wrote it.  Readers compare it with the params entry they use it for."""
     from .train import CONTRACT as TRAIN  # train's module declares the member's record, and imports this one
 
-    return {"model": name, "seed": seed, "spec_sha256": TRAIN.record_hash(params, name, seed),
-            "data": data_name(params.data, params.model(name).dataset), "stage": stage}
+    return {
+        "model": name,
+        "seed": seed,
+        "spec_sha256": TRAIN.record_hash(params, name, seed),
+        "data": data_name(params.data, params.model(name).dataset),
+        "stage": stage,
+    }
 
 
 def output_identity(contract: Contract, params, target: str, seed: int) -> dict:

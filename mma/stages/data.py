@@ -17,7 +17,8 @@ from ..config.params import Params
 from .contract import Contract
 
 CONTRACT = Contract(
-    stage="data", target=None,
+    stage="data",
+    target=None,
     reads=("data", "seed"),  # seed: the synthetic CIFAR10's
     code=("mma/stages/data.py", "mma/data.py", "mma/config/data.py"),
     outputs=lambda params, target, seed: [Path(params.data.root)],
@@ -37,11 +38,15 @@ def run(params: Params, *, tracker=None) -> dict[str, float]:
         else:
             source, origin = d.cifar10_source, "data.cifar10_source"
             print(f"data: cifar10 from {source or 'torchvision download'} (chosen by {origin})", file=sys.stderr)
-            summary = prepare_cifar10(d.root, source, synthetic_train=d.synthetic_train,
-                                      synthetic_test=d.synthetic_test, seed=params.seed)
+            summary = prepare_cifar10(
+                d.root, source, synthetic_train=d.synthetic_train, synthetic_test=d.synthetic_test, seed=params.seed
+            )
         if "rebuilt" in summary:  # the earlier copy was damaged (or made with other settings): say so
-            print(f"data: {dataset}: the prepared copy could not be used ({summary['rebuilt']}); rebuilt it from "
-                  f"{summary['source']}", file=sys.stderr)
+            print(
+                f"data: {dataset}: the prepared copy could not be used ({summary['rebuilt']}); rebuilt it from "
+                f"{summary['source']}",
+                file=sys.stderr,
+            )
         if tracker is not None:
             tracker.set_tags({f"mma.data.{dataset}.source": summary["source"], f"mma.data.{dataset}.chosen_by": origin})
             tracker.log_params({f"data.{dataset}.{name}": digest for name, digest in summary["files"].items()})

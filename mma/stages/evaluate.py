@@ -35,25 +35,42 @@ def transfer_sources(params, name: str, seed: int) -> dict:
 
 def transfer_folders(params, name: str, seed: int) -> list[Path]:
     """The folders of the sets member (``name``, ``seed``) reads: its sources' seed-``seed`` sets."""
-    return [paths.transfer_dir(params.role_of(source), seed)
-            for source in params.table1.sources_for(name, params.models.values())]
+    return [
+        paths.transfer_dir(params.role_of(source), seed)
+        for source in params.table1.sources_for(name, params.models.values())
+    ]
 
 
 FILES = ("per_example.pt", "metrics.json")  # results/eval/NAME/seedS/, replaced whole
 
 CONTRACT = Contract(
-    stage="evaluate", target="model",
+    stage="evaluate",
+    target="model",
     reads=("attacks", "table1", "evaluate", "seed", "compute"),
-    derived=transfer_sources, derived_from=("models",),  # which sources: by the models' dataset and norm
-    code=("mma/stages/evaluate.py", "mma/stages/contract.py", "mma/evaluation", "mma/attacks",
-          "mma/config/evaluation.py", "mma/compute.py", "mma/config/compute.py", "mma/graphs.py", "mma/data.py"),
+    derived=transfer_sources,
+    derived_from=("models",),  # which sources: by the models' dataset and norm
+    code=(
+        "mma/stages/evaluate.py",
+        "mma/stages/contract.py",
+        "mma/evaluation",
+        "mma/attacks",
+        "mma/config/evaluation.py",
+        "mma/compute.py",
+        "mma/config/compute.py",
+        "mma/graphs.py",
+        "mma/data.py",
+    ),
     inputs=lambda params, name, seed: [paths.model_file(name, seed), Path(params.data.root)],
-    outputs=lambda params, name, seed: [paths.eval_dir(name, seed), paths.plot_file("robust_vs_eps", name, seed),
-                                        paths.metrics_file(name, seed)],
+    outputs=lambda params, name, seed: [
+        paths.eval_dir(name, seed),
+        paths.plot_file("robust_vs_eps", name, seed),
+        paths.metrics_file(name, seed),
+    ],
     swapped=paths.eval_dir,
     # dvc.yaml cannot name the sets of a target's threat model: their hashes are in its file
-    bookkeeping=Bookkeeping("inputs", paths.eval_spec_file, chosen=transfer_folders,
-                            folders=(paths.RESULTS / "transfer",)),
+    bookkeeping=Bookkeeping(
+        "inputs", paths.eval_spec_file, chosen=transfer_folders, folders=(paths.RESULTS / "transfer",)
+    ),
 )
 
 
@@ -62,8 +79,11 @@ def load_transfer_sets(params, name: str, seed: int, x_u8, y) -> list:
     of ``name``'s threat model, each checked (``transfer.load_sets``) against the test images evaluated."""
     from .transfer import load_sets
 
-    return [item for source in params.table1.sources_for(name, params.models.values())
-            for item in load_sets(params, source, seed, x_u8, y)]
+    return [
+        item
+        for source in params.table1.sources_for(name, params.models.values())
+        for item in load_sets(params, source, seed, x_u8, y)
+    ]
 
 
 def ours(filename: str) -> bool:
@@ -80,9 +100,11 @@ def headline(res, name: str, params, tm) -> dict:
     (``whitebox@0.4``, ...); mean and median margin of the correctly classified test images."""
     from ..evaluation.results import eps_key
 
-    out = {"clean": res.clean_accuracy(),
-           "whitebox": res.worst_case_accuracy(tm.headline_eps, kinds=("whitebox",)),
-           "worst": res.worst_case_accuracy(tm.headline_eps)}
+    out = {
+        "clean": res.clean_accuracy(),
+        "whitebox": res.worst_case_accuracy(tm.headline_eps, kinds=("whitebox",)),
+        "worst": res.worst_case_accuracy(tm.headline_eps),
+    }
     if name in params.table1.columns or name in {s.model for s in params.table1.sources.values()}:
         for e in sorted(set(params.table1.eps) - {tm.headline_eps}):
             out[f"whitebox@{eps_key(e)}"] = res.worst_case_accuracy(e, kinds=("whitebox",))
@@ -112,13 +134,32 @@ def summarize(res, name: str, spec, ev, extra: dict) -> dict:
     from ..evaluation.records import label, record_key
     from ..evaluation.results import eps_key
 
-    records = {record_key(r): {**asdict(r), "label": label(r), "accuracy": res.accuracy(r),
-                               "n_attacked": int((res.survived[r] != -1).sum())} for r in res.records}
+    records = {
+        record_key(r): {
+            **asdict(r),
+            "label": label(r),
+            "accuracy": res.accuracy(r),
+            "n_attacked": int((res.survived[r] != -1).sum()),
+        }
+        for r in res.records
+    }
     worst = {eps_key(e): res.worst_case_accuracy(e) for e in res.eps_values()}
-    return {"model": name, "seed": spec.seed, "dataset": spec.dataset, "data": extra.pop("data", spec.dataset), "norm": spec.norm,
-            "method": spec.method, "n": res.n,
-            "clean_accuracy": res.clean_accuracy(), "loss": ev.loss, "cascade": ev.cascade,
-            "records": records, "worst_case": worst, "margins": res.summary.get("margins", {}), **extra}
+    return {
+        "model": name,
+        "seed": spec.seed,
+        "dataset": spec.dataset,
+        "data": extra.pop("data", spec.dataset),
+        "norm": spec.norm,
+        "method": spec.method,
+        "n": res.n,
+        "clean_accuracy": res.clean_accuracy(),
+        "loss": ev.loss,
+        "cascade": ev.cascade,
+        "records": records,
+        "worst_case": worst,
+        "margins": res.summary.get("margins", {}),
+        **extra,
+    }
 
 
 def flat_metrics(summary: dict) -> dict[str, float]:
@@ -135,11 +176,11 @@ def flat_metrics(summary: dict) -> dict[str, float]:
 
 def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str, float]:
     from .. import compute
+    from ..config.data import data_name
     from ..data import load_split, to_float
     from ..evaluation.finite import finite_logits, retrain_remedy
     from ..evaluation.protocol import evaluate_model, whitebox_attacks
     from ..io import save_tensors, write_json, write_text
-    from ..config.data import data_name
     from .files import load_checked_model, swapped_in
 
     ev = params.evaluate
@@ -148,21 +189,45 @@ def run(params, name: str, seed: int, *, device: str, tracker=None) -> dict[str,
     model, _, _ = load_checked_model(params, name, seed, device)
     switches = compute.resolve(params.compute, device)
     model = finite_logits(compute.prepare(model, switches), name, retrain_remedy(name, seed))
-    x_u8, y = load_split(data_name(params.data, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
-                         limit=ev.test_limit)
+    x_u8, y = load_split(
+        data_name(params.data, spec.dataset),
+        params.data.root,
+        "test",
+        val_size=params.data.val_size,
+        limit=ev.test_limit,
+    )
     transfer_sets = load_transfer_sets(params, name, seed, x_u8, y)  # checked before any attack runs
     x, y = to_float(x_u8, device), y.to(device)
     timings: dict = {}
     t0 = time.monotonic()
     with compute.attacks(switches):  # the attacks' gradient steps; every judging forward stays fp32
-        res = evaluate_model(model, x, y, name=name, tm=tm, ev=ev, whitebox=whitebox_attacks(name, tm, params),
-                             curve=params.curve_attack(), seed=params.seed,
-                             transfer_sets=transfer_sets, timings=timings)
+        res = evaluate_model(
+            model,
+            x,
+            y,
+            name=name,
+            tm=tm,
+            ev=ev,
+            whitebox=whitebox_attacks(name, tm, params),
+            curve=params.curve_attack(),
+            seed=params.seed,
+            transfer_sets=transfer_sets,
+            timings=timings,
+        )
     timings["total"] = time.monotonic() - t0
     # no timings in the files: equal results make byte-identical files (DVC reruns nothing after them)
-    summary = summarize(res, name, spec, ev, {"data": data_name(params.data, spec.dataset), "threat_model": tm.model_dump(),
-                                              "evaluate_params": ev.model_dump(mode="json"),
-                                              "compute": switches.record()})
+    summary = summarize(
+        res,
+        name,
+        spec,
+        ev,
+        {
+            "data": data_name(params.data, spec.dataset),
+            "threat_model": tm.model_dump(),
+            "evaluate_params": ev.model_dump(mode="json"),
+            "compute": switches.record(),
+        },
+    )
     out = paths.eval_dir(name, seed)
     with swapped_in(out, ours, "evaluate") as tmp:  # both files or neither: a kill leaves the previous pair
         who = output_identity(CONTRACT, params, name, seed)

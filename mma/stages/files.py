@@ -34,27 +34,35 @@ class BusyError(Exception):
 def check_identity(path: Path, found, want: dict, remedy: str) -> None:
     """BadFileError unless the identity ``found`` in ``path`` is ``want`` (field by field)."""
     if not isinstance(found, dict):
-        raise BadFileError(f"{path}: carries no identity (written by an older version, or not by this "
-                           f"pipeline); {remedy}")
+        raise BadFileError(
+            f"{path}: carries no identity (written by an older version, or not by this pipeline); {remedy}"
+        )
     if found.get("model") != want["model"]:
-        raise BadFileError(f"{path}: belongs to model {found.get('model')!r}, not {want['model']!r} (copied or "
-                           f"moved?); {remedy}")
+        raise BadFileError(
+            f"{path}: belongs to model {found.get('model')!r}, not {want['model']!r} (copied or moved?); {remedy}"
+        )
     if found.get("seed") != want["seed"]:
-        raise BadFileError(f"{path}: belongs to seed {found.get('seed')!r} of {want['model']}, not seed "
-                           f"{want['seed']} (copied or moved?); {remedy}")
+        raise BadFileError(
+            f"{path}: belongs to seed {found.get('seed')!r} of {want['model']}, not seed "
+            f"{want['seed']} (copied or moved?); {remedy}"
+        )
     if found.get("data") != want["data"]:
         raise BadFileError(f"{path}: made on data {found.get('data')!r}, the params say {want['data']!r}; {remedy}")
     if found.get("spec_sha256") != want["spec_sha256"]:
-        raise BadFileError(f"{path}: made for other settings of {want['model']} than the params file's "
-                           f"(spec sha256 {str(found.get('spec_sha256'))[:12]}…, params {want['spec_sha256'][:12]}…); "
-                           f"{remedy}")
+        raise BadFileError(
+            f"{path}: made for other settings of {want['model']} than the params file's "
+            f"(spec sha256 {str(found.get('spec_sha256'))[:12]}…, params {want['spec_sha256'][:12]}…); "
+            f"{remedy}"
+        )
     if "settings_sha256" in want and found.get("settings_sha256") != want["settings_sha256"]:
         from . import CONTRACTS
 
         read = ", ".join(CONTRACTS[want["stage"]].reads)
         found_sha = str(found.get("settings_sha256"))[:12]
-        raise BadFileError(f"{path}: made under other {want['stage']} settings ({read}) than the params file's "
-                           f"(settings sha256 {found_sha}…, params {want['settings_sha256'][:12]}…); {remedy}")
+        raise BadFileError(
+            f"{path}: made under other {want['stage']} settings ({read}) than the params file's "
+            f"(settings sha256 {found_sha}…, params {want['settings_sha256'][:12]}…); {remedy}"
+        )
     if found.get("stage") != want["stage"]:
         raise BadFileError(f"{path}: written by stage {found.get('stage')!r}, expected {want['stage']!r}; {remedy}")
 
@@ -74,8 +82,9 @@ def load_checked_model(params, name: str, seed: int, device: str):
 
 # --------------------------------------------------------------------------- locks
 @contextlib.contextmanager
-def stage_lock(stage: str, name: str, seed: int | None = None, *, shared: bool = False,
-               wait: bool = False) -> Iterator[None]:
+def stage_lock(
+    stage: str, name: str, seed: int | None = None, *, shared: bool = False, wait: bool = False
+) -> Iterator[None]:
     """An flock on results/.locks/STAGE-NAME[-seedS].lock for the block.  Exclusive (a writer)
     or shared (readers); ``wait=False``: refuse at once with BusyError naming the holder;
     ``wait=True``: wait while the holder works (``locks.acquire``: bounded) first.  A link or a foreign file in the
@@ -88,10 +97,13 @@ def stage_lock(stage: str, name: str, seed: int | None = None, *, shared: bool =
         except locks.LockTimeout as e:
             if wait:  # a lock held for seconds at most (readers of the transfer sets, their swap)
                 raise BusyError(f"{path}: stayed locked by {e}; {locks.WHAT_TO_DO}") from None
-            command = f"mma {stage}" + ("" if name == "all" else f" {name}") \
-                + ("" if seed is None else f" --seed {seed}")
-            raise BusyError(f"another `{command}` is running ({locks.read_holder(fd) or e}; lock {path}); wait for "
-                            "it to finish, then rerun") from None
+            command = (
+                f"mma {stage}" + ("" if name == "all" else f" {name}") + ("" if seed is None else f" --seed {seed}")
+            )
+            raise BusyError(
+                f"another `{command}` is running ({locks.read_holder(fd) or e}; lock {path}); wait for "
+                "it to finish, then rerun"
+            ) from None
         if not shared:
             locks.write_holder(fd, path)
         yield
@@ -115,8 +127,10 @@ def ensure_writable(*folders: Path) -> None:
             os.close(fd)
             os.unlink(tmp)
         except OSError as e:
-            raise BadFileError(f"{probe}: cannot be written ({e.strerror}), so the outputs in {folder} cannot "
-                               "be saved; make it writable (or run in a writable checkout), then rerun") from None
+            raise BadFileError(
+                f"{probe}: cannot be written ({e.strerror}), so the outputs in {folder} cannot "
+                "be saved; make it writable (or run in a writable checkout), then rerun"
+            ) from None
 
 
 WORKFLOW_MARKS = {".snakemake_timestamp"}  # Snakemake's mark in a directory output: the pipeline's, not the user's
@@ -129,13 +143,18 @@ def refuse_foreign(folder: Path, ours: Callable[[str], bool], stage: str) -> Non
     if not folder.is_dir() or folder.is_symlink():
         return  # nothing to lose (a file or link in the way: ensure_writable / the swap say so)
     # a link of one of our names is ours (a DVC checkout's link into its cache): removing it deletes no target
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in WORKFLOW_MARKS
-                     and (not ours(p.name) or p.is_dir() and not p.is_symlink()))
+    foreign = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in WORKFLOW_MARKS and (not ours(p.name) or p.is_dir() and not p.is_symlink())
+    )
     if foreign:
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-        raise BadFileError(f"{folder}: holds {len(foreign)} file(s) the {stage} stage did not make ({shown}), and "
-                           f"the stage replaces the folder whole; nothing was deleted: move them out of {folder}, "
-                           "then rerun")
+        raise BadFileError(
+            f"{folder}: holds {len(foreign)} file(s) the {stage} stage did not make ({shown}), and "
+            f"the stage replaces the folder whole; nothing was deleted: move them out of {folder}, "
+            "then rerun"
+        )
 
 
 @contextlib.contextmanager

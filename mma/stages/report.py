@@ -21,12 +21,18 @@ from .contract import Contract, output_identity
 FILES = ("table1.md", "table1.csv", "figure3.png", "margins.png", "summary.json", "summary.md")
 
 CONTRACT = Contract(
-    stage="report", target=None,
+    stage="report",
+    target=None,
     # what per_example.pt files were made under (the members' settings, the evaluation's) is
     # checked through their identity (the evaluate stage's record), not read again here
     reads=("seeds", "attacks", "table1", "evaluate", "report"),
-    code=("mma/stages/report.py", "mma/report", "mma/evaluation/records.py", "mma/evaluation/results.py",
-          "mma/config/evaluation.py"),
+    code=(
+        "mma/stages/report.py",
+        "mma/report",
+        "mma/evaluation/records.py",
+        "mma/evaluation/results.py",
+        "mma/config/evaluation.py",
+    ),
     inputs=lambda params, target, seed: [paths.RESULTS / "eval"],
     outputs=lambda params, target, seed: [paths.report_dir() / f for f in FILES],
     swapped=lambda target, seed: paths.report_dir(),
@@ -52,13 +58,18 @@ def load_results(params) -> dict:
         path = paths.eval_dir(name, seed) / "per_example.pt"
         remedy = f"rerun `mma evaluate {name} --seed {seed}`"
         obj = load_tensors(path, remedy=remedy)
-        check_identity(path, obj.get("identity") if isinstance(obj, dict) else None,
-                       output_identity(EVALUATE, params, name, seed), remedy)
+        check_identity(
+            path,
+            obj.get("identity") if isinstance(obj, dict) else None,
+            output_identity(EVALUATE, params, name, seed),
+            remedy,
+        )
         try:
             results.setdefault(name, {})[seed] = Results.from_tensors(obj)
         except Exception as e:  # noqa: BLE001 - a damaged or foreign record, whatever the exception
-            raise BadFileError(f"{path}: not per-example results ({type(e).__name__}: {str(e)[:120]}); "
-                               f"{remedy}") from None
+            raise BadFileError(
+                f"{path}: not per-example results ({type(e).__name__}: {str(e)[:120]}); {remedy}"
+            ) from None
     return results
 
 
@@ -79,8 +90,7 @@ def run(params, *, tracker=None) -> dict[str, float]:
         write_text(out / "table1.csv", table1_csv(table))
         panels = figure3(results, specs, params, out / "figure3.png", dpi=dpi)
         margin_panels = margins_figure(results, specs, out / "margins.png", dpi=dpi, params=params)
-        summary = build_summary(results, specs, params, table=table, figure3_panels=panels,
-                                margin_panels=margin_panels)
+        summary = build_summary(results, specs, params, table=table, figure3_panels=panels, margin_panels=margin_panels)
         write_json(out / "summary.json", summary)
         write_text(out / "summary.md", summary_markdown(summary))
 

@@ -43,17 +43,33 @@ from .contract import MEMBER, Bookkeeping, Contract
 def outputs(params, name: str, seed: int) -> list[Path]:
     """The files of the module docstring (the resume folder aside: working files only)."""
     folder = paths.model_dir(name, seed)
-    return [folder / "model.pt", folder / "info.json", folder / "metrics.json",
-            paths.plot_file("train", name, seed), paths.plot_file("val", name, seed)]
+    return [
+        folder / "model.pt",
+        folder / "info.json",
+        folder / "metrics.json",
+        paths.plot_file("train", name, seed),
+        paths.plot_file("val", name, seed),
+    ]
 
 
 CONTRACT = Contract(
-    stage="train", target="model",
+    stage="train",
+    target="model",
     # the member's settings, its validation split and the speed switches: what can change a
     # trained model (``threads``, ``device``, ``experiment`` cannot: execution settings)
     reads=(MEMBER, "data.val_size", "compute"),
-    code=("mma/stages/train.py", "mma/stages/contract.py", "mma/train", "mma/models", "mma/attacks",
-          "mma/config/model.py", "mma/compute.py", "mma/config/compute.py", "mma/graphs.py", "mma/data.py"),
+    code=(
+        "mma/stages/train.py",
+        "mma/stages/contract.py",
+        "mma/train",
+        "mma/models",
+        "mma/attacks",
+        "mma/config/model.py",
+        "mma/compute.py",
+        "mma/config/compute.py",
+        "mma/graphs.py",
+        "mma/data.py",
+    ),
     inputs=lambda params, name, seed: [Path(params.data.root)],
     outputs=outputs,
     # dvc.yaml can depend on the whole `models` section only: one file per member holds its record
@@ -103,19 +119,26 @@ def _discard(folder: Path) -> None:
     """Delete a checkpoint folder, refusing if it holds anything a train run did not make."""
     from ..io import BadFileError
 
-    foreign = [p.name for p in folder.iterdir() if p.name not in WORKING_FILES
-               and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    foreign = [
+        p.name
+        for p in folder.iterdir()
+        if p.name not in WORKING_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+    ]
     if foreign:
-        raise BadFileError(f"{folder}: holds files a train run did not make ({', '.join(sorted(foreign)[:3])}); "
-                           "nothing was deleted: move them elsewhere, then rerun")
+        raise BadFileError(
+            f"{folder}: holds files a train run did not make ({', '.join(sorted(foreign)[:3])}); "
+            "nothing was deleted: move them elsewhere, then rerun"
+        )
     shutil.rmtree(folder)
 
 
 def percent(values: dict) -> dict:
     """The training loop logs accuracies as fractions; every file this stage writes (and the
     report) uses percent: ``*acc*`` keys × 100, the rest as they are."""
-    return {k: (100.0 * v if "acc" in k and isinstance(v, (int, float)) and not isinstance(v, bool) else v)
-            for k, v in values.items()}
+    return {
+        k: (100.0 * v if "acc" in k and isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+        for k, v in values.items()
+    }
 
 
 class Curves:
@@ -156,8 +179,11 @@ class Curves:
         sent: dict[str, set] = {}
         for kind in ("train", "val"):
             path = self.folder / f"{kind}.tsv"
-            in_tsv = {int(float(line.split("\t")[0])) for line in path.read_text().splitlines()[1:] if line} \
-                if path.exists() else set()
+            in_tsv = (
+                {int(float(line.split("\t")[0])) for line in path.read_text().splitlines()[1:] if line}
+                if path.exists()
+                else set()
+            )
             for r in rows:
                 if r["kind"] != kind or r["step"] > resumed_at or not r["values"]:
                     continue
@@ -215,13 +241,13 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
     and ``log_artifact``; ``switches``: the resolved compute switches (default: ``compute.resolve`` of
     ``params.compute`` for ``device``), recorded in model.pt and info.json."""
     from .. import compute
-    from ..data import TensorBatcher, load_split, to_float
-    from ..io import load_tensors, save_tensors, write_json
     from ..config.data import data_name
     from ..config.params import ParamsError
+    from ..data import TensorBatcher, load_split, to_float
+    from ..io import load_tensors, save_tensors, write_json
+    from ..tracking import git_commit
     from ..train import train
     from ..train.loop import load_resume
-    from ..tracking import git_commit
     from .contract import identity
 
     spec = params.member(name, seed)  # the seed drives the batches, the initialisation and the attacks' starts
@@ -232,19 +258,34 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
     x_val, y_val = load_split(data, d.root, "val", val_size=d.val_size, limit=spec.val_limit)
     if spec.batch_size > len(x):
         where = f"models.{name}.batch_size"
-        raise ParamsError(f"{where} = {spec.batch_size}: larger than the {len(x)} training images of {data} "
-                          f"(after data.val_size and train_limit); lower it")
+        raise ParamsError(
+            f"{where} = {spec.batch_size}: larger than the {len(x)} training images of {data} "
+            f"(after data.val_size and train_limit); lower it"
+        )
     batcher = TensorBatcher(x, y, spec.batch_size, seed=spec.seed, device=device, augment=spec.augment)
     val = (to_float(x_val, device), y_val.to(device))
 
     curves = Curves(checkpoint_dir(name, seed), *((tracker.log_metrics, tracker.flush) if tracker is not None else ()))
     resume = paths.resume_file(name, seed)
-    curves.recover(load_resume(resume, f"mma train {name} --seed {seed} --restart")["result"]["step"] if resume.exists() else 0, _mlflow_steps(tracker))
+    curves.recover(
+        load_resume(resume, f"mma train {name} --seed {seed} --restart")["result"]["step"] if resume.exists() else 0,
+        _mlflow_steps(tracker),
+    )
     best = checkpoint_dir(name, seed) / "best.pt"
     switches = switches or compute.resolve(params.compute, device)
     with interrupt.deferred():  # SIGTERM: the loop checkpoints the step in progress, then stops
-        result = train(spec, batcher, val, model_path=best, resume_path=resume, device=device,
-                       log=curves.log, flush=curves.flush, show_progress=True, compute=switches)
+        result = train(
+            spec,
+            batcher,
+            val,
+            model_path=best,
+            resume_path=resume,
+            device=device,
+            log=curves.log,
+            flush=curves.flush,
+            show_progress=True,
+            compute=switches,
+        )
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
 
@@ -253,22 +294,39 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
     save_tensors(paths.model_file(name, seed), {**record, "identity": identity(params, name, seed, "train")})
     curves.copy_to(name, seed)
     by_step = {h["step"]: h for h in result.history}
-    best = {k: v for k, v in percent(by_step.get(result.best_step, {})).items()
-            if k.startswith("val_") and not k.startswith("val_warn")}
+    best = {
+        k: v
+        for k, v in percent(by_step.get(result.best_step, {})).items()
+        if k.startswith("val_") and not k.startswith("val_warn")
+    }
     # the DVC metrics file: the selected model's validation numbers (accuracies in %), short names
     # (val_clean, val_pgd, val_margin, val_adv); nothing that differs between identical runs
-    short = {"val_clean_acc": "val_clean", "val_pgd_acc": "val_pgd", "val_mean_margin": "val_margin",
-             "val_adv_acc": "val_adv"}
+    short = {
+        "val_clean_acc": "val_clean",
+        "val_pgd_acc": "val_pgd",
+        "val_mean_margin": "val_margin",
+        "val_adv_acc": "val_adv",
+    }
     summary = {"best_step": result.best_step, **{short.get(k, k): round(v, 4) for k, v in best.items()}}
     write_json(paths.model_dir(name, seed) / "metrics.json", summary)
     info = {
-        "model": name, "dataset": spec.dataset, "data": data, "norm": spec.norm, "method": spec.method,
-        "seed": spec.seed, "selection_metric": result.selection_metric, "best_value": result.best_value,
+        "model": name,
+        "dataset": spec.dataset,
+        "data": data,
+        "norm": spec.norm,
+        "method": spec.method,
+        "seed": spec.seed,
+        "selection_metric": result.selection_metric,
+        "best_value": result.best_value,
         "selection": {**record.get("selection", {}), "best_step": result.best_step},
         "final": percent(result.history[-1]) if result.history else {},
-        "train_examples": len(x), "val_examples": len(x_val), "device": str(device),
+        "train_examples": len(x),
+        "val_examples": len(x_val),
+        "device": str(device),
         "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
-        "git_commit": git_commit(), "params": CONTRACT.record(params, name, seed), "compute": switches.record(),
+        "git_commit": git_commit(),
+        "params": CONTRACT.record(params, name, seed),
+        "compute": switches.record(),
     }
     write_json(paths.model_dir(name, seed) / "info.json", info)
     metrics = {f"best_{k}": float(v) for k, v in best.items()}
@@ -277,9 +335,14 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
         if hasattr(tracker, "set_tags"):  # which checkpoint won, at which step, by which measure
             chosen = record.get("selection", {})
             margin = chosen.get("metric") == "mean_margin"
-            tracker.set_tags({"mma.selected_by": result.selection_metric, "mma.selected_step": result.best_step,
-                              "mma.selection_measure": chosen.get("margin_attack", "") if margin else "",
-                              "mma.eval_every_steps": chosen.get("eval_every_steps", "")})
+            tracker.set_tags(
+                {
+                    "mma.selected_by": result.selection_metric,
+                    "mma.selected_step": result.best_step,
+                    "mma.selection_measure": chosen.get("margin_attack", "") if margin else "",
+                    "mma.eval_every_steps": chosen.get("eval_every_steps", ""),
+                }
+            )
         if not _already_logged(tracker, result.step):
             tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
         if hasattr(tracker, "logged"):

@@ -31,18 +31,40 @@ from ..config.params import NAME_PATTERN
 from .contract import Bookkeeping, Contract, output_identity
 
 CONTRACT = Contract(
-    stage="transfer", target="role",
+    stage="transfer",
+    target="role",
     # table1.columns aside: which models are evaluated on the sets does not change them
-    reads=("attacks", "table1.eps", "table1.sources", "evaluate.loss", "evaluate.test_limit", "evaluate.batch_size",
-           "seed", "compute"),
-    code=("mma/stages/transfer.py", "mma/stages/contract.py", "mma/evaluation", "mma/attacks",
-          "mma/config/evaluation.py", "mma/compute.py", "mma/config/compute.py", "mma/graphs.py", "mma/data.py"),
+    reads=(
+        "attacks",
+        "table1.eps",
+        "table1.sources",
+        "evaluate.loss",
+        "evaluate.test_limit",
+        "evaluate.batch_size",
+        "seed",
+        "compute",
+    ),
+    code=(
+        "mma/stages/transfer.py",
+        "mma/stages/contract.py",
+        "mma/evaluation",
+        "mma/attacks",
+        "mma/config/evaluation.py",
+        "mma/compute.py",
+        "mma/config/compute.py",
+        "mma/graphs.py",
+        "mma/data.py",
+    ),
     inputs=lambda params, role, seed: [Path(params.data.root)],
     outputs=lambda params, role, seed: [paths.transfer_dir(role, seed)],
     swapped=paths.transfer_dir,
     # stages are by role, and dvc.yaml cannot look a role's model up to depend on its file
-    bookkeeping=Bookkeeping("source", paths.source_file, folders=(paths.RESULTS / "models",),
-                            chosen=lambda params, role, seed: [paths.model_file(params.source_model(role), seed)]),
+    bookkeeping=Bookkeeping(
+        "source",
+        paths.source_file,
+        folders=(paths.RESULTS / "models",),
+        chosen=lambda params, role, seed: [paths.model_file(params.source_model(role), seed)],
+    ),
 )
 
 # what this stage writes in results/transfer/ROLE/seedS/ (replaced whole): the manifest and
@@ -58,13 +80,13 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     import torch
 
     from .. import compute
+    from ..config.data import data_name
     from ..data import load_split
     from ..evaluation.finite import finite_logits, retrain_remedy
     from ..evaluation.records import attack_record, record_key
     from ..evaluation.transfer import build_sets, family, save_set, set_name, test_hash
     from ..evaluation.whitebox import predict, seed_for
     from ..io import write_json
-    from ..config.data import data_name
     from .files import load_checked_model, stage_lock, swapped_in
 
     ev = params.evaluate
@@ -74,8 +96,13 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     model, _, _ = load_checked_model(params, source, seed, device)
     switches = compute.resolve(params.compute, device)
     model = finite_logits(compute.prepare(model, switches), source, retrain_remedy(source, seed))
-    x_u8, y = load_split(data_name(params.data, spec.dataset), params.data.root, "test", val_size=params.data.val_size,
-                         limit=ev.test_limit)
+    x_u8, y = load_split(
+        data_name(params.data, spec.dataset),
+        params.data.root,
+        "test",
+        val_size=params.data.val_size,
+        limit=ev.test_limit,
+    )
     who, tested = output_identity(CONTRACT, params, role, seed), test_hash(x_u8, y)
     out = paths.transfer_dir(role, seed)
     metrics = {}
@@ -91,26 +118,50 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
         for (eps, fam), group in groups.items():
             settings = [params.attacks[row.attack] for row in group]
             with compute.attacks(switches):
-                x_advs = build_sets(model, x_u8, y, eps, settings, norm=spec.norm, loss=ev.loss,
-                                    seed=seed_for(params.seed, source, "transfer", fam, eps),
-                                    batch_size=ev.batch_size, device=device, source=source,
-                                    description=f"transfer {source}: "
-                                                f"{' + '.join(s.label() for s in settings)} ε={eps:g}")
+                x_advs = build_sets(
+                    model,
+                    x_u8,
+                    y,
+                    eps,
+                    settings,
+                    norm=spec.norm,
+                    loss=ev.loss,
+                    seed=seed_for(params.seed, source, "transfer", fam, eps),
+                    batch_size=ev.batch_size,
+                    device=device,
+                    source=source,
+                    description=f"transfer {source}: {' + '.join(s.label() for s in settings)} ε={eps:g}",
+                )
             for row, setting, x_adv in zip(group, settings, x_advs):
-                record = attack_record("transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed,
-                                       source=source)
+                record = attack_record(
+                    "transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed, source=source
+                )
                 fname = f"{set_name(row.attack, row.eps)}.pt"
                 save_set(tmp / fname, x_adv, y, {"record": record_key(record), "identity": who, "test_sha256": tested})
                 # the source's own accuracy on the set (how strong the attack is where it was made)
                 with torch.no_grad():
                     pred = predict(model, x_adv.to(device).float().div_(255), ev.batch_size)
                 acc = 100.0 * float((pred.cpu() == y).float().mean())
-                entries[row] = {"file": fname, "record": record_key(record), "attack": row.attack,
-                                "source_accuracy": acc}
+                entries[row] = {
+                    "file": fname,
+                    "record": record_key(record),
+                    "attack": row.attack,
+                    "source_accuracy": acc,
+                }
                 metrics[f"source_accuracy/{record_key(record)}"] = acc
         sets = [entries[row] for row in rows]  # the manifest lists them in Table 1's order
-        manifest = {"source": source, "role": role, "seed": seed, "dataset": data_name(params.data, spec.dataset), "norm": spec.norm, "n": int(len(y)),
-                    "test_limit": ev.test_limit, "identity": who, "test_sha256": tested, "sets": sets}
+        manifest = {
+            "source": source,
+            "role": role,
+            "seed": seed,
+            "dataset": data_name(params.data, spec.dataset),
+            "norm": spec.norm,
+            "n": int(len(y)),
+            "test_limit": ev.test_limit,
+            "identity": who,
+            "test_sha256": tested,
+            "sets": sets,
+        }
         # the time goes to MLflow, not the manifest: equal sets make equal bytes (evaluate's inputs hash it)
         metrics["wall_seconds"] = round(time.monotonic() - t0, 1)
         write_json(tmp / "manifest.json", manifest)
@@ -145,9 +196,11 @@ def load_sets(params, source: str, seed: int, x_u8, y) -> list:
         if n != len(y) or tested != test_hash(x_u8, y):
             from ..io import BadFileError
 
-            raise BadFileError(f"{folder / 'manifest.json'}: its sets were made on other test images ({n} images, "
-                               f"test sha256 {str(tested)[:12]}…) than those evaluated now ({len(y)}, "
-                               f"{test_hash(x_u8, y)[:12]}…; data or evaluate.test_limit changed?); {remedy}")
+            raise BadFileError(
+                f"{folder / 'manifest.json'}: its sets were made on other test images ({n} images, "
+                f"test sha256 {str(tested)[:12]}…) than those evaluated now ({len(y)}, "
+                f"{test_hash(x_u8, y)[:12]}…; data or evaluate.test_limit changed?); {remedy}"
+            )
         out = []
         for entry, fname, record in files:
             path = folder / fname

@@ -8,6 +8,17 @@ from .mma import MMAStep
 from .steps import PGDStep, StdStep, make_step
 
 __all__ = [
-    "MMAStep", "MMATrainSpec", "ModelSpec", "OptimizerSpec", "PGDStep", "PGDTrainSpec", "StdStep",
-    "TrainResult", "TrainingDiverged", "load_model", "make_step", "train", "validate",
+    "MMAStep",
+    "MMATrainSpec",
+    "ModelSpec",
+    "OptimizerSpec",
+    "PGDStep",
+    "PGDTrainSpec",
+    "StdStep",
+    "TrainResult",
+    "TrainingDiverged",
+    "load_model",
+    "make_step",
+    "train",
+    "validate",
 ]

@@ -42,8 +42,10 @@ NUM_CLASSES = 10
 IN_CHANNELS = {"mnist": 1, "cifar10": 3}
 
 
-DIVERGED_HINT = ("Rerunning repeats the same steps: change the model's settings (e.g. a lower optimizer.lr; a "
-                 "checkpoint of other settings is discarded) or rerun with --restart")
+DIVERGED_HINT = (
+    "Rerunning repeats the same steps: change the model's settings (e.g. a lower optimizer.lr; a "
+    "checkpoint of other settings is discarded) or rerun with --restart"
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -89,23 +91,51 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
         clean += ok.sum()
         if s.metric == "pgd_acc":
             p = spec.pgd
-            x_adv = pgd(model, x, y, p.eps, norm=spec.norm, steps=p.steps, step_size=p.step_size, loss=p.loss,
-                        l2_pgd=spec.l2_pgd)
+            x_adv = pgd(
+                model,
+                x,
+                y,
+                p.eps,
+                norm=spec.norm,
+                steps=p.steps,
+                step_size=p.step_size,
+                loss=p.loss,
+                l2_pgd=spec.l2_pgd,
+            )
             with torch.no_grad():
                 robust += (ok & (full_precision(model(x_adv)).argmax(1) == y)).sum()  # judged in fp32
         elif s.metric == "mean_margin" and s.margin_attack == "authors":
-            length, adv_ok = anpgd_for_test(model, x, y, norm=spec.norm, test_eps=s.test_eps,
-                                            test_eps_iter=s.test_eps_iter, steps=s.steps, eps_max=s.eps_max,
-                                            bisection_steps=s.bisection_steps, l2_pgd=spec.l2_pgd)
+            length, adv_ok = anpgd_for_test(
+                model,
+                x,
+                y,
+                norm=spec.norm,
+                test_eps=s.test_eps,
+                test_eps_iter=s.test_eps_iter,
+                steps=s.steps,
+                eps_max=s.eps_max,
+                bisection_steps=s.bisection_steps,
+                l2_pgd=spec.l2_pgd,
+            )
             margin += length.sum()
             robust += (ok & adv_ok).sum()
         elif s.metric == "mean_margin":
             rows = ok.nonzero().squeeze(1)
             if rows.numel():
                 loss = spec.mma.attack_loss if spec.mma is not None else "soft_margin"
-                _, length = an_pgd(model, x[rows], y[rows], s.eps_max / 2, norm=spec.norm, eps_max=s.eps_max,
-                                   steps=s.steps, bisection_steps=s.bisection_steps, attack_loss=loss,
-                                   clean_logits=logits[rows], l2_pgd=spec.l2_pgd)
+                _, length = an_pgd(
+                    model,
+                    x[rows],
+                    y[rows],
+                    s.eps_max / 2,
+                    norm=spec.norm,
+                    eps_max=s.eps_max,
+                    steps=s.steps,
+                    bisection_steps=s.bisection_steps,
+                    attack_loss=loss,
+                    clean_logits=logits[rows],
+                    l2_pgd=spec.l2_pgd,
+                )
                 margin += length.sum()
     model.train(was_training)
     clean, robust, margin = torch.stack([clean, robust, margin]).tolist()  # the one read
@@ -122,8 +152,12 @@ def validate(spec: ModelSpec, model: nn.Module, x_val: Tensor, y_val: Tensor, ba
 def selection_record(spec: ModelSpec, steps_per_epoch: int) -> dict:
     """How the checkpoint was chosen, resolved (for the model file, info.json and MLflow):
     the metric, its measure's settings and the validation cadence in steps."""
-    return {**spec.resolved_selection.model_dump(mode="json"), "key": selection_metric(spec),
-            "eval_every": spec.eval_every, "eval_every_steps": spec.eval_interval(steps_per_epoch)}
+    return {
+        **spec.resolved_selection.model_dump(mode="json"),
+        "key": selection_metric(spec),
+        "eval_every": spec.eval_every,
+        "eval_every_steps": spec.eval_interval(steps_per_epoch),
+    }
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -133,8 +167,12 @@ def rng_state() -> dict:
     version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available():
@@ -155,8 +193,11 @@ def set_rng_state(state: dict) -> None:
 def model_record(spec: ModelSpec, model: nn.Module, **meta) -> dict:
     """What a model file holds: the weights (a state_dict, contiguous) and what is
     needed to rebuild it, nothing that needs code to unpickle."""
-    return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            "spec": spec.model_dump(mode="json"), **meta}
+    return {
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "spec": spec.model_dump(mode="json"),
+        **meta,
+    }
 
 
 # --------------------------------------------------------------------------- metrics on the device
@@ -171,8 +212,9 @@ class MetricWindow:
         for k, v in metrics.items():
             total, count = v if isinstance(v, tuple) else (v, 1.0)
             # copies: a replayed CUDA graph overwrites its output tensors at the next step
-            total, count = (t.detach().to(torch.float64, copy=True) if isinstance(t, Tensor) else t
-                            for t in (total, count))
+            total, count = (
+                t.detach().to(torch.float64, copy=True) if isinstance(t, Tensor) else t for t in (total, count)
+            )
             if k in self.sums:
                 self.sums[k][0] = self.sums[k][0] + total
                 self.sums[k][1] = self.sums[k][1] + count
@@ -185,8 +227,9 @@ class MetricWindow:
         if not keys:
             return {}
         device = next((t.device for k in keys for t in self.sums[k] if isinstance(t, Tensor)), None)
-        flat = torch.stack([torch.as_tensor(t, dtype=torch.float64, device=device).reshape(())
-                            for k in keys for t in self.sums[k]]).tolist()
+        flat = torch.stack(
+            [torch.as_tensor(t, dtype=torch.float64, device=device).reshape(()) for k in keys for t in self.sums[k]]
+        ).tolist()
         self.sums = {}
         return {k: flat[2 * i] / flat[2 * i + 1] if flat[2 * i + 1] else math.nan for i, k in enumerate(keys)}
 
@@ -208,8 +251,11 @@ class FiniteCheck:
         """``step``: an int, or a 0-dim tensor on the device (the fixed-shape path)."""
         grads = [p.grad for p in params if p.grad is not None]
         bad_loss = ~torch.isfinite(loss.detach())
-        bad_grad = ~torch.isfinite(torch.stack([g.sum() for g in grads])).all() if grads \
+        bad_grad = (
+            ~torch.isfinite(torch.stack([g.sum() for g in grads])).all()
+            if grads
             else torch.zeros((), dtype=torch.bool, device=loss.device)
+        )
         new = (self.first < 0) & (bad_loss | bad_grad)
         self.first.copy_(torch.where(new, step, self.first))
         self.what.copy_(torch.where(new, bad_loss.long() + 2 * bad_grad.long(), self.what))
@@ -219,13 +265,17 @@ class FiniteCheck:
         if first < 0:
             return
         kind = {1: "loss", 2: "gradient", 3: "loss and gradient"}[what]
-        where = (f"the last resume checkpoint is {resume_path}" if Path(resume_path).exists()
-                 else "no checkpoint was written yet")
+        where = (
+            f"the last resume checkpoint is {resume_path}"
+            if Path(resume_path).exists()
+            else "no checkpoint was written yet"
+        )
         raise TrainingDiverged(f"{name}: non-finite {kind} at step {first}; {where}. {DIVERGED_HINT}")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", *,
-               remedy: str = "") -> tuple[nn.Module, ModelSpec, dict]:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", *, remedy: str = ""
+) -> tuple[nn.Module, ModelSpec, dict]:
     """Rebuild a model saved by :func:`train` (weights-only load, archive checksums checked).
     A file that is not such a model (damaged, another architecture, non-finite weights)
     raises BadFileError naming it and ``remedy``."""
@@ -253,8 +303,9 @@ def load_resume(path: str | Path, restart: str) -> dict:
     state = load_tensors(path, map_location="cpu", remedy=todo)
     try:
         if not all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()):
-            raise BadFileError(f"{path}: resume checkpoint holds non-finite weights (saved after training "
-                               f"diverged?); {todo}")
+            raise BadFileError(
+                f"{path}: resume checkpoint holds non-finite weights (saved after training diverged?); {todo}"
+            )
         int(state["result"]["step"]), state["optimizer"], state["step_fn"], state["rng"]  # noqa: B018 - present
     except BadFileError:
         raise
@@ -295,8 +346,9 @@ def train(
     ``log`` receives each metric's mean over the steps since the last read, every
     ``spec.log_every`` steps and at every validation and checkpoint.
     """
-    run = Run.build(spec, batcher.num_examples, torch.device(device), model, compute, Path(model_path),
-                    Path(resume_path), flush)
+    run = Run.build(
+        spec, batcher.num_examples, torch.device(device), model, compute, Path(model_path), Path(resume_path), flush
+    )
     per_epoch = getattr(batcher, "steps_per_epoch", batcher.num_examples // spec.batch_size)
     eval_every, run.selection = spec.eval_interval(per_epoch), selection_record(spec, per_epoch)
     run.resume()
@@ -350,8 +402,17 @@ class Run:
     selection: dict = field(default_factory=dict)  # how the kept checkpoint is chosen (``selection_record``)
 
     @classmethod
-    def build(cls, spec: ModelSpec, num_examples: int, device: torch.device, model: Optional[nn.Module],
-              compute: Compute, model_path: Path, resume_path: Path, flush) -> "Run":
+    def build(
+        cls,
+        spec: ModelSpec,
+        num_examples: int,
+        device: torch.device,
+        model: Optional[nn.Module],
+        compute: Compute,
+        model_path: Path,
+        resume_path: Path,
+        flush,
+    ) -> "Run":
         """Seeds, model, optimiser and batch step at step 0."""
         torch.manual_seed(spec.seed)
         np.random.seed(spec.seed % 2**32)
@@ -362,9 +423,21 @@ class Run:
         step_fn = make_step(spec, num_examples, device)
         finite = FiniteCheck(device)
         result = TrainResult(step=0, best_step=-1, best_value=-math.inf, selection_metric=selection_metric(spec))
-        return cls(spec=spec, device=device, model=model, net=net, optimizer=optimizer, step_fn=step_fn,
-                   step=TrainStep(spec, net, model, optimizer, step_fn, finite, compute, device), finite=finite,
-                   compute=compute, model_path=model_path, resume_path=resume_path, flush=flush, result=result)
+        return cls(
+            spec=spec,
+            device=device,
+            model=model,
+            net=net,
+            optimizer=optimizer,
+            step_fn=step_fn,
+            step=TrainStep(spec, net, model, optimizer, step_fn, finite, compute, device),
+            finite=finite,
+            compute=compute,
+            model_path=model_path,
+            resume_path=resume_path,
+            flush=flush,
+            result=result,
+        )
 
     def resume(self) -> None:
         """Continue from the resume checkpoint, if there is one: weights, optimiser, batch
@@ -383,9 +456,11 @@ class Run:
             set_rng_state(state["rng"])
             self.result = TrainResult(**state["result"])
         except Exception as e:  # noqa: BLE001 - made by other code or for another model
-            raise BadFileError(f"{self.resume_path}: does not fit this model ({type(e).__name__}: "
-                               f"{str(e).strip()[:160]}); run `{restart}` to "
-                               "discard it and train from step 0") from None
+            raise BadFileError(
+                f"{self.resume_path}: does not fit this model ({type(e).__name__}: "
+                f"{str(e).strip()[:160]}); run `{restart}` to "
+                "discard it and train from step 0"
+            ) from None
         self.saved_at = self.result.step
 
     def validate(self, x_val: Tensor, y_val: Tensor, log) -> None:
@@ -394,23 +469,38 @@ class Run:
         spec, result, metric = self.spec, self.result, selection_metric(self.spec)
         # a random stream of its own (seeded by the step), the training RNG left as it was: the
         # training trace does not depend on how, how often or whether the model is validated
-        with compute_.attacks(compute_.eager(self.compute)), \
-                seeded((spec.seed << 32 | result.step) % 2**63, self.device):
+        with (
+            compute_.attacks(compute_.eager(self.compute)),
+            seeded((spec.seed << 32 | result.step) % 2**63, self.device),
+        ):
             values = validate(spec, self.net, x_val, y_val)
         if hasattr(self.step_fn, "eps_summary"):
             values.update(self.step_fn.eps_summary())
             if values["warn_eps_collapsed"]:
-                warnings.warn(f"{spec.name}: every per-example MMA epsilon is 0 at step {result.step} "
-                              "(no training example is classified correctly)", RuntimeWarning, stacklevel=1)
+                warnings.warn(
+                    f"{spec.name}: every per-example MMA epsilon is 0 at step {result.step} "
+                    "(no training example is classified correctly)",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
         values["step"] = result.step
         result.history.append(values)
         if log:
             log({k: v for k, v in values.items() if k != "step"}, result.step)
         if values[metric] > result.best_value:
             result.best_value, result.best_step = values[metric], result.step
-            save_tensors(self.model_path, model_record(spec, self.model, step=result.step, selection_metric=metric,
-                                                       selection_value=values[metric], selection=self.selection,
-                                                       compute=self.compute.record()))
+            save_tensors(
+                self.model_path,
+                model_record(
+                    spec,
+                    self.model,
+                    step=result.step,
+                    selection_metric=metric,
+                    selection_value=values[metric],
+                    selection=self.selection,
+                    compute=self.compute.record(),
+                ),
+            )
 
     def checkpoint(self) -> None:
         """The resume checkpoint, then ``flush`` (what was logged up to here is safe)."""
@@ -419,13 +509,21 @@ class Run:
                 kept = "no checkpoint was written yet"
             else:
                 kept = f"the last resume checkpoint is {self.resume_path} (step {self.saved_at})"
-            raise TrainingDiverged(f"{self.spec.name}: non-finite weights at step {self.result.step}; {kept}. "
-                                   f"{DIVERGED_HINT}")
-        save_tensors(self.resume_path, {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "step_fn": self.step_fn.state_dict(), "rng": rng_state(), "result": self.result.__dict__,
-            "spec": self.spec.model_dump(mode="json"), "compute": self.compute.record(),
-        })
+            raise TrainingDiverged(
+                f"{self.spec.name}: non-finite weights at step {self.result.step}; {kept}. {DIVERGED_HINT}"
+            )
+        save_tensors(
+            self.resume_path,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step_fn": self.step_fn.state_dict(),
+                "rng": rng_state(),
+                "result": self.result.__dict__,
+                "spec": self.spec.model_dump(mode="json"),
+                "compute": self.compute.record(),
+            },
+        )
         self.saved_at = self.result.step
         if self.flush:
             self.flush()

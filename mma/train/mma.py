@@ -49,8 +49,15 @@ from ..config.model import MMATrainSpec
 
 
 class MMAStep:
-    def __init__(self, spec: MMATrainSpec, norm: str, num_train: int, *, device: torch.device | str = "cpu",
-                 l2_pgd: str = "advertorch"):
+    def __init__(
+        self,
+        spec: MMATrainSpec,
+        norm: str,
+        num_train: int,
+        *,
+        device: torch.device | str = "cpu",
+        l2_pgd: str = "advertorch",
+    ):
         self.spec, self.norm, self.l2_pgd = spec, norm, l2_pgd
         self.eps_max = spec.resolved_eps_max
         self.split_loss = get_loss(spec.resolved_split_loss)
@@ -77,17 +84,34 @@ class MMAStep:
         loss_mma = torch.where(keep, ce_mixed, torch.zeros_like(ce_mixed)).sum() / batch
         loss = (1 - s.clean_loss_coeff) * loss_mma + s.clean_loss_coeff * ce_clean.mean()
         metrics.update(
-            loss=loss.detach(), loss_mma=loss_mma.detach(), loss_clean=ce_clean.detach().mean(),
+            loss=loss.detach(),
+            loss_mma=loss_mma.detach(),
+            loss_clean=ce_clean.detach().mean(),
             train_acc=(logits_clean.detach().argmax(1) == y).float().mean(),
         )
         return loss, metrics
 
     def _an_pgd(self, model, x, y, eps_init, clean_logits):
         s = self.spec
-        return an_pgd(model, x, y, eps_init, norm=self.norm, eps_max=self.eps_max, eps_inc=s.eps_inc, steps=s.steps,
-                      step_size=s.step_size, random_init=s.random_init, bisection_steps=s.bisection_steps,
-                      attack_loss=s.attack_loss, search_loss=s.search_loss, repgd=s.repgd,
-                      clean_logits=clean_logits, clip_final=s.clip_final, l2_pgd=self.l2_pgd)
+        return an_pgd(
+            model,
+            x,
+            y,
+            eps_init,
+            norm=self.norm,
+            eps_max=self.eps_max,
+            eps_inc=s.eps_inc,
+            steps=s.steps,
+            step_size=s.step_size,
+            random_init=s.random_init,
+            bisection_steps=s.bisection_steps,
+            attack_loss=s.attack_loss,
+            search_loss=s.search_loss,
+            repgd=s.repgd,
+            clean_logits=clean_logits,
+            clip_final=s.clip_final,
+            l2_pgd=self.l2_pgd,
+        )
 
     def _attack_correct_rows(self, model, x, y, idx, correct, n_correct, logits_clean):
         """(mixed batch, ε per row (0 where wrong), metrics): AN-PGD on the correct rows
@@ -99,15 +123,18 @@ class MMAStep:
         mixed, eps, metrics = x, torch.zeros(x.shape[0], device=x.device), {}  # wrong rows: x, length 0
         rows = correct.nonzero().squeeze(1)
         if rows.numel():
-            x_adv, eps_rows = self._an_pgd(model, x[rows], y[rows], self.eps[idx[rows]].clamp(min=s.eps_min),
-                                           logits_clean[rows])
+            x_adv, eps_rows = self._an_pgd(
+                model, x[rows], y[rows], self.eps[idx[rows]].clamp(min=s.eps_min), logits_clean[rows]
+            )
             self.eps[idx[rows]] = eps_rows
             mixed = x.index_put((rows,), x_adv.to(x.dtype))
             eps = eps.index_put((rows,), eps_rows.to(eps.dtype))
             within = eps_rows < s.hinge
-            metrics = dict(eps_mean=(eps_rows.sum(), n_correct),
-                           eps_median=(eps_rows.median(), torch.ones((), device=x.device)),
-                           frac_within_hinge=(within.sum(), n_correct))
+            metrics = dict(
+                eps_mean=(eps_rows.sum(), n_correct),
+                eps_median=(eps_rows.median(), torch.ones((), device=x.device)),
+                frac_within_hinge=(within.sum(), n_correct),
+            )
         return mixed, eps, metrics
 
     def _attack_all_rows(self, model, x, y, idx, correct, n_correct, logits_clean):
@@ -124,8 +151,11 @@ class MMAStep:
         self.eps.index_put_((idx,), eps)
         mixed = torch.where(expand_like(correct, x), x_adv.to(x.dtype), x)
         some = (n_correct > 0).to(eps.dtype)  # the median counts where there is one, as above
-        metrics = dict(eps_mean=(eps.sum(), n_correct), eps_median=(masked_median(eps, correct), some),
-                       frac_within_hinge=((correct & (eps < s.hinge)).sum(), n_correct))
+        metrics = dict(
+            eps_mean=(eps.sum(), n_correct),
+            eps_median=(masked_median(eps, correct), some),
+            frac_within_hinge=((correct & (eps < s.hinge)).sum(), n_correct),
+        )
         return mixed, eps, metrics
 
     def state_dict(self) -> dict:

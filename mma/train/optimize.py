@@ -40,11 +40,11 @@ def make_optimizer(spec: ModelSpec, model: nn.Module, *, graph_safe: bool = Fals
     # LeNet5-Madry's 3.3M parameters: 12 ms -> 1.2 ms at 2 CPU threads (17.8 -> 1.8 at 1),
     # and a few kernel launches instead of ~80 on a GPU, where a LeNet5 step is launch-bound
     if o.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=o.weight_decay, fused=True,
-                                capturable=graph_safe)
+        return torch.optim.Adam(
+            model.parameters(), lr=lr, weight_decay=o.weight_decay, fused=True, capturable=graph_safe
+        )
     # SGD has no step count to keep on the device: fused with a tensor lr, it is graph-safe
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                           fused=True)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=True)
 
 
 def keep_graph_safe(optimizer: torch.optim.Optimizer, graph_safe: bool) -> None:
@@ -75,14 +75,22 @@ class TrainStep:
     Metrics stay on the device; ``finite`` (``loop.FiniteCheck``) keeps the first
     non-finite step."""
 
-    def __init__(self, spec: ModelSpec, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 step_fn, finite, compute: Compute, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        net: nn.Module,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        step_fn,
+        finite,
+        compute: Compute,
+        device: torch.device,
+    ) -> None:
         self.spec, self.net, self.model, self.optimizer, self.step_fn = spec, net, model, optimizer, step_fn
         self.finite, self.compute = finite, compute
         # the step number on the device (fixed shapes); the graph, when captured
         self.step_t = torch.zeros((), dtype=torch.float64, device=device) if compute.fixed_shape else None
-        self.graphs = GraphCache(warmup=WARMUP_STEPS, max_graphs=1, copy_outputs=False) if compute.cuda_graphs \
-            else None
+        self.graphs = GraphCache(warmup=WARMUP_STEPS, max_graphs=1, copy_outputs=False) if compute.cuda_graphs else None
 
     def __call__(self, x: Tensor, y: Tensor, idx: Tensor, step: int) -> dict:
         lr = self.spec.optimizer.lr_at(step)
@@ -92,8 +100,9 @@ class TrainStep:
         else:
             self.step_t.fill_(step)
             inputs = (x, y, idx, self.step_t)
-            metrics = self.graphs(tuple(t.shape for t in inputs), self._step, inputs) if self.graphs \
-                else self._step(*inputs)
+            metrics = (
+                self.graphs(tuple(t.shape for t in inputs), self._step, inputs) if self.graphs else self._step(*inputs)
+            )
         return {**metrics, "lr": lr}
 
     def _step(self, x: Tensor, y: Tensor, idx: Tensor, step: int | Tensor) -> dict:

@@ -65,8 +65,19 @@ class PGDStep:
         if isinstance(eps, Tensor) or eps > 0:
             # step_size scales with the ramped ε (2.5·ε/steps) unless fixed in params
             step_size = None if s.step_size is None else s.step_size * eps / s.eps
-            x = pgd(model, x, y, eps, norm=self.norm, steps=s.steps, step_size=step_size,
-                    random_init=s.random_init, loss=s.loss, select="loss", l2_pgd=self.l2_pgd)
+            x = pgd(
+                model,
+                x,
+                y,
+                eps,
+                norm=self.norm,
+                steps=s.steps,
+                step_size=step_size,
+                random_init=s.random_init,
+                loss=s.loss,
+                select="loss",
+                l2_pgd=self.l2_pgd,
+            )
         logits = full_precision(model(x))
         loss = F.cross_entropy(logits, y)
         return loss, {"loss": loss.detach(), "adv_acc": (logits.detach().argmax(1) == y).float().mean(), "eps": eps}

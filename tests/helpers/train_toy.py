@@ -30,16 +30,36 @@ class Batcher:
 
 
 def main(out: Path, method: str, steps: int) -> None:
-    blocks = {"mma": {"mma": {"eps_min": 0.02, "d_max": 0.3, "steps": 5}},
-              "pgd": {"pgd": {"eps": 0.1, "steps": 5}}, "std": {}}[method]
-    spec = ModelSpec(name=f"toy-{method}", dataset="mnist", arch="lenet5_madry", norm="linf", method=method,
-                     train_steps=steps, batch_size=32, eval_every=20, checkpoint_every=7, optimizer={"lr": 3e-3},
-                     **blocks)
+    blocks = {
+        "mma": {"mma": {"eps_min": 0.02, "d_max": 0.3, "steps": 5}},
+        "pgd": {"pgd": {"eps": 0.1, "steps": 5}},
+        "std": {},
+    }[method]
+    spec = ModelSpec(
+        name=f"toy-{method}",
+        dataset="mnist",
+        arch="lenet5_madry",
+        norm="linf",
+        method=method,
+        train_steps=steps,
+        batch_size=32,
+        eval_every=20,
+        checkpoint_every=7,
+        optimizer={"lr": 3e-3},
+        **blocks,
+    )
     torch.manual_seed(123)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 10))
     b = Batcher()
-    train(spec, b, (b.x[:128], b.y[:128]), model_path=out / "model.pt", resume_path=out / "resume.pt",
-          model=model, show_progress=False)
+    train(
+        spec,
+        b,
+        (b.x[:128], b.y[:128]),
+        model_path=out / "model.pt",
+        resume_path=out / "resume.pt",
+        model=model,
+        show_progress=False,
+    )
     save_tensors(out / "final.pt", model.state_dict())
 
 
