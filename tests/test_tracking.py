@@ -363,7 +363,7 @@ def test_passwords_of_uris_are_redacted_in_any_text():
         redact("postgresql+psycopg2://u:p@ss@h/db?password=x&sslmode=require")
         == "postgresql+psycopg2://u:***@h/db?password=***&sslmode=require"
     )
-    assert redact("sqlite:////work/mlflow.db and mail@host") == "sqlite:////work/mlflow.db and mail@host"
+    assert redact("sqlite:////srv/mlflow.db and mail@host") == "sqlite:////srv/mlflow.db and mail@host"
 
 
 HOLD = """
