@@ -3,6 +3,8 @@
 #   make test    the whole test suite (slow tests included, as in CI)
 #   make smoke   the whole DAG on tiny settings (presets/smoke.yaml), minutes on a CPU
 #   make quick   MNIST Linf reduced reproduction (presets/quick.yaml), ~47-49 min on 2 cores
+#   make faithfulness   the quick profile with two seeds and the clip_final and selection variants
+#                (presets/faithfulness.yaml; docs/faithfulness.md), hours on a CPU
 #   make paper   the paper's settings: `dvc repro` on params.yaml (meant for a GPU)
 #   make gpu-wheels  (on a machine with PyPI) pydantic's wheels for the GPU machine, into gpu-wheels/
 #   make gpu-check   (on the GPU machine, copied with gpu-wheels/) device tests, bench, step timings and
@@ -41,7 +43,7 @@ export MMA_DATA_SOURCE
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup lock lint test smoke quick paper clean-runs gpu-wheels gpu-check gpu-paper gpu-pydantic cluster-deps cluster-up cluster-down test-cluster
+.PHONY: setup lock lint test smoke quick faithfulness paper clean-runs gpu-wheels gpu-check gpu-paper gpu-pydantic cluster-deps cluster-up cluster-down test-cluster
 
 # LOCK=1 (the default): the pinned versions of requirements.lock (hashes checked), then the
 # package without resolving again; LOCK=0: the newest versions pyproject.toml allows.
@@ -79,7 +81,7 @@ test: lint
 	@# pytest's exit code 5 means "no tests collected": a broken checkout, never a pass
 	pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
-smoke quick:
+smoke quick faithfulness:
 	@mkdir -p $(RUNS)/$@
 	@# the repository's files (tracked and not ignored) into the scratch copy; results/ and
 	@# the DVC cache of an earlier run stay, so DVC skips what is already done
