@@ -113,21 +113,43 @@ def evaluate_model(
 ) -> Results:
     """All attacks on one model.  x: (N, ...) float in [0, 1] on the model's device;
     whitebox: see ``whitebox_attacks``; curve: Figure 3's attack (its ε-sweep seeds the margins);
-    transfer_sets: (manifest entry, uint8 images (≥ N, ...))."""
+    transfer_sets: (manifest entry, uint8 images (≥ N, ...)).  ``timings`` receives each
+    phase's wall seconds (transfer, whitebox, then autoattack, boundary, margins when they run)."""
     timings = {} if timings is None else timings
     model = finite_logits(model, name)  # every forward below: non-finite logits stop the evaluation
     device = x.device
-    bs = ev.batch_size
-    clean_pred = predict(model, x, bs)
+    clean_pred = predict(model, x, ev.batch_size)
     res = Results(y, clean_pred == y)
-    cumulative = ev.cascade == "cumulative"
 
-    def active_at(e: float) -> Tensor:
-        base = res.clean_correct
-        return (base & res.worst_case(e)) if cumulative else base
-
-    # transfer sets: a forward pass each, on every example (cheap, and each row's own number)
     t0 = time.monotonic()
+    _add_transfer_sets(res, model, x, y, transfer_sets, batch_size=ev.batch_size)
+    timings["transfer"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    _add_whitebox(
+        res, model, x, y, clean_pred, name=name, tm=tm, ev=ev, whitebox=whitebox, seed=seed, show_progress=show_progress
+    )
+    timings["whitebox"] = time.monotonic() - t0
+
+    # these two time themselves: their lazy imports stay out of timings
+    if ev.autoattack.enabled:  # its own number (beside the published anchors): every correct example
+        _add_autoattack(res, model, x, y, name=name, tm=tm, ev=ev, seed=seed, timings=timings)
+    if tm.boundary:
+        _add_boundary(res, model, x, y, name=name, tm=tm, ev=ev, seed=seed, timings=timings)
+    if ev.margins.enabled:
+        t0 = time.monotonic()
+        margin_summary = _margins(model, x, y, res, name=name, tm=tm, ev=ev, curve=curve, seed=seed, device=device)
+        res.summary["margins"] = margin_summary
+        timings["margins"] = time.monotonic() - t0
+    model.check()  # a GPU gradient step's flag not read yet
+    return res
+
+
+def _add_transfer_sets(
+    res: Results, model, x: Tensor, y: Tensor, transfer_sets: list[tuple[dict, Tensor]], *, batch_size: int
+) -> None:
+    """One record per transfer set: a forward pass each, on every example (cheap, and each
+    row's own number).  A set with fewer images than the evaluation is refused (ValueError)."""
     n = x.shape[0]
     for entry, x_u8 in transfer_sets:
         record = transfer_record(entry, n)
@@ -137,15 +159,31 @@ def evaluate_model(
                 f"{n}: rerun `mma transfer {record.source}` with the same evaluate.test_limit"
             )
         with torch.no_grad():
-            pred = predict(model, x_u8[:n].to(device).float().div_(255), bs)
+            pred = predict(model, x_u8[:n].to(x.device).float().div_(255), batch_size)
         # restarts were chosen on the source: robust to the set (survived = R) = still correct
         res.add(record, (pred == y).to(torch.int16).cpu() * record.restarts)
-    timings["transfer"] = time.monotonic() - t0
 
-    t0 = time.monotonic()
+
+def _add_whitebox(
+    res: Results,
+    model,
+    x: Tensor,
+    y: Tensor,
+    clean_pred: Tensor,
+    *,
+    name: str,
+    tm: ThreatModel,
+    ev: EvaluateParams,
+    whitebox: list[WhiteboxAttack],
+    seed: int,
+    show_progress: bool,
+) -> None:
+    """One record per run of ``whitebox_plan``, cheapest first within each ε, each on the
+    examples ``_attacked`` picks."""
+    n = x.shape[0]
     for g in whitebox_plan(whitebox, ev.loss):
         m = n if g.limit is None else min(n, g.limit)
-        active = (res.clean_correct if g.independent else active_at(g.eps)) & (torch.arange(n) < m)
+        active = _attacked(res, g, ev.cascade == "cumulative") & (torch.arange(n) < m)
         s = survival(
             model,
             x,
@@ -155,9 +193,9 @@ def evaluate_model(
             norm=tm.norm,
             loss=ev.loss,
             seed=whitebox_seed(seed, name, g.setting, ev.loss, g.eps),
-            active=active.to(device),
+            active=active.to(x.device),
             clean_pred=clean_pred,
-            batch_size=bs,
+            batch_size=ev.batch_size,
             description=f"{name}: {g.setting.label()} ε={g.eps:.4g}",
             show_progress=show_progress,
         )
@@ -165,66 +203,75 @@ def evaluate_model(
             head = s[:m]
             head[head == NOT_RUN] = 0
         res.add(attack_record("whitebox", g.setting, g.eps, loss=ev.loss, n=m, seed=seed), s)
-    timings["whitebox"] = time.monotonic() - t0
 
-    if ev.autoattack.enabled:  # its own number (beside the published anchors): every correct example
-        from .autoattack import autoattack_robust
 
-        t0 = time.monotonic()
-        s, attacks = autoattack_robust(
-            model,
-            x,
-            y,
-            res.clean_correct.to(device),
-            ev.autoattack,
-            eps=tm.headline_eps,
-            norm=tm.norm,
-            seed=seed_for(seed, name, "aa"),
-            device=device,
-        )
+def _attacked(res: Results, g: Planned, cumulative: bool) -> Tensor:
+    """(N,) bool: the examples run ``g`` may attack (before its limit): the correctly
+    classified ones; in a cumulative cascade only those no earlier record at ``g.eps``
+    broke, unless ``g`` is independent."""
+    if g.independent or not cumulative:
+        return res.clean_correct
+    return res.clean_correct & res.worst_case(g.eps)
+
+
+def _add_autoattack(
+    res: Results, model, x: Tensor, y: Tensor, *, name: str, tm: ThreatModel, ev: EvaluateParams, seed: int, timings
+) -> None:
+    """AutoAttack's record at the headline ε, run on every correctly classified example."""
+    from .autoattack import autoattack_robust
+
+    t0 = time.monotonic()
+    s, attacks = autoattack_robust(
+        model,
+        x,
+        y,
+        res.clean_correct.to(x.device),
+        ev.autoattack,
+        eps=tm.headline_eps,
+        norm=tm.norm,
+        seed=seed_for(seed, name, "aa"),
+        device=x.device,
+    )
+    res.add(
+        Record(
+            kind="autoattack",
+            attack="_".join(attacks),
+            eps=float(tm.headline_eps),
+            steps=ev.autoattack.n_iter or 1,
+            n=_covered(ev.autoattack.limit, x.shape[0]),
+            seed=seed,
+        ),
+        s,
+    )
+    timings["autoattack"] = time.monotonic() - t0
+
+
+def _add_boundary(
+    res: Results, model, x: Tensor, y: Tensor, *, name: str, tm: ThreatModel, ev: EvaluateParams, seed: int, timings
+) -> None:
+    """The boundary attack's L2 distances (``res.values["boundary_l2"]``, nan where it did
+    not run) and one record per curve ε: robust where the distance exceeds ε."""
+    from .boundary import boundary_distances
+
+    t0 = time.monotonic()
+    d = boundary_distances(
+        model, x, y, res.clean_correct.to(x.device), ev.boundary, seed=seed_for(seed, name, "ba"), device=x.device
+    )
+    res.values["boundary_l2"] = d
+    for e in tm.curve_eps:
+        s = torch.where(torch.isnan(d), torch.full_like(d, NOT_RUN), (d > e).double()).to(torch.int16)
         res.add(
             Record(
-                kind="autoattack",
-                attack="_".join(attacks),
-                eps=float(tm.headline_eps),
-                steps=ev.autoattack.n_iter or 1,
-                n=_covered(ev.autoattack.limit, n),
+                kind="boundary",
+                attack="boundary",
+                eps=float(e),
+                steps=ev.boundary.steps,
+                n=_covered(ev.boundary.limit, x.shape[0]),
                 seed=seed,
             ),
             s,
         )
-        timings["autoattack"] = time.monotonic() - t0
-
-    if tm.boundary:
-        from .boundary import boundary_distances
-
-        t0 = time.monotonic()
-        d = boundary_distances(
-            model, x, y, res.clean_correct.to(device), ev.boundary, seed=seed_for(seed, name, "ba"), device=device
-        )
-        res.values["boundary_l2"] = d
-        for e in tm.curve_eps:
-            s = torch.where(torch.isnan(d), torch.full_like(d, NOT_RUN), (d > e).double()).to(torch.int16)
-            res.add(
-                Record(
-                    kind="boundary",
-                    attack="boundary",
-                    eps=float(e),
-                    steps=ev.boundary.steps,
-                    n=_covered(ev.boundary.limit, n),
-                    seed=seed,
-                ),
-                s,
-            )
-        timings["boundary"] = time.monotonic() - t0
-
-    if ev.margins.enabled:
-        t0 = time.monotonic()
-        margin_summary = _margins(model, x, y, res, name=name, tm=tm, ev=ev, curve=curve, seed=seed, device=device)
-        res.summary["margins"] = margin_summary
-        timings["margins"] = time.monotonic() - t0
-    model.check()  # a GPU gradient step's flag not read yet
-    return res
+    timings["boundary"] = time.monotonic() - t0
 
 
 def _covered(limit: Optional[int], n: int) -> int:

@@ -77,15 +77,14 @@ def ours(filename: str) -> bool:
 
 
 def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str, float]:
-    import torch
-
+    """Make every set of ``role``'s seed-``seed`` source and write them with their manifest in
+    ``paths.transfer_dir(role, seed)``; metrics: the source's accuracy on each set and the wall
+    seconds (logged to ``tracker`` with the manifest)."""
     from .. import compute
     from ..config.data import data_name
     from ..data import load_split
     from ..evaluation.finite import finite_logits, retrain_remedy
-    from ..evaluation.records import attack_record, record_key
-    from ..evaluation.transfer import build_sets, family, save_set, set_name, test_hash
-    from ..evaluation.whitebox import predict, seed_for
+    from ..evaluation.transfer import test_hash
     from ..io import write_json
     from .files import load_checked_model, stage_lock, swapped_in
 
@@ -105,50 +104,23 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
     )
     who, tested = output_identity(CONTRACT, params, role, seed), test_hash(x_u8, y)
     out = paths.transfer_dir(role, seed)
-    metrics = {}
     t0 = time.monotonic()
     # readers (evaluate) share the "transfer-files" lock: they never see a half-done swap
     with swapped_in(out, ours, "transfer", guard=lambda: stage_lock("transfer-files", role, seed, wait=True)) as tmp:
-        # the rows of one ε whose settings differ only in restarts (PGD-50×1 and ×2) come from
-        # one run: the ×1 set is the ×2 set's first restart (``build_sets``)
-        groups: dict = {}
-        for row in rows:
-            groups.setdefault((row.eps, family(params.attacks[row.attack])), []).append(row)
-        entries = {}
-        for (eps, fam), group in groups.items():
-            settings = [params.attacks[row.attack] for row in group]
-            with compute.attacks(switches):
-                x_advs = build_sets(
-                    model,
-                    x_u8,
-                    y,
-                    eps,
-                    settings,
-                    norm=spec.norm,
-                    loss=ev.loss,
-                    seed=seed_for(params.seed, source, "transfer", fam, eps),
-                    batch_size=ev.batch_size,
-                    device=device,
-                    source=source,
-                    description=f"transfer {source}: {' + '.join(s.label() for s in settings)} ε={eps:g}",
-                )
-            for row, setting, x_adv in zip(group, settings, x_advs):
-                record = attack_record(
-                    "transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed, source=source
-                )
-                fname = f"{set_name(row.attack, row.eps)}.pt"
-                save_set(tmp / fname, x_adv, y, {"record": record_key(record), "identity": who, "test_sha256": tested})
-                # the source's own accuracy on the set (how strong the attack is where it was made)
-                with torch.no_grad():
-                    pred = predict(model, x_adv.to(device).float().div_(255), ev.batch_size)
-                acc = 100.0 * float((pred.cpu() == y).float().mean())
-                entries[row] = {
-                    "file": fname,
-                    "record": record_key(record),
-                    "attack": row.attack,
-                    "source_accuracy": acc,
-                }
-                metrics[f"source_accuracy/{record_key(record)}"] = acc
+        entries, metrics = _make_sets(
+            params,
+            source,
+            rows,
+            model,
+            switches,
+            x_u8,
+            y,
+            norm=spec.norm,
+            device=device,
+            folder=tmp,
+            identity=who,
+            tested=tested,
+        )
         sets = [entries[row] for row in rows]  # the manifest lists them in Table 1's order
         manifest = {
             "source": source,
@@ -169,6 +141,73 @@ def run(params, role: str, seed: int, *, device: str, tracker=None) -> dict[str,
         tracker.log_metrics(metrics)
         tracker.log_artifact(out / "manifest.json", "transfer")
     return metrics
+
+
+def _make_sets(
+    params,
+    source: str,
+    rows: list,
+    model,
+    switches,
+    x_u8,
+    y,
+    *,
+    norm: str,
+    device: str,
+    folder: Path,
+    identity: dict,
+    tested: str,
+) -> tuple[dict, dict[str, float]]:
+    """Make the set of every row on ``model`` (the source, ``norm`` its threat model's) and save
+    it in ``folder`` stamped with ``identity`` and ``tested`` (the test images' sha256).
+    x_u8: the test images (N, ...) uint8, y: (N,).  Returns ({row: manifest entry},
+    {"source_accuracy/RECORD": the source's accuracy (%) on that set})."""
+    import torch
+
+    from .. import compute
+    from ..evaluation.records import attack_record, record_key
+    from ..evaluation.transfer import build_sets, family, save_set, set_name
+    from ..evaluation.whitebox import predict, seed_for
+
+    ev = params.evaluate
+    # the rows of one ε whose settings differ only in restarts (PGD-50×1 and ×2) come from
+    # one run: the ×1 set is the ×2 set's first restart (``build_sets``)
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row.eps, family(params.attacks[row.attack])), []).append(row)
+    entries, metrics = {}, {}
+    for (eps, fam), group in groups.items():
+        settings = [params.attacks[row.attack] for row in group]
+        with compute.attacks(switches):
+            x_advs = build_sets(
+                model,
+                x_u8,
+                y,
+                eps,
+                settings,
+                norm=norm,
+                loss=ev.loss,
+                seed=seed_for(params.seed, source, "transfer", fam, eps),
+                batch_size=ev.batch_size,
+                device=device,
+                source=source,
+                description=f"transfer {source}: {' + '.join(s.label() for s in settings)} ε={eps:g}",
+            )
+        for row, setting, x_adv in zip(group, settings, x_advs):
+            record = attack_record(
+                "transfer", setting, row.eps, loss=ev.loss, n=len(y), seed=params.seed, source=source
+            )
+            fname = f"{set_name(row.attack, row.eps)}.pt"
+            save_set(
+                folder / fname, x_adv, y, {"record": record_key(record), "identity": identity, "test_sha256": tested}
+            )
+            # the source's own accuracy on the set (how strong the attack is where it was made)
+            with torch.no_grad():
+                pred = predict(model, x_adv.to(device).float().div_(255), ev.batch_size)
+            acc = 100.0 * float((pred.cpu() == y).float().mean())
+            entries[row] = {"file": fname, "record": record_key(record), "attack": row.attack, "source_accuracy": acc}
+            metrics[f"source_accuracy/{record_key(record)}"] = acc
+    return entries, metrics
 
 
 def load_sets(params, source: str, seed: int, x_u8, y) -> list:
