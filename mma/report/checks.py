@@ -63,55 +63,73 @@ def masking_checks(name: str, res: Results, tm, params) -> list[dict]:
     """The checks of model ``name`` (threat model ``tm``), tolerances from ``params.report``."""
     tol, ev = params.report, params.evaluate
     curve = attack_fields(params.curve_attack(), ev.loss)
-    out = []
-    # monotone in ε: the white-box curve (the Boundary curve is monotone by construction);
-    # each neighbouring pair of points compared on the images both ran on
+    out = _monotone_check(name, res, tm, curve, tol)
+    if ev.checks.enabled:
+        out += _stronger_attack_checks(name, res, tm, curve, params)
+    out += _table1_pair_checks(name, res, params)
+    out += _transfer_vs_whitebox_checks(name, res, tol)
+    return out
+
+
+def _monotone_check(name: str, res: Results, tm, curve: dict, tol) -> list[dict]:
+    """Monotone in ε: the white-box curve (the Boundary curve is monotone by construction);
+    each neighbouring pair of points compared on the images both ran on."""
     family = "white-box curve"
     recs = sorted(
         (r for e in tm.curve_eps if (r := res.find(kind="whitebox", eps=e, **curve)) is not None), key=lambda r: r.eps
     )
-    if len(recs) >= 2:
-        pts = [(r.eps, res.accuracy(r)) for r in recs]
-        rises = []
-        for lo, hi in zip(recs, recs[1:]):
-            rows = res.ran(lo) & res.ran(hi)
-            x, y = res.accuracy_on(lo, rows), res.accuracy_on(hi, rows)
-            p, counts = _noise(*_discordant(res, lo, hi, rows))  # the larger ε is expected to break more
-            if y > x + tol.monotone_tol and p < tol.significance:
-                rises.append(f"ε {lo.eps:g}→{hi.eps:g}: {x:.2f}→{y:.2f} % on {int(rows.sum())} images ({counts})")
-        detail = (
-            f"{family}: accuracy rises with ε at " + ", ".join(rises)
-            if rises
-            else f"{family}: no significant rise over {len(pts)} ε ({pts[0][1]:.2f} % → {pts[-1][1]:.2f} %)"
+    if len(recs) < 2:
+        return []
+    pts = [(r.eps, res.accuracy(r)) for r in recs]
+    rises = []
+    for lo, hi in zip(recs, recs[1:]):
+        rows = res.ran(lo) & res.ran(hi)
+        x, y = res.accuracy_on(lo, rows), res.accuracy_on(hi, rows)
+        p, counts = _noise(*_discordant(res, lo, hi, rows))  # the larger ε is expected to break more
+        if y > x + tol.monotone_tol and p < tol.significance:
+            rises.append(f"ε {lo.eps:g}→{hi.eps:g}: {x:.2f}→{y:.2f} % on {int(rows.sum())} images ({counts})")
+    detail = (
+        f"{family}: accuracy rises with ε at " + ", ".join(rises)
+        if rises
+        else f"{family}: no significant rise over {len(pts)} ε ({pts[0][1]:.2f} % → {pts[-1][1]:.2f} %)"
+    )
+    return [_entry(name, f"monotone/{family}", not rises, detail, curve=[list(p) for p in pts])]
+
+
+def _stronger_attack_checks(name: str, res: Results, tm, curve: dict, params) -> list[dict]:
+    """The configured checks (``evaluate.checks``): the unbounded ε reaches ~0 %, and more steps /
+    restarts than the curve attack never help the model."""
+    tol, ev = params.report, params.evaluate
+    out = []
+    checks = {k: attack_fields(s, ev.loss) for k, s in ev.check_attacks(params.curve_attack()).items()}
+    # unbounded ε
+    r = res.find(kind="whitebox", eps=tm.unbounded_eps, **checks["unbounded"])
+    if r is not None:
+        acc = res.accuracy(r)
+        out.append(
+            _entry(
+                name,
+                "unbounded",
+                acc <= tol.unbounded_max,
+                f"{label(r)} at ε {r.eps:g} (covers the image box), {r.n} images: {acc:.2f} % robust "
+                f"(must be ≤ {tol.unbounded_max:g} %)",
+                accuracy=acc,
+                eps=r.eps,
+            )
         )
-        out.append(_entry(name, f"monotone/{family}", not rises, detail, curve=[list(p) for p in pts]))
-    if ev.checks.enabled:
-        checks = {k: attack_fields(s, ev.loss) for k, s in ev.check_attacks(params.curve_attack()).items()}
-        # unbounded ε
-        r = res.find(kind="whitebox", eps=tm.unbounded_eps, **checks["unbounded"])
-        if r is not None:
-            acc = res.accuracy(r)
-            out.append(
-                _entry(
-                    name,
-                    "unbounded",
-                    acc <= tol.unbounded_max,
-                    f"{label(r)} at ε {r.eps:g} (covers the image box), {r.n} images: {acc:.2f} % robust "
-                    f"(must be ≤ {tol.unbounded_max:g} %)",
-                    accuracy=acc,
-                    eps=r.eps,
-                )
-            )
-        # more steps / restarts never help the model
-        base = res.find(kind="whitebox", eps=tm.headline_eps, **curve)
-        for check in ("more_steps", "more_restarts"):
-            strong = res.find(kind="whitebox", eps=tm.headline_eps, **checks[check])
-            if base is None or strong is None or strong == base:
-                continue
-            out.append(
-                _compare(name, f"more_attack/{check}", res, base, strong, tol, gain_tol=tol.more_attack_gain_tol)
-            )
-    # Table 1's white-box PGD pairs: more steps (same restarts), more restarts (same steps)
+    # more steps / restarts never help the model
+    base = res.find(kind="whitebox", eps=tm.headline_eps, **curve)
+    for check in ("more_steps", "more_restarts"):
+        strong = res.find(kind="whitebox", eps=tm.headline_eps, **checks[check])
+        if base is None or strong is None or strong == base:
+            continue
+        out.append(_compare(name, f"more_attack/{check}", res, base, strong, tol, gain_tol=tol.more_attack_gain_tol))
+    return out
+
+
+def _table1_pair_checks(name: str, res: Results, params) -> list[dict]:
+    """Table 1's white-box PGD pairs: more steps (same restarts), more restarts (same steps)."""
+    ev, out = params.evaluate, []
     table1 = [
         attack_fields(params.attacks[r.attack], ev.loss) | {"eps": r.eps} for r in params.table1.whitebox_rows(name)
     ]
@@ -122,9 +140,14 @@ def masking_checks(name: str, res: Results, tm, params) -> list[dict]:
             more_steps = b.steps > a.steps and b.restarts == a.restarts
             more_restarts = b.steps == a.steps and b.restarts > a.restarts
             if same and (more_steps or more_restarts):
-                out.append(_compare(name, "more_attack/table1", res, a, b, tol))
-    # transfer not stronger than white-box, on the images the transfer sets cover (a subset
-    # white-box run, e.g. a check on checks.limit images, is not compared with a full set)
+                out.append(_compare(name, "more_attack/table1", res, a, b, params.report))
+    return out
+
+
+def _transfer_vs_whitebox_checks(name: str, res: Results, tol) -> list[dict]:
+    """Transfer not stronger than white-box, on the images the transfer sets cover (a subset
+    white-box run, e.g. a check on checks.limit images, is not compared with a full set)."""
+    out = []
     for eps in res.eps_values():
         tr = [(res.accuracy(r), r) for r in res.select(kind="transfer", eps=eps)]
         if not tr:

@@ -97,62 +97,9 @@ def figure3(results: dict[str, dict[int, Results]], specs: dict, params, path: P
         tm = params.evaluate.threat_model(dataset, norm)
         fields = attack_fields(params.curve_attack(), params.evaluate.loss)
         for n in names:
-            by_seed = results[n]
-            k = len(by_seed)
-            _draw(
-                ax,
-                seed_curves(by_seed, tm.curve_eps, kind="whitebox", **fields),
-                scale,
-                f"{n}: white-box {params.curve_attack().label()} ({params.evaluate.loss})",
-                k,
-                marker="o",
-                ms=3,
-            )
-            first = next(iter(by_seed.values()))
-            boundary = first.select(kind="boundary")
-            if boundary:
-                r = boundary[0]
-                lim = "all" if not first.is_subset(r) else f"first {r.n}"
-                _draw(
-                    ax,
-                    seed_curves(by_seed, tm.curve_eps, kind="boundary"),
-                    scale,
-                    f"{n}: Boundary attack ({r.steps} steps, {lim} test images)",
-                    k,
-                    ls="--",
-                    marker="s",
-                    ms=3,
-                )
+            _draw_model_curves(ax, n, results[n], tm, fields, scale, params)
         if (dataset, norm) == ("mnist", "linf"):
-            fin = [
-                a
-                for a in anchors()
-                if a["dataset"] == "MNIST"
-                and a["norm"] == "Linf"
-                and a["model"] == "MMA-0.45"
-                and a["metric"] == "robust_all_attacks"
-            ]
-            if fin:
-                ax.plot(
-                    [a["eps"] for a in fin],
-                    [a["value_percent"] for a in fin],
-                    "k*",
-                    ms=9,
-                    ls="none",
-                    label="final paper MMA-0.45 (all attacks, authors' rebuttal)",
-                )
-            for role, marker in (("MMA", "D"), ("PGD", "^")):
-                v1 = [r for r in table1_rows() if r["source"] == role and r["steps"] == 100 and r["restarts"] == 1]
-                ax.plot(
-                    [r["eps"] for r in v1],
-                    [r[role] for r in v1],
-                    marker=marker,
-                    mfc="none",
-                    mec="k",
-                    ls="none",
-                    ms=7,
-                    label=f"arXiv v1 Table 1: {role} model, white-box PGD-100×1",
-                )
+            _draw_paper_points(ax)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -163,6 +110,69 @@ def figure3(results: dict[str, dict[int, Results]], specs: dict, params, path: P
     _save(fig, path, dpi)
     plt.close(fig)
     return plotted
+
+
+def _draw_model_curves(ax, n: str, by_seed: dict[int, Results], tm, fields: dict, scale: float, params) -> None:
+    """Model ``n``'s white-box curve (the curve attack, ``fields``) and, where it ran, its Boundary curve."""
+    k = len(by_seed)
+    _draw(
+        ax,
+        seed_curves(by_seed, tm.curve_eps, kind="whitebox", **fields),
+        scale,
+        f"{n}: white-box {params.curve_attack().label()} ({params.evaluate.loss})",
+        k,
+        marker="o",
+        ms=3,
+    )
+    first = next(iter(by_seed.values()))
+    boundary = first.select(kind="boundary")
+    if boundary:
+        r = boundary[0]
+        lim = "all" if not first.is_subset(r) else f"first {r.n}"
+        _draw(
+            ax,
+            seed_curves(by_seed, tm.curve_eps, kind="boundary"),
+            scale,
+            f"{n}: Boundary attack ({r.steps} steps, {lim} test images)",
+            k,
+            ls="--",
+            marker="s",
+            ms=3,
+        )
+
+
+def _draw_paper_points(ax) -> None:
+    """The published MNIST Linf numbers: the final paper's MMA-0.45 over all attacks (the authors'
+    rebuttal) and arXiv v1 Table 1's white-box PGD-100×1 of its MMA and PGD models."""
+    fin = [
+        a
+        for a in anchors()
+        if a["dataset"] == "MNIST"
+        and a["norm"] == "Linf"
+        and a["model"] == "MMA-0.45"
+        and a["metric"] == "robust_all_attacks"
+    ]
+    if fin:
+        ax.plot(
+            [a["eps"] for a in fin],
+            [a["value_percent"] for a in fin],
+            "k*",
+            ms=9,
+            ls="none",
+            label="final paper MMA-0.45 (all attacks, authors' rebuttal)",
+        )
+    for role, marker in (("MMA", "D"), ("PGD", "^")):
+        v1 = [r for r in table1_rows() if r["source"] == role and r["steps"] == 100 and r["restarts"] == 1]
+        ax.plot(
+            [r["eps"] for r in v1],
+            [r[role] for r in v1],
+            marker=marker,
+            mfc="none",
+            mec="k",
+            ls="none",
+            ms=7,
+            label=f"arXiv v1 Table 1: {role} model, white-box PGD-100×1",
+        )
 
 
 def margins_figure(

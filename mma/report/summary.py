@@ -261,7 +261,20 @@ def _spread(s: dict) -> str:
 
 
 def summary_markdown(summary: dict) -> str:
+    """summary.md: the seeds, data and attack loss, then one section per part of ``summary`` (``build_summary``)."""
     lines = [
+        *_intro_lines(summary),
+        *_autoattack_lines(summary["autoattack"]),
+        *_comparison_lines(summary),
+        *_margin_lines(summary["margins"]),
+        *_boundary_lines(summary.get("boundary")),
+        *_check_lines(summary),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _intro_lines(summary: dict) -> list[str]:
+    return [
         "# Robustness summary",
         "",
         seeds_note(summary["seeds"]),
@@ -273,12 +286,17 @@ def summary_markdown(summary: dict) -> str:
         "Every robust accuracy (%) carries n, the test images it counts (the first n). AutoAttack runs on a "
         "subset: beside it, the clean and PGD accuracy of the same rows.",
         "",
+    ]
+
+
+def _autoattack_lines(rows: list[dict]) -> list[str]:
+    lines = [
         "## AutoAttack at the headline ε",
         "",
         "| model | ε | clean | PGD | AutoAttack (same rows: clean, PGD) | worst case | anchors (published) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in summary["autoattack"]:
+    for r in rows:
         anc = "; ".join(f"{a['model']} {a['metric']} {a['value']:.2f}" for a in r["anchors"]) or "—"
         red = " (reduced: not the standard version)" if r["reduced"] else ""
         aa = (
@@ -290,7 +308,11 @@ def summary_markdown(summary: dict) -> str:
             f"{_spread(r['pgd'])} (n={r['pgd_n']}; {r['pgd_label']}) | {aa} | "
             f"{_spread(r['worst_case'])} (n={r['worst_case_n']}) | {anc} |"
         )
-    lines += [
+    return lines
+
+
+def _comparison_lines(summary: dict) -> list[str]:
+    lines = [
         "",
         "## Differences between models within the seed spread",
         "",
@@ -306,7 +328,11 @@ def summary_markdown(summary: dict) -> str:
             f"| {c['eps']:g} | {c['a']} | {c['b']} | {_spread(c['a_value'])} | {_spread(c['b_value'])} | "
             f"{n} | {c['verdict']} |"
         )
-    lines += [
+    return lines
+
+
+def _margin_lines(margins: dict) -> list[str]:
+    lines = [
         "",
         "## Margins (correctly classified test images)",
         "",
@@ -314,7 +340,7 @@ def summary_markdown(summary: dict) -> str:
         "| AN-PGD vs FAB disagree (%) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, m in summary["margins"].items():
+    for name, m in margins.items():
         cells = [
             _spread(m[k]) if k in m else fmt(None)
             for k in (
@@ -327,24 +353,35 @@ def summary_markdown(summary: dict) -> str:
             )
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if summary.get("boundary"):
-        lines += [
-            "",
-            "## Boundary attack (foolbox; Figure 3b)",
-            "",
-            "| model | seed | images (n) | found | median L2 | median ratio to margin |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, by_seed in summary["boundary"].items():
-            for seed, b in by_seed.items():
-                lines.append(
-                    f"| {name} | {seed} | {b['n']} | {b['found']} | {fmt(b.get('median_l2'))} | "
-                    f"{fmt(b.get('median_ratio_to_margin'))} |"
-                )
-    lines += ["", "## Gradient-masking checks", ""]
+    return lines
+
+
+def _boundary_lines(boundary: dict | None) -> list[str]:
+    """The Boundary attack's section, only where it ran."""
+    if not boundary:
+        return []
+    lines = [
+        "",
+        "## Boundary attack (foolbox; Figure 3b)",
+        "",
+        "| model | seed | images (n) | found | median L2 | median ratio to margin |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, by_seed in boundary.items():
+        for seed, b in by_seed.items():
+            lines.append(
+                f"| {name} | {seed} | {b['n']} | {b['found']} | {fmt(b.get('median_l2'))} | "
+                f"{fmt(b.get('median_ratio_to_margin'))} |"
+            )
+    return lines
+
+
+def _check_lines(summary: dict) -> list[str]:
+    """The gradient-masking checks of our models, then the same transfer check on the paper's Table 1."""
+    lines = ["", "## Gradient-masking checks", ""]
     for c in summary["checks"]:
         lines.append(f"- **{c['status'].upper()}** {c['model']} (seed {c['seed']}) · {c['check']}: {c['detail']}")
     lines += ["", "The same transfer check on the paper's own Table 1:", ""]
     for c in summary["paper_checks"]:
         lines.append(f"- **{c['status'].upper()}** {c['model']}: {c['detail']}")
-    return "\n".join(lines) + "\n"
+    return lines

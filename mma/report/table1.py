@@ -44,100 +44,106 @@ def build_table1(results: dict[str, dict[int, Results]], params) -> dict:
     paper_settings = paper_attacks()
     t1 = params.table1
     columns = [{"model": m, "role": r} for m, r in t1.columns.items() if m in results]
-    rows = []
+    rows = [_natural_row(results, columns)]
+    by_eps: dict[float, list] = {}
+    for row in t1.rows():
+        by_eps.setdefault(row.eps, []).append(row)
+    for eps, eps_rows in by_eps.items():
+        rows += [_attack_row(results, columns, row, eps, params, paper_settings) for row in eps_rows]
+        rows.append(_worst_case_row(results, columns, eps))
+    return {"seeds": list(params.seeds), "columns": columns, "rows": rows}
 
-    def paper(attack, eps, steps, restarts, source, role):
-        return paper_table1(attack, eps, steps, restarts, source, role) if role in PAPER_ROLES else None
 
+def _paper(attack, eps, steps, restarts, source, role):
+    """The paper's number for this cell; None for a column whose role the paper lacks."""
+    return paper_table1(attack, eps, steps, restarts, source, role) if role in PAPER_ROLES else None
+
+
+def _natural_row(results: dict[str, dict[int, Results]], columns: list[dict]) -> dict:
+    """Clean accuracy of every column's model."""
     cells = {
         c["model"]: _cell(
             over_seeds(results[c["model"]], Results.clean_accuracy),
             kind="natural",
             key="clean",
-            paper=paper("Natural", None, None, None, "", c["role"]),
+            paper=_paper("Natural", None, None, None, "", c["role"]),
         )
         for c in columns
     }
-    rows.append(
-        {
-            "attack": "Natural",
-            "eps": None,
-            "steps": None,
-            "restarts": None,
-            "source": "",
-            "setting": "",
-            "label": "Natural",
-            "cells": cells,
-        }
-    )
-    by_eps: dict[float, list] = {}
-    for row in t1.rows():
-        by_eps.setdefault(row.eps, []).append(row)
-    for eps, eps_rows in by_eps.items():
-        for row in eps_rows:
-            ours_setting = params.attacks[row.attack]
-            ps = paper_settings.get(ours_setting.as_paper or row.attack)
-            attack = "FGSM" if ours_setting.attack == "fgsm" else "PGD"
-            steps = ps.steps if ps and ps.attack == "pgd" else None
-            restarts = ps.restarts if ps and ps.attack == "pgd" else None
-            fields = attack_fields(ours_setting, params.evaluate.loss)
-            cells = {}
-            for c in columns:
-                if c["role"] == row.role:
-                    wanted, kind = {"kind": "whitebox"}, "white-box"
-                elif row.source == c["model"]:
-                    continue
-                else:
-                    wanted, kind = {"kind": "transfer", "source": row.source}, "transfer"
-                by_seed = results[c["model"]]
-                found = {seed: res.find(eps=eps, **fields, **wanted) for seed, res in by_seed.items()}
-                spread = Spread(
-                    {
-                        seed: float("nan") if found[seed] is None else res.accuracy(found[seed])
-                        for seed, res in by_seed.items()
-                    }
-                )
-                record = next((r for r in found.values() if r is not None), None)
-                cells[c["model"]] = _cell(
-                    spread,
-                    kind=kind,
-                    key=None if record is None else record_key(record),
-                    paper=paper(attack, eps, steps, restarts, row.role, c["role"]) if ps else None,
-                )
-            rows.append(
-                {
-                    "attack": attack,
-                    "eps": eps,
-                    "steps": steps,
-                    "restarts": restarts,
-                    "source": row.role,
-                    "setting": row.attack,
-                    "label": ours_setting.label(),
-                    "cells": cells,
-                }
-            )
-        cells = {
-            c["model"]: _cell(
-                over_seeds(results[c["model"]], lambda res: res.worst_case_accuracy(eps)),
-                paper=None,
-                kind="worst-case",
-                key=None,
-            )
-            for c in columns
-        }
-        rows.append(
-            {
-                "attack": "Worst case (all attacks)",
-                "eps": eps,
-                "steps": None,
-                "restarts": None,
-                "source": "all",
-                "setting": "",
-                "label": "every attack of this ε",
-                "cells": cells,
-            }
+    return {
+        "attack": "Natural",
+        "eps": None,
+        "steps": None,
+        "restarts": None,
+        "source": "",
+        "setting": "",
+        "label": "Natural",
+        "cells": cells,
+    }
+
+
+def _attack_row(results: dict[str, dict[int, Results]], columns: list[dict], row, eps: float, params, paper_settings):
+    """One (source role, attack) row at ``eps``: white-box in the column of the row's role, the
+    source's transfer set in the others (none in the source model's own column)."""
+    ours_setting = params.attacks[row.attack]
+    ps = paper_settings.get(ours_setting.as_paper or row.attack)
+    attack = "FGSM" if ours_setting.attack == "fgsm" else "PGD"
+    steps = ps.steps if ps and ps.attack == "pgd" else None
+    restarts = ps.restarts if ps and ps.attack == "pgd" else None
+    fields = attack_fields(ours_setting, params.evaluate.loss)
+    cells = {}
+    for c in columns:
+        if c["role"] == row.role:
+            wanted, kind = {"kind": "whitebox"}, "white-box"
+        elif row.source == c["model"]:
+            continue
+        else:
+            wanted, kind = {"kind": "transfer", "source": row.source}, "transfer"
+        by_seed = results[c["model"]]
+        found = {seed: res.find(eps=eps, **fields, **wanted) for seed, res in by_seed.items()}
+        spread = Spread(
+            {seed: float("nan") if found[seed] is None else res.accuracy(found[seed]) for seed, res in by_seed.items()}
         )
-    return {"seeds": list(params.seeds), "columns": columns, "rows": rows}
+        record = next((r for r in found.values() if r is not None), None)
+        cells[c["model"]] = _cell(
+            spread,
+            kind=kind,
+            key=None if record is None else record_key(record),
+            paper=_paper(attack, eps, steps, restarts, row.role, c["role"]) if ps else None,
+        )
+    return {
+        "attack": attack,
+        "eps": eps,
+        "steps": steps,
+        "restarts": restarts,
+        "source": row.role,
+        "setting": row.attack,
+        "label": ours_setting.label(),
+        "cells": cells,
+    }
+
+
+def _worst_case_row(results: dict[str, dict[int, Results]], columns: list[dict], eps: float) -> dict:
+    """The row the paper lacks: per example, the worst case over every attack of ``eps``."""
+    cells = {
+        c["model"]: _cell(
+            over_seeds(results[c["model"]], lambda res: res.worst_case_accuracy(eps)),
+            paper=None,
+            kind="worst-case",
+            key=None,
+        )
+        for c in columns
+    }
+    return {
+        "attack": "Worst case (all attacks)",
+        "eps": eps,
+        "steps": None,
+        "restarts": None,
+        "source": "all",
+        "setting": "",
+        "label": "every attack of this ε",
+        "cells": cells,
+    }
 
 
 def _num(v) -> str | float:

@@ -240,19 +240,52 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
     folder).  ``tracker``: MLflow's (``mma.tracking.Tracker``) or anything with its ``log_metrics``, ``flush``
     and ``log_artifact``; ``switches``: the resolved compute switches (default: ``compute.resolve`` of
     ``params.compute`` for ``device``), recorded in model.pt and info.json."""
-    from .. import compute
+    from ..io import write_json
+    from ..tracking import git_commit
+
+    spec = params.member(name, seed)  # the seed drives the batches, the initialisation and the attacks' starts
+    t0 = time.monotonic()
+    data, batcher, val, sizes = _member_data(params, name, spec, device)
+    result, curves, switches = _train_resumably(
+        params, name, seed, spec, batcher, val, device=device, tracker=tracker, switches=switches
+    )
+    record = _publish_model(params, name, seed, curves)
+    best = _selected_validation(result)
+    _write_metrics_file(name, seed, result, best)
+    info = {
+        "model": name,
+        "dataset": spec.dataset,
+        "data": data,
+        "norm": spec.norm,
+        "method": spec.method,
+        "seed": spec.seed,
+        "selection_metric": result.selection_metric,
+        "best_value": result.best_value,
+        "selection": {**record.get("selection", {}), "best_step": result.best_step},
+        "final": percent(result.history[-1]) if result.history else {},
+        **sizes,
+        "device": str(device),
+        "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
+        "git_commit": git_commit(),
+        "params": CONTRACT.record(params, name, seed),
+        "compute": switches.record(),
+    }
+    write_json(paths.model_dir(name, seed) / "info.json", info)
+    metrics = {f"best_{k}": float(v) for k, v in best.items()}
+    metrics["best_step"] = float(result.best_step)
+    if tracker is not None:
+        _report_to_tracker(tracker, name, seed, result, record.get("selection", {}), metrics)
+    return metrics
+
+
+def _member_data(params: Params, name: str, spec, device: str) -> tuple:
+    """(data set name, training batcher, validation (x as float on ``device``, y), the sizes info.json
+    records); a batch larger than the training split is a ParamsError naming the key to lower."""
     from ..config.data import data_name
     from ..config.params import ParamsError
     from ..data import TensorBatcher, load_split, to_float
-    from ..io import load_tensors, save_tensors, write_json
-    from ..tracking import git_commit
-    from ..train import train
-    from ..train.loop import load_resume
-    from .contract import identity
 
-    spec = params.member(name, seed)  # the seed drives the batches, the initialisation and the attacks' starts
     d = params.data
-    t0 = time.monotonic()
     data = data_name(params.data, spec.dataset)
     x, y = load_split(data, d.root, "train", val_size=d.val_size, limit=spec.train_limit)
     x_val, y_val = load_split(data, d.root, "val", val_size=d.val_size, limit=spec.val_limit)
@@ -264,6 +297,15 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
         )
     batcher = TensorBatcher(x, y, spec.batch_size, seed=spec.seed, device=device, augment=spec.augment)
     val = (to_float(x_val, device), y_val.to(device))
+    return data, batcher, val, {"train_examples": len(x), "val_examples": len(x_val)}
+
+
+def _train_resumably(params: Params, name: str, seed: int, spec, batcher, val, *, device: str, tracker, switches):
+    """Run the training loop from the resume checkpoint if there is one (the curves the checkpoint
+    covers recovered first); (the loop's result, the curves, the compute switches it ran with)."""
+    from .. import compute
+    from ..train import train
+    from ..train.loop import load_resume
 
     curves = Curves(checkpoint_dir(name, seed), *((tracker.log_metrics, tracker.flush) if tracker is not None else ()))
     resume = paths.resume_file(name, seed)
@@ -288,19 +330,37 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
         )
     if not best.exists():  # cannot happen unless validation never ran; say so rather than ship nothing
         raise RuntimeError(f"train {name}: no validated model at {best} after {result.step} steps")
+    return result, curves, switches
 
-    # the selected model, out of the resume folder, with who it is (checked by every reader)
+
+def _publish_model(params: Params, name: str, seed: int, curves: Curves) -> dict:
+    """The selected model, out of the resume folder, with who it is (checked by every reader), and the
+    curves beside it; returns the selected model's record (its ``selection``: how it was chosen)."""
+    from ..io import load_tensors, save_tensors
+    from .contract import identity
+
+    best = checkpoint_dir(name, seed) / "best.pt"
     record = load_tensors(best, remedy=f"rerun `mma train {name} --seed {seed} --restart`")
     save_tensors(paths.model_file(name, seed), {**record, "identity": identity(params, name, seed, "train")})
     curves.copy_to(name, seed)
+    return record
+
+
+def _selected_validation(result) -> dict:
+    """The selected step's validation numbers (accuracies in %), warnings left out."""
     by_step = {h["step"]: h for h in result.history}
-    best = {
+    return {
         k: v
         for k, v in percent(by_step.get(result.best_step, {})).items()
         if k.startswith("val_") and not k.startswith("val_warn")
     }
-    # the DVC metrics file: the selected model's validation numbers (accuracies in %), short names
-    # (val_clean, val_pgd, val_margin, val_adv); nothing that differs between identical runs
+
+
+def _write_metrics_file(name: str, seed: int, result, best: dict) -> None:
+    """The DVC metrics file: the selected model's validation numbers (accuracies in %), short names
+    (val_clean, val_pgd, val_margin, val_adv); nothing that differs between identical runs."""
+    from ..io import write_json
+
     short = {
         "val_clean_acc": "val_clean",
         "val_pgd_acc": "val_pgd",
@@ -309,48 +369,28 @@ def run(params: Params, name: str, seed: int, *, device: str, tracker=None, swit
     }
     summary = {"best_step": result.best_step, **{short.get(k, k): round(v, 4) for k, v in best.items()}}
     write_json(paths.model_dir(name, seed) / "metrics.json", summary)
-    info = {
-        "model": name,
-        "dataset": spec.dataset,
-        "data": data,
-        "norm": spec.norm,
-        "method": spec.method,
-        "seed": spec.seed,
-        "selection_metric": result.selection_metric,
-        "best_value": result.best_value,
-        "selection": {**record.get("selection", {}), "best_step": result.best_step},
-        "final": percent(result.history[-1]) if result.history else {},
-        "train_examples": len(x),
-        "val_examples": len(x_val),
-        "device": str(device),
-        "wall_seconds_this_attempt": round(time.monotonic() - t0, 1),
-        "git_commit": git_commit(),
-        "params": CONTRACT.record(params, name, seed),
-        "compute": switches.record(),
-    }
-    write_json(paths.model_dir(name, seed) / "info.json", info)
-    metrics = {f"best_{k}": float(v) for k, v in best.items()}
-    metrics["best_step"] = float(result.best_step)
-    if tracker is not None:
-        if hasattr(tracker, "set_tags"):  # which checkpoint won, at which step, by which measure
-            chosen = record.get("selection", {})
-            margin = chosen.get("metric") == "mean_margin"
-            tracker.set_tags(
-                {
-                    "mma.selected_by": result.selection_metric,
-                    "mma.selected_step": result.best_step,
-                    "mma.selection_measure": chosen.get("margin_attack", "") if margin else "",
-                    "mma.eval_every_steps": chosen.get("eval_every_steps", ""),
-                }
-            )
-        if not _already_logged(tracker, result.step):
-            tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
-        if hasattr(tracker, "logged"):
-            tracker.logged.update(metrics)  # logged here or by the killed attempt: the CLI must not add them
-        tracker.log_artifact(paths.model_file(name, seed), "model")
-        for f in ("metrics.json", "info.json"):
-            tracker.log_artifact(paths.model_dir(name, seed) / f, "model")
-    return metrics
+
+
+def _report_to_tracker(tracker, name: str, seed: int, result, chosen: dict, metrics: dict) -> None:
+    """The selection as MLflow tags, the best_* metrics (once per MLflow run, a resumed one included)
+    and the model's files as artifacts; ``chosen``: the selected model's ``selection`` record."""
+    if hasattr(tracker, "set_tags"):  # which checkpoint won, at which step, by which measure
+        margin = chosen.get("metric") == "mean_margin"
+        tracker.set_tags(
+            {
+                "mma.selected_by": result.selection_metric,
+                "mma.selected_step": result.best_step,
+                "mma.selection_measure": chosen.get("margin_attack", "") if margin else "",
+                "mma.eval_every_steps": chosen.get("eval_every_steps", ""),
+            }
+        )
+    if not _already_logged(tracker, result.step):
+        tracker.log_metrics(metrics, step=result.step)  # at the last step, beside the training curves
+    if hasattr(tracker, "logged"):
+        tracker.logged.update(metrics)  # logged here or by the killed attempt: the CLI must not add them
+    tracker.log_artifact(paths.model_file(name, seed), "model")
+    for f in ("metrics.json", "info.json"):
+        tracker.log_artifact(paths.model_dir(name, seed) / f, "model")
 
 
 def _mlflow_steps(tracker):
