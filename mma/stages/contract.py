@@ -38,6 +38,16 @@ from typing import Any, Callable, Optional
 from ..config.data import data_name
 from ..config.model import NO_RESULT_KEYS
 
+# in ``code``: what every stage that runs a model's attacks on the data runs (train, transfer,
+# evaluate): the attacks, the speed switches that change how they compute, the graph path, the data
+MODEL_RUNTIME = (
+    "mma/stages/contract.py",
+    "mma/attacks",
+    "mma/compute.py",
+    "mma/config/compute.py",
+    "mma/graphs.py",
+    "mma/data.py",
+)
 MEMBER = "models.NAME"  # in ``reads``: the member's entry of ``models`` (its seed set, NO_RESULT_KEYS left out)
 MEMBER_KEY = "model"  # ...recorded under this key, so that every member's run has the same MLflow param names
 

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import paths
-from .contract import Bookkeeping, Contract, output_identity
+from .contract import MODEL_RUNTIME, Bookkeeping, Contract, output_identity
 
 
 def transfer_sources(params, name: str, seed: int) -> dict:
@@ -49,17 +49,7 @@ CONTRACT = Contract(
     reads=("attacks", "table1", "evaluate", "seed", "compute"),
     derived=transfer_sources,
     derived_from=("models",),  # which sources: by the models' dataset and norm
-    code=(
-        "mma/stages/evaluate.py",
-        "mma/stages/contract.py",
-        "mma/evaluation",
-        "mma/attacks",
-        "mma/config/evaluation.py",
-        "mma/compute.py",
-        "mma/config/compute.py",
-        "mma/graphs.py",
-        "mma/data.py",
-    ),
+    code=("mma/stages/evaluate.py", "mma/evaluation", "mma/config/evaluation.py", *MODEL_RUNTIME),
     inputs=lambda params, name, seed: [paths.model_file(name, seed), Path(params.data.root)],
     outputs=lambda params, name, seed: [
         paths.eval_dir(name, seed),

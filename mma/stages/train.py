@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .. import interrupt, paths
 from ..config.params import Params
-from .contract import MEMBER, Bookkeeping, Contract
+from .contract import MEMBER, MODEL_RUNTIME, Bookkeeping, Contract
 
 
 def outputs(params, name: str, seed: int) -> list[Path]:
@@ -58,18 +58,7 @@ CONTRACT = Contract(
     # the member's settings, its validation split and the speed switches: what can change a
     # trained model (``threads``, ``device``, ``experiment`` cannot: execution settings)
     reads=(MEMBER, "data.val_size", "compute"),
-    code=(
-        "mma/stages/train.py",
-        "mma/stages/contract.py",
-        "mma/train",
-        "mma/models",
-        "mma/attacks",
-        "mma/config/model.py",
-        "mma/compute.py",
-        "mma/config/compute.py",
-        "mma/graphs.py",
-        "mma/data.py",
-    ),
+    code=("mma/stages/train.py", "mma/train", "mma/models", "mma/config/model.py", *MODEL_RUNTIME),
     inputs=lambda params, name, seed: [Path(params.data.root)],
     outputs=outputs,
     # dvc.yaml can depend on the whole `models` section only: one file per member holds its record

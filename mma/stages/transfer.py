@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import paths
 from ..config.params import NAME_PATTERN
-from .contract import Bookkeeping, Contract, output_identity
+from .contract import MODEL_RUNTIME, Bookkeeping, Contract, output_identity
 
 CONTRACT = Contract(
     stage="transfer",
@@ -44,17 +44,7 @@ CONTRACT = Contract(
         "seed",
         "compute",
     ),
-    code=(
-        "mma/stages/transfer.py",
-        "mma/stages/contract.py",
-        "mma/evaluation",
-        "mma/attacks",
-        "mma/config/evaluation.py",
-        "mma/compute.py",
-        "mma/config/compute.py",
-        "mma/graphs.py",
-        "mma/data.py",
-    ),
+    code=("mma/stages/transfer.py", "mma/evaluation", "mma/config/evaluation.py", *MODEL_RUNTIME),
     inputs=lambda params, role, seed: [Path(params.data.root)],
     outputs=lambda params, role, seed: [paths.transfer_dir(role, seed)],
     swapped=paths.transfer_dir,
